@@ -1,0 +1,18 @@
+#![forbid(unsafe_code)]
+//! The orchestrator side of lineq: it owns execution and step state.
+//!
+//! - [`Client`] submits executions and reads them back ([`submit`]).
+//! - [`Orchestrator`] processes the results workers send, records each step's outcome and
+//!   finishes executions ([`results`]).
+//!
+//! Every state change is a guarded SQL update inside one transaction per unit of work, so any
+//! number of orchestrators can run against one database and a duplicate result changes nothing.
+
+pub mod client;
+pub mod orchestrator;
+pub mod results;
+pub mod submit;
+
+pub use client::Client;
+pub use orchestrator::{Orchestrator, OrchestratorBuilder};
+pub use submit::{SubmitRequest, Submitted};

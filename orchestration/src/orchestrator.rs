@@ -1,0 +1,113 @@
+//! The orchestrator process: a loop that processes result batches as they arrive.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use lineq_shared::error::Result;
+use lineq_shared::ids::node_name;
+use lineq_shared::queue;
+use lineq_shared::wakeup::Wakeup;
+
+use crate::results::{BatchReport, process_batch};
+
+/// Builds an [`Orchestrator`].
+#[derive(Debug, Clone)]
+pub struct OrchestratorBuilder {
+    pool: PgPool,
+    batch_size: i32,
+    poll_interval: Duration,
+    visibility_timeout_secs: i32,
+    node_name: String,
+}
+
+impl OrchestratorBuilder {
+    /// Results processed per transaction (default 100).
+    pub fn batch_size(mut self, n: i32) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Longest wait between looks at the results queue when no notification arrives
+    /// (default 1 s).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// The orchestrator.
+    pub fn build(self) -> Orchestrator {
+        Orchestrator { cfg: self }
+    }
+}
+
+/// Processes results until told to stop.
+#[derive(Debug, Clone)]
+pub struct Orchestrator {
+    cfg: OrchestratorBuilder,
+}
+
+impl Orchestrator {
+    /// A builder with defaults.
+    pub fn builder(pool: PgPool) -> OrchestratorBuilder {
+        OrchestratorBuilder {
+            pool,
+            batch_size: 100,
+            poll_interval: Duration::from_secs(1),
+            visibility_timeout_secs: 30,
+            node_name: node_name(),
+        }
+    }
+
+    /// Processes one batch now (for tests and tools).
+    pub async fn tick(&self) -> Result<BatchReport> {
+        process_batch(
+            &self.cfg.pool,
+            &self.cfg.node_name,
+            self.cfg.batch_size,
+            self.cfg.visibility_timeout_secs,
+        )
+        .await
+    }
+
+    /// Runs until `shutdown` is cancelled; the batch in hand is finished first.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let wakeup = Wakeup::listen(
+            &self.cfg.pool,
+            vec![queue::results_queue()],
+            shutdown.child_token(),
+        )
+        .await?;
+        tracing::info!(node = %self.cfg.node_name, "orchestrator started");
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.tick().await {
+                Ok(report) => {
+                    backoff = Duration::from_millis(100);
+                    if report.read > 0 {
+                        tracing::debug!(?report, "processed results");
+                    }
+                    if report.read as i32 >= self.cfg.batch_size {
+                        continue; // more may be waiting
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = wakeup.wait(self.cfg.poll_interval) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "result batch failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::info!("orchestrator stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,21 @@
+#![forbid(unsafe_code)]
+//! What both sides of lineq need: domain types, ids, validation, the database pool and
+//! migrations, the queue layer over PGMQ, the event log and W3C trace-context propagation.
+//!
+//! The orchestrator (`lineq-orchestration`) owns execution and step state; workers
+//! (`lineq-worker`) only append events and send results. Everything they exchange is defined
+//! here so the two sides cannot drift apart.
+
+pub mod database;
+pub mod error;
+pub mod event;
+pub mod execution;
+pub mod ids;
+pub mod message;
+pub mod migrate;
+pub mod queue;
+pub mod trace_context;
+pub mod validation;
+pub mod wakeup;
+
+pub use error::{Error, Result};

@@ -1,0 +1,193 @@
+//! The queue layer over PGMQ: which queues exist, and sending, reading, extending, archiving and
+//! dead-lettering messages inside the caller's transaction.
+//!
+//! Every send also does `pg_notify('lineq_queue', <queue>)` in the same transaction, so a
+//! listening consumer wakes the moment the message commits; consumers poll as a fallback for
+//! notifications missed while disconnected.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+
+use crate::error::Result;
+use crate::validation::{Namespace, QueueName};
+
+/// The channel consumers `LISTEN` on; the payload is the queue name.
+pub const WAKE_CHANNEL: &str = "lineq_queue";
+
+/// The step queue of a namespace: `lineq_steps_<namespace>`.
+pub fn step_queue(namespace: &Namespace) -> QueueName {
+    QueueName::new(&format!("lineq_steps_{}", namespace.as_str()))
+        .expect("a valid namespace always makes a valid queue name")
+}
+
+/// The queue workers send results to and orchestrators read.
+pub fn results_queue() -> QueueName {
+    QueueName::new("lineq_results").expect("constant is valid")
+}
+
+/// The dead-letter queue.
+pub fn dead_letter_queue() -> QueueName {
+    QueueName::new("lineq_dlq").expect("constant is valid")
+}
+
+/// A message as read from a queue. The body is kept raw: it is parsed by the consumer so a
+/// malformed one can be dead-lettered instead of failing the whole read.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueuedMessage {
+    /// PGMQ's message id.
+    pub msg_id: i64,
+    /// How many times it has been read, this read included.
+    pub read_ct: i32,
+    /// When it was sent.
+    pub enqueued_at: DateTime<Utc>,
+    /// When it becomes visible again.
+    pub vt: DateTime<Utc>,
+    /// The body, `None` if the row holds SQL NULL.
+    pub message: Option<Value>,
+}
+
+/// Creates `queue` if it does not exist.
+pub async fn ensure_queue(conn: &mut PgConnection, queue: &QueueName) -> Result<()> {
+    sqlx::query("SELECT pgmq.create($1::text)")
+        .bind(queue.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// True when `queue` exists.
+pub async fn queue_exists(conn: &mut PgConnection, queue: &QueueName) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = $1)")
+            .bind(queue.as_str())
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Sends one message, visible after `delay_secs`; returns its id.
+pub async fn send(
+    conn: &mut PgConnection,
+    queue: &QueueName,
+    body: &Value,
+    delay_secs: i32,
+) -> Result<i64> {
+    let id: i64 = sqlx::query_scalar(
+        "SELECT pgmq.send(queue_name => $1::text, msg => $2::jsonb, delay => $3::integer)",
+    )
+    .bind(queue.as_str())
+    .bind(body)
+    .bind(delay_secs)
+    .fetch_one(&mut *conn)
+    .await?;
+    notify(conn, queue).await?;
+    Ok(id)
+}
+
+/// Sends many messages with one statement; returns their ids in order.
+pub async fn send_batch(
+    conn: &mut PgConnection,
+    queue: &QueueName,
+    bodies: &[Value],
+) -> Result<Vec<i64>> {
+    if bodies.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT pgmq.send_batch(queue_name => $1::text, msgs => $2::jsonb[], delay => 0)",
+    )
+    .bind(queue.as_str())
+    .bind(bodies)
+    .fetch_all(&mut *conn)
+    .await?;
+    notify(conn, queue).await?;
+    Ok(ids)
+}
+
+async fn notify(conn: &mut PgConnection, queue: &QueueName) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(WAKE_CHANNEL)
+        .bind(queue.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Reads up to `qty` visible messages and hides them for `vt_secs`.
+pub async fn read<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    queue: &QueueName,
+    vt_secs: i32,
+    qty: i32,
+) -> Result<Vec<QueuedMessage>> {
+    Ok(sqlx::query_as::<_, QueuedMessage>(
+        "SELECT msg_id, read_ct, enqueued_at, vt, message FROM pgmq.read($1::text, $2::integer, $3::integer)",
+    )
+    .bind(queue.as_str())
+    .bind(vt_secs)
+    .bind(qty)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// Pushes the visibility timeout of held messages `vt_secs` into the future (a heartbeat).
+/// Returns how many of them still exist.
+pub async fn extend<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    queue: &QueueName,
+    msg_ids: &[i64],
+    vt_secs: i32,
+) -> Result<usize> {
+    if msg_ids.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<i64> =
+        sqlx::query_scalar("SELECT msg_id FROM pgmq.set_vt($1::text, $2::bigint[], $3::integer)")
+            .bind(queue.as_str())
+            .bind(msg_ids)
+            .bind(vt_secs)
+            .fetch_all(executor)
+            .await?;
+    Ok(rows.len())
+}
+
+/// Moves messages to the queue's archive (`pgmq.a_<queue>`). Returns the ids actually moved: a
+/// message already archived by someone else is not moved twice (a concurrent archiver waits for
+/// the first to commit, then finds nothing).
+pub async fn archive(
+    conn: &mut PgConnection,
+    queue: &QueueName,
+    msg_ids: &[i64],
+) -> Result<Vec<i64>> {
+    if msg_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<i64> = sqlx::query_scalar("SELECT pgmq.archive($1::text, $2::bigint[])")
+        .bind(queue.as_str())
+        .bind(msg_ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows)
+}
+
+/// Sends `msg` to the dead-letter queue with `reason`, and archives it from `queue`, in the
+/// caller's transaction. Returns the dead letter's id.
+pub async fn dead_letter(
+    conn: &mut PgConnection,
+    queue: &QueueName,
+    msg: &QueuedMessage,
+    reason: &str,
+) -> Result<i64> {
+    let letter = json!({
+        "source_queue": queue.as_str(),
+        "source_msg_id": msg.msg_id,
+        "read_ct": msg.read_ct,
+        "enqueued_at": msg.enqueued_at,
+        "reason": reason,
+        "message": msg.message,
+    });
+    let id = send(conn, &dead_letter_queue(), &letter, 0).await?;
+    archive(conn, queue, &[msg.msg_id]).await?;
+    Ok(id)
+}

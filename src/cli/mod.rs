@@ -1,0 +1,165 @@
+//! The command line: parsing, dispatch, output formats and exit codes.
+
+mod demo;
+mod inspect;
+pub mod logging;
+mod migrate;
+mod namespace;
+mod render;
+mod run;
+mod submit;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sqlx::PgPool;
+
+use lineq::DatabaseConfig;
+use lineq::shared::validation::ValidationError;
+
+/// lineq — a distributed worker runtime on PostgreSQL message queues (PGMQ), with lineage you
+/// can query.
+///
+/// Submit executions, run orchestrators and workers on any number of machines against one
+/// PostgreSQL, and ask why a step ran and what it caused.
+///
+/// Exit codes: 0 success, 1 failure, 2 invalid input (nothing was written), 3 not found.
+#[derive(Debug, Parser)]
+#[command(name = "lineq", version, about, long_about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// PostgreSQL URL, e.g. postgres://user:pass@host:5432/db.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Output format: human-readable text, or JSON for scripts.
+    #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
+    pub format: Format,
+    /// Log format (logs go to stderr).
+    #[arg(long, value_enum, env = "LINEQ_LOG_FORMAT", default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log at info level even for one-shot commands (RUST_LOG or LINEQ_LOG override).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// For scripts.
+    Json,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One compact line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install PGMQ (as plain SQL) and apply lineq's migrations. Idempotent and safe to run from
+    /// several processes at once.
+    Migrate,
+    /// Submit an execution: one step running HANDLER. Prints the execution id.
+    Submit(submit::SubmitArgs),
+    /// Show an execution and its steps.
+    Get(inspect::GetArgs),
+    /// List an execution's events in order, each with its parent (its lineage).
+    Events(inspect::EventsArgs),
+    /// Run an orchestrator: processes results and finishes executions. Stops on SIGTERM/Ctrl-C.
+    Orchestrator(run::OrchestratorArgs),
+    /// Run a worker: claims steps of a namespace and runs their handlers. Stops on
+    /// SIGTERM/Ctrl-C, letting running handlers finish within a grace period.
+    Worker(run::WorkerArgs),
+    /// Manage namespaces (each is a step queue that a pool of workers serves).
+    #[command(subcommand)]
+    Namespace(namespace::NamespaceCommand),
+    /// Run the whole system once, in-process, and print what happened. Uses DATABASE_URL, or a
+    /// throwaway PostgreSQL from the machine's own binaries when it is unset or unreachable.
+    Demo(demo::DemoArgs),
+}
+
+impl Command {
+    /// Commands that run until stopped log at info level by default.
+    pub fn is_long_running(&self) -> bool {
+        matches!(
+            self,
+            Command::Orchestrator(_) | Command::Worker(_) | Command::Migrate
+        )
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Migrate => migrate::run(&connect(g).await?, g.format).await,
+        Command::Submit(a) => submit::run(&connect(g).await?, g.format, a).await,
+        Command::Get(a) => inspect::get(&connect(g).await?, g.format, a).await,
+        Command::Events(a) => inspect::events(&connect(g).await?, g.format, a).await,
+        Command::Orchestrator(a) => run::orchestrator(connect(g).await?, a).await,
+        Command::Worker(a) => run::worker(connect_sized(g, a.pool_size()).await?, a).await,
+        Command::Namespace(c) => namespace::run(&connect(g).await?, g.format, c).await,
+        Command::Demo(a) => demo::run(g.database_url.clone(), g.format, a).await,
+    }
+}
+
+async fn connect(g: &GlobalArgs) -> anyhow::Result<PgPool> {
+    connect_sized(g, 5).await
+}
+
+async fn connect_sized(g: &GlobalArgs, size: u32) -> anyhow::Result<PgPool> {
+    let url = g.database_url.as_deref().ok_or_else(|| {
+        ValidationError::new(
+            "database_url",
+            "DATABASE_URL is not set; export it or pass --database-url",
+        )
+    })?;
+    DatabaseConfig::new(url)
+        .max_connections(size)
+        .connect()
+        .await
+        .context("cannot connect to PostgreSQL")
+}
+
+/// Maps an error to the exit code promised in `--help`.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(err) = cause.downcast_ref::<lineq::Error>() {
+            if err.is_invalid_input() {
+                return 2;
+            }
+            if matches!(err, lineq::Error::NotFound { .. }) {
+                return 3;
+            }
+        }
+        if cause.downcast_ref::<ValidationError>().is_some() {
+            return 2;
+        }
+    }
+    1
+}
+
+/// Prints `value` as pretty JSON.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Parses an execution id argument, naming the field when it is not a UUID.
+pub fn parse_id(field: &'static str, s: &str) -> Result<uuid::Uuid, ValidationError> {
+    uuid::Uuid::parse_str(s.trim())
+        .map_err(|e| ValidationError::new(field, format!("{s:?} is not a UUID: {e}")))
+}

@@ -1,0 +1,93 @@
+//! Claiming: read a batch of step messages and record `action_started` for every one of them in
+//! the same transaction, so a claim and its evidence commit together. Messages that cannot be
+//! understood are dead-lettered in that transaction, with the reason.
+
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use lineq_shared::error::Result;
+use lineq_shared::event::{EventType, Lineage, NewEvent, insert_events};
+use lineq_shared::message::StepMessage;
+use lineq_shared::queue;
+use lineq_shared::validation::QueueName;
+
+/// A message this worker holds, with its `action_started` event.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimed {
+    pub msg_id: i64,
+    pub delivery: i32,
+    pub message: StepMessage,
+    pub lineage: Lineage,
+    pub started_event_id: Uuid,
+    pub traceparent: String,
+}
+
+/// What a claim returned.
+pub(crate) struct ClaimBatch {
+    pub claimed: Vec<Claimed>,
+    pub read: usize,
+}
+
+pub(crate) struct ClaimParams<'a> {
+    pub queue: &'a QueueName,
+    pub visibility_timeout_secs: i32,
+    pub qty: i32,
+    pub worker_id: &'a str,
+    pub node_name: &'a str,
+}
+
+pub(crate) async fn claim(pool: &PgPool, p: ClaimParams<'_>) -> Result<ClaimBatch> {
+    let mut tx = pool.begin().await?;
+    let msgs = queue::read(&mut *tx, p.queue, p.visibility_timeout_secs, p.qty).await?;
+    let read = msgs.len();
+    let mut claimed = Vec::with_capacity(read);
+    let mut events = Vec::with_capacity(read);
+    for m in &msgs {
+        let parsed = StepMessage::parse(m.message.as_ref()).and_then(|msg| {
+            let tc = msg.meta.check()?;
+            Ok((msg, tc))
+        });
+        let (message, tc) = match parsed {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::warn!(queue = %p.queue, msg_id = m.msg_id, reason = %e,
+                    "dead-lettering malformed step message");
+                queue::dead_letter(&mut tx, p.queue, m, &e.to_string()).await?;
+                continue;
+            }
+        };
+        let lineage = Lineage {
+            execution_id: message.execution_id,
+            parent_execution_id: message.meta.parent_execution_id,
+            root_execution_id: message.meta.root_execution_id,
+            correlation_id: message.meta.correlation_id,
+            // The trace id is the root's correlation id (see lineq_shared::trace_context).
+            trace_correlation_id: Uuid::from_bytes(tc.trace_id),
+        };
+        let event = NewEvent::new(
+            EventType::ActionStarted,
+            lineage,
+            Some(message.meta.parent_event_id),
+            p.node_name,
+        )
+        .step(message.step_id, message.attempt)
+        .worker(p.worker_id)
+        .payload(json!({
+            "step": message.step, "handler": message.handler, "queue": p.queue.as_str(),
+            "msg_id": m.msg_id, "delivery": m.read_ct,
+        }));
+        claimed.push(Claimed {
+            msg_id: m.msg_id,
+            delivery: m.read_ct,
+            lineage,
+            started_event_id: event.event_id,
+            traceparent: event.traceparent(),
+            message,
+        });
+        events.push(event);
+    }
+    insert_events(&mut tx, &events).await?;
+    tx.commit().await?;
+    Ok(ClaimBatch { claimed, read })
+}
