@@ -1,0 +1,353 @@
+//! The `lineq` command as a user runs it: migrate, submit, get, events, demo, and what bad input
+//! does (a clear error, exit code 2, nothing written).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use lineq::{Client, SubmitRequest};
+use support::*;
+
+#[tokio::test]
+async fn bad_input_is_refused_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let big = std::env::temp_dir().join(format!("lineq-big-{}.json", Uuid::now_v7()));
+    std::fs::write(&big, json!({ "blob": "x".repeat(1024 * 1024) }).to_string()).expect("write");
+    let big_arg = format!("@{}", big.display());
+    let long_ns = "n".repeat(33);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["submit", "echo", "--input", "{not json"],
+            "invalid input: not valid JSON",
+        ),
+        (
+            vec!["submit", "echo", "--input", "@/nonexistent/file.json"],
+            "invalid input: cannot read",
+        ),
+        (
+            vec!["submit", "echo", "--input", &big_arg],
+            "the limit is 1048576 bytes",
+        ),
+        (
+            vec!["submit", "echo", "--namespace", "nowhere"],
+            "unknown namespace 'nowhere'",
+        ),
+        (
+            vec![
+                "submit",
+                "echo",
+                "--namespace",
+                "x; DROP TABLE lineq.executions",
+            ],
+            "invalid namespace",
+        ),
+        (
+            vec!["submit", "echo", "--namespace", "../../etc"],
+            "invalid namespace",
+        ),
+        (
+            vec!["submit", "echo", "--namespace", "Payments"],
+            "invalid namespace",
+        ),
+        (
+            vec!["submit", "echo", "--namespace", &long_ns],
+            "1 to 32 characters",
+        ),
+        (vec!["submit", "rm -rf /"], "invalid handler"),
+        (
+            vec!["submit", "echo", "--correlation-id", "not-a-uuid"],
+            "invalid correlation_id",
+        ),
+        (
+            vec!["submit", "echo", "--idempotency-key", ""],
+            "invalid idempotency_key",
+        ),
+        (
+            vec!["submit", "echo", "--timeout-ms", "0"],
+            "invalid timeout_ms",
+        ),
+        (vec!["namespace", "create", "bad-name"], "invalid namespace"),
+        (vec!["get", "123"], "invalid execution_id"),
+        (
+            vec!["worker", "--command", "no_equals_sign"],
+            "invalid command",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = lineq(&db.url, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "{args:?}: stderr {:?} lacks {needle:?}",
+            stderr(&out)
+        );
+        assert_eq!(db.written().await, (0, 0, 0, 0), "{args:?} wrote something");
+    }
+    // The unsafe namespace did not become a table either.
+    assert_eq!(db.count("pgmq.meta").await, 3, "no queue was created");
+    assert_eq!(
+        db.count("pg_tables WHERE schemaname = 'pgmq' AND tablename LIKE 'q\\_%'")
+            .await,
+        3
+    );
+    let _ = std::fs::remove_file(big);
+
+    let missing = lineq(&db.url, &["get", &Uuid::now_v7().to_string()]);
+    assert_eq!(missing.status.code(), Some(3), "{}", stderr(&missing));
+    assert!(stderr(&missing).contains("not found"));
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn missing_database_url_is_a_clear_error() {
+    let out = std::process::Command::new(lineq_bin())
+        .args(["get", &Uuid::now_v7().to_string()])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("DATABASE_URL is not set"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn idempotent_submit_returns_the_first_execution() {
+    let db = TestDb::new().await;
+    // CLI: the same key twice.
+    let a = lineq(
+        &db.url,
+        &[
+            "submit",
+            "echo",
+            "--idempotency-key",
+            "order-7",
+            "--input",
+            "1",
+        ],
+    );
+    let b = lineq(
+        &db.url,
+        &[
+            "submit",
+            "echo",
+            "--idempotency-key",
+            "order-7",
+            "--input",
+            "2",
+        ],
+    );
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}{}",
+        stderr(&a),
+        stderr(&b)
+    );
+    assert_eq!(
+        stdout(&a),
+        stdout(&b),
+        "the second submit returns the first id"
+    );
+    assert!(stderr(&b).contains("already used"));
+    assert_eq!(
+        db.written().await,
+        (1, 1, 3, 1),
+        "one execution, step, 3 events, 1 message"
+    );
+
+    // Library: many at once with one key, exactly one execution.
+    let client = Client::new(db.pool.clone());
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let c = client.clone();
+        handles.push(tokio::spawn(async move {
+            c.submit(
+                SubmitRequest::new("echo")
+                    .input(json!(i))
+                    .idempotency_key("race"),
+            )
+            .await
+            .expect("submit")
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for h in handles {
+        let s = h.await.expect("join");
+        ids.insert(s.execution.execution_id);
+        created += usize::from(s.created);
+    }
+    assert_eq!(ids.len(), 1, "all concurrent submits see one execution");
+    assert_eq!(created, 1);
+    assert_eq!(db.written().await, (2, 2, 6, 2));
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn submit_prints_the_row_as_json_and_keeps_correlation_ids() {
+    let db = TestDb::new().await;
+    let given = Uuid::new_v4();
+    let out = lineq(
+        &db.url,
+        &[
+            "submit",
+            "echo",
+            "--format",
+            "json",
+            "--correlation-id",
+            &given.to_string(),
+            "--input",
+            r#"{"a":[1,2]}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let row: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(row["correlation_id"], json!(given));
+    assert_eq!(row["status"], "pending");
+    assert_eq!(row["input"], json!({"a": [1, 2]}));
+    assert_eq!(row["root_execution_id"], row["execution_id"]);
+
+    let out = lineq(&db.url, &["submit", "echo", "--format", "json"]);
+    let row: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let generated = Uuid::parse_str(row["correlation_id"].as_str().expect("str")).expect("uuid");
+    assert_eq!(generated.get_version_num(), 7);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_events_show_the_lineage() {
+    let db = TestDb::new().await;
+    let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
+    let mut worker = Proc::start(&db.url, "worker", &["worker", "--worker-id", "w-get"]);
+    let out = lineq(
+        &db.url,
+        &["submit", "echo", "--input", r#"{"k":"v"}"#, "--wait"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out)
+        .split_whitespace()
+        .next()
+        .expect("id")
+        .to_string();
+    assert!(stdout(&out).contains("completed"));
+
+    let get = lineq(&db.url, &["get", &id]);
+    assert!(get.status.success());
+    let text = stdout(&get);
+    assert!(
+        text.contains("status      completed") && text.contains(r#"output      {"k":"v"}"#),
+        "{text}"
+    );
+
+    let get_json: Value =
+        serde_json::from_str(&stdout(&lineq(&db.url, &["get", &id, "--format", "json"])))
+            .expect("json");
+    assert_eq!(get_json["steps"][0]["status"], "completed");
+    assert_eq!(get_json["steps"][0]["worker_id"], "w-get");
+
+    let events: Value = serde_json::from_str(&stdout(&lineq(
+        &db.url,
+        &["events", &id, "--format", "json"],
+    )))
+    .expect("json");
+    let types: Vec<&str> = events
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| e["event_type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(types[0], "execution_started");
+    assert_eq!(*types.last().expect("last"), "execution_completed");
+    assert_eq!(types.len(), 8);
+
+    let tree = stdout(&lineq(&db.url, &["events", &id, "--tree"]));
+    let lines: Vec<&str> = tree.lines().collect();
+    assert!(lines[0].starts_with("execution_started"), "{tree}");
+    assert!(tree.contains("└─ execution_completed"), "{tree}");
+    assert!(tree.contains("worker=w-get"), "{tree}");
+    let list = stdout(&lineq(&db.url, &["events", &id]));
+    assert_eq!(list.lines().count(), 9, "header + 8 events:\n{list}");
+
+    for p in [&mut worker, &mut orchestrator] {
+        assert!(p.terminate(Duration::from_secs(20)).success());
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrate_is_safe_and_idempotent() {
+    let db = TestDb::empty().await;
+    // Four processes at once on a database that has nothing yet.
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let url = db.url.clone();
+            std::thread::spawn(move || lineq(&url, &["migrate", "--format", "json"]))
+        })
+        .collect();
+    let mut applied_total = 0;
+    for h in handles {
+        let out = h.join().expect("thread");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let r: Value = serde_json::from_str(&stdout(&out)).expect("json report");
+        applied_total += r["applied"].as_array().expect("applied").len();
+        assert!(r["pgmq_version"].is_string());
+    }
+    assert_eq!(
+        applied_total, 1,
+        "exactly one process applies the migration"
+    );
+    assert_eq!(db.count("lineq._sqlx_migrations").await, 1);
+    assert_eq!(
+        db.count(
+            "pgmq.meta WHERE queue_name IN ('lineq_results','lineq_dlq','lineq_steps_default')"
+        )
+        .await,
+        3
+    );
+    let again = lineq(&db.url, &["migrate"]);
+    assert!(
+        stdout(&again).contains("0 lineq migration(s) applied now"),
+        "{}",
+        stdout(&again)
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_end_to_end() {
+    let db = TestDb::empty().await;
+    let out = lineq(&db.url, &["demo"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.matches("== ").count(), 3, "{text}");
+    assert!(text.contains("(echo) → completed"));
+    assert!(text.contains("(fail) → failed"));
+    assert!(text.contains("(greet) → completed"));
+    assert!(text.contains("hello from a shell step"));
+    assert_eq!(text.matches("execution_started").count(), 3);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_starts_its_own_postgres_when_none_is_configured() {
+    let out = std::process::Command::new(lineq_bin())
+        .args(["demo", "--format", "json"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run demo");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("throwaway PostgreSQL"));
+    let report: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let statuses: Vec<&str> = report
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["execution"]["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(statuses, ["completed", "failed", "completed"]);
+}

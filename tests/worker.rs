@@ -1,0 +1,304 @@
+//! Worker behaviour with real processes: unknown handlers, malformed messages put into a queue by
+//! hand, command handlers in another language, panics and timeouts. In each case the worker
+//! keeps serving everything else.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use lineq::shared::event::events_of_execution;
+use lineq::shared::execution::{ExecutionStatus, get_execution};
+use lineq::{Client, SubmitRequest};
+use support::*;
+
+async fn submit(client: &Client, handler: &str, input: Value) -> Uuid {
+    client
+        .submit(SubmitRequest::new(handler).input(input))
+        .await
+        .expect("submit")
+        .execution
+        .execution_id
+}
+
+async fn action_failed_error(db: &TestDb, id: Uuid) -> Value {
+    let events = events_of_execution(&db.pool, id).await.expect("events");
+    assert_eq!(tree_shape(&events), ONE_STEP_FAILED, "{id}");
+    events
+        .iter()
+        .find(|e| e.event_type == "action_failed")
+        .map(|e| e.payload["error"].clone())
+        .expect("action_failed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_handler_fails_the_step_and_the_worker_keeps_running() {
+    let db = TestDb::new().await;
+    let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
+    let mut worker = Proc::start(&db.url, "worker", &["worker", "--worker-id", "w-unknown"]);
+    let client = Client::new(db.pool.clone());
+
+    let bad = submit(&client, "no_such_handler", json!({})).await;
+    wait_all_finished(&db.pool, &[bad], Duration::from_secs(30)).await;
+    let e = get_execution(&db.pool, bad).await.expect("execution");
+    assert_eq!(e.status, ExecutionStatus::Failed);
+    let err = action_failed_error(&db, bad).await;
+    assert_eq!(err["kind"], "unknown_handler");
+    let msg = err["message"].as_str().expect("message");
+    assert!(
+        msg.contains("no_such_handler") && msg.contains("w-unknown") && msg.contains("echo"),
+        "{msg}"
+    );
+
+    let good = submit(&client, "echo", json!({"after": "unknown"})).await;
+    wait_all_finished(&db.pool, &[good], Duration::from_secs(30)).await;
+    assert_eq!(
+        get_execution(&db.pool, good).await.expect("e").status,
+        ExecutionStatus::Completed
+    );
+    assert!(worker.is_running());
+    for p in [&mut worker, &mut orchestrator] {
+        assert!(p.terminate(Duration::from_secs(20)).success());
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dead_lettered_with_the_reason() {
+    let db = TestDb::new().await;
+    let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
+    let mut worker = Proc::start(&db.url, "worker", &["worker"]);
+    let client = Client::new(db.pool.clone());
+
+    // A good message to copy and break.
+    let template_id = submit(&client, "echo", json!(1)).await;
+    wait_all_finished(&db.pool, &[template_id], Duration::from_secs(30)).await;
+    let good: Value = sqlx::query_scalar("SELECT message FROM pgmq.a_lineq_steps_default LIMIT 1")
+        .fetch_one(&db.pool)
+        .await
+        .expect("template");
+    let mut bad_meta = good.clone();
+    bad_meta["meta"]["traceparent"] = json!("not-a-traceparent");
+    let mut no_corr = good.clone();
+    no_corr["meta"]
+        .as_object_mut()
+        .expect("meta")
+        .remove("correlation_id");
+    let mut bad_attempt = good.clone();
+    bad_attempt["attempt"] = json!(-1);
+
+    let bodies = [
+        (json!("just a string"), "expected a JSON object"),
+        (json!([1, 2, 3]), "expected a JSON object"),
+        (json!({"step_id": 42}), "step message"),
+        (bad_meta, "meta.traceparent"),
+        (no_corr, "correlation_id"),
+        (bad_attempt, "attempt"),
+    ];
+    let mut sent = Vec::new();
+    for (body, reason) in &bodies {
+        let id: i64 = sqlx::query_scalar("SELECT pgmq.send('lineq_steps_default', $1::jsonb)")
+            .bind(body)
+            .fetch_one(&db.pool)
+            .await
+            .expect("send by hand");
+        sent.push((id, *reason));
+    }
+    // A NULL body, which no client would send.
+    let null_id: i64 = sqlx::query_scalar(
+        "INSERT INTO pgmq.q_lineq_steps_default (vt, message) VALUES (clock_timestamp(), NULL) RETURNING msg_id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("insert null");
+    sent.push((null_id, "null"));
+    // And a malformed result for the orchestrator.
+    let bad_result: i64 =
+        sqlx::query_scalar("SELECT pgmq.send('lineq_results', '{\"outcome\": \"maybe\"}')")
+            .fetch_one(&db.pool)
+            .await
+            .expect("send result by hand");
+
+    let letters: Vec<Value> = eventually(Duration::from_secs(30), "dead letters", || async {
+        let rows: Vec<Value> =
+            sqlx::query_scalar("SELECT message FROM pgmq.q_lineq_dlq ORDER BY msg_id")
+                .fetch_all(&db.pool)
+                .await
+                .ok()?;
+        (rows.len() == sent.len() + 1).then_some(rows)
+    })
+    .await;
+    for (msg_id, reason) in &sent {
+        let letter = letters
+            .iter()
+            .find(|l| {
+                l["source_queue"] == "lineq_steps_default" && l["source_msg_id"] == json!(msg_id)
+            })
+            .unwrap_or_else(|| panic!("no dead letter for step message {msg_id}"));
+        let why = letter["reason"].as_str().expect("reason");
+        assert!(
+            why.contains(reason),
+            "msg {msg_id}: {why:?} lacks {reason:?}"
+        );
+    }
+    let result_letter = letters
+        .iter()
+        .find(|l| l["source_queue"] == "lineq_results")
+        .expect("result dead letter");
+    assert_eq!(result_letter["source_msg_id"], json!(bad_result));
+    assert!(result_letter["message"]["outcome"] == "maybe");
+    assert_eq!(
+        db.count("pgmq.q_lineq_steps_default").await,
+        0,
+        "none left to retry forever"
+    );
+
+    // Both keep serving.
+    let after = submit(&client, "echo", json!({"still": "alive"})).await;
+    wait_all_finished(&db.pool, &[after], Duration::from_secs(30)).await;
+    assert_eq!(
+        get_execution(&db.pool, after).await.expect("e").status,
+        ExecutionStatus::Completed
+    );
+    for p in [&mut worker, &mut orchestrator] {
+        assert!(p.is_running(), "{} died: {}", p.name, p.log_text());
+        assert!(p.terminate(Duration::from_secs(20)).success());
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_handlers_run_any_language_with_the_lineage_in_their_environment() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("lineq-cmd-{}", Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let script = dir.join("step.py");
+    std::fs::write(
+        &script,
+        r#"import json, os, sys
+data = json.load(sys.stdin)
+if data.get("fail"):
+    sys.stderr.write("boom: asked to fail\n")
+    sys.exit(3)
+keys = ["LINEQ_CORRELATION_ID", "LINEQ_EXECUTION_ID", "LINEQ_STEP", "LINEQ_ATTEMPT",
+        "LINEQ_IDEMPOTENCY_KEY", "TRACEPARENT"]
+print(json.dumps({"doubled": data["n"] * 2, "env": {k: os.environ.get(k) for k in keys}}))
+"#,
+    )
+    .expect("script");
+    let spec = format!("py_step=python3 {}", script.display());
+    let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
+    let mut worker = Proc::start(&db.url, "worker", &["worker", "--command", &spec]);
+    let client = Client::new(db.pool.clone());
+
+    let ok = submit(&client, "py_step", json!({"n": 21})).await;
+    let bad = submit(&client, "py_step", json!({"fail": true})).await;
+    wait_all_finished(&db.pool, &[ok, bad], Duration::from_secs(30)).await;
+
+    let e = get_execution(&db.pool, ok).await.expect("execution");
+    assert_eq!(e.status, ExecutionStatus::Completed, "{:?}", e.error);
+    let out = e.output.expect("output");
+    assert_eq!(out["doubled"], 42);
+    let env = &out["env"];
+    assert_eq!(
+        env["LINEQ_CORRELATION_ID"],
+        json!(e.correlation_id.to_string())
+    );
+    assert_eq!(env["LINEQ_EXECUTION_ID"], json!(ok.to_string()));
+    assert_eq!(env["LINEQ_STEP"], "py_step");
+    assert_eq!(env["LINEQ_ATTEMPT"], "1");
+    let step_id: Uuid =
+        sqlx::query_scalar("SELECT step_id FROM lineq.steps WHERE execution_id = $1")
+            .bind(ok)
+            .fetch_one(&db.pool)
+            .await
+            .expect("step");
+    assert_eq!(env["LINEQ_IDEMPOTENCY_KEY"], json!(format!("{step_id}:1")));
+    let tp = env["TRACEPARENT"].as_str().expect("traceparent");
+    assert!(
+        tp.starts_with(&format!("00-{}-", e.correlation_id.simple())),
+        "{tp}"
+    );
+    let started_span: String = sqlx::query_scalar(
+        "SELECT span_id FROM lineq.events WHERE execution_id = $1 AND event_type = 'action_started'",
+    )
+    .bind(ok)
+    .fetch_one(&db.pool)
+    .await
+    .expect("span");
+    assert!(
+        tp.contains(&started_span),
+        "the program continues the step's span"
+    );
+
+    let err = action_failed_error(&db, bad).await;
+    assert_eq!(err["kind"], "command_failed");
+    let msg = err["message"].as_str().expect("message");
+    assert!(
+        msg.contains("code 3") && msg.contains("boom: asked to fail"),
+        "{msg}"
+    );
+
+    for p in [&mut worker, &mut orchestrator] {
+        assert!(p.terminate(Duration::from_secs(20)).success());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_and_timeouts_fail_the_attempt_not_the_worker() {
+    use lineq::{HandlerError, StepContext, Worker};
+    use tokio_util::sync::CancellationToken;
+
+    async fn explode(_ctx: StepContext, _input: Value) -> Result<Value, HandlerError> {
+        panic!("handler bug");
+    }
+    async fn idem(ctx: StepContext, _input: Value) -> Result<Value, HandlerError> {
+        Ok(json!({ "key": ctx.idempotency_key(), "corr": ctx.correlation_id }))
+    }
+    let db = TestDb::new().await;
+    let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
+    let stop = CancellationToken::new();
+    let worker = Worker::builder(db.pool.clone())
+        .handler("explode", explode)
+        .handler("idem", idem)
+        .build();
+    let token = stop.clone();
+    let running = tokio::spawn(async move { worker.run(token).await });
+
+    let client = Client::new(db.pool.clone());
+    let panicked = submit(&client, "explode", json!({})).await;
+    let slow = client
+        .submit(
+            SubmitRequest::new("sleep")
+                .input(json!({"ms": 5000}))
+                .timeout_ms(200),
+        )
+        .await
+        .expect("submit")
+        .execution
+        .execution_id;
+    let fine = submit(&client, "idem", json!({})).await;
+    wait_all_finished(&db.pool, &[panicked, slow, fine], Duration::from_secs(30)).await;
+
+    let err = action_failed_error(&db, panicked).await;
+    assert_eq!(err["kind"], "panic");
+    assert!(err["message"].as_str().expect("m").contains("handler bug"));
+    let err = action_failed_error(&db, slow).await;
+    assert_eq!(err["kind"], "timeout");
+    assert!(err["message"].as_str().expect("m").contains("200 ms"));
+    let e = get_execution(&db.pool, fine).await.expect("e");
+    assert_eq!(e.status, ExecutionStatus::Completed);
+    assert_eq!(
+        e.output.as_ref().expect("out")["corr"],
+        json!(e.correlation_id)
+    );
+
+    stop.cancel();
+    running.await.expect("join").expect("worker ran cleanly");
+    assert!(orchestrator.terminate(Duration::from_secs(20)).success());
+    db.drop_db().await;
+}
