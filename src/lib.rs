@@ -1,24 +1,5 @@
 #![forbid(unsafe_code)]
-//! lineq: a distributed worker runtime on PostgreSQL message queues (PGMQ), with lineage you can
-//! query in SQL and follow in traces.
-//!
-//! This crate is the `lineq` binary and a facade over the workspace:
-//! [`shared`] (types, validation, database, queues, events), [`orchestration`] (submission and
-//! result processing) and [`worker`] (the worker runtime).
-//!
-//! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
-//! use lineq::{Client, DatabaseConfig, SubmitRequest, Worker};
-//!
-//! let pool = DatabaseConfig::new("postgres://localhost/lineq").connect().await?;
-//! lineq::migrate(&pool).await?;
-//! let client = Client::new(pool.clone());
-//! let submitted = client
-//!     .submit(SubmitRequest::new("echo").input(serde_json::json!({"hi": 1})))
-//!     .await?;
-//! println!("submitted {}", submitted.execution.execution_id);
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 
 pub mod local_postgres;
 
