@@ -12,6 +12,7 @@ pub mod client;
 pub mod orchestrator;
 pub mod results;
 pub mod submit;
+pub mod workflow;
 
 pub use client::Client;
 pub use orchestrator::{Orchestrator, OrchestratorBuilder};

@@ -10,6 +10,7 @@ use lineq_shared::error::{Error, Result};
 use lineq_shared::event::{EventType, NewEvent, insert_events};
 use lineq_shared::execution::Execution;
 use lineq_shared::ids::new_id;
+use lineq_shared::labels::{Tags, check_metadata, check_tags};
 use lineq_shared::message::{Meta, StepMessage};
 use lineq_shared::queue;
 use lineq_shared::validation::{
@@ -33,6 +34,12 @@ pub struct SubmitRequest {
     pub priority: i32,
     /// Time limit for each attempt.
     pub timeout_ms: Option<u64>,
+    /// Labels (see [`lineq_shared::labels`] for the rules).
+    pub tags: Tags,
+    /// A JSON object of business attributes.
+    pub metadata: Value,
+    /// An explicit parent execution (it must exist); the new execution joins its tree.
+    pub parent_execution_id: Option<Uuid>,
 }
 
 impl SubmitRequest {
@@ -46,6 +53,9 @@ impl SubmitRequest {
             idempotency_key: None,
             priority: 0,
             timeout_ms: None,
+            tags: Tags::new(),
+            metadata: Value::Object(Default::default()),
+            parent_execution_id: None,
         }
     }
 
@@ -79,7 +89,27 @@ impl SubmitRequest {
         self
     }
 
+    /// Adds a tag.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the metadata object.
+    pub fn metadata(mut self, metadata: Value) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Sets an explicit parent execution.
+    pub fn parent(mut self, execution_id: Uuid) -> Self {
+        self.parent_execution_id = Some(execution_id);
+        self
+    }
+
     fn validate(&self) -> Result<Namespace> {
+        check_tags(&self.tags)?;
+        check_metadata(&self.metadata)?;
         check_name("handler", &self.handler)?;
         let ns = Namespace::new(&self.namespace)?;
         check_json_size("input", &self.input, MAX_INPUT_BYTES)?;
@@ -124,8 +154,8 @@ pub async fn submit(pool: &PgPool, node_name: &str, req: SubmitRequest) -> Resul
     let inserted = sqlx::query_as::<_, Execution>(
         r#"
         INSERT INTO lineq.executions (execution_id, workflow_name, namespace, status, input,
-            correlation_id, root_execution_id, idempotency_key, priority)
-        VALUES ($1, $2, $3, 'pending', $4, $5, $1, $6, $7)
+            correlation_id, root_execution_id, idempotency_key, priority, tags, metadata)
+        VALUES ($1, $2, $3, 'pending', $4, $5, $1, $6, $7, $8, $9)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING *
         "#,
@@ -137,6 +167,8 @@ pub async fn submit(pool: &PgPool, node_name: &str, req: SubmitRequest) -> Resul
     .bind(correlation_id)
     .bind(&req.idempotency_key)
     .bind(req.priority)
+    .bind(sqlx::types::Json(&req.tags))
+    .bind(&req.metadata)
     .fetch_optional(&mut *tx)
     .await?;
 

@@ -27,6 +27,19 @@ pub enum Error {
         /// The id that was looked up.
         id: String,
     },
+    /// An optimistic-concurrency check failed: someone else changed the row first.
+    #[error("conflict: {what} is at version {actual}, not {expected}; read it again and retry")]
+    Conflict {
+        /// What was being changed.
+        what: String,
+        /// The version the caller expected.
+        expected: i64,
+        /// The version found.
+        actual: i64,
+    },
+    /// The change is not allowed in the current state.
+    #[error("{0}")]
+    InvalidState(String),
     /// A message taken from a queue could not be understood.
     #[error("malformed message: {0}")]
     MalformedMessage(String),

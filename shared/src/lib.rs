@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod execution;
 pub mod ids;
+pub mod labels;
 pub mod message;
 pub mod migrate;
 pub mod queue;
