@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 #![doc = include_str!("../README.md")]
 
+pub mod api;
 pub mod local_postgres;
 
 pub use lineq_orchestration as orchestration;

@@ -289,19 +289,23 @@ async fn concurrent_migrate_is_safe_and_idempotent() {
             std::thread::spawn(move || lineq(&url, &["migrate", "--format", "json"]))
         })
         .collect();
-    let mut applied_total = 0;
+    let mut applied: Vec<i64> = Vec::new();
+    let mut total = 0;
     for h in handles {
         let out = h.join().expect("thread");
         assert!(out.status.success(), "{}", stderr(&out));
         let r: Value = serde_json::from_str(&stdout(&out)).expect("json report");
-        applied_total += r["applied"].as_array().expect("applied").len();
+        let versions = r["applied"].as_array().expect("applied");
+        applied.extend(versions.iter().map(|v| v.as_i64().expect("version")));
+        total = r["total"].as_i64().expect("total");
         assert!(r["pgmq_version"].is_string());
     }
-    assert_eq!(
-        applied_total, 1,
-        "exactly one process applies the migration"
-    );
-    assert_eq!(db.count("lineq._sqlx_migrations").await, 1);
+    let mut unique = applied.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), applied.len(), "a migration was applied twice: {applied:?}");
+    assert_eq!(applied.len() as i64, total, "every migration applied by exactly one process");
+    assert_eq!(db.count("lineq._sqlx_migrations").await, total);
     assert_eq!(
         db.count(
             "pgmq.meta WHERE queue_name IN ('lineq_results','lineq_dlq','lineq_steps_default')"

@@ -8,6 +8,8 @@ use lineq_shared::event::{EventRow, events_of_execution};
 use lineq_shared::execution::{Execution, Step, get_execution, steps_of};
 use lineq_shared::ids::node_name;
 
+use crate::labels::{HistoryEntry, TagChange, history, update_tags_as};
+use crate::query::{ExecutionFilter, Page, list_executions};
 use crate::submit::{SubmitRequest, Submitted, submit};
 
 /// A handle on a lineq database for submitting and inspecting executions.
@@ -62,5 +64,34 @@ impl Client {
         // Distinguish "no such execution" from "no events yet".
         get_execution(&self.pool, id).await?;
         events_of_execution(&self.pool, id).await
+    }
+
+    /// Lists executions matching `filter`, one page at a time (see [`crate::query`]).
+    pub async fn list(&self, filter: &ExecutionFilter) -> Result<Page<Execution>> {
+        list_executions(&self.pool, filter).await
+    }
+
+    /// Changes an execution's tags while it is pending (see [`crate::labels::update_tags`]).
+    pub async fn update_tags(
+        &self,
+        id: Uuid,
+        change: &TagChange,
+        expected_version: Option<i64>,
+        cause: &str,
+    ) -> Result<Execution> {
+        update_tags_as(
+            &self.pool,
+            &self.node_name,
+            id,
+            change,
+            expected_version,
+            cause,
+        )
+        .await
+    }
+
+    /// An execution's status and tag changes, oldest first (see [`crate::labels::history`]).
+    pub async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>> {
+        history(&self.pool, id).await
     }
 }

@@ -9,8 +9,15 @@
 //! number of orchestrators can run against one database and a duplicate result changes nothing.
 
 pub mod client;
+pub mod dead_letters;
+pub mod cancel;
+mod create;
+mod enqueue;
+pub mod labels;
 pub mod orchestrator;
+pub mod query;
 pub mod results;
+mod settle;
 pub mod submit;
 pub mod workflow;
 

@@ -1,23 +1,29 @@
-//! Result processing: turns the results workers send into step outcomes and finished
-//! executions.
+//! Result processing: turns the results workers send into step outcomes — completed, waiting
+//! for children, retried after a backoff, or failed — then settles the executions they touch.
 //!
 //! One transaction per batch: read the results (hiding them from other orchestrators), lock the
 //! executions they touch in id order (so two orchestrators never decide an execution's fate from
-//! stale snapshots, and never deadlock), apply each outcome with a guarded update, write the
-//! events, finish executions whose steps are all done, archive the results. A crash anywhere
-//! rolls all of it back and the results become visible again. A result for a step that is no
-//! longer waiting for that attempt (a duplicate) is archived and changes nothing.
+//! stale snapshots), apply each outcome with a guarded update, create the children steps asked
+//! for, enqueue what became ready, finish what is done, write the events, archive the results.
+//! A crash anywhere rolls all of it back and the results become visible again. A result for a
+//! step that is no longer waiting for that attempt (a duplicate) is archived and changes nothing.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use lineq_shared::error::Result;
-use lineq_shared::event::{EventType, Lineage, NewEvent, insert_events};
-use lineq_shared::message::{Outcome, ResultMessage};
+use lineq_shared::event::{EventType, NewEvent, insert_events};
+use lineq_shared::message::{ChildRequest, Outcome, ResultMessage, StepError};
 use lineq_shared::queue::{self, QueuedMessage};
+use lineq_shared::validation::{Namespace, check_name};
+
+use crate::create::{NewExecution, ParentLink, create_execution, missing_namespace};
+use crate::enqueue::{ReadyStep, enqueue};
+use crate::settle::{ExecState, STEP_COLUMNS, StepRow, Work, lock_executions, settle};
+use crate::workflow::{RetryPolicy, WorkflowDefinition, store};
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -26,36 +32,19 @@ pub struct BatchReport {
     pub read: usize,
     /// Outcomes applied to steps.
     pub applied: usize,
-    /// Results that changed nothing (duplicates, stale attempts).
+    /// Results that changed nothing (duplicates, stale attempts, cancelled steps).
     pub ignored: usize,
     /// Results moved to the dead-letter queue.
     pub dead_lettered: usize,
+    /// Attempts scheduled again.
+    pub retried: usize,
+    /// Child executions created.
+    pub children: usize,
     /// Executions finished by this batch.
     pub finished: usize,
 }
 
-#[derive(sqlx::FromRow)]
-struct LockedExecution {
-    execution_id: Uuid,
-    status: String,
-    correlation_id: Uuid,
-    parent_execution_id: Option<Uuid>,
-    root_execution_id: Uuid,
-    trace_correlation_id: Uuid,
-}
-
-#[derive(sqlx::FromRow)]
-struct StepState {
-    step_id: Uuid,
-    execution_id: Uuid,
-    name: String,
-    status: String,
-    attempts: i32,
-    output: Option<Value>,
-    error: Option<Value>,
-}
-
-struct Applied {
+struct StepUpdate {
     step_id: Uuid,
     status: &'static str,
     output: Option<Value>,
@@ -73,13 +62,7 @@ pub async fn process_batch(
 ) -> Result<BatchReport> {
     let results_queue = queue::results_queue();
     let mut tx = pool.begin().await?;
-    let msgs = queue::read(
-        &mut *tx,
-        &results_queue,
-        visibility_timeout_secs,
-        batch_size,
-    )
-    .await?;
+    let msgs = queue::read(&mut *tx, &results_queue, visibility_timeout_secs, batch_size).await?;
     let mut report = BatchReport {
         read: msgs.len(),
         ..Default::default()
@@ -95,24 +78,26 @@ pub async fn process_batch(
             Ok(r) => parsed.push((m, r)),
             Err(e) => {
                 tracing::warn!(msg_id = m.msg_id, reason = %e, "dead-lettering result message");
-                queue::dead_letter(&mut tx, &results_queue, m, &e.to_string()).await?;
+                queue::dead_letter(&mut tx, &results_queue, m, &e.to_string(), None).await?;
                 report.dead_lettered += 1;
             }
         }
     }
 
-    let execution_ids: BTreeSet<Uuid> = parsed.iter().map(|(_, r)| r.execution_id).collect();
-    let execution_ids: Vec<Uuid> = execution_ids.into_iter().collect();
-    let executions: HashMap<Uuid, LockedExecution> = lock_executions(&mut tx, &execution_ids)
-        .await?
+    let mut work = Work::new(node_name);
+    let execution_ids: Vec<Uuid> = parsed
+        .iter()
+        .map(|(_, r)| r.execution_id)
+        .collect::<BTreeSet<_>>()
         .into_iter()
-        .map(|e| (e.execution_id, e))
         .collect();
+    for e in lock_executions(&mut tx, &execution_ids).await? {
+        work.execs.insert(e.execution_id, e);
+    }
     let step_ids: Vec<Uuid> = parsed.iter().map(|(_, r)| r.step_id).collect();
-    let steps: HashMap<Uuid, StepState> = sqlx::query_as::<_, StepState>(
-        "SELECT step_id, execution_id, name, status, attempts, output, error
-         FROM lineq.steps WHERE step_id = ANY($1)",
-    )
+    let steps: HashMap<Uuid, StepRow> = sqlx::query_as::<_, StepRow>(&format!(
+        "SELECT {STEP_COLUMNS} FROM lineq.steps WHERE step_id = ANY($1)"
+    ))
     .bind(&step_ids)
     .fetch_all(&mut *tx)
     .await?
@@ -121,26 +106,26 @@ pub async fn process_batch(
     .collect();
 
     let mut seen = HashSet::new();
-    let mut applied = Vec::new();
-    let mut events = Vec::new();
-    // The last outcome event per execution in this batch: the parent of its ending event.
-    let mut last_outcome: HashMap<Uuid, Uuid> = HashMap::new();
+    let mut updates = Vec::new();
+    let mut children: Vec<(ExecState, String, ResultMessage)> = Vec::new();
     let mut archive_ids = Vec::new();
-    for (m, r) in parsed {
-        let (Some(step), Some(exec)) = (steps.get(&r.step_id), executions.get(&r.execution_id))
+    for (m, mut r) in parsed {
+        let (Some(step), Some(exec)) = (steps.get(&r.step_id), work.execs.get(&r.execution_id))
         else {
             let reason = format!(
                 "result for unknown step {} of execution {}",
                 r.step_id, r.execution_id
             );
-            queue::dead_letter(&mut tx, &results_queue, m, &reason).await?;
+            queue::dead_letter(&mut tx, &results_queue, m, &reason, None).await?;
             report.dead_lettered += 1;
             continue;
         };
+        let exec = exec.clone();
         archive_ids.push(m.msg_id);
         let fresh = step.execution_id == r.execution_id
             && step.status == "enqueued"
             && step.attempts == r.attempt
+            && !exec.is_terminal()
             && seen.insert(r.step_id);
         if !fresh {
             tracing::debug!(step_id = %r.step_id, attempt = r.attempt, status = %step.status,
@@ -148,83 +133,134 @@ pub async fn process_batch(
             report.ignored += 1;
             continue;
         }
-        let lineage = Lineage {
-            execution_id: exec.execution_id,
-            parent_execution_id: exec.parent_execution_id,
-            root_execution_id: exec.root_execution_id,
-            correlation_id: exec.correlation_id,
-            trace_correlation_id: exec.trace_correlation_id,
-        };
-        let (event_type, status) = match r.outcome {
-            Outcome::Completed => (EventType::StepCompleted, "completed"),
-            Outcome::Failed => (EventType::StepFailed, "failed"),
-        };
-        let error = r.error.as_ref().map(serde_json::to_value).transpose()?;
-        let event = NewEvent::new(event_type, lineage, Some(r.meta.parent_event_id), node_name)
-            .step(r.step_id, r.attempt)
-            .worker(&r.worker_id)
-            .payload(json!({ "step": r.step, "worker_id": r.worker_id, "error": error }));
-        last_outcome.insert(r.execution_id, event.event_id);
-        events.push(event);
-        applied.push(Applied {
-            step_id: r.step_id,
-            status,
-            output: if r.outcome == Outcome::Completed {
-                Some(r.output.unwrap_or(Value::Null))
-            } else {
-                None
-            },
-            error,
-            worker_id: r.worker_id,
-            attempt: r.attempt,
-        });
+        report.applied += 1;
+        if r.outcome == Outcome::Completed && !r.children.is_empty() {
+            if let Err(why) = check_children(&mut tx, &exec, &r.children).await? {
+                r.outcome = Outcome::Failed;
+                r.error = Some(StepError::new("spawn_failed", why).permanent());
+                r.children.clear();
+            }
+        }
+        let lineage = exec.lineage();
+        let parent = Some(r.meta.parent_event_id);
+        let error_json = r.error.as_ref().map(serde_json::to_value).transpose()?;
+        match r.outcome {
+            Outcome::Completed => {
+                let waits = r.children.iter().any(|c| c.wait);
+                let (event_type, status) = if waits {
+                    (EventType::StepWaiting, "waiting")
+                } else {
+                    (EventType::StepCompleted, "completed")
+                };
+                let ev = NewEvent::new(event_type, lineage, parent, node_name)
+                    .step(r.step_id, r.attempt)
+                    .worker(&r.worker_id)
+                    .payload(json!({ "step": r.step, "worker_id": r.worker_id,
+                                     "children": r.children.len() }));
+                work.record(ev, (!waits).then_some(r.step_id));
+                updates.push(StepUpdate {
+                    step_id: r.step_id,
+                    status,
+                    output: Some(r.output.clone().unwrap_or(Value::Null)),
+                    error: None,
+                    worker_id: r.worker_id.clone(),
+                    attempt: r.attempt,
+                });
+                if !r.children.is_empty() {
+                    children.push((exec, step.name.clone(), r));
+                }
+            }
+            Outcome::Failed => {
+                let policy: RetryPolicy = serde_json::from_value(step.retry.clone()).unwrap_or_default();
+                let (kind, retryable, message) = r
+                    .error
+                    .as_ref()
+                    .map_or(("unknown", true, String::new()), |e| {
+                        (e.kind.as_str(), e.retryable, e.message.clone())
+                    });
+                let retry = step.attempts < step.max_attempts && policy.allows(kind, retryable);
+                if retry {
+                    let delay = policy.delay_after(r.attempt);
+                    let ev = NewEvent::new(EventType::StepAttemptFailed, lineage, parent, node_name)
+                        .step(r.step_id, r.attempt)
+                        .worker(&r.worker_id)
+                        .payload(json!({ "step": r.step, "error": error_json,
+                            "next_attempt": r.attempt + 1,
+                            "delay_ms": u64::try_from(delay.as_millis()).unwrap_or(u64::MAX) }));
+                    work.ready.push(ReadyStep {
+                        lineage,
+                        step_id: r.step_id,
+                        name: step.name.clone(),
+                        handler: step.handler.clone(),
+                        queue: lineq_shared::validation::QueueName::new(&step.queue)?,
+                        attempt: r.attempt + 1,
+                        // A retry gets exactly the input the failed attempt got.
+                        input: step.input.clone().unwrap_or(Value::Null),
+                        timeout_ms: step.timeout_ms.and_then(|t| u64::try_from(t).ok()),
+                        parent_event: ev.event_id,
+                        delay,
+                        retry_reason: Some(format!("{kind}: {message}")),
+                    });
+                    // The execution is not settled by a retry: it goes on as it was.
+                    work.events.push(ev);
+                    report.retried += 1;
+                    updates.push(StepUpdate {
+                        step_id: r.step_id,
+                        status: "enqueued",
+                        output: None,
+                        error: error_json,
+                        worker_id: r.worker_id.clone(),
+                        attempt: r.attempt,
+                    });
+                } else {
+                    let ev = NewEvent::new(EventType::StepFailed, lineage, parent, node_name)
+                        .step(r.step_id, r.attempt)
+                        .worker(&r.worker_id)
+                        .payload(json!({ "step": r.step, "worker_id": r.worker_id,
+                                         "error": error_json }));
+                    work.record(ev, Some(r.step_id));
+                    updates.push(StepUpdate {
+                        step_id: r.step_id,
+                        status: "failed",
+                        output: None,
+                        error: error_json,
+                        worker_id: r.worker_id.clone(),
+                        attempt: r.attempt,
+                    });
+                }
+            }
+        }
     }
-    report.applied = apply_step_outcomes(&mut tx, &applied).await?;
+    apply_step_updates(&mut tx, &updates).await?;
+    report.children = create_children(&mut tx, &mut work, children).await?;
+    settle(&mut tx, &mut work).await?;
+    report.finished = work.finished;
 
-    let finished = finish_executions(&mut tx, &executions, &last_outcome, node_name).await?;
-    report.finished = finished.len();
-    events.extend(finished);
+    let ready = std::mem::take(&mut work.ready);
+    let mut events = work.events;
+    events.extend(enqueue(&mut tx, ready, node_name).await?);
     insert_events(&mut tx, &events).await?;
     queue::archive(&mut tx, &results_queue, &archive_ids).await?;
     tx.commit().await?;
     Ok(report)
 }
 
-async fn lock_executions(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<LockedExecution>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
+async fn apply_step_updates(conn: &mut PgConnection, updates: &[StepUpdate]) -> Result<()> {
+    if updates.is_empty() {
+        return Ok(());
     }
-    Ok(sqlx::query_as::<_, LockedExecution>(
-        r#"
-        SELECT e.execution_id, e.status, e.correlation_id, e.parent_execution_id,
-               e.root_execution_id, r.correlation_id AS trace_correlation_id
-        FROM lineq.executions e
-        JOIN lineq.executions r ON r.execution_id = e.root_execution_id
-        WHERE e.execution_id = ANY($1)
-        ORDER BY e.execution_id
-        FOR UPDATE OF e
-        "#,
-    )
-    .bind(ids)
-    .fetch_all(conn)
-    .await?)
-}
-
-async fn apply_step_outcomes(conn: &mut PgConnection, applied: &[Applied]) -> Result<usize> {
-    if applied.is_empty() {
-        return Ok(0);
-    }
-    let ids: Vec<Uuid> = applied.iter().map(|a| a.step_id).collect();
-    let statuses: Vec<&str> = applied.iter().map(|a| a.status).collect();
-    let outputs: Vec<Option<&Value>> = applied.iter().map(|a| a.output.as_ref()).collect();
-    let errors: Vec<Option<&Value>> = applied.iter().map(|a| a.error.as_ref()).collect();
-    let workers: Vec<&str> = applied.iter().map(|a| a.worker_id.as_str()).collect();
-    let attempts: Vec<i32> = applied.iter().map(|a| a.attempt).collect();
-    let done = sqlx::query(
+    let ids: Vec<Uuid> = updates.iter().map(|a| a.step_id).collect();
+    let statuses: Vec<&str> = updates.iter().map(|a| a.status).collect();
+    let outputs: Vec<Option<&Value>> = updates.iter().map(|a| a.output.as_ref()).collect();
+    let errors: Vec<Option<&Value>> = updates.iter().map(|a| a.error.as_ref()).collect();
+    let workers: Vec<&str> = updates.iter().map(|a| a.worker_id.as_str()).collect();
+    let attempts: Vec<i32> = updates.iter().map(|a| a.attempt).collect();
+    sqlx::query(
         r#"
         UPDATE lineq.steps s
         SET status = u.status, output = u.output, error = u.error, worker_id = u.worker_id,
-            updated_at = clock_timestamp(), finished_at = clock_timestamp()
+            updated_at = clock_timestamp(),
+            finished_at = CASE WHEN u.status IN ('completed', 'failed') THEN clock_timestamp() END
         FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], $6::int[])
              AS u(step_id, status, output, error, worker_id, attempt)
         WHERE s.step_id = u.step_id AND s.status = 'enqueued' AND s.attempts = u.attempt
@@ -238,110 +274,84 @@ async fn apply_step_outcomes(conn: &mut PgConnection, applied: &[Applied]) -> Re
     .bind(&attempts)
     .execute(conn)
     .await?;
-    Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    Ok(())
 }
 
-/// Finishes the executions whose steps are all terminal (or one of which failed), and marks the
-/// others `running`. Returns the ending events.
-async fn finish_executions(
+/// Checks what a handler asked to spawn; `Ok(Err(reason))` turns the step into a failure.
+async fn check_children(
     conn: &mut PgConnection,
-    executions: &HashMap<Uuid, LockedExecution>,
-    last_outcome: &HashMap<Uuid, Uuid>,
-    node_name: &str,
-) -> Result<Vec<NewEvent>> {
-    let touched: Vec<Uuid> = last_outcome.keys().copied().collect();
-    if touched.is_empty() {
-        return Ok(Vec::new());
+    parent: &ExecState,
+    children: &[ChildRequest],
+) -> Result<std::result::Result<(), String>> {
+    for c in children {
+        let name = c.target.split_once('@').map_or(c.target.as_str(), |(n, _)| n);
+        if let Err(e) = check_name("child target", name) {
+            return Ok(Err(e.to_string()));
+        }
+        let ns = c.namespace.as_deref().unwrap_or(&parent.namespace);
+        let ns = match Namespace::new(ns) {
+            Ok(ns) => ns,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if !queue::queue_exists(conn, &queue::step_queue(&ns)).await? {
+            return Ok(Err(format!("child {}: unknown namespace {ns}", c.target)));
+        }
     }
-    let steps = sqlx::query_as::<_, StepState>(
-        "SELECT step_id, execution_id, name, status, attempts, output, error
-         FROM lineq.steps WHERE execution_id = ANY($1) ORDER BY created_at, step_id",
-    )
-    .bind(&touched)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut by_execution: HashMap<Uuid, Vec<&StepState>> = HashMap::new();
-    for s in &steps {
-        by_execution.entry(s.execution_id).or_default().push(s);
-    }
+    Ok(Ok(()))
+}
 
-    let (mut ids, mut statuses, mut outputs, mut errors) = (vec![], vec![], vec![], vec![]);
-    let mut events = Vec::new();
-    for (execution_id, steps) in by_execution {
-        let Some(exec) = executions.get(&execution_id) else {
-            continue;
-        };
-        if matches!(exec.status.as_str(), "completed" | "failed" | "cancelled") {
-            continue;
-        }
-        let failed = steps.iter().find(|s| s.status == "failed");
-        let all_completed = steps.iter().all(|s| s.status == "completed");
-        let (status, output, error, event_type) = if let Some(f) = failed {
-            let error = json!({ "step": f.name, "error": f.error });
-            (
-                "failed",
-                None,
-                Some(error),
-                Some(EventType::ExecutionFailed),
-            )
-        } else if all_completed {
-            let output = if steps.len() == 1 {
-                steps[0].output.clone().unwrap_or(Value::Null)
-            } else {
-                Value::Object(
-                    steps
-                        .iter()
-                        .map(|s| (s.name.clone(), s.output.clone().unwrap_or(Value::Null)))
-                        .collect::<Map<String, Value>>(),
-                )
+async fn create_children(
+    conn: &mut PgConnection,
+    work: &mut Work,
+    requests: Vec<(ExecState, String, ResultMessage)>,
+) -> Result<usize> {
+    let mut created = 0;
+    for (parent, step_name, r) in requests {
+        for c in &r.children {
+            let (name, version) = match c.target.split_once('@') {
+                Some((n, v)) => (n.to_string(), v.parse().ok()),
+                None => (c.target.clone(), None),
             };
-            (
-                "completed",
-                Some(output),
-                None,
-                Some(EventType::ExecutionCompleted),
-            )
-        } else {
-            ("running", None, None, None)
-        };
-        if let (Some(event_type), Some(parent)) = (event_type, last_outcome.get(&execution_id)) {
-            let lineage = Lineage {
-                execution_id,
-                parent_execution_id: exec.parent_execution_id,
-                root_execution_id: exec.root_execution_id,
-                correlation_id: exec.correlation_id,
-                trace_correlation_id: exec.trace_correlation_id,
+            let ns = c.namespace.clone().unwrap_or_else(|| parent.namespace.clone());
+            let (workflow, version, kind) = match store::get(&mut *conn, &name, version).await? {
+                Some(s) => (s.definition, s.version, "workflow"),
+                None => (WorkflowDefinition::single_step(&name, &ns, None), 1, "task"),
             };
-            events.push(
-                NewEvent::new(event_type, lineage, Some(*parent), node_name)
-                    .payload(json!({ "status": status, "error": error })),
-            );
+            if let Some(missing) = missing_namespace(conn, &workflow).await? {
+                tracing::warn!(child = %c.execution_id, namespace = %missing,
+                    "child workflow names a namespace without a queue; its steps wait for one");
+            }
+            let spec = NewExecution {
+                execution_id: c.execution_id,
+                workflow,
+                version,
+                kind,
+                input: c.input.clone(),
+                correlation_id: lineq_shared::ids::new_id(),
+                idempotency_key: None,
+                priority: 0,
+                tags: Default::default(),
+                metadata: Value::Object(Default::default()),
+                parent: Some(ParentLink {
+                    execution_id: parent.execution_id,
+                    root_execution_id: parent.root_execution_id,
+                    correlation_id: parent.correlation_id,
+                    trace_correlation_id: parent.trace_correlation_id,
+                    // The worker's report of the step that asked for it.
+                    event_id: r.meta.parent_event_id,
+                    step_name: Some(step_name.clone()),
+                    step_id: Some(r.step_id),
+                    waits: c.wait,
+                }),
+            };
+            if let Some((exec, events, ready)) = create_execution(conn, spec, &work.node_name).await?
+            {
+                tracing::debug!(child = %exec.execution_id, parent = %parent.execution_id, "child created");
+                work.events.extend(events);
+                work.ready.extend(ready);
+                created += 1;
+            }
         }
-        ids.push(execution_id);
-        statuses.push(status);
-        outputs.push(output);
-        errors.push(error);
     }
-    if ids.is_empty() {
-        return Ok(events);
-    }
-    sqlx::query(
-        r#"
-        UPDATE lineq.executions e
-        SET status = u.status, output = u.output, error = u.error, version = e.version + 1,
-            updated_at = clock_timestamp(),
-            finished_at = CASE WHEN u.status IN ('completed', 'failed') THEN clock_timestamp() END
-        FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[])
-             AS u(execution_id, status, output, error)
-        WHERE e.execution_id = u.execution_id AND e.status IN ('pending', 'running')
-          AND e.status IS DISTINCT FROM u.status
-        "#,
-    )
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&outputs)
-    .bind(&errors)
-    .execute(conn)
-    .await?;
-    Ok(events)
+    Ok(created)
 }

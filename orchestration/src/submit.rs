@@ -2,26 +2,30 @@
 //! transaction. A retried submit with the same idempotency key returns the first execution and
 //! writes nothing.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use lineq_shared::error::{Error, Result};
-use lineq_shared::event::{EventType, NewEvent, insert_events};
+use lineq_shared::event::insert_events;
 use lineq_shared::execution::Execution;
 use lineq_shared::ids::new_id;
 use lineq_shared::labels::{Tags, check_metadata, check_tags};
-use lineq_shared::message::{Meta, StepMessage};
-use lineq_shared::queue;
 use lineq_shared::validation::{
-    MAX_INPUT_BYTES, Namespace, check_idempotency_key, check_json_size, check_name,
+    MAX_INPUT_BYTES, Namespace, ValidationError, check_idempotency_key, check_json_size,
+    check_name,
 };
+
+use crate::create::{NewExecution, ParentLink, create_execution, missing_namespace};
+use crate::enqueue::enqueue;
+use crate::workflow::{WorkflowDefinition, store};
 
 /// What to run. Build one with [`SubmitRequest::new`] and its setters.
 #[derive(Debug, Clone)]
 pub struct SubmitRequest {
-    /// The handler to run (a one-step execution).
-    pub handler: String,
+    /// A registered workflow (`NAME` for its latest version, `NAME@VERSION`), or else a
+    /// handler to run as a one-step execution.
+    pub target: String,
     /// The handler's input.
     pub input: Value,
     /// The namespace whose workers run it (default `default`).
@@ -43,10 +47,11 @@ pub struct SubmitRequest {
 }
 
 impl SubmitRequest {
-    /// A request to run `handler` with a `null` input in the `default` namespace.
-    pub fn new(handler: impl Into<String>) -> Self {
+    /// A request to run `target` (a workflow or handler name) with a `null` input in the
+    /// `default` namespace.
+    pub fn new(target: impl Into<String>) -> Self {
         Self {
-            handler: handler.into(),
+            target: target.into(),
             input: Value::Null,
             namespace: Namespace::default_namespace().to_string(),
             correlation_id: None,
@@ -110,14 +115,15 @@ impl SubmitRequest {
     fn validate(&self) -> Result<Namespace> {
         check_tags(&self.tags)?;
         check_metadata(&self.metadata)?;
-        check_name("handler", &self.handler)?;
+        let name = self.target.split_once('@').map_or(self.target.as_str(), |(n, _)| n);
+        check_name("handler", name)?;
         let ns = Namespace::new(&self.namespace)?;
         check_json_size("input", &self.input, MAX_INPUT_BYTES)?;
         if let Some(key) = &self.idempotency_key {
             check_idempotency_key(key)?;
         }
         if self.timeout_ms == Some(0) {
-            return Err(lineq_shared::validation::ValidationError::new(
+            return Err(ValidationError::new(
                 "timeout_ms",
                 "it must be at least 1",
             )
@@ -136,43 +142,50 @@ pub struct Submitted {
     pub created: bool,
 }
 
-/// Submits `req`: validates it, then writes the execution, its step, `execution_started`,
-/// `workflow_initialized` and `step_enqueued`, and sends the step message, all in one
+/// Submits `req`: validates it, resolves the target (a registered workflow, else a handler run
+/// as one step), then writes the execution, its steps, `execution_started`,
+/// `workflow_initialized`, the first steps' `step_enqueued` and their messages, all in one
 /// transaction.
 pub async fn submit(pool: &PgPool, node_name: &str, req: SubmitRequest) -> Result<Submitted> {
     let namespace = req.validate()?;
-    let step_queue = queue::step_queue(&namespace);
     let mut tx = pool.begin().await?;
-    if !queue::queue_exists(&mut tx, &step_queue).await? {
-        return Err(Error::UnknownNamespace {
-            namespace: namespace.to_string(),
-        });
+    let (name, version) = parse_target(&req.target)?;
+    let (workflow, version, kind) = match store::get(&mut *tx, &name, version).await? {
+        Some(stored) => (stored.definition, stored.version, "workflow"),
+        None if version.is_some() => {
+            return Err(Error::NotFound {
+                what: "workflow",
+                id: req.target.clone(),
+            });
+        }
+        None => (
+            WorkflowDefinition::single_step(&name, namespace.as_str(), req.timeout_ms),
+            1,
+            "task",
+        ),
+    };
+    if let Some(ns) = missing_namespace(&mut tx, &workflow).await? {
+        return Err(Error::UnknownNamespace { namespace: ns });
     }
-
-    let execution_id = new_id();
-    let correlation_id = req.correlation_id.unwrap_or_else(new_id);
-    let inserted = sqlx::query_as::<_, Execution>(
-        r#"
-        INSERT INTO lineq.executions (execution_id, workflow_name, namespace, status, input,
-            correlation_id, root_execution_id, idempotency_key, priority, tags, metadata)
-        VALUES ($1, $2, $3, 'pending', $4, $5, $1, $6, $7, $8, $9)
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING *
-        "#,
-    )
-    .bind(execution_id)
-    .bind(&req.handler)
-    .bind(namespace.as_str())
-    .bind(&req.input)
-    .bind(correlation_id)
-    .bind(&req.idempotency_key)
-    .bind(req.priority)
-    .bind(sqlx::types::Json(&req.tags))
-    .bind(&req.metadata)
-    .fetch_optional(&mut *tx)
-    .await?;
-
-    let Some(execution) = inserted else {
+    let parent = match req.parent_execution_id {
+        Some(id) => Some(explicit_parent(&mut tx, id).await?),
+        None => None,
+    };
+    let spec = NewExecution {
+        execution_id: new_id(),
+        workflow,
+        version,
+        kind,
+        input: req.input.clone(),
+        correlation_id: req.correlation_id.unwrap_or_else(new_id),
+        idempotency_key: req.idempotency_key.clone(),
+        priority: req.priority,
+        tags: req.tags.clone(),
+        metadata: req.metadata.clone(),
+        parent,
+    };
+    let Some((execution, mut events, ready)) = create_execution(&mut tx, spec, node_name).await?
+    else {
         // The key is taken: the insert waited for the first submit to commit, so it is visible.
         let first = sqlx::query_as::<_, Execution>(
             "SELECT * FROM lineq.executions WHERE idempotency_key = $1",
@@ -186,73 +199,61 @@ pub async fn submit(pool: &PgPool, node_name: &str, req: SubmitRequest) -> Resul
             created: false,
         });
     };
-
-    let lineage = execution.lineage(correlation_id);
-    let step_id = new_id();
-    let step_name = req.handler.clone();
-    let started = NewEvent::new(EventType::ExecutionStarted, lineage, None, node_name).payload(
-        json!({ "workflow": req.handler, "namespace": namespace, "correlation_id_given": req.correlation_id.is_some() }),
-    );
-    let initialized = NewEvent::new(
-        EventType::WorkflowInitialized,
-        lineage,
-        Some(started.event_id),
-        node_name,
-    )
-    .payload(json!({ "steps": [step_name] }));
-    let mut enqueued = NewEvent::new(
-        EventType::StepEnqueued,
-        lineage,
-        Some(initialized.event_id),
-        node_name,
-    )
-    .step(step_id, 1);
-
-    let message = StepMessage {
-        step_id,
-        execution_id,
-        step: step_name.clone(),
-        handler: req.handler.clone(),
-        attempt: 1,
-        input: req.input.clone(),
-        timeout_ms: req.timeout_ms,
-        meta: Meta {
-            correlation_id,
-            parent_event_id: enqueued.event_id,
-            parent_execution_id: None,
-            root_execution_id: execution_id,
-            traceparent: enqueued.traceparent(),
-            tracestate: String::new(),
-        },
-    };
-    let msg_id = queue::send(&mut tx, &step_queue, &serde_json::to_value(&message)?, 0).await?;
-    enqueued.payload = json!({
-        "step": step_name, "handler": req.handler, "queue": step_queue.as_str(), "msg_id": msg_id,
-    });
-
-    sqlx::query(
-        r#"
-        INSERT INTO lineq.steps (step_id, execution_id, name, handler, namespace, queue, status,
-            attempts, max_attempts, timeout_ms, input, msg_id)
-        VALUES ($1, $2, $3, $4, $5, $6, 'enqueued', 1, 1, $7, $8, $9)
-        "#,
-    )
-    .bind(step_id)
-    .bind(execution_id)
-    .bind(&step_name)
-    .bind(&req.handler)
-    .bind(namespace.as_str())
-    .bind(step_queue.as_str())
-    .bind(req.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
-    .bind(&req.input)
-    .bind(msg_id)
-    .execute(&mut *tx)
-    .await?;
-
-    insert_events(&mut tx, &[started, initialized, enqueued]).await?;
+    events.extend(enqueue(&mut tx, ready, node_name).await?);
+    insert_events(&mut tx, &events).await?;
     tx.commit().await?;
     Ok(Submitted {
         execution,
         created: true,
+    })
+}
+
+/// `NAME` or `NAME@VERSION`.
+fn parse_target(target: &str) -> Result<(String, Option<i32>)> {
+    match target.split_once('@') {
+        None => Ok((target.to_string(), None)),
+        Some((name, v)) => {
+            let v: i32 = v.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
+                ValidationError::new(
+                    "workflow",
+                    format!("{target:?}: the version after @ must be a whole number from 1"),
+                )
+            })?;
+            Ok((name.to_string(), Some(v)))
+        }
+    }
+}
+
+/// The link for a client-chosen parent: it must exist; the new execution joins its tree under
+/// the parent's latest event.
+async fn explicit_parent(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<ParentLink> {
+    let row: Option<(Uuid, Uuid, Uuid, Option<Uuid>)> = sqlx::query_as(
+        r#"
+        SELECT p.root_execution_id, p.correlation_id, r.correlation_id,
+               (SELECT e.event_id FROM lineq.events e WHERE e.execution_id = p.execution_id
+                ORDER BY e.created_at DESC, e.event_id DESC LIMIT 1)
+        FROM lineq.executions p JOIN lineq.executions r ON r.execution_id = p.root_execution_id
+        WHERE p.execution_id = $1
+        "#,
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((root, correlation, trace_correlation, Some(event))) = row else {
+        return Err(ValidationError::new(
+            "parent",
+            format!("parent execution {id} does not exist"),
+        )
+        .into());
+    };
+    Ok(ParentLink {
+        execution_id: id,
+        root_execution_id: root,
+        correlation_id: correlation,
+        trace_correlation_id: trace_correlation,
+        event_id: event,
+        step_name: None,
+        step_id: None,
+        waits: false,
     })
 }

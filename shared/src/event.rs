@@ -31,8 +31,15 @@ pub enum EventType {
     StepResult,
     /// The orchestrator recorded the step as completed (parent: `step_result`).
     StepCompleted,
-    /// The orchestrator recorded the step as failed (parent: `step_result`).
+    /// The orchestrator recorded the step as failed for good (parent: `step_result`).
     StepFailed,
+    /// An attempt failed and another is scheduled (parent: `step_result`; the retry's
+    /// `step_enqueued` hangs off it).
+    StepAttemptFailed,
+    /// The step waits for child executions (parent: `step_result`).
+    StepWaiting,
+    /// The step was cancelled (parent: its execution's `execution_cancelled`).
+    StepCancelled,
     /// The execution completed (parent: the event that ended it).
     ExecutionCompleted,
     /// The execution failed (parent: the event that ended it).
@@ -41,6 +48,10 @@ pub enum EventType {
     ExecutionCancelled,
     /// A message was moved to the dead-letter queue (parent: the message's parent event).
     MessageDeadLettered,
+    /// A dead letter was sent back to its queue (parent: its `message_dead_lettered`).
+    MessageReplayed,
+    /// A user changed the execution's tags (parent: its `execution_started`).
+    TagsChanged,
 }
 
 impl EventType {
@@ -56,10 +67,15 @@ impl EventType {
             Self::StepResult => "step_result",
             Self::StepCompleted => "step_completed",
             Self::StepFailed => "step_failed",
+            Self::StepAttemptFailed => "step_attempt_failed",
+            Self::StepWaiting => "step_waiting",
+            Self::StepCancelled => "step_cancelled",
             Self::ExecutionCompleted => "execution_completed",
             Self::ExecutionFailed => "execution_failed",
             Self::ExecutionCancelled => "execution_cancelled",
             Self::MessageDeadLettered => "message_dead_lettered",
+            Self::MessageReplayed => "message_replayed",
+            Self::TagsChanged => "tags_changed",
         }
     }
 }

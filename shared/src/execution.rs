@@ -35,6 +35,8 @@ pub enum StepStatus {
     Pending,
     /// Its message is in a queue (or held by a worker).
     Enqueued,
+    /// Its handler finished and it waits for the child executions it started.
+    Waiting,
     /// Completed with output.
     Completed,
     /// Failed for good.
@@ -86,7 +88,7 @@ text_enum!(ExecutionStatus, "status", {
     Failed => "failed", Cancelled => "cancelled",
 });
 text_enum!(StepStatus, "step status", {
-    Pending => "pending", Enqueued => "enqueued", Completed => "completed",
+    Pending => "pending", Enqueued => "enqueued", Waiting => "waiting", Completed => "completed",
     Failed => "failed", Cancelled => "cancelled",
 });
 
@@ -132,6 +134,12 @@ pub struct Execution {
     pub priority: i32,
     /// Optimistic-concurrency counter, bumped on every change.
     pub version: i64,
+    /// `task` (one handler) or `workflow`.
+    pub kind: String,
+    /// The step that spawned it, for a child.
+    pub parent_step_id: Option<Uuid>,
+    /// Whether the spawning step waits for it.
+    pub parent_waits: bool,
     /// When it was submitted.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -190,6 +198,14 @@ pub struct Step {
     pub msg_id: Option<i64>,
     /// The worker that reported its last outcome.
     pub worker_id: Option<String>,
+    /// Its retry policy (JSON of the workflow's `retry`).
+    pub retry: Value,
+    /// `fail` or `continue`.
+    pub on_failure: String,
+    /// Fixed parameters from the definition.
+    pub params: Option<Value>,
+    /// Its position in the definition.
+    pub position: i32,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -219,7 +235,7 @@ pub async fn steps_of<'e, E: sqlx::PgExecutor<'e>>(
     execution_id: Uuid,
 ) -> Result<Vec<Step>> {
     Ok(sqlx::query_as::<_, Step>(
-        "SELECT * FROM lineq.steps WHERE execution_id = $1 ORDER BY created_at, step_id",
+        "SELECT * FROM lineq.steps WHERE execution_id = $1 ORDER BY position, created_at",
     )
     .bind(execution_id)
     .fetch_all(executor)

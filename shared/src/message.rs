@@ -27,6 +27,12 @@ pub struct Meta {
     /// W3C `tracestate`, passed through untouched.
     #[serde(default)]
     pub tracestate: String,
+    /// For a retry: the attempt this message carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    /// For a retry: why the previous attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_reason: Option<String>,
 }
 
 impl Meta {
@@ -149,8 +155,49 @@ pub struct ResultMessage {
     /// The failure, when failed.
     #[serde(default)]
     pub error: Option<StepError>,
+    /// Child executions the handler started, created by the orchestrator when it records this
+    /// result (so a crashed attempt never leaves orphans behind).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildRequest>,
     /// Lineage: `parent_event_id` is the worker's `step_result` event.
     pub meta: Meta,
+}
+
+/// A child execution a handler asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildRequest {
+    /// The child's id, chosen by the worker so the handler can know it at once.
+    pub execution_id: Uuid,
+    /// A registered workflow, or a handler to run as one step.
+    pub target: String,
+    /// The child's input.
+    #[serde(default)]
+    pub input: Value,
+    /// The namespace (default: the parent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Whether the spawning step waits for it and completes with its output.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+impl ChildRequest {
+    /// A child running `target` (a workflow or handler name) with `input`.
+    pub fn new(target: impl Into<String>, input: Value) -> Self {
+        Self {
+            execution_id: crate::ids::new_id(),
+            target: target.into(),
+            input,
+            namespace: None,
+            wait: false,
+        }
+    }
+
+    /// Runs it in `namespace`.
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = Some(ns.into());
+        self
+    }
 }
 
 impl ResultMessage {
@@ -195,6 +242,8 @@ mod tests {
             root_execution_id: new_id(),
             traceparent: TraceContext::for_event(corr, new_id()).to_string(),
             tracestate: String::new(),
+            attempt: None,
+            retry_reason: None,
         }
     }
 

@@ -66,19 +66,19 @@ pub async fn queue_exists(conn: &mut PgConnection, queue: &QueueName) -> Result<
     )
 }
 
-/// Sends one message, visible after `delay_secs`; returns its id.
+/// Sends one message, visible after `delay` (millisecond precision); returns its id.
 pub async fn send(
     conn: &mut PgConnection,
     queue: &QueueName,
     body: &Value,
-    delay_secs: i32,
+    delay: std::time::Duration,
 ) -> Result<i64> {
     let id: i64 = sqlx::query_scalar(
-        "SELECT pgmq.send(queue_name => $1::text, msg => $2::jsonb, delay => $3::integer)",
+        "SELECT pgmq.send($1::text, $2::jsonb, clock_timestamp() + make_interval(secs => $3::float8))",
     )
     .bind(queue.as_str())
     .bind(body)
-    .bind(delay_secs)
+    .bind(delay.as_secs_f64())
     .fetch_one(&mut *conn)
     .await?;
     notify(conn, queue).await?;
@@ -152,6 +152,18 @@ pub async fn extend<'e, E: sqlx::PgExecutor<'e>>(
     Ok(rows.len())
 }
 
+/// Deletes messages (e.g. of cancelled steps) so no worker runs them. Returns the ids deleted.
+pub async fn delete(conn: &mut PgConnection, queue: &QueueName, msg_ids: &[i64]) -> Result<Vec<i64>> {
+    if msg_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_scalar("SELECT pgmq.delete($1::text, $2::bigint[])")
+        .bind(queue.as_str())
+        .bind(msg_ids)
+        .fetch_all(conn)
+        .await?)
+}
+
 /// Moves messages to the queue's archive (`pgmq.a_<queue>`). Returns the ids actually moved: a
 /// message already archived by someone else is not moved twice (a concurrent archiver waits for
 /// the first to commit, then finds nothing).
@@ -172,12 +184,14 @@ pub async fn archive(
 }
 
 /// Sends `msg` to the dead-letter queue with `reason`, and archives it from `queue`, in the
-/// caller's transaction. Returns the dead letter's id.
+/// caller's transaction. `event_id` is the `message_dead_lettered` event, when one was written.
+/// Returns the dead letter's id.
 pub async fn dead_letter(
     conn: &mut PgConnection,
     queue: &QueueName,
     msg: &QueuedMessage,
     reason: &str,
+    event_id: Option<uuid::Uuid>,
 ) -> Result<i64> {
     let letter = json!({
         "source_queue": queue.as_str(),
@@ -185,9 +199,10 @@ pub async fn dead_letter(
         "read_ct": msg.read_ct,
         "enqueued_at": msg.enqueued_at,
         "reason": reason,
+        "event_id": event_id,
         "message": msg.message,
     });
-    let id = send(conn, &dead_letter_queue(), &letter, 0).await?;
+    let id = send(conn, &dead_letter_queue(), &letter, std::time::Duration::ZERO).await?;
     archive(conn, queue, &[msg.msg_id]).await?;
     Ok(id)
 }

@@ -1,13 +1,19 @@
 //! The command line: parsing, dispatch, output formats and exit codes.
 
+mod cancel;
 mod demo;
+mod dlq;
 mod inspect;
+mod list;
 pub mod logging;
 mod migrate;
 mod namespace;
 mod render;
 mod run;
+mod serve;
 mod submit;
+mod tags;
+mod workflow;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -78,6 +84,18 @@ pub enum Command {
     Get(inspect::GetArgs),
     /// List an execution's events in order, each with its parent (its lineage).
     Events(inspect::EventsArgs),
+    /// Find executions by tags, metadata, status, workflow, lineage and time (filters combine
+    /// with AND), oldest first, one page at a time.
+    List(list::ListArgs),
+    /// Set tags on a pending execution (KEY=VALUE...). A concurrent change makes it fail with a
+    /// conflict instead of being lost.
+    Tag(tags::TagArgs),
+    /// Remove tags from a pending execution (KEY...).
+    Untag(tags::UntagArgs),
+    /// Show an execution's history: status, step and tag changes, with time and cause.
+    History(tags::HistoryArgs),
+    /// Serve the REST API (and its OpenAPI document at /openapi.json). Stops on SIGTERM/Ctrl-C.
+    Serve(serve::ServeArgs),
     /// Run an orchestrator: processes results and finishes executions. Stops on SIGTERM/Ctrl-C.
     Orchestrator(run::OrchestratorArgs),
     /// Run a worker: claims steps of a namespace and runs their handlers. Stops on
@@ -86,6 +104,16 @@ pub enum Command {
     /// Manage namespaces (each is a step queue that a pool of workers serves).
     #[command(subcommand)]
     Namespace(namespace::NamespaceCommand),
+    /// Manage workflows: register versioned definitions from YAML, list them, show one.
+    /// Registered versions are immutable; registering without a version adds the next one.
+    #[command(subcommand)]
+    Workflow(workflow::WorkflowCommand),
+    /// Cancel an execution and all its descendants: pending steps never run, running handlers
+    /// see their cancellation token. Prints how many executions and steps were cancelled.
+    Cancel(cancel::CancelArgs),
+    /// The dead-letter queue: messages that could not be processed, with the reason.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Run the whole system once, in-process, and print what happened. Uses DATABASE_URL, or a
     /// throwaway PostgreSQL from the machine's own binaries when it is unset or unreachable.
     Demo(demo::DemoArgs),
@@ -109,9 +137,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(a) => submit::run(&connect(g).await?, g.format, a).await,
         Command::Get(a) => inspect::get(&connect(g).await?, g.format, a).await,
         Command::Events(a) => inspect::events(&connect(g).await?, g.format, a).await,
+        Command::List(a) => list::run(&connect(g).await?, g.format, a).await,
+        Command::Tag(a) => tags::tag(&connect(g).await?, g.format, a).await,
+        Command::Untag(a) => tags::untag(&connect(g).await?, g.format, a).await,
+        Command::History(a) => tags::history(&connect(g).await?, g.format, a).await,
+        Command::Serve(a) => serve::run(connect_sized(g, 10).await?, a).await,
         Command::Orchestrator(a) => run::orchestrator(connect(g).await?, a).await,
         Command::Worker(a) => run::worker(connect_sized(g, a.pool_size()).await?, a).await,
         Command::Namespace(c) => namespace::run(&connect(g).await?, g.format, c).await,
+        Command::Workflow(c) => workflow::run(&connect(g).await?, g.format, c).await,
+        Command::Cancel(a) => cancel::run(&connect(g).await?, g.format, a).await,
+        Command::Dlq(c) => dlq::run(&connect(g).await?, g.format, c).await,
         Command::Demo(a) => demo::run(g.database_url.clone(), g.format, a).await,
     }
 }

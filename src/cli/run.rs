@@ -44,6 +44,9 @@ pub struct WorkerArgs {
     /// Longest wait between looks at the queue when no notification arrives (ms).
     #[arg(long, default_value_t = 1000)]
     pub poll_interval_ms: u64,
+    /// A message delivered more often than this without an outcome is dead-lettered as poison.
+    #[arg(long, default_value_t = 5)]
+    pub max_deliveries: i32,
     /// Worker id written in events (default: host-pid-random).
     #[arg(long)]
     pub worker_id: Option<String>,
@@ -105,7 +108,8 @@ pub async fn worker(pool: PgPool, a: WorkerArgs) -> anyhow::Result<()> {
         .batch_size(a.batch_size)
         .visibility_timeout(Duration::from_secs(a.visibility_timeout_secs))
         .shutdown_grace(Duration::from_secs(a.shutdown_grace_secs))
-        .poll_interval(Duration::from_millis(a.poll_interval_ms));
+        .poll_interval(Duration::from_millis(a.poll_interval_ms))
+        .max_deliveries(a.max_deliveries);
     for spec in &a.commands {
         builder = builder.command(CommandSpec::parse(spec)?);
     }

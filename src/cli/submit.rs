@@ -14,7 +14,9 @@ use super::{Format, parse_id, print_json};
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// The handler to run, e.g. `echo`, `sleep`, `fail`, or one a worker declares.
+    /// A registered workflow (NAME or NAME@VERSION), or a handler to run as one step, e.g.
+    /// `echo`, `sleep`, `fail`, or one a worker declares.
+    #[arg(value_name = "WORKFLOW|HANDLER")]
     pub handler: String,
     /// The input as JSON; `@FILE` reads a file, `-` reads standard input.
     #[arg(long, default_value = "null")]
@@ -31,6 +33,14 @@ pub struct SubmitArgs {
     /// Time limit for each attempt, in milliseconds.
     #[arg(long)]
     pub timeout_ms: Option<u64>,
+    /// A tag KEY=VALUE (repeatable; at most 20): keys 1-64 of a-z 0-9 - _, values up to 256
+    /// characters. Find executions by them with `lineq list --tag`.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// Metadata: a JSON object (at most 64 KiB and 50 top-level keys), or `@FILE`. Find
+    /// executions by it with `lineq list --metadata`.
+    #[arg(long, value_name = "JSON")]
+    pub metadata: Option<String>,
     /// Wait until the execution finishes, then print it; exits 1 if it failed.
     #[arg(long)]
     pub wait: bool,
@@ -56,6 +66,17 @@ fn read_input(arg: &str) -> Result<Value, ValidationError> {
         .map_err(|e| ValidationError::new("input", format!("not valid JSON: {e}")))
 }
 
+/// `--metadata`: JSON, or `@FILE`.
+fn read_metadata(arg: &str) -> Result<Value, ValidationError> {
+    let text = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| ValidationError::new("metadata", format!("cannot read {path}: {e}")))?,
+        None => arg.to_string(),
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| ValidationError::new("metadata", format!("not valid JSON: {e}")))
+}
+
 pub async fn run(pool: &PgPool, format: Format, a: SubmitArgs) -> anyhow::Result<()> {
     let input = read_input(&a.input)?;
     let mut req = SubmitRequest::new(a.handler)
@@ -69,6 +90,16 @@ pub async fn run(pool: &PgPool, format: Format, a: SubmitArgs) -> anyhow::Result
     }
     if let Some(t) = a.timeout_ms {
         req = req.timeout_ms(t);
+    }
+    for t in &a.tags {
+        let (k, v) = lineq::shared::labels::parse_tag(t)?;
+        if req.tags.contains_key(&k) {
+            return Err(ValidationError::new("tags", format!("tag {k:?} is given twice")).into());
+        }
+        req = req.tag(k, v);
+    }
+    if let Some(m) = &a.metadata {
+        req = req.metadata(read_metadata(m)?);
     }
     let client = Client::new(pool.clone());
     let submitted = client.submit(req).await?;

@@ -53,9 +53,53 @@ pub async fn fail(_ctx: StepContext, input: Value) -> HandlerResult {
     })
 }
 
-/// Registers `echo`, `sleep` and `fail`.
+/// Fails (retryably) while the attempt is at most `{"fail_attempts": N}`, then returns its
+/// input: a step that succeeds on a retry.
+pub async fn flaky(ctx: StepContext, input: Value) -> HandlerResult {
+    let n = input.get("fail_attempts").and_then(Value::as_i64).unwrap_or(1);
+    if i64::from(ctx.attempt) <= n {
+        return Err(HandlerError::new(format!(
+            "flaky: attempt {} of the first {n} fails on purpose",
+            ctx.attempt
+        ))
+        .kind("flaky"));
+    }
+    Ok(input)
+}
+
+/// Starts the child executions listed in its input and, with `"wait": true`, completes with
+/// their output: `{"children": [{"target": "echo", "input": {...}, "namespace": "default"}],
+/// "wait": true}`. A target is a registered workflow or a handler, like `lineq submit`'s.
+pub async fn spawn(ctx: StepContext, input: Value) -> HandlerResult {
+    let children = input
+        .get("children")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            HandlerError::permanent("spawn needs input {\"children\": [{\"target\": ..., \"input\": ...}]}")
+                .kind("invalid_input")
+        })?;
+    let wait = input.get("wait").and_then(Value::as_bool).unwrap_or(false);
+    let mut ids = Vec::new();
+    for c in children {
+        let target = c.get("target").and_then(Value::as_str).ok_or_else(|| {
+            HandlerError::permanent("spawn: every child needs a \"target\"").kind("invalid_input")
+        })?;
+        let mut req = lineq_shared::message::ChildRequest::new(
+            target,
+            c.get("input").cloned().unwrap_or(Value::Null),
+        );
+        req.namespace = c.get("namespace").and_then(Value::as_str).map(str::to_string);
+        req.wait = wait;
+        ids.push(ctx.spawn_child(req));
+    }
+    Ok(json!({ "spawned": ids }))
+}
+
+/// Registers `echo`, `sleep`, `fail`, `flaky` and `spawn`.
 pub fn register(handlers: &mut Handlers) {
     handlers.insert("echo", echo);
     handlers.insert("sleep", sleep);
     handlers.insert("fail", fail);
+    handlers.insert("flaky", flaky);
+    handlers.insert("spawn", spawn);
 }

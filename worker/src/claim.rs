@@ -35,6 +35,8 @@ pub(crate) struct ClaimParams<'a> {
     pub qty: i32,
     pub worker_id: &'a str,
     pub node_name: &'a str,
+    /// A message read more often than this (workers keep dying on it) is dead-lettered.
+    pub max_deliveries: i32,
 }
 
 pub(crate) async fn claim(pool: &PgPool, p: ClaimParams<'_>) -> Result<ClaimBatch> {
@@ -53,7 +55,7 @@ pub(crate) async fn claim(pool: &PgPool, p: ClaimParams<'_>) -> Result<ClaimBatc
             Err(e) => {
                 tracing::warn!(queue = %p.queue, msg_id = m.msg_id, reason = %e,
                     "dead-lettering malformed step message");
-                queue::dead_letter(&mut tx, p.queue, m, &e.to_string()).await?;
+                queue::dead_letter(&mut tx, p.queue, m, &e.to_string(), None).await?;
                 continue;
             }
         };
@@ -65,6 +67,26 @@ pub(crate) async fn claim(pool: &PgPool, p: ClaimParams<'_>) -> Result<ClaimBatc
             // The trace id is the root's correlation id (see lineq_shared::trace_context).
             trace_correlation_id: Uuid::from_bytes(tc.trace_id),
         };
+        if m.read_ct > p.max_deliveries {
+            let reason = format!(
+                "delivered {} times without a reported outcome (limit {}): it may crash or hang every worker that runs it",
+                m.read_ct, p.max_deliveries
+            );
+            let event = NewEvent::new(
+                EventType::MessageDeadLettered,
+                lineage,
+                Some(message.meta.parent_event_id),
+                p.node_name,
+            )
+            .step(message.step_id, message.attempt)
+            .worker(p.worker_id)
+            .payload(json!({ "step": message.step, "queue": p.queue.as_str(), "msg_id": m.msg_id,
+                             "reason": reason }));
+            tracing::warn!(queue = %p.queue, msg_id = m.msg_id, %reason, "dead-lettering poison message");
+            queue::dead_letter(&mut tx, p.queue, m, &reason, Some(event.event_id)).await?;
+            events.push(event);
+            continue;
+        }
         let event = NewEvent::new(
             EventType::ActionStarted,
             lineage,

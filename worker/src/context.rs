@@ -1,7 +1,12 @@
 //! What a handler knows about the step it runs.
 
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use lineq_shared::message::ChildRequest;
 
 /// The step a handler is running, with its lineage.
 #[derive(Debug, Clone)]
@@ -30,8 +35,11 @@ pub struct StepContext {
     pub traceparent: String,
     /// The `action_started` event of this delivery.
     pub event_id: Uuid,
-    /// Cancelled when the worker shuts down past its grace period or the attempt times out.
+    /// Cancelled when the execution is cancelled, the attempt times out, or the worker shuts
+    /// down past its grace period.
     pub cancellation: CancellationToken,
+    /// Children asked for so far; sent with the step's result.
+    pub(crate) children: Arc<Mutex<Vec<ChildRequest>>>,
 }
 
 impl StepContext {
@@ -39,5 +47,39 @@ impl StepContext {
     /// handler can make its side effects happen once.
     pub fn idempotency_key(&self) -> String {
         format!("{}:{}", self.step_id, self.attempt)
+    }
+
+    /// Starts a child execution of `target` (a registered workflow, or a handler run as one
+    /// step) and returns its id. It is created when this step's result is recorded — so an
+    /// attempt that crashes leaves no orphans — with its own correlation id, this execution as
+    /// parent and this step's report as the parent of its first event.
+    pub fn spawn(&self, target: impl Into<String>, input: Value) -> Uuid {
+        self.spawn_child(ChildRequest::new(target, input))
+    }
+
+    /// Like [`Self::spawn`], and this step then waits: it completes with the child's output
+    /// (an array of outputs when it waits for several) or fails with its error.
+    pub fn spawn_and_wait(&self, target: impl Into<String>, input: Value) -> Uuid {
+        let mut req = ChildRequest::new(target, input);
+        req.wait = true;
+        self.spawn_child(req)
+    }
+
+    /// Starts a child described in full.
+    pub fn spawn_child(&self, req: ChildRequest) -> Uuid {
+        let id = req.execution_id;
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(req);
+        id
+    }
+
+    /// The children asked for so far.
+    pub fn spawned(&self) -> Vec<ChildRequest> {
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }

@@ -26,6 +26,7 @@ use crate::claim::Claimed;
 pub(crate) struct Completion {
     pub claimed: Claimed,
     pub outcome: std::result::Result<Value, StepError>,
+    pub children: Vec<lineq_shared::message::ChildRequest>,
     pub duration: Duration,
 }
 
@@ -83,6 +84,8 @@ pub(crate) async fn report(
             outcome,
             output: c.outcome.as_ref().ok().cloned(),
             error: c.outcome.as_ref().err().cloned(),
+            // Children only come to be if the attempt succeeded.
+            children: if c.outcome.is_ok() { c.children.clone() } else { Vec::new() },
             meta: Meta {
                 correlation_id: m.meta.correlation_id,
                 parent_event_id: result_event.event_id,
@@ -90,6 +93,8 @@ pub(crate) async fn report(
                 root_execution_id: m.meta.root_execution_id,
                 traceparent: result_event.traceparent(),
                 tracestate: m.meta.tracestate.clone(),
+                attempt: None,
+                retry_reason: None,
             },
         };
         results.push(serde_json::to_value(&result)?);

@@ -1,6 +1,6 @@
 //! The worker runtime: claim loop, handler tasks, heartbeats, reporting and graceful shutdown.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ pub struct WorkerBuilder {
     visibility_timeout_secs: i32,
     poll_interval: Duration,
     shutdown_grace: Duration,
+    max_deliveries: i32,
     worker_id: Option<String>,
     handlers: Handlers,
 }
@@ -81,6 +82,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// A message delivered more often than this without a reported outcome is dead-lettered as
+    /// poison (default 5).
+    pub fn max_deliveries(mut self, n: i32) -> Self {
+        self.max_deliveries = n.max(1);
+        self
+    }
+
     /// Sets the worker id (default `<host>-<pid>-<random>`).
     pub fn worker_id(mut self, id: impl Into<String>) -> Self {
         self.worker_id = Some(id.into());
@@ -117,10 +125,11 @@ impl WorkerBuilder {
                 visibility_timeout_secs: self.visibility_timeout_secs,
                 poll_interval: self.poll_interval,
                 shutdown_grace: self.shutdown_grace,
+                max_deliveries: self.max_deliveries,
                 worker_id,
                 node_name: node,
                 handlers: self.handlers,
-                in_flight: Mutex::new(HashSet::new()),
+                in_flight: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -135,11 +144,13 @@ struct Inner {
     visibility_timeout_secs: i32,
     poll_interval: Duration,
     shutdown_grace: Duration,
+    max_deliveries: i32,
     worker_id: String,
     node_name: String,
     handlers: Handlers,
-    /// Message ids held right now, for heartbeats and release on shutdown.
-    in_flight: Mutex<HashSet<i64>>,
+    /// Messages held right now (msg id → step and its handler's cancellation), for heartbeats,
+    /// cancellation and release on shutdown.
+    in_flight: Mutex<HashMap<i64, (uuid::Uuid, CancellationToken)>>,
 }
 
 /// A worker: serves one namespace's step queue until shut down.
@@ -161,6 +172,7 @@ impl Worker {
             visibility_timeout_secs: 30,
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
+            max_deliveries: 5,
             worker_id: None,
             handlers,
         }
@@ -227,6 +239,7 @@ impl Worker {
                     qty: i32::try_from(qty).unwrap_or(i32::MAX),
                     worker_id: &inner.worker_id,
                     node_name: &inner.node_name,
+                    max_deliveries: inner.max_deliveries,
                 },
             )
             .await;
@@ -250,10 +263,11 @@ impl Worker {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
-                lock(&inner.in_flight).insert(claimed.msg_id);
+                let cancel = handler_cancel.child_token();
+                lock(&inner.in_flight)
+                    .insert(claimed.msg_id, (claimed.message.step_id, cancel.clone()));
                 let inner = self.inner.clone();
                 let done_tx = done_tx.clone();
-                let cancel = handler_cancel.child_token();
                 tasks.spawn(async move {
                     let completion = run_step(&inner, claimed, cancel).await;
                     // The reporter only goes away after every sender is dropped.
@@ -279,7 +293,7 @@ impl Worker {
             handler_cancel.cancel();
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-            let held: Vec<i64> = lock(&inner.in_flight).drain().collect();
+            let held: Vec<i64> = lock(&inner.in_flight).drain().map(|(m, _)| m).collect();
             if !held.is_empty() {
                 // Visible again now, so another worker can run them at once.
                 match queue::extend(&inner.pool, &inner.queue, &held, 0).await {
@@ -310,7 +324,8 @@ async fn run_step(inner: &Inner, claimed: Claimed, cancel: CancellationToken) ->
         execution_id = %m.execution_id, step = %m.step, attempt = m.attempt,
         delivery = claimed.delivery);
     let started = Instant::now();
-    let outcome = execute(inner, &claimed, cancel)
+    let children = Arc::new(Mutex::new(Vec::new()));
+    let outcome = execute(inner, &claimed, cancel, children.clone())
         .instrument(span.clone())
         .await;
     span.in_scope(|| match &outcome {
@@ -320,9 +335,11 @@ async fn run_step(inner: &Inner, claimed: Claimed, cancel: CancellationToken) ->
         ),
         Err(e) => tracing::warn!(kind = %e.kind, error = %e.message, "step failed"),
     });
+    let children = std::mem::take(&mut *lock(&children));
     Completion {
         claimed,
         outcome,
+        children,
         duration: started.elapsed(),
     }
 }
@@ -331,6 +348,7 @@ async fn execute(
     inner: &Inner,
     claimed: &Claimed,
     cancel: CancellationToken,
+    children: std::sync::Arc<Mutex<Vec<lineq_shared::message::ChildRequest>>>,
 ) -> std::result::Result<Value, StepError> {
     let m = &claimed.message;
     let Some(handler) = inner.handlers.get(&m.handler) else {
@@ -360,6 +378,7 @@ async fn execute(
         traceparent: claimed.traceparent.clone(),
         event_id: claimed.started_event_id,
         cancellation: cancel.clone(),
+        children,
     };
     // Its own task, so a panic is caught as a failed attempt instead of killing the worker.
     let mut task = tokio::spawn(
@@ -457,28 +476,52 @@ async fn report_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Completion>) {
     }
 }
 
-/// Keeps held messages hidden while their handlers run.
+/// Keeps held messages hidden while their handlers run, and cancels the handlers of steps the
+/// orchestrator has cancelled. Looks twice a second; extends every third of the visibility
+/// timeout.
 async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
-    let every = Duration::from_secs(
-        u64::try_from(inner.visibility_timeout_secs / 3)
-            .unwrap_or(1)
-            .max(1),
-    );
+    let extend_every =
+        Duration::from_secs(u64::try_from(inner.visibility_timeout_secs / 3).unwrap_or(1).max(1));
+    let mut last_extend = Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        let held: Vec<i64> = lock(&inner.in_flight).iter().copied().collect();
-        if let Err(e) = queue::extend(
-            &inner.pool,
-            &inner.queue,
-            &held,
-            inner.visibility_timeout_secs,
+        let held: Vec<(i64, uuid::Uuid)> = lock(&inner.in_flight)
+            .iter()
+            .map(|(m, (s, _))| (*m, *s))
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        if last_extend.elapsed() >= extend_every {
+            last_extend = Instant::now();
+            let ids: Vec<i64> = held.iter().map(|(m, _)| *m).collect();
+            if let Err(e) =
+                queue::extend(&inner.pool, &inner.queue, &ids, inner.visibility_timeout_secs).await
+            {
+                tracing::warn!(error = %e, held = ids.len(), "heartbeat failed");
+            }
+        }
+        let steps: Vec<uuid::Uuid> = held.iter().map(|(_, s)| *s).collect();
+        match sqlx::query_scalar::<_, uuid::Uuid>(
+            "SELECT step_id FROM lineq.steps WHERE step_id = ANY($1) AND status = 'cancelled'",
         )
+        .bind(&steps)
+        .fetch_all(&inner.pool)
         .await
         {
-            tracing::warn!(error = %e, held = held.len(), "heartbeat failed");
+            Ok(cancelled) if !cancelled.is_empty() => {
+                for (_, (step, token)) in lock(&inner.in_flight).iter() {
+                    if cancelled.contains(step) && !token.is_cancelled() {
+                        tracing::info!(step_id = %step, "step cancelled; signalling its handler");
+                        token.cancel();
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cancellation check failed"),
         }
     }
 }

@@ -236,10 +236,20 @@ impl WorkflowDefinition {
 
     /// Parses YAML (and checks it).
     pub fn from_yaml(text: &str) -> Result<Self, ValidationError> {
-        let wf: Self = serde_yaml_ng::from_str(text)
-            .map_err(|e| ValidationError::new("workflow", format!("not a valid workflow: {e}")))?;
+        let wf: Self = serde_yaml_ng::from_str(text).map_err(|e| {
+            let e = e.to_string();
+            ValidationError::new(
+                "workflow",
+                format!("not a valid workflow: {}{e}", yaml_step_hint(text, &e)),
+            )
+        })?;
         wf.validate()?;
         Ok(wf)
+    }
+
+    /// The definition as YAML, in the form [`WorkflowDefinition::from_yaml`] reads back.
+    pub fn to_yaml(&self) -> Result<String, serde_yaml_ng::Error> {
+        serde_yaml_ng::to_string(self)
     }
 
     /// The namespace a step runs in.
@@ -368,6 +378,28 @@ impl WorkflowDefinition {
     }
 }
 
+/// `step "NAME": ` when a YAML error is inside `steps[N]` and that step has a name, so the error
+/// names the step as `validate`'s errors do (serde only knows the index).
+fn yaml_step_hint(text: &str, error: &str) -> String {
+    let Some(index) = error
+        .strip_prefix("steps[")
+        .and_then(|rest| rest.split_once(']'))
+        .and_then(|(n, _)| n.parse::<usize>().ok())
+    else {
+        return String::new();
+    };
+    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+        .ok()
+        .and_then(|doc| {
+            doc.get("steps")?
+                .get(index)?
+                .get("name")?
+                .as_str()
+                .map(|n| format!("step {n:?}: "))
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +461,17 @@ steps:
         assert_eq!(wf.steps[2].on_failure, OnFailure::Continue);
         let e = WorkflowDefinition::from_yaml("name: x\nsteps: []\nbogus: 1").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+        let e = WorkflowDefinition::from_yaml(
+            "name: x\nsteps:\n  - name: a\n    handler: echo\n  - name: b\n    handler: echo\n    retry: { bogus: 1 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(r#"step "b": steps[1].retry: unknown field `bogus`"#),
+            "{e}"
+        );
+        let back = WorkflowDefinition::from_yaml(&wf.to_yaml().unwrap()).unwrap();
+        assert_eq!(back, wf);
     }
 
     #[test]

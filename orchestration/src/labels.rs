@@ -1,0 +1,456 @@
+//! Changing an execution's tags safely, and reading its history.
+//!
+//! Tags change only while the execution is `pending` (once it runs, what it is about is fixed:
+//! dashboards and audits rely on that). Every change bumps the execution's `version` and writes a
+//! `tags_changed` event in the same transaction, so the event log is the complete history. Two
+//! concurrent changes never lose one silently: the row is locked while the change is applied to
+//! its current tags, and a caller that names the version it read gets
+//! [`Error::Conflict`] when someone else changed the row first.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use lineq_shared::error::{Error, Result};
+use lineq_shared::event::{EventRow, EventType, NewEvent, events_of_execution, insert_events};
+use lineq_shared::execution::{Execution, ExecutionStatus, get_execution};
+use lineq_shared::ids::node_name;
+use lineq_shared::labels::{Tags, check_tag_key, check_tag_value, check_tags};
+use lineq_shared::validation::ValidationError;
+
+/// The longest cause recorded with a change.
+pub const MAX_CAUSE_LEN: usize = 256;
+
+/// A change of tags: keys to set (added or overwritten) and keys to remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagChange {
+    /// Keys to set.
+    pub set: Tags,
+    /// Keys to remove (absent keys are ignored).
+    pub remove: Vec<String>,
+}
+
+impl TagChange {
+    /// Checks the change on its own, before any row is read: each key and value follows the tag
+    /// rules, no key is both set and removed, and something is asked for.
+    pub fn validate(&self) -> std::result::Result<(), ValidationError> {
+        if self.set.is_empty() && self.remove.is_empty() {
+            return Err(ValidationError::new(
+                "tags",
+                "nothing to change: give at least one tag to set or remove",
+            ));
+        }
+        for (k, v) in &self.set {
+            check_tag_key(k)?;
+            check_tag_value(k, v)?;
+            if v.contains('\0') {
+                // PostgreSQL's jsonb cannot store U+0000.
+                return Err(ValidationError::new(
+                    "tags",
+                    format!("tag {k:?} value contains a NUL character"),
+                ));
+            }
+        }
+        for k in &self.remove {
+            check_tag_key(k)?;
+            if self.set.contains_key(k) {
+                return Err(ValidationError::new(
+                    "tags",
+                    format!("tag {k:?} is both set and removed"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `tags` with this change applied.
+    pub fn apply(&self, tags: &Tags) -> Tags {
+        let mut out = tags.clone();
+        for k in &self.remove {
+            out.remove(k);
+        }
+        out.extend(self.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        out
+    }
+}
+
+fn check_cause(cause: &str) -> std::result::Result<(), ValidationError> {
+    let n = cause.chars().count();
+    if n > MAX_CAUSE_LEN {
+        return Err(ValidationError::new(
+            "cause",
+            format!("it is {n} characters; the limit is {MAX_CAUSE_LEN}"),
+        ));
+    }
+    if cause.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            "cause",
+            "it must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Changes the tags of execution `id`: sets `set`, removes `remove`.
+///
+/// - Refused with [`Error::Validation`] (nothing written) when a key or value breaks the tag
+///   rules (see [`lineq_shared::labels`]), a key is reserved, the result would have more than 20
+///   tags, or `cause` is longer than [`MAX_CAUSE_LEN`].
+/// - [`Error::NotFound`] when there is no such execution.
+/// - [`Error::Conflict`] when `expected_version` is given and the execution is at another
+///   version. Without it the change is applied to the execution's current tags under a row
+///   lock, so concurrent changes of different keys all take effect.
+/// - [`Error::InvalidState`] when the execution is no longer pending.
+///
+/// A change that leaves the tags as they were writes nothing and returns the execution as it
+/// is. Otherwise the version is bumped and a `tags_changed` event (child of the execution's
+/// `execution_started`, payload `{before, after, version, cause}`) is written in the same
+/// transaction.
+pub async fn update_tags(
+    pool: &PgPool,
+    id: Uuid,
+    set: Tags,
+    remove: Vec<String>,
+    expected_version: Option<i64>,
+    cause: &str,
+) -> Result<Execution> {
+    update_tags_as(
+        pool,
+        &node_name(),
+        id,
+        &TagChange { set, remove },
+        expected_version,
+        cause,
+    )
+    .await
+}
+
+/// [`update_tags`], with the event's `node_name` given.
+pub async fn update_tags_as(
+    pool: &PgPool,
+    node_name: &str,
+    id: Uuid,
+    change: &TagChange,
+    expected_version: Option<i64>,
+    cause: &str,
+) -> Result<Execution> {
+    change.validate()?;
+    check_cause(cause)?;
+    let mut tx = pool.begin().await?;
+    // The lock orders this change after any concurrent one (and after the orchestrator's status
+    // changes, which lock the same row), so `before` below is what the row holds when we write.
+    let current = sqlx::query_as::<_, Execution>(
+        "SELECT * FROM lineq.executions WHERE execution_id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| Error::NotFound {
+        what: "execution",
+        id: id.to_string(),
+    })?;
+    if let Some(expected) = expected_version {
+        if expected != current.version {
+            return Err(Error::Conflict {
+                what: format!("execution {id}"),
+                expected,
+                actual: current.version,
+            });
+        }
+    }
+    if current.status != ExecutionStatus::Pending {
+        return Err(Error::InvalidState(format!(
+            "execution {id} is {}; tags can change only while it is pending",
+            current.status
+        )));
+    }
+    let before: Tags = serde_json::from_value(current.tags.clone()).map_err(|e| {
+        Error::InvalidState(format!(
+            "execution {id} has tags that are not a string map ({e}); fix them in SQL first"
+        ))
+    })?;
+    let after = change.apply(&before);
+    check_tags(&after)?;
+    if after == before {
+        tx.rollback().await?;
+        return Ok(current);
+    }
+
+    let updated = sqlx::query_as::<_, Execution>(
+        r#"
+        UPDATE lineq.executions
+        SET tags = $2, version = version + 1, updated_at = clock_timestamp()
+        WHERE execution_id = $1 AND version = $3 AND status = 'pending'
+        RETURNING *
+        "#,
+    )
+    .bind(id)
+    .bind(sqlx::types::Json(&after))
+    .bind(current.version)
+    .fetch_optional(&mut *tx)
+    .await?
+    // The row is locked, so this cannot happen; if it ever did, say so rather than lose it.
+    .ok_or_else(|| Error::Conflict {
+        what: format!("execution {id}"),
+        expected: current.version,
+        actual: current.version + 1,
+    })?;
+
+    let (started, trace_correlation_id): (Option<Uuid>, Uuid) = sqlx::query_as(
+        r#"
+        SELECT (SELECT ev.event_id FROM lineq.events ev
+                WHERE ev.execution_id = $1 AND ev.event_type = 'execution_started'
+                ORDER BY ev.created_at, ev.event_id LIMIT 1),
+               r.correlation_id
+        FROM lineq.executions e
+        JOIN lineq.executions r ON r.execution_id = e.root_execution_id
+        WHERE e.execution_id = $1
+        "#,
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let event = NewEvent::new(
+        EventType::TagsChanged,
+        updated.lineage(trace_correlation_id),
+        started,
+        node_name,
+    )
+    .payload(json!({
+        "before": before,
+        "after": after,
+        "version": updated.version,
+        "cause": cause,
+    }));
+    insert_events(&mut tx, &[event]).await?;
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// What a history entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryKind {
+    /// The execution's status changed (`execution_*` events).
+    Status,
+    /// A step's status changed (`step_*` events).
+    Step,
+    /// The tags changed (`tags_changed`).
+    Tags,
+}
+
+/// One change in an execution's life, read from its events.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What changed.
+    pub kind: HistoryKind,
+    /// The event it was read from.
+    pub event_id: Uuid,
+    /// That event's type.
+    pub event_type: String,
+    /// The execution's status from here on (status entries).
+    pub status: Option<String>,
+    /// The step concerned (step entries).
+    pub step: Option<String>,
+    /// The step's status from here on (step entries): `enqueued`, `completed`, `failed`,
+    /// `attempt_failed`, `waiting`, `cancelled`.
+    pub step_status: Option<String>,
+    /// The attempt concerned (step entries).
+    pub attempt: Option<i32>,
+    /// The execution's version after the change (tag entries).
+    pub version: Option<i64>,
+    /// The tags before (tag entries).
+    pub tags_before: Option<Value>,
+    /// The tags after (tag entries).
+    pub tags_after: Option<Value>,
+    /// Why it happened.
+    pub cause: String,
+}
+
+/// The history of execution `id`, oldest first: its status changes (`execution_started`,
+/// `execution_completed|failed|cancelled`), its steps' changes (`step_*`, except the worker's
+/// `step_result` report) and its tag changes (`tags_changed`). [`Error::NotFound`] when there is
+/// no such execution.
+pub async fn history(pool: &PgPool, id: Uuid) -> Result<Vec<HistoryEntry>> {
+    let execution = get_execution(pool, id).await?;
+    let events = events_of_execution(pool, id).await?;
+    Ok(events
+        .iter()
+        .filter_map(|e| history_entry(&execution, e))
+        .collect())
+}
+
+fn history_entry(execution: &Execution, e: &EventRow) -> Option<HistoryEntry> {
+    let p = &e.payload;
+    let text = |key: &str| p.get(key).and_then(Value::as_str).map(str::to_string);
+    let mut entry = HistoryEntry {
+        at: e.created_at,
+        kind: HistoryKind::Status,
+        event_id: e.event_id,
+        event_type: e.event_type.clone(),
+        status: None,
+        step: None,
+        step_status: None,
+        attempt: e.attempt,
+        version: None,
+        tags_before: None,
+        tags_after: None,
+        cause: String::new(),
+    };
+    match e.event_type.as_str() {
+        "execution_started" => {
+            entry.status = Some("pending".into());
+            entry.cause = match (execution.parent_execution_id, &execution.parent_step) {
+                (Some(parent), Some(step)) => {
+                    format!("spawned by execution {parent} (step {step})")
+                }
+                (Some(parent), None) => format!("spawned by execution {parent}"),
+                _ => "submitted".into(),
+            };
+        }
+        "execution_completed" => {
+            entry.status = Some("completed".into());
+            entry.cause = "every step completed".into();
+        }
+        "execution_failed" => {
+            entry.status = Some("failed".into());
+            entry.cause = p
+                .get("error")
+                .map(describe_error)
+                .unwrap_or_else(|| "a step failed".into());
+        }
+        "execution_cancelled" => {
+            entry.status = Some("cancelled".into());
+            entry.cause = text("reason")
+                .or_else(|| text("cause"))
+                .unwrap_or_else(|| "cancelled".into());
+        }
+        "tags_changed" => {
+            entry.kind = HistoryKind::Tags;
+            entry.version = p.get("version").and_then(Value::as_i64);
+            entry.tags_before = p.get("before").cloned();
+            entry.tags_after = p.get("after").cloned();
+            entry.cause = text("cause").unwrap_or_default();
+        }
+        // The worker's report is not a change of state; the orchestrator's step_* that follows is.
+        "step_result" => return None,
+        t if t.starts_with("step_") => {
+            let step_status = t.trim_start_matches("step_");
+            entry.kind = HistoryKind::Step;
+            entry.step = e.step_name.clone().or_else(|| text("step"));
+            entry.step_status = Some(step_status.to_string());
+            let step = entry.step.clone().unwrap_or_else(|| "?".into());
+            let attempt = e
+                .attempt
+                .map(|a| format!(" attempt {a}"))
+                .unwrap_or_default();
+            entry.cause = match step_status {
+                "enqueued" if e.attempt.unwrap_or(1) > 1 => {
+                    format!("step {step}{attempt} enqueued for a retry")
+                }
+                "enqueued" => format!("step {step}{attempt} enqueued"),
+                "completed" => match text("worker_id") {
+                    Some(w) => format!("step {step}{attempt} completed on {w}"),
+                    None => format!("step {step}{attempt} completed"),
+                },
+                "failed" | "attempt_failed" => match p.get("error").filter(|v| !v.is_null()) {
+                    Some(err) => format!("step {step}{attempt} failed: {}", describe_error(err)),
+                    None => format!("step {step}{attempt} failed"),
+                },
+                "waiting" => format!("step {step} waits for its child executions"),
+                other => format!("step {step}{attempt} {other}"),
+            };
+        }
+        _ => return None,
+    }
+    Some(entry)
+}
+
+/// A one-line reading of an error payload: its `message` where there is one, else the JSON.
+fn describe_error(v: &Value) -> String {
+    if let Some(m) = v.get("message").and_then(Value::as_str) {
+        return m.to_string();
+    }
+    if let Some(inner) = v.get("error").filter(|e| !e.is_null()) {
+        let step = v.get("step").and_then(Value::as_str);
+        let msg = describe_error(inner);
+        return match step {
+            Some(s) => format!("step {s} failed: {msg}"),
+            None => msg,
+        };
+    }
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn changes_are_checked_before_anything_is_read() {
+        let field = |c: TagChange| c.validate().unwrap_err().field;
+        assert_eq!(field(TagChange::default()), "tags");
+        let reserved = TagChange {
+            set: tags(&[("lineq_owner", "x")]),
+            remove: vec![],
+        };
+        assert_eq!(field(reserved), "tags");
+        let both = TagChange {
+            set: tags(&[("a", "1")]),
+            remove: vec!["a".into()],
+        };
+        assert!(
+            both.validate()
+                .unwrap_err()
+                .reason
+                .contains("both set and removed")
+        );
+        let remove_reserved = TagChange {
+            set: Tags::new(),
+            remove: vec!["_x".into()],
+        };
+        assert_eq!(field(remove_reserved), "tags");
+        assert_eq!(
+            check_cause(&"c".repeat(MAX_CAUSE_LEN + 1))
+                .unwrap_err()
+                .field,
+            "cause"
+        );
+        assert!(check_cause(&"c".repeat(MAX_CAUSE_LEN)).is_ok());
+    }
+
+    #[test]
+    fn apply_sets_and_removes() {
+        let c = TagChange {
+            set: tags(&[("region", "us-west"), ("customer", "globex")]),
+            remove: vec!["tier".into(), "absent".into()],
+        };
+        let before = tags(&[("customer", "acme"), ("tier", "gold")]);
+        assert_eq!(
+            c.apply(&before),
+            tags(&[("customer", "globex"), ("region", "us-west")])
+        );
+    }
+
+    #[test]
+    fn error_payloads_read_as_one_line() {
+        let v =
+            json!({"step": "charge", "error": {"kind": "permanent", "message": "card declined"}});
+        assert_eq!(describe_error(&v), "step charge failed: card declined");
+        assert_eq!(describe_error(&json!("boom")), "boom");
+    }
+}

@@ -1,0 +1,575 @@
+//! Finding executions by what they are about rather than by id: tags, metadata, status,
+//! workflow, lineage and time, combined with AND, paged by an opaque cursor in a stable order
+//! (`created_at`, then `execution_id`).
+//!
+//! Every value reaches PostgreSQL as a bound parameter (see [`ExecutionFilter`]'s query
+//! builder); nothing from the caller is ever spliced into the SQL text. Tag and metadata filters
+//! are written as `@>` containment and `?&` key existence so that the GIN indexes on
+//! `lineq.executions.tags` and `.metadata` answer them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use lineq_shared::error::Result;
+use lineq_shared::execution::{Execution, ExecutionStatus};
+use lineq_shared::labels::{MAX_METADATA_BYTES, MAX_TAG_KEY_LEN, MAX_TAGS, Tags, check_tag_value};
+use lineq_shared::validation::{ValidationError, check_json_size};
+
+/// Page size when the caller gives none.
+pub const DEFAULT_LIMIT: u32 = 50;
+/// The largest page.
+pub const MAX_LIMIT: u32 = 1000;
+/// The longest workflow name a filter accepts (the longest a workflow can have).
+pub const MAX_WORKFLOW_FILTER_LEN: usize = lineq_shared::validation::MAX_NAME_LEN;
+
+/// One page of results and the cursor of the next page (`None` on the last page).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page<T> {
+    /// The items, in `created_at`, `execution_id` order.
+    pub items: Vec<T>,
+    /// Pass this as the next request's cursor to get the following page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A position in the (`created_at`, `execution_id`) order: the last item of a page.
+///
+/// Its text form is `<created_at in microseconds since the epoch>_<execution id>`. Callers
+/// should treat it as opaque; it is validated when parsed, so a forged one can only move the
+/// page, never change the query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// `created_at` of the last item seen.
+    pub created_at: DateTime<Utc>,
+    /// `execution_id` of the last item seen.
+    pub execution_id: Uuid,
+}
+
+impl Cursor {
+    /// The cursor just after `e`.
+    pub fn after(e: &Execution) -> Self {
+        Self {
+            created_at: e.created_at,
+            execution_id: e.execution_id,
+        }
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // PostgreSQL keeps microseconds, so this round-trips exactly.
+        write!(
+            f,
+            "{}_{}",
+            self.created_at.timestamp_micros(),
+            self.execution_id.simple()
+        )
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> std::result::Result<Self, ValidationError> {
+        let bad = || {
+            ValidationError::new(
+                "cursor",
+                format!(
+                    "{:?} is not a cursor from a previous page",
+                    s.chars().take(80).collect::<String>()
+                ),
+            )
+        };
+        let (micros, id) = s.split_once('_').ok_or_else(bad)?;
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
+        let created_at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(bad)?;
+        let execution_id = Uuid::try_parse(id).map_err(|_| bad())?;
+        Ok(Self {
+            created_at,
+            execution_id,
+        })
+    }
+}
+
+/// What to look for. Every filter that is set must match (AND); an empty filter lists all
+/// executions.
+///
+/// ```
+/// use lineq_orchestration::query::ExecutionFilter;
+/// use lineq_shared::execution::ExecutionStatus;
+/// let f = ExecutionFilter::new()
+///     .tag("customer", "acme")
+///     .has_tag("region")
+///     .metadata(serde_json::json!({"order": {"id": "12345"}}))
+///     .status(ExecutionStatus::Pending)
+///     .limit(20);
+/// assert_eq!(f.limit, Some(20));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecutionFilter {
+    /// Tags that must be present with exactly these values.
+    pub tags: Tags,
+    /// Tag keys that must be present, with any value.
+    pub has_tags: Vec<String>,
+    /// A JSON object the metadata must contain (`@>`: every key and nested value given is
+    /// present; arrays match when they contain the given elements).
+    pub metadata: Option<Value>,
+    /// Any of these statuses (none given: any status).
+    pub statuses: Vec<ExecutionStatus>,
+    /// The workflow (or, for a task, handler) name.
+    pub workflow: Option<String>,
+    /// Children of this execution.
+    pub parent_execution_id: Option<Uuid>,
+    /// Executions in the tree of this root (the root included).
+    pub root_execution_id: Option<Uuid>,
+    /// Executions with this correlation id.
+    pub correlation_id: Option<Uuid>,
+    /// Created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Page size: 1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`].
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A filter that passed validation, ready to become SQL.
+#[derive(Debug, Clone)]
+struct Checked<'a> {
+    filter: &'a ExecutionFilter,
+    limit: i64,
+    cursor: Option<Cursor>,
+}
+
+impl ExecutionFilter {
+    /// A filter that matches every execution.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requires tag `key` with value `value`.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// Requires tag `key` to be present.
+    pub fn has_tag(mut self, key: impl Into<String>) -> Self {
+        self.has_tags.push(key.into());
+        self
+    }
+
+    /// Requires the metadata to contain `metadata` (a JSON object).
+    pub fn metadata(mut self, metadata: Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Allows `status` (several calls allow any of them).
+    pub fn status(mut self, status: ExecutionStatus) -> Self {
+        self.statuses.push(status);
+        self
+    }
+
+    /// Requires this workflow name.
+    pub fn workflow(mut self, name: impl Into<String>) -> Self {
+        self.workflow = Some(name.into());
+        self
+    }
+
+    /// Requires this parent execution.
+    pub fn parent(mut self, id: Uuid) -> Self {
+        self.parent_execution_id = Some(id);
+        self
+    }
+
+    /// Requires this root execution.
+    pub fn root(mut self, id: Uuid) -> Self {
+        self.root_execution_id = Some(id);
+        self
+    }
+
+    /// Requires this correlation id.
+    pub fn correlation_id(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Created at or after `t`.
+    pub fn since(mut self, t: DateTime<Utc>) -> Self {
+        self.since = Some(t);
+        self
+    }
+
+    /// Created before `t`.
+    pub fn until(mut self, t: DateTime<Utc>) -> Self {
+        self.until = Some(t);
+        self
+    }
+
+    /// Sets the page size.
+    pub fn limit(mut self, n: u32) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Continues after a previous page.
+    pub fn cursor(mut self, cursor: impl Into<String>) -> Self {
+        self.cursor = Some(cursor.into());
+        self
+    }
+
+    /// Checks every value: each error names the field (as the CLI flag / query parameter is
+    /// named) and the limit.
+    pub fn validate(&self) -> std::result::Result<(), ValidationError> {
+        self.checked().map(|_| ())
+    }
+
+    fn checked(&self) -> std::result::Result<Checked<'_>, ValidationError> {
+        if self.tags.len() > MAX_TAGS {
+            return Err(ValidationError::new(
+                "tag",
+                format!(
+                    "{} tag filters; an execution has at most {MAX_TAGS} tags",
+                    self.tags.len()
+                ),
+            ));
+        }
+        for (k, v) in &self.tags {
+            check_filter_key("tag", k)?;
+            check_tag_value(k, v).map_err(|e| ValidationError::new("tag", e.reason))?;
+            if v.contains('\0') {
+                return Err(ValidationError::new(
+                    "tag",
+                    format!("tag {k:?} value contains a NUL character"),
+                ));
+            }
+        }
+        if self.has_tags.len() > MAX_TAGS {
+            return Err(ValidationError::new(
+                "has_tag",
+                format!(
+                    "{} has_tag filters; an execution has at most {MAX_TAGS} tags",
+                    self.has_tags.len()
+                ),
+            ));
+        }
+        for k in &self.has_tags {
+            check_filter_key("has_tag", k)?;
+        }
+        if let Some(m) = &self.metadata {
+            if !m.is_object() {
+                return Err(ValidationError::new(
+                    "metadata",
+                    "the filter must be a JSON object, e.g. {\"order\":{\"id\":\"12345\"}}",
+                ));
+            }
+            check_json_size("metadata", m, MAX_METADATA_BYTES)?;
+            if has_nul(m) {
+                // PostgreSQL's jsonb cannot hold U+0000; refuse it here rather than fail there.
+                return Err(ValidationError::new(
+                    "metadata",
+                    "the filter contains a NUL character (\\u0000), which no metadata can hold",
+                ));
+            }
+        }
+        if let Some(w) = &self.workflow {
+            let n = w.chars().count();
+            if n == 0 || n > MAX_WORKFLOW_FILTER_LEN {
+                return Err(ValidationError::new(
+                    "workflow",
+                    format!(
+                        "it is {n} characters; a workflow name is 1 to {MAX_WORKFLOW_FILTER_LEN}"
+                    ),
+                ));
+            }
+            if w.chars().any(char::is_control) {
+                return Err(ValidationError::new(
+                    "workflow",
+                    "it contains a control character",
+                ));
+            }
+        }
+        if let (Some(since), Some(until)) = (self.since, self.until) {
+            if since > until {
+                return Err(ValidationError::new(
+                    "until",
+                    format!("until ({until}) is before since ({since})"),
+                ));
+            }
+        }
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(ValidationError::new(
+                "limit",
+                format!("it is {limit}; a page holds 1 to {MAX_LIMIT} executions"),
+            ));
+        }
+        let cursor = self.cursor.as_deref().map(Cursor::from_str).transpose()?;
+        Ok(Checked {
+            filter: self,
+            limit: i64::from(limit),
+            cursor,
+        })
+    }
+}
+
+/// Parses a tag filter `KEY=VALUE` (the value may contain `=`). The key and value are checked by
+/// [`ExecutionFilter::validate`].
+pub fn parse_tag_filter(s: &str) -> std::result::Result<(String, String), ValidationError> {
+    let (k, v) = s.split_once('=').ok_or_else(|| {
+        ValidationError::new(
+            "tag",
+            format!(
+                "expected KEY=VALUE, got {:?}",
+                s.chars().take(80).collect::<String>()
+            ),
+        )
+    })?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses an RFC 3339 time (`2026-11-23T10:00:00Z`, any offset) for the filter `field`.
+pub fn parse_time(
+    field: &'static str,
+    s: &str,
+) -> std::result::Result<DateTime<Utc>, ValidationError> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            ValidationError::new(
+                field,
+                format!(
+                    "{:?} is not an RFC 3339 time such as 2026-11-23T10:00:00Z: {e}",
+                    s.chars().take(80).collect::<String>()
+                ),
+            )
+        })
+}
+
+/// Parses a metadata filter (a JSON object) for the filter field `metadata`.
+pub fn parse_metadata_filter(s: &str) -> std::result::Result<Value, ValidationError> {
+    serde_json::from_str(s)
+        .map_err(|e| ValidationError::new("metadata", format!("not valid JSON: {e}")))
+}
+
+/// A filter key has the shape of a tag key. Reserved prefixes are allowed: lineq may set such
+/// tags itself, and looking for them is harmless.
+fn check_filter_key(field: &'static str, key: &str) -> std::result::Result<(), ValidationError> {
+    let n = key.chars().count();
+    if n == 0 || n > MAX_TAG_KEY_LEN {
+        return Err(ValidationError::new(
+            field,
+            format!("tag key {key:?} is {n} characters; a key is 1 to {MAX_TAG_KEY_LEN}"),
+        ));
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
+    {
+        return Err(ValidationError::new(
+            field,
+            format!("tag key {key:?} contains {c:?}; keys use a-z, 0-9, '-' and '_'"),
+        ));
+    }
+    Ok(())
+}
+
+/// True when any string (key or value) in `v` holds U+0000.
+pub(crate) fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+impl Checked<'_> {
+    /// The query, every value bound. `EXPLAIN` callers pass the same builder with a prefix.
+    fn build<'q>(&self, prefix: &str) -> QueryBuilder<'q, Postgres> {
+        let f = self.filter;
+        let mut q = QueryBuilder::new(prefix);
+        q.push("SELECT * FROM lineq.executions WHERE TRUE");
+        if !f.tags.is_empty() {
+            // One containment test for all tags: a single GIN probe.
+            q.push(" AND tags @> ");
+            q.push_bind(sqlx::types::Json(f.tags.clone()));
+            q.push("::jsonb");
+        }
+        if !f.has_tags.is_empty() {
+            q.push(" AND tags ?& ");
+            q.push_bind(f.has_tags.clone());
+            q.push("::text[]");
+        }
+        if let Some(m) = &f.metadata {
+            q.push(" AND metadata @> ");
+            q.push_bind(m.clone());
+            q.push("::jsonb");
+        }
+        if !f.statuses.is_empty() {
+            let s: Vec<String> = f.statuses.iter().map(|s| s.as_str().to_string()).collect();
+            q.push(" AND status = ANY(");
+            q.push_bind(s);
+            q.push("::text[])");
+        }
+        if let Some(w) = &f.workflow {
+            q.push(" AND workflow_name = ");
+            q.push_bind(w.clone());
+        }
+        if let Some(id) = f.parent_execution_id {
+            q.push(" AND parent_execution_id = ");
+            q.push_bind(id);
+        }
+        if let Some(id) = f.root_execution_id {
+            q.push(" AND root_execution_id = ");
+            q.push_bind(id);
+        }
+        if let Some(id) = f.correlation_id {
+            q.push(" AND correlation_id = ");
+            q.push_bind(id);
+        }
+        if let Some(t) = f.since {
+            q.push(" AND created_at >= ");
+            q.push_bind(t);
+        }
+        if let Some(t) = f.until {
+            q.push(" AND created_at < ");
+            q.push_bind(t);
+        }
+        if let Some(c) = self.cursor {
+            // A row comparison, so executions_created_idx (created_at, execution_id) can seek.
+            q.push(" AND (created_at, execution_id) > (");
+            q.push_bind(c.created_at);
+            q.push(", ");
+            q.push_bind(c.execution_id);
+            q.push(")");
+        }
+        q.push(" ORDER BY created_at, execution_id LIMIT ");
+        // One more than asked, to know whether another page follows.
+        q.push_bind(self.limit + 1);
+        q
+    }
+}
+
+/// Lists the executions that match `filter`, oldest first, one page at a time.
+pub async fn list_executions(pool: &PgPool, filter: &ExecutionFilter) -> Result<Page<Execution>> {
+    let checked = filter.checked()?;
+    let mut items = checked
+        .build("")
+        .build_query_as::<Execution>()
+        .fetch_all(pool)
+        .await?;
+    let limit = usize::try_from(checked.limit).unwrap_or(usize::MAX);
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|e| Cursor::after(e).to_string())
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+/// PostgreSQL's plan (`EXPLAIN (FORMAT JSON)`, not run) for exactly the query
+/// [`list_executions`] sends for `filter`, with the same bound parameters. It lets operators and
+/// tests check that tag and metadata filters use their indexes.
+pub async fn explain_list_executions(pool: &PgPool, filter: &ExecutionFilter) -> Result<Value> {
+    let checked = filter.checked()?;
+    let plan: Value = checked
+        .build("EXPLAIN (FORMAT JSON) ")
+        .build_query_scalar()
+        .fetch_one(pool)
+        .await?;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = Cursor {
+            created_at: DateTime::<Utc>::from_timestamp_micros(1_790_000_000_123_456).unwrap(),
+            execution_id: Uuid::now_v7(),
+        };
+        assert_eq!(c.to_string().parse::<Cursor>().unwrap(), c);
+        for bad in [
+            "",
+            "_",
+            "12",
+            "x_0190",
+            "1_not-a-uuid",
+            "1'; DROP TABLE lineq.executions; --_00000000-0000-0000-0000-000000000000",
+            "99999999999999999999_00000000000000000000000000000000",
+        ] {
+            let e = bad.parse::<Cursor>().unwrap_err();
+            assert_eq!(e.field, "cursor", "{bad}");
+        }
+    }
+
+    #[test]
+    fn filter_validation_names_the_field() {
+        let field = |f: ExecutionFilter| f.validate().unwrap_err().field;
+        assert_eq!(field(ExecutionFilter::new().limit(0)), "limit");
+        assert_eq!(field(ExecutionFilter::new().limit(MAX_LIMIT + 1)), "limit");
+        assert!(ExecutionFilter::new().limit(MAX_LIMIT).validate().is_ok());
+        assert_eq!(field(ExecutionFilter::new().tag("Bad Key", "v")), "tag");
+        assert_eq!(field(ExecutionFilter::new().tag("k", "a\nb")), "tag");
+        assert_eq!(field(ExecutionFilter::new().tag("k", "a\0b")), "tag");
+        assert_eq!(field(ExecutionFilter::new().has_tag("")), "has_tag");
+        assert_eq!(
+            field(ExecutionFilter::new().metadata(json!([1]))),
+            "metadata"
+        );
+        assert_eq!(
+            field(ExecutionFilter::new().metadata(json!({"a": "\u{0}"}))),
+            "metadata"
+        );
+        assert_eq!(field(ExecutionFilter::new().workflow("")), "workflow");
+        assert_eq!(field(ExecutionFilter::new().cursor("nope")), "cursor");
+        let now = Utc::now();
+        assert_eq!(
+            field(
+                ExecutionFilter::new()
+                    .since(now)
+                    .until(now - chrono::Duration::seconds(1))
+            ),
+            "until"
+        );
+        // Reserved prefixes can be looked for.
+        assert!(ExecutionFilter::new().has_tag("lineq_x").validate().is_ok());
+    }
+
+    #[test]
+    fn every_value_is_bound_never_spliced() {
+        let evil = "x' OR '1'='1'; DROP TABLE lineq.executions; --";
+        let f = ExecutionFilter::new()
+            .tag("k", evil)
+            .has_tag("k")
+            .metadata(json!({ "a": evil }))
+            .workflow(evil)
+            .status(ExecutionStatus::Pending)
+            .since(Utc::now())
+            .cursor(
+                Cursor {
+                    created_at: Utc::now(),
+                    execution_id: Uuid::now_v7(),
+                }
+                .to_string(),
+            );
+        let checked = f.checked().unwrap();
+        let sql = checked.build("").into_sql();
+        assert!(!sql.contains("DROP"), "{sql}");
+        assert!(!sql.contains('\''), "{sql}");
+        assert!(sql.contains("tags @> $1::jsonb"), "{sql}");
+        assert!(sql.ends_with("LIMIT $9"), "{sql}");
+    }
+}

@@ -1,0 +1,424 @@
+//! Settling executions after their steps changed, inside the caller's transaction: enqueue the
+//! steps whose dependencies are now done (fan-out and fan-in), finish the execution when every
+//! step is done or one failed for good, and carry a finished child's outcome up to the parent
+//! step that waits for it — to any depth.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use lineq_shared::error::Result;
+use lineq_shared::event::{EventType, Lineage, NewEvent};
+use lineq_shared::validation::QueueName;
+
+use crate::cancel::cancel_below;
+use crate::enqueue::{ReadyStep, step_input};
+
+/// An execution locked for the current transaction.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct ExecState {
+    pub execution_id: Uuid,
+    pub status: String,
+    pub kind: String,
+    pub namespace: String,
+    pub input: Value,
+    pub correlation_id: Uuid,
+    pub parent_execution_id: Option<Uuid>,
+    pub root_execution_id: Uuid,
+    pub trace_correlation_id: Uuid,
+    pub parent_step_id: Option<Uuid>,
+    pub parent_waits: bool,
+}
+
+impl ExecState {
+    pub fn lineage(&self) -> Lineage {
+        Lineage {
+            execution_id: self.execution_id,
+            parent_execution_id: self.parent_execution_id,
+            root_execution_id: self.root_execution_id,
+            correlation_id: self.correlation_id,
+            trace_correlation_id: self.trace_correlation_id,
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+    }
+}
+
+/// Locks executions in id order (the same order everywhere, so orchestrators wait for each
+/// other instead of deadlocking) and reads what settling needs.
+pub(crate) async fn lock_executions(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<ExecState>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as::<_, ExecState>(
+        r#"
+        SELECT e.execution_id, e.status, e.kind, e.namespace, e.input, e.correlation_id,
+               e.parent_execution_id, e.root_execution_id, r.correlation_id AS trace_correlation_id,
+               e.parent_step_id, e.parent_waits
+        FROM lineq.executions e
+        JOIN lineq.executions r ON r.execution_id = e.root_execution_id
+        WHERE e.execution_id = ANY($1)
+        ORDER BY e.execution_id
+        FOR UPDATE OF e
+        "#,
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// A step as settling sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct StepRow {
+    pub step_id: Uuid,
+    pub execution_id: Uuid,
+    pub name: String,
+    pub handler: String,
+    pub queue: String,
+    pub status: String,
+    pub depends_on: Vec<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub timeout_ms: Option<i64>,
+    pub retry: Value,
+    pub on_failure: String,
+    pub params: Option<Value>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub error: Option<Value>,
+    pub msg_id: Option<i64>,
+}
+
+pub(crate) const STEP_COLUMNS: &str = "step_id, execution_id, name, handler, queue, status, \
+    depends_on, attempts, max_attempts, timeout_ms, retry, on_failure, params, input, output, error, msg_id";
+
+/// What one transaction writes, gathered as it goes.
+#[derive(Debug, Default)]
+pub(crate) struct Work {
+    pub node_name: String,
+    pub events: Vec<NewEvent>,
+    pub ready: Vec<ReadyStep>,
+    pub execs: HashMap<Uuid, ExecState>,
+    /// The latest event per execution in this transaction: the parent of its ending event.
+    pub last_event: HashMap<Uuid, Uuid>,
+    /// The outcome event per step that changed in this transaction: the parent of the
+    /// `step_enqueued` of the steps it makes ready.
+    pub step_event: HashMap<Uuid, Uuid>,
+    /// Executions to settle, in order.
+    pub touched: Vec<Uuid>,
+    /// Executions finished in this transaction.
+    pub finished: usize,
+}
+
+impl Work {
+    pub fn new(node_name: &str) -> Self {
+        Self {
+            node_name: node_name.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Records an event that changed an execution (and maybe a step).
+    pub fn record(&mut self, event: NewEvent, step_id: Option<Uuid>) {
+        let exec = event.lineage.execution_id;
+        self.last_event.insert(exec, event.event_id);
+        if let Some(s) = step_id {
+            self.step_event.insert(s, event.event_id);
+        }
+        if !self.touched.contains(&exec) {
+            self.touched.push(exec);
+        }
+        self.events.push(event);
+    }
+}
+
+/// Settles every touched execution, cascading to waiting parents.
+pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<()> {
+    let mut queue: VecDeque<Uuid> = work.touched.drain(..).collect();
+    let mut settled_once: HashSet<Uuid> = HashSet::new();
+    while let Some(id) = queue.pop_front() {
+        let Some(exec) = work.execs.get(&id).cloned() else {
+            continue;
+        };
+        if exec.is_terminal() {
+            continue;
+        }
+        settled_once.insert(id);
+        let steps: Vec<StepRow> = sqlx::query_as(&format!(
+            "SELECT {STEP_COLUMNS} FROM lineq.steps WHERE execution_id = $1 ORDER BY position"
+        ))
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let parent = work.last_event.get(&id).copied();
+
+        if let Some(failed) = steps
+            .iter()
+            .find(|s| s.status == "failed" && s.on_failure == "fail")
+        {
+            let error = json!({ "step": failed.name, "error": failed.error });
+            let ev = NewEvent::new(EventType::ExecutionFailed, exec.lineage(), parent, &work.node_name)
+                .payload(json!({ "status": "failed", "error": error }));
+            let ending = ev.event_id;
+            finish(conn, &exec, "failed", None, Some(&error)).await?;
+            work.events.push(ev);
+            work.finished += 1;
+            cancel_leftover_steps(conn, work, &exec, &steps, ending).await?;
+            // Children still running can no longer matter: stop them.
+            let below = cancel_below(conn, id, ending, &work.node_name, "parent execution failed").await?;
+            work.events.extend(below.events);
+            mark(work, id, "failed");
+            if let Some(p) = carry_to_parent(conn, work, &exec, ending).await? {
+                queue.push_back(p);
+            }
+            continue;
+        }
+
+        let done: HashMap<&str, &StepRow> = steps
+            .iter()
+            .filter(|s| s.status == "completed" || (s.status == "failed" && s.on_failure == "continue"))
+            .map(|s| (s.name.as_str(), s))
+            .collect();
+        let by_name: HashMap<&str, &StepRow> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
+        let mut newly_enqueued = HashSet::new();
+        for s in steps.iter().filter(|s| s.status == "pending") {
+            if !s.depends_on.iter().all(|d| done.contains_key(d.as_str())) {
+                continue;
+            }
+            // The dependency that finished last (UUIDv7 ids grow with time) made it ready.
+            let ready_by = s
+                .depends_on
+                .iter()
+                .filter_map(|d| by_name.get(d.as_str()))
+                .filter_map(|d| work.step_event.get(&d.step_id))
+                .max()
+                .copied()
+                .or(parent);
+            let Some(ready_by) = ready_by else {
+                continue;
+            };
+            let deps: BTreeMap<String, Value> = s
+                .depends_on
+                .iter()
+                .filter_map(|d| done.get(d.as_str()))
+                .map(|d| (d.name.clone(), d.output.clone().unwrap_or(Value::Null)))
+                .collect();
+            let q = QueueName::new(&s.queue)?;
+            work.ready.push(ReadyStep {
+                lineage: exec.lineage(),
+                step_id: s.step_id,
+                name: s.name.clone(),
+                handler: s.handler.clone(),
+                queue: q,
+                attempt: 1,
+                input: step_input(&exec.kind, &exec.input, s.params.as_ref(), &deps),
+                timeout_ms: s.timeout_ms.and_then(|t| u64::try_from(t).ok()),
+                parent_event: ready_by,
+                delay: Duration::ZERO,
+                retry_reason: None,
+            });
+            newly_enqueued.insert(s.step_id);
+        }
+
+        let all_done = steps.iter().all(|s| {
+            !newly_enqueued.contains(&s.step_id)
+                && matches!(s.status.as_str(), "completed" | "failed" | "cancelled")
+        });
+        if all_done {
+            let output = if exec.kind == "task" && steps.len() == 1 {
+                steps[0].output.clone().unwrap_or(Value::Null)
+            } else {
+                Value::Object(
+                    steps
+                        .iter()
+                        .map(|s| (s.name.clone(), s.output.clone().unwrap_or(Value::Null)))
+                        .collect::<Map<String, Value>>(),
+                )
+            };
+            let ev = NewEvent::new(EventType::ExecutionCompleted, exec.lineage(), parent, &work.node_name)
+                .payload(json!({ "status": "completed" }));
+            let ending = ev.event_id;
+            finish(conn, &exec, "completed", Some(&output), None).await?;
+            work.events.push(ev);
+            work.finished += 1;
+            mark(work, id, "completed");
+            if let Some(p) = carry_to_parent(conn, work, &exec, ending).await? {
+                queue.push_back(p);
+            }
+        } else if exec.status == "pending" {
+            sqlx::query(
+                "UPDATE lineq.executions SET status = 'running', version = version + 1,
+                     updated_at = clock_timestamp()
+                 WHERE execution_id = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            mark(work, id, "running");
+        }
+    }
+    Ok(())
+}
+
+fn mark(work: &mut Work, id: Uuid, status: &str) {
+    if let Some(e) = work.execs.get_mut(&id) {
+        e.status = status.to_string();
+    }
+}
+
+async fn finish(
+    conn: &mut PgConnection,
+    exec: &ExecState,
+    status: &str,
+    output: Option<&Value>,
+    error: Option<&Value>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE lineq.executions
+         SET status = $2, output = $3, error = $4, version = version + 1,
+             updated_at = clock_timestamp(), finished_at = clock_timestamp()
+         WHERE execution_id = $1 AND status IN ('pending', 'running')",
+    )
+    .bind(exec.execution_id)
+    .bind(status)
+    .bind(output)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// After a failure: steps that have not finished are cancelled and their queued messages
+/// deleted, so nothing more runs for this execution.
+async fn cancel_leftover_steps(
+    conn: &mut PgConnection,
+    work: &mut Work,
+    exec: &ExecState,
+    steps: &[StepRow],
+    cause: Uuid,
+) -> Result<()> {
+    let left: Vec<&StepRow> = steps
+        .iter()
+        .filter(|s| matches!(s.status.as_str(), "pending" | "enqueued" | "waiting"))
+        .collect();
+    if left.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = left.iter().map(|s| s.step_id).collect();
+    sqlx::query(
+        "UPDATE lineq.steps SET status = 'cancelled', updated_at = clock_timestamp(),
+             finished_at = clock_timestamp()
+         WHERE step_id = ANY($1) AND status IN ('pending', 'enqueued', 'waiting')",
+    )
+    .bind(&ids)
+    .execute(&mut *conn)
+    .await?;
+    let mut by_queue: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for s in &left {
+        if let (Some(m), "enqueued") = (s.msg_id, s.status.as_str()) {
+            by_queue.entry(&s.queue).or_default().push(m);
+        }
+        work.events.push(
+            NewEvent::new(EventType::StepCancelled, exec.lineage(), Some(cause), &work.node_name)
+                .step(s.step_id, s.attempts.max(1))
+                .payload(json!({ "step": s.name, "was": s.status })),
+        );
+    }
+    for (q, msgs) in by_queue {
+        lineq_shared::queue::delete(conn, &QueueName::new(q)?, &msgs).await?;
+    }
+    Ok(())
+}
+
+/// A finished child whose parent step waits for it: when all the step's waited-for children are
+/// finished, the step completes with their output (one child: its output; several: an array)
+/// or fails with the first failure. Returns the parent execution to settle next.
+pub(crate) async fn carry_to_parent(
+    conn: &mut PgConnection,
+    work: &mut Work,
+    child: &ExecState,
+    child_ending_event: Uuid,
+) -> Result<Option<Uuid>> {
+    let (true, Some(step_id), Some(parent_id)) =
+        (child.parent_waits, child.parent_step_id, child.parent_execution_id)
+    else {
+        return Ok(None);
+    };
+    if !work.execs.contains_key(&parent_id) {
+        for e in lock_executions(conn, &[parent_id]).await? {
+            work.execs.insert(e.execution_id, e);
+        }
+    }
+    let Some(parent) = work.execs.get(&parent_id).cloned() else {
+        return Ok(None);
+    };
+    if parent.is_terminal() {
+        return Ok(None);
+    }
+    let siblings: Vec<(Uuid, String, Option<Value>, Option<Value>)> = sqlx::query_as(
+        "SELECT execution_id, status, output, error FROM lineq.executions
+         WHERE parent_step_id = $1 AND parent_waits ORDER BY created_at, execution_id",
+    )
+    .bind(step_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    if siblings
+        .iter()
+        .any(|(_, s, _, _)| !matches!(s.as_str(), "completed" | "failed" | "cancelled"))
+    {
+        return Ok(None);
+    }
+    let failed = siblings.iter().find(|(_, s, _, _)| s != "completed");
+    let (status, output, error, event_type) = match failed {
+        Some((id, s, _, err)) => (
+            "failed",
+            None,
+            Some(json!({
+                "kind": "child_failed",
+                "message": format!("child execution {id} {s}"),
+                "retryable": false,
+                "child_execution_id": id,
+                "child_error": err,
+            })),
+            EventType::StepFailed,
+        ),
+        None => {
+            let outputs: Vec<Value> = siblings
+                .iter()
+                .map(|(_, _, o, _)| o.clone().unwrap_or(Value::Null))
+                .collect();
+            let output = if outputs.len() == 1 {
+                outputs.into_iter().next().unwrap_or(Value::Null)
+            } else {
+                Value::Array(outputs)
+            };
+            ("completed", Some(output), None, EventType::StepCompleted)
+        }
+    };
+    let updated: Option<(String, i32)> = sqlx::query_as(
+        "UPDATE lineq.steps SET status = $2, output = coalesce($3, output), error = $4,
+             updated_at = clock_timestamp(), finished_at = clock_timestamp()
+         WHERE step_id = $1 AND status = 'waiting'
+         RETURNING name, attempts",
+    )
+    .bind(step_id)
+    .bind(status)
+    .bind(&output)
+    .bind(&error)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((name, attempt)) = updated else {
+        return Ok(None);
+    };
+    let ev = NewEvent::new(event_type, parent.lineage(), Some(child_ending_event), &work.node_name)
+        .step(step_id, attempt)
+        .payload(json!({ "step": name, "children": siblings.len(), "error": error }));
+    work.record(ev, Some(step_id));
+    work.touched.clear();
+    Ok(Some(parent_id))
+}

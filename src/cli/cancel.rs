@@ -1,0 +1,30 @@
+//! `lineq cancel`.
+
+use clap::Args;
+use sqlx::PgPool;
+
+use lineq::orchestration::cancel::cancel;
+
+use super::{Format, parse_id, print_json};
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Execution id; its unfinished descendants are cancelled too.
+    pub id: String,
+    /// Why, recorded in the cancellation events.
+    #[arg(long, default_value = "cancelled by user")]
+    pub reason: String,
+}
+
+pub async fn run(pool: &PgPool, format: Format, a: CancelArgs) -> anyhow::Result<()> {
+    let id = parse_id("execution_id", &a.id)?;
+    let report = cancel(pool, id, &a.reason).await?;
+    match format {
+        Format::Json => print_json(&report)?,
+        Format::Text => println!(
+            "cancelled {} execution(s) and {} step(s) ({} queued message(s) deleted)",
+            report.executions, report.steps, report.messages_deleted
+        ),
+    }
+    Ok(())
+}
