@@ -121,7 +121,15 @@ async fn every_filter_alone_and_combined_against_real_rows() {
     // Fixed times: a minute apart, and two rows sharing one so the id breaks the tie.
     let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
     let at = |m: i64| t0 + chrono::Duration::minutes(m);
-    for (id, m) in [(e1, 1), (e2, 2), (e3, 3), (e4, 4), (c1, 5), (g1, 6), (e5, 6)] {
+    for (id, m) in [
+        (e1, 1),
+        (e2, 2),
+        (e3, 3),
+        (e4, 4),
+        (c1, 5),
+        (g1, 6),
+        (e5, 6),
+    ] {
         set_created(&db, id, at(m)).await;
     }
     let (g1_first, g1_second) = if g1 < e5 { (g1, e5) } else { (e5, g1) };
@@ -159,11 +167,7 @@ async fn every_filter_alone_and_combined_against_real_rows() {
             vec![e3],
         ),
         ("metadata empty", f().metadata(json!({})), all.clone()),
-        (
-            "status",
-            f().status(ExecutionStatus::Completed),
-            vec![e2],
-        ),
+        ("status", f().status(ExecutionStatus::Completed), vec![e2]),
         (
             "statuses",
             f().status(ExecutionStatus::Completed)
@@ -235,7 +239,10 @@ async fn every_filter_alone_and_combined_against_real_rows() {
         .await
         .expect("list");
     assert_eq!(
-        rest.items.iter().map(|e| e.execution_id).collect::<Vec<_>>(),
+        rest.items
+            .iter()
+            .map(|e| e.execution_id)
+            .collect::<Vec<_>>(),
         vec![g1_second]
     );
     db.drop_db().await;
@@ -288,17 +295,29 @@ async fn tag_and_metadata_filters_use_their_gin_indexes_on_100k_executions() {
         .execute(&db.pool)
         .await
         .expect("analyze");
-    eprintln!("inserted and analyzed 100,000 executions in {:?}", started.elapsed());
+    eprintln!(
+        "inserted and analyzed 100,000 executions in {:?}",
+        started.elapsed()
+    );
 
     let tag_indexes = ["executions_tags_idx", "executions_tags_keys_idx"];
     let cases: Vec<(&str, ExecutionFilter, &[&str], usize)> = vec![
-        ("tag", ExecutionFilter::new().tag("customer", "c42"), &tag_indexes, 20),
+        (
+            "tag",
+            ExecutionFilter::new().tag("customer", "c42"),
+            &tag_indexes,
+            20,
+        ),
         (
             "two tags",
-            ExecutionFilter::new().tag("customer", "c42").tag("region", "r0"),
+            ExecutionFilter::new()
+                .tag("customer", "c42")
+                .tag("region", "r0"),
             &tag_indexes,
             // i ≡ 42 (mod 5000) and i ≡ 0 (mod 7)
-            (1..=100_000).filter(|i| i % 5000 == 42 && i % 7 == 0).count(),
+            (1..=100_000)
+                .filter(|i| i % 5000 == 42 && i % 7 == 0)
+                .count(),
         ),
         (
             "has_tag",
@@ -318,7 +337,11 @@ async fn tag_and_metadata_filters_use_their_gin_indexes_on_100k_executions() {
                 .tag("customer", "c4242")
                 .metadata(json!({"order": {"id": "4242"}}))
                 .status(ExecutionStatus::Failed),
-            &["executions_tags_idx", "executions_tags_keys_idx", "executions_metadata_idx"],
+            &[
+                "executions_tags_idx",
+                "executions_tags_keys_idx",
+                "executions_metadata_idx",
+            ],
             // 4242 % 5 == 2 -> 'completed', so no row is failed
             0,
         ),
@@ -382,7 +405,7 @@ async fn injection_attempts_are_only_ever_data() {
             .await
             .expect("submit")
             .execution;
-        by_value.push((evil, e.execution_id));
+        by_value.push((*evil, e.execution_id));
     }
     let plain = client
         .submit(SubmitRequest::new("echo").tag("probe", "plain"))
@@ -392,28 +415,28 @@ async fn injection_attempts_are_only_ever_data() {
         .execution_id;
     let before = db.written().await;
 
-    for (evil, id) in &by_value {
-        let found = all_ids(&client, ExecutionFilter::new().tag("probe", *evil)).await;
-        assert_eq!(found, vec![*id], "tag value {evil:?}");
+    for &(evil, id) in &by_value {
+        let found = all_ids(&client, ExecutionFilter::new().tag("probe", evil)).await;
+        assert_eq!(found, vec![id], "tag value {evil:?}");
         let found = all_ids(
             &client,
             ExecutionFilter::new().metadata(json!({ "probe": evil })),
         )
         .await;
-        assert_eq!(found, vec![*id], "metadata value {evil:?}");
-        let found = all_ids(&client, ExecutionFilter::new().workflow(*evil)).await;
+        assert_eq!(found, vec![id], "metadata value {evil:?}");
+        let found = all_ids(&client, ExecutionFilter::new().workflow(evil)).await;
         assert!(found.is_empty(), "workflow {evil:?}");
         let found = all_ids(
             &client,
-            ExecutionFilter::new().metadata(json!({ *evil: "x" })),
+            ExecutionFilter::new().metadata(json!({ evil: "x" })),
         )
         .await;
         assert!(found.is_empty(), "metadata key {evil:?}");
         // Keys and cursors have a shape: anything else is refused, naming the field.
         for (field, filter) in [
-            ("tag", ExecutionFilter::new().tag(*evil, "x")),
-            ("has_tag", ExecutionFilter::new().has_tag(*evil)),
-            ("cursor", ExecutionFilter::new().cursor(*evil)),
+            ("tag", ExecutionFilter::new().tag(evil, "x")),
+            ("has_tag", ExecutionFilter::new().has_tag(evil)),
+            ("cursor", ExecutionFilter::new().cursor(evil)),
         ] {
             match client.list(&filter).await {
                 Err(Error::Validation(v)) => assert_eq!(v.field, field, "{evil:?}"),
@@ -422,10 +445,7 @@ async fn injection_attempts_are_only_ever_data() {
         }
         // The CLI passes them through the same way.
         let tag_arg = format!("probe={evil}");
-        let out = lineq(
-            &db.url,
-            &["list", "--tag", &tag_arg, "--format", "json"],
-        );
+        let out = lineq(&db.url, &["list", "--tag", &tag_arg, "--format", "json"]);
         assert!(out.status.success(), "{evil:?}: {}", stderr(&out));
         let page: Value = serde_json::from_str(&stdout(&out)).expect("json");
         assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{evil:?}");
@@ -503,7 +523,11 @@ async fn reserved_prefixes_and_limits_are_refused_and_change_nothing() {
     let after = client.execution(e.execution_id).await.expect("get");
     assert_eq!(after.version, e.version);
     assert_eq!(after.tags, json!({"customer": "acme"}));
-    assert_eq!(db.written().await, written, "a refused change wrote something");
+    assert_eq!(
+        db.written().await,
+        written,
+        "a refused change wrote something"
+    );
 
     // The CLI: exit code 2, the field named, nothing written.
     let id = e.execution_id.to_string();
@@ -512,17 +536,29 @@ async fn reserved_prefixes_and_limits_are_refused_and_change_nothing() {
         (vec!["tag", &id, "novalue"], "expected KEY=VALUE"),
         (vec!["untag", &id, "_x"], "reserved prefix"),
         (vec!["submit", "echo", "--tag", "_x=1"], "invalid tags"),
-        (vec!["submit", "echo", "--tag", "a=1", "--tag", "a=2"], "given twice"),
+        (
+            vec!["submit", "echo", "--tag", "a=1", "--tag", "a=2"],
+            "given twice",
+        ),
         (
             vec!["submit", "echo", "--metadata", "{\"_lineq_x\":1}"],
             "invalid metadata",
         ),
-        (vec!["submit", "echo", "--metadata", "[1]"], "invalid metadata"),
-        (vec!["submit", "echo", "--metadata", "{nope"], "not valid JSON"),
+        (
+            vec!["submit", "echo", "--metadata", "[1]"],
+            "invalid metadata",
+        ),
+        (
+            vec!["submit", "echo", "--metadata", "{nope"],
+            "not valid JSON",
+        ),
         (vec!["list", "--limit", "0"], "invalid limit"),
         (vec!["list", "--limit", "1001"], "1 to 1000"),
         (vec!["list", "--since", "yesterday"], "invalid since"),
-        (vec!["list", "--until", "2026-13-01T00:00:00Z"], "invalid until"),
+        (
+            vec!["list", "--until", "2026-13-01T00:00:00Z"],
+            "invalid until",
+        ),
         (vec!["list", "--status", "bogus"], "invalid status"),
         (vec!["list", "--cursor", "junk"], "invalid cursor"),
         (vec!["list", "--metadata", "[1]"], "invalid metadata"),
@@ -678,21 +714,28 @@ async fn concurrent_tag_changes_never_lose_one_silently() {
     // 4. Concurrent `lineq tag` processes: each either lands or fails loudly with a conflict.
     let before = client.execution(id).await.expect("get");
     let url = db.url.clone();
-    let outs: Vec<_> = (0..6)
+    let handles: Vec<_> = (0..6)
         .map(|i| {
             let url = url.clone();
             let id = id.to_string();
             std::thread::spawn(move || lineq(&url, &["tag", &id, &format!("cli{i}=yes")]))
         })
+        .collect();
+    let outs: Vec<_> = handles
+        .into_iter()
         .map(|h| h.join().expect("join"))
         .collect();
     let now = client.execution(id).await.expect("get");
-    let mut landed = 0;
+    let mut landed = 0i64;
     for (i, out) in outs.iter().enumerate() {
         let key = format!("cli{i}");
         if out.status.success() {
             landed += 1;
-            assert_eq!(now.tags[&key], json!("yes"), "cli{i} succeeded but was lost");
+            assert_eq!(
+                now.tags[&key],
+                json!("yes"),
+                "cli{i} succeeded but was lost"
+            );
         } else {
             assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
             assert!(stderr(out).contains("conflict"), "{}", stderr(out));
@@ -719,7 +762,16 @@ async fn tags_change_only_while_pending_and_stale_versions_conflict() {
     let v = e.version.to_string();
     let ok = lineq(
         &db.url,
-        &["tag", &id, "customer=acme", "region=us", "--expect-version", &v, "--format", "json"],
+        &[
+            "tag",
+            &id,
+            "customer=acme",
+            "region=us",
+            "--expect-version",
+            &v,
+            "--format",
+            "json",
+        ],
     );
     assert!(ok.status.success(), "{}", stderr(&ok));
     let out: Value = serde_json::from_str(&stdout(&ok)).expect("json");
@@ -738,7 +790,11 @@ async fn tags_change_only_while_pending_and_stale_versions_conflict() {
     );
     let ok = lineq(&db.url, &["untag", &id, "region", "--cause", "ticket 42"]);
     assert!(ok.status.success(), "{}", stderr(&ok));
-    assert!(stdout(&ok).contains("tags {customer=acme}"), "{}", stdout(&ok));
+    assert!(
+        stdout(&ok).contains("tags {customer=acme}"),
+        "{}",
+        stdout(&ok)
+    );
     // Setting what is already there changes nothing and writes nothing.
     let events = tags_changed_events(&db, e.execution_id).await.len();
     let same = lineq(&db.url, &["tag", &id, "customer=acme"]);
@@ -803,7 +859,11 @@ async fn history_shows_status_step_and_tag_changes_with_causes() {
         ],
     );
     assert!(found.status.success(), "{}", stderr(&found));
-    assert!(stdout(&found).contains(&id.to_string()), "{}", stdout(&found));
+    assert!(
+        stdout(&found).contains(&id.to_string()),
+        "{}",
+        stdout(&found)
+    );
     assert!(
         stdout(&found).contains("customer=acme,region=us-west"),
         "{}",
@@ -872,7 +932,12 @@ async fn history_shows_status_step_and_tag_changes_with_causes() {
     let out = lineq(&db.url, &["history", &sid]);
     let text = stdout(&out);
     assert!(text.contains("upsell"), "{text}");
-    assert!(text.contains("{customer=acme, region=us-west} -> {customer=acme, region=us-west, tier=gold}"), "{text}");
+    assert!(
+        text.contains(
+            "{customer=acme, region=us-west} -> {customer=acme, region=us-west, tier=gold}"
+        ),
+        "{text}"
+    );
     assert!(text.contains("completed"), "{text}");
 
     // Finished: tags are fixed now.

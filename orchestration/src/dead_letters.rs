@@ -79,6 +79,8 @@ pub async fn show(pool: &PgPool, msg_id: i64) -> Result<DeadLetter> {
         })
 }
 
+type EventLineageRow = (Uuid, Option<Uuid>, Uuid, Uuid, Option<String>, Option<Uuid>, Option<i32>);
+
 /// What a replay did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Replayed {
@@ -124,7 +126,7 @@ pub async fn replay(pool: &PgPool, msg_id: i64) -> Result<Replayed> {
     let new_id = queue::send(&mut tx, &q, &letter.message, std::time::Duration::ZERO).await?;
     queue::archive(&mut tx, &queue::dead_letter_queue(), &[msg_id]).await?;
     if let Some(event_id) = letter.event_id {
-        let lineage: Option<(Uuid, Option<Uuid>, Uuid, Uuid, Option<String>, Option<Uuid>, Option<i32>)> =
+        let lineage: Option<EventLineageRow> =
             sqlx::query_as(
                 "SELECT e.execution_id, e.parent_execution_id, e.root_execution_id, e.correlation_id,
                         e.trace_id, e.step_id, e.attempt

@@ -14,6 +14,7 @@ pub mod cancel;
 mod create;
 mod enqueue;
 pub mod labels;
+pub mod lineage;
 pub mod orchestrator;
 pub mod query;
 pub mod results;

@@ -4,6 +4,7 @@ mod cancel;
 mod demo;
 mod dlq;
 mod inspect;
+mod lineage;
 mod list;
 pub mod logging;
 mod migrate;
@@ -84,6 +85,10 @@ pub enum Command {
     Get(inspect::GetArgs),
     /// List an execution's events in order, each with its parent (its lineage).
     Events(inspect::EventsArgs),
+    /// Draw the lineage tree of an execution, event or correlation id (events with step,
+    /// worker, attempt, time and duration; child executions nested), as text, JSON, DOT or
+    /// Mermaid; `lineage check ID` proves the tree is whole.
+    Lineage(lineage::LineageArgs),
     /// Find executions by tags, metadata, status, workflow, lineage and time (filters combine
     /// with AND), oldest first, one page at a time.
     List(list::ListArgs),
@@ -137,6 +142,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(a) => submit::run(&connect(g).await?, g.format, a).await,
         Command::Get(a) => inspect::get(&connect(g).await?, g.format, a).await,
         Command::Events(a) => inspect::events(&connect(g).await?, g.format, a).await,
+        Command::Lineage(a) => lineage::run(&connect(g).await?, g.format, a).await,
         Command::List(a) => list::run(&connect(g).await?, g.format, a).await,
         Command::Tag(a) => tags::tag(&connect(g).await?, g.format, a).await,
         Command::Untag(a) => tags::untag(&connect(g).await?, g.format, a).await,

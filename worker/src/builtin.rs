@@ -7,6 +7,16 @@ use serde_json::{Value, json};
 use crate::context::StepContext;
 use crate::handler::{HandlerError, HandlerResult, Handlers};
 
+/// An argument of a built-in: from a workflow step's `params`, else the top level of the
+/// input (a one-step task), else the execution input (`input.input`).
+fn arg<'a>(input: &'a Value, key: &str) -> Option<&'a Value> {
+    input
+        .get("params")
+        .and_then(|p| p.get(key))
+        .or_else(|| input.get(key))
+        .or_else(|| input.get("input").and_then(|i| i.get(key)))
+}
+
 /// Returns its input.
 pub async fn echo(_ctx: StepContext, input: Value) -> HandlerResult {
     Ok(input)
@@ -16,7 +26,7 @@ pub async fn echo(_ctx: StepContext, input: Value) -> HandlerResult {
 /// failing, when the step is cancelled.
 pub async fn sleep(ctx: StepContext, input: Value) -> HandlerResult {
     const MAX_MS: u64 = 3_600_000;
-    let ms = input.get("ms").and_then(Value::as_u64).ok_or_else(|| {
+    let ms = arg(&input, "ms").and_then(Value::as_u64).ok_or_else(|| {
         HandlerError::permanent(format!(
             "sleep needs input {{\"ms\": N}} with N a whole number of milliseconds (got {input})"
         ))
@@ -37,13 +47,11 @@ pub async fn sleep(ctx: StepContext, input: Value) -> HandlerResult {
 /// Fails with `{"message": "..."}` (or a default message). Permanent unless
 /// `{"retryable": true}`.
 pub async fn fail(_ctx: StepContext, input: Value) -> HandlerResult {
-    let message = input
-        .get("message")
+    let message = arg(&input, "message")
         .and_then(Value::as_str)
         .unwrap_or("failed on purpose (built-in `fail` handler)")
         .to_string();
-    let retryable = input
-        .get("retryable")
+    let retryable = arg(&input, "retryable")
         .and_then(Value::as_bool)
         .unwrap_or(false);
     Err(HandlerError {
@@ -56,7 +64,7 @@ pub async fn fail(_ctx: StepContext, input: Value) -> HandlerResult {
 /// Fails (retryably) while the attempt is at most `{"fail_attempts": N}`, then returns its
 /// input: a step that succeeds on a retry.
 pub async fn flaky(ctx: StepContext, input: Value) -> HandlerResult {
-    let n = input.get("fail_attempts").and_then(Value::as_i64).unwrap_or(1);
+    let n = arg(&input, "fail_attempts").and_then(Value::as_i64).unwrap_or(1);
     if i64::from(ctx.attempt) <= n {
         return Err(HandlerError::new(format!(
             "flaky: attempt {} of the first {n} fails on purpose",
@@ -71,14 +79,13 @@ pub async fn flaky(ctx: StepContext, input: Value) -> HandlerResult {
 /// their output: `{"children": [{"target": "echo", "input": {...}, "namespace": "default"}],
 /// "wait": true}`. A target is a registered workflow or a handler, like `lineq submit`'s.
 pub async fn spawn(ctx: StepContext, input: Value) -> HandlerResult {
-    let children = input
-        .get("children")
+    let children = arg(&input, "children")
         .and_then(Value::as_array)
         .ok_or_else(|| {
             HandlerError::permanent("spawn needs input {\"children\": [{\"target\": ..., \"input\": ...}]}")
                 .kind("invalid_input")
         })?;
-    let wait = input.get("wait").and_then(Value::as_bool).unwrap_or(false);
+    let wait = arg(&input, "wait").and_then(Value::as_bool).unwrap_or(false);
     let mut ids = Vec::new();
     for c in children {
         let target = c.get("target").and_then(Value::as_str).ok_or_else(|| {

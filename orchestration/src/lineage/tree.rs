@@ -113,7 +113,6 @@ struct Builder {
     events: Vec<EventRow>,
     event_idx: HashMap<Uuid, usize>,
     execs: Vec<ExecInfo>,
-    exec_idx: HashMap<Uuid, usize>,
     /// Same-execution children of an event.
     children: HashMap<Uuid, Vec<usize>>,
     /// Top events of an execution.
@@ -216,7 +215,6 @@ pub(crate) fn build(
         events,
         event_idx,
         execs,
-        exec_idx,
         children,
         tops,
         anchored,
