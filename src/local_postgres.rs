@@ -189,6 +189,28 @@ impl LocalPostgres {
         &self.data
     }
 
+    /// Restarts the server (fast shutdown, then start with the same port and settings), as an
+    /// operator's restart or a failover would; connected clients lose their connections.
+    pub async fn restart(&self) -> Result<(), LocalPostgresError> {
+        let restart = self.pg_invocation(
+            "pg_ctl",
+            [
+                os("restart"),
+                os("-D"),
+                self.data.clone().into_os_string(),
+                os("-l"),
+                self.log.clone().into_os_string(),
+                os("-m"),
+                os("fast"),
+                os("-w"),
+                os("-t"),
+                os(PG_CTL_TIMEOUT_SECS),
+            ],
+        );
+        run(&restart).await.map_err(|e| self.with_log_tail(e))?;
+        self.wait_for_tcp().await
+    }
+
     /// Fast shutdown (pg_ctl stop -m fast -w) and remove the directory.
     pub async fn stop(mut self) -> Result<(), LocalPostgresError> {
         self.kill_watchdog();

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use lineq_shared::error::{Error, Result};
 use lineq_shared::event::{EventType, NewEvent, insert_events};
 use lineq_shared::ids::node_name;
+use lineq_shared::telemetry;
 use lineq_shared::validation::QueueName;
 
 use crate::settle::{ExecState, Work, carry_to_parent, lock_executions, settle};
@@ -41,6 +42,7 @@ pub(crate) struct CancelOutcome {
 /// Cancels `execution_id` and everything below it.
 pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<CancelReport> {
     let node = node_name();
+    let started = telemetry::start();
     let mut tx = pool.begin().await?;
     let target = lock_executions(&mut tx, &[execution_id]).await?;
     let Some(target) = target.into_iter().next() else {
@@ -87,6 +89,7 @@ pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<C
     events.extend(crate::enqueue::enqueue(&mut tx, ready, &node).await?);
     insert_events(&mut tx, &events).await?;
     tx.commit().await?;
+    telemetry::export(&events, started);
     out.report.execution_id = execution_id;
     Ok(out.report)
 }

@@ -11,6 +11,7 @@ use lineq_shared::error::{Error, Result};
 use lineq_shared::event::{EventType, Lineage, NewEvent, insert_events};
 use lineq_shared::ids::node_name;
 use lineq_shared::queue;
+use lineq_shared::telemetry;
 use lineq_shared::validation::QueueName;
 
 /// One dead letter.
@@ -96,6 +97,8 @@ pub struct Replayed {
 /// transaction; writes `message_replayed` under its `message_dead_lettered` event when it has
 /// one. A replayed step message runs again under its original lineage.
 pub async fn replay(pool: &PgPool, msg_id: i64) -> Result<Replayed> {
+    let started = telemetry::start();
+    let mut written = Vec::new();
     let mut tx = pool.begin().await?;
     let row: Option<(i64, DateTime<Utc>, Option<Value>)> = sqlx::query_as(
         "SELECT msg_id, enqueued_at, message FROM pgmq.q_lineq_dlq WHERE msg_id = $1 FOR UPDATE",
@@ -151,10 +154,12 @@ pub async fn replay(pool: &PgPool, msg_id: i64) -> Result<Replayed> {
             if let (Some(s), Some(a)) = (step, attempt) {
                 ev = ev.step(s, a);
             }
-            insert_events(&mut tx, &[ev]).await?;
+            insert_events(&mut tx, std::slice::from_ref(&ev)).await?;
+            written.push(ev);
         }
     }
     tx.commit().await?;
+    telemetry::export(&written, started);
     Ok(Replayed {
         dead_letter: msg_id,
         queue: q.to_string(),

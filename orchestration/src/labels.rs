@@ -138,6 +138,7 @@ pub async fn update_tags_as(
 ) -> Result<Execution> {
     change.validate()?;
     check_cause(cause)?;
+    let span_start = lineq_shared::telemetry::start();
     let mut tx = pool.begin().await?;
     // The lock orders this change after any concurrent one (and after the orchestrator's status
     // changes, which lock the same row), so `before` below is what the row holds when we write.
@@ -224,8 +225,9 @@ pub async fn update_tags_as(
         "version": updated.version,
         "cause": cause,
     }));
-    insert_events(&mut tx, &[event]).await?;
+    insert_events(&mut tx, std::slice::from_ref(&event)).await?;
     tx.commit().await?;
+    lineq_shared::telemetry::export(std::slice::from_ref(&event), span_start);
     Ok(updated)
 }
 

@@ -18,6 +18,7 @@ use lineq_shared::error::Result;
 use lineq_shared::event::{EventType, NewEvent, insert_events};
 use lineq_shared::message::{ChildRequest, Outcome, ResultMessage, StepError};
 use lineq_shared::queue::{self, QueuedMessage};
+use lineq_shared::telemetry;
 use lineq_shared::validation::{Namespace, check_name};
 
 use crate::create::{NewExecution, ParentLink, create_execution, missing_namespace};
@@ -61,6 +62,7 @@ pub async fn process_batch(
     visibility_timeout_secs: i32,
 ) -> Result<BatchReport> {
     let results_queue = queue::results_queue();
+    let started = telemetry::start();
     let mut tx = pool.begin().await?;
     let msgs = queue::read(&mut *tx, &results_queue, visibility_timeout_secs, batch_size).await?;
     let mut report = BatchReport {
@@ -74,7 +76,7 @@ pub async fn process_batch(
 
     let mut parsed: Vec<(&QueuedMessage, ResultMessage)> = Vec::with_capacity(msgs.len());
     for m in &msgs {
-        match ResultMessage::parse(m.message.as_ref()) {
+        match m.json().and_then(|body| ResultMessage::parse(body.as_ref())) {
             Ok(r) => parsed.push((m, r)),
             Err(e) => {
                 tracing::warn!(msg_id = m.msg_id, reason = %e, "dead-lettering result message");
@@ -83,6 +85,17 @@ pub async fn process_batch(
             }
         }
     }
+
+    // For tracing: each worker `step_result` → its `action_started` (the attempt's span), which
+    // the span of the step's outcome links to.
+    let step_spans: HashMap<Uuid, Uuid> = if telemetry::enabled() {
+        parsed
+            .iter()
+            .filter_map(|(_, r)| Some((r.meta.parent_event_id, r.started_event_id?)))
+            .collect()
+    } else {
+        HashMap::new()
+    };
 
     let mut work = Work::new(node_name);
     let execution_ids: Vec<Uuid> = parsed
@@ -242,6 +255,13 @@ pub async fn process_batch(
     insert_events(&mut tx, &events).await?;
     queue::archive(&mut tx, &results_queue, &archive_ids).await?;
     tx.commit().await?;
+    telemetry::export_linked(&events, started, |e| match e.event_type {
+        EventType::StepCompleted
+        | EventType::StepFailed
+        | EventType::StepAttemptFailed
+        | EventType::StepWaiting => e.parent_event_id.and_then(|p| step_spans.get(&p).copied()),
+        _ => None,
+    });
     Ok(report)
 }
 

@@ -186,7 +186,14 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
             .collect();
         let by_name: HashMap<&str, &StepRow> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
         let mut newly_enqueued = HashSet::new();
-        for s in steps.iter().filter(|s| s.status == "pending") {
+        // An execution can be settled twice in one transaction (a step result and a child's
+        // outcome in the same batch); steps already made ready stay `pending` in the table until
+        // the batch enqueues them, so they must not be made ready again.
+        let already: HashSet<Uuid> = work.ready.iter().map(|r| r.step_id).collect();
+        for s in steps
+            .iter()
+            .filter(|s| s.status == "pending" && !already.contains(&s.step_id))
+        {
             if !s.depends_on.iter().all(|d| done.contains_key(d.as_str())) {
                 continue;
             }
@@ -227,6 +234,7 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
 
         let all_done = steps.iter().all(|s| {
             !newly_enqueued.contains(&s.step_id)
+                && !already.contains(&s.step_id)
                 && matches!(s.status.as_str(), "completed" | "failed" | "cancelled")
         });
         if all_done {

@@ -11,6 +11,7 @@ use lineq_shared::event::insert_events;
 use lineq_shared::execution::Execution;
 use lineq_shared::ids::new_id;
 use lineq_shared::labels::{Tags, check_metadata, check_tags};
+use lineq_shared::telemetry;
 use lineq_shared::validation::{
     MAX_INPUT_BYTES, Namespace, ValidationError, check_idempotency_key, check_json_size,
     check_name,
@@ -148,6 +149,7 @@ pub struct Submitted {
 /// transaction.
 pub async fn submit(pool: &PgPool, node_name: &str, req: SubmitRequest) -> Result<Submitted> {
     let namespace = req.validate()?;
+    let started = telemetry::start();
     let mut tx = pool.begin().await?;
     let (name, version) = parse_target(&req.target)?;
     let (workflow, version, kind) = match store::get(&mut *tx, &name, version).await? {
@@ -202,6 +204,7 @@ pub async fn submit(pool: &PgPool, node_name: &str, req: SubmitRequest) -> Resul
     events.extend(enqueue(&mut tx, ready, node_name).await?);
     insert_events(&mut tx, &events).await?;
     tx.commit().await?;
+    telemetry::export(&events, started);
     Ok(Submitted {
         execution,
         created: true,

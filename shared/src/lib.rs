@@ -15,6 +15,7 @@ pub mod labels;
 pub mod message;
 pub mod migrate;
 pub mod queue;
+pub mod telemetry;
 pub mod trace_context;
 pub mod validation;
 pub mod wakeup;

@@ -159,6 +159,10 @@ pub struct ResultMessage {
     /// result (so a crashed attempt never leaves orphans behind).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<ChildRequest>,
+    /// The worker's `action_started` event: the span of the attempt, which the orchestrator's
+    /// span for this result links to (its parent is the `step_result` span in `meta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_event_id: Option<Uuid>,
     /// Lineage: `parent_event_id` is the worker's `step_result` event.
     pub meta: Meta,
 }

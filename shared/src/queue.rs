@@ -31,8 +31,16 @@ pub fn dead_letter_queue() -> QueueName {
     QueueName::new("lineq_dlq").expect("constant is valid")
 }
 
-/// A message as read from a queue. The body is kept raw: it is parsed by the consumer so a
-/// malformed one can be dead-lettered instead of failing the whole read.
+/// The largest message a consumer will parse (an input of [`MAX_INPUT_BYTES`] plus the
+/// envelope); a larger one is dead-lettered unread.
+///
+/// [`MAX_INPUT_BYTES`]: crate::validation::MAX_INPUT_BYTES
+pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// A message as read from a queue. The body is kept as the text PostgreSQL sent: it is parsed
+/// message by message, so one that is too large, too deeply nested or not an object is
+/// dead-lettered alone instead of failing the whole read (sqlx would decode every row's JSON
+/// up front, and one bad row would fail every read forever).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct QueuedMessage {
     /// PGMQ's message id.
@@ -43,8 +51,27 @@ pub struct QueuedMessage {
     pub enqueued_at: DateTime<Utc>,
     /// When it becomes visible again.
     pub vt: DateTime<Utc>,
-    /// The body, `None` if the row holds SQL NULL.
-    pub message: Option<Value>,
+    /// The body as JSON text, `None` if the row holds SQL NULL.
+    pub body: Option<String>,
+}
+
+impl QueuedMessage {
+    /// The body parsed, checked against [`MAX_MESSAGE_BYTES`]. The error says why, for the
+    /// dead letter.
+    pub fn json(&self) -> std::result::Result<Option<Value>, crate::error::Error> {
+        let Some(text) = &self.body else {
+            return Ok(None);
+        };
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(crate::error::Error::MalformedMessage(format!(
+                "message is {} bytes; the limit is {MAX_MESSAGE_BYTES}",
+                text.len()
+            )));
+        }
+        serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| crate::error::Error::MalformedMessage(format!("message body: {e}")))
+    }
 }
 
 /// Creates `queue` if it does not exist.
@@ -122,7 +149,8 @@ pub async fn read<'e, E: sqlx::PgExecutor<'e>>(
     qty: i32,
 ) -> Result<Vec<QueuedMessage>> {
     Ok(sqlx::query_as::<_, QueuedMessage>(
-        "SELECT msg_id, read_ct, enqueued_at, vt, message FROM pgmq.read($1::text, $2::integer, $3::integer)",
+        "SELECT msg_id, read_ct, enqueued_at, vt, message::text AS body
+         FROM pgmq.read($1::text, $2::integer, $3::integer)",
     )
     .bind(queue.as_str())
     .bind(vt_secs)
@@ -200,9 +228,17 @@ pub async fn dead_letter(
         "enqueued_at": msg.enqueued_at,
         "reason": reason,
         "event_id": event_id,
-        "message": msg.message,
     });
-    let id = send(conn, &dead_letter_queue(), &letter, std::time::Duration::ZERO).await?;
+    // The original goes in as PostgreSQL parsed it, whatever Rust thought of it.
+    let id: i64 = sqlx::query_scalar(
+        "SELECT pgmq.send($1::text, $2::jsonb || jsonb_build_object('message', $3::text::jsonb))",
+    )
+    .bind(dead_letter_queue().as_str())
+    .bind(&letter)
+    .bind(&msg.body)
+    .fetch_one(&mut *conn)
+    .await?;
+    notify(conn, &dead_letter_queue()).await?;
     archive(conn, queue, &[msg.msg_id]).await?;
     Ok(id)
 }

@@ -101,10 +101,12 @@ async fn check(pool: &PgPool, format: Format, a: CheckArgs) -> anyhow::Result<()
     Ok(())
 }
 
-/// Something drawn on a line of the tree: an execution header or an event.
+/// Something drawn on a line of the tree: an execution header or an event. An event listed
+/// at the top of its execution although its parent is elsewhere (a step that continued after
+/// its children ended) says where it came from.
 enum Item<'a> {
     Execution(&'a ExecutionNode),
-    Event(&'a EventNode),
+    Event(&'a EventNode, bool),
 }
 
 impl<'a> Item<'a> {
@@ -113,7 +115,7 @@ impl<'a> Item<'a> {
             Item::Execution(x) => x
                 .created_at
                 .or_else(|| x.events.first().map(|e| e.created_at)),
-            Item::Event(e) => Some(e.created_at),
+            Item::Event(e, _) => Some(e.created_at),
         }
     }
 
@@ -122,13 +124,17 @@ impl<'a> Item<'a> {
             Item::Execution(x) => x
                 .events
                 .iter()
-                .map(Item::Event)
+                .map(|e| {
+                    let came_from_elsewhere =
+                        e.parent_execution.is_some() && e.parent_event_id != x.parent_event_id;
+                    Item::Event(e, came_from_elsewhere)
+                })
                 .chain(x.executions.iter().map(Item::Execution))
                 .collect(),
-            Item::Event(e) => e
+            Item::Event(e, _) => e
                 .children
                 .iter()
-                .map(Item::Event)
+                .map(|c| Item::Event(c, false))
                 .chain(e.executions.iter().map(Item::Execution))
                 .collect(),
         };
@@ -152,7 +158,7 @@ impl<'a> Item<'a> {
                 }
                 s
             }
-            Item::Event(e) => {
+            Item::Event(e, came_from_elsewhere) => {
                 let mut s = e.event_type.clone();
                 if let Some(step) = &e.step {
                     let _ = write!(s, "  step={step}");
@@ -169,6 +175,13 @@ impl<'a> Item<'a> {
                 let _ = write!(s, "  {}", e.created_at.format("%H:%M:%S%.3f"));
                 if let Some(ms) = e.duration_ms {
                     let _ = write!(s, " (+{ms} ms)");
+                }
+                if let (true, Some(x)) = (*came_from_elsewhere, e.parent_execution) {
+                    let _ = write!(
+                        s,
+                        "  ← after {} of execution {x}",
+                        e.parent_event_type.as_deref().unwrap_or("an event")
+                    );
                 }
                 s
             }

@@ -1,6 +1,7 @@
 //! The command line: parsing, dispatch, output formats and exit codes.
 
 mod cancel;
+mod chaos;
 mod demo;
 mod dlq;
 mod inspect;
@@ -14,6 +15,8 @@ mod run;
 mod serve;
 mod submit;
 mod tags;
+pub mod telemetry;
+mod trace;
 mod workflow;
 
 use anyhow::Context;
@@ -54,6 +57,11 @@ pub struct GlobalArgs {
     /// Log at info level even for one-shot commands (RUST_LOG or LINEQ_LOG override).
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Export spans to this OTLP endpoint, e.g. http://localhost:4317 (gRPC), or
+    /// http://localhost:4318 with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf. Default:
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; with none, no spans.
+    #[arg(long, global = true, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How results are printed.
@@ -119,6 +127,12 @@ pub enum Command {
     /// The dead-letter queue: messages that could not be processed, with the reason.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Print the trace of an execution, correlation id or event (its trace id is the root
+    /// execution's correlation id) and its Jaeger URL (LINEQ_JAEGER_URL).
+    Trace(trace::TraceArgs),
+    /// Fault injection: run orchestrators and workers as processes, SIGKILL them while they
+    /// work, and prove nothing was lost, duplicated or left without lineage.
+    Chaos(chaos::ChaosArgs),
     /// Run the whole system once, in-process, and print what happened. Uses DATABASE_URL, or a
     /// throwaway PostgreSQL from the machine's own binaries when it is unset or unreachable.
     Demo(demo::DemoArgs),
@@ -148,12 +162,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Untag(a) => tags::untag(&connect(g).await?, g.format, a).await,
         Command::History(a) => tags::history(&connect(g).await?, g.format, a).await,
         Command::Serve(a) => serve::run(connect_sized(g, 10).await?, a).await,
-        Command::Orchestrator(a) => run::orchestrator(connect(g).await?, a).await,
-        Command::Worker(a) => run::worker(connect_sized(g, a.pool_size()).await?, a).await,
+        Command::Orchestrator(a) => {
+            let stop = run::shutdown_on_signal();
+            run::orchestrator(connect(g).await?, a, stop).await
+        }
+        Command::Worker(a) => {
+            let stop = run::shutdown_on_signal();
+            run::worker(connect_sized(g, a.pool_size()).await?, a, stop).await
+        }
         Command::Namespace(c) => namespace::run(&connect(g).await?, g.format, c).await,
         Command::Workflow(c) => workflow::run(&connect(g).await?, g.format, c).await,
+        Command::Chaos(a) => {
+            let url = g.database_url.clone().unwrap_or_default();
+            chaos::run(&connect_sized(g, 10).await?, &url, g.format, a).await
+        }
         Command::Cancel(a) => cancel::run(&connect(g).await?, g.format, a).await,
         Command::Dlq(c) => dlq::run(&connect(g).await?, g.format, c).await,
+        Command::Trace(a) => trace::run(&connect(g).await?, g.format, a).await,
         Command::Demo(a) => demo::run(g.database_url.clone(), g.format, a).await,
     }
 }

@@ -59,48 +59,51 @@ impl WorkerArgs {
     }
 }
 
-/// A token cancelled on SIGTERM or Ctrl-C.
-fn shutdown_on_signal() -> CancellationToken {
+/// A token cancelled on SIGTERM or Ctrl-C. The handlers are registered before this returns
+/// (not in the spawned task), so a signal that arrives while the process is still connecting
+/// stops it cleanly instead of killing it.
+pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
+    #[cfg(unix)]
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
-                        let _ = ctrl_c.await;
-                        t.cancel();
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
         #[cfg(not(unix))]
-        let _ = ctrl_c.await;
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown requested");
         t.cancel();
     });
     token
 }
 
-pub async fn orchestrator(pool: PgPool, a: OrchestratorArgs) -> anyhow::Result<()> {
+pub async fn orchestrator(
+    pool: PgPool,
+    a: OrchestratorArgs,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     ensure_migrated(&pool).await?;
     let orchestrator = Orchestrator::builder(pool)
         .batch_size(a.batch_size)
         .poll_interval(Duration::from_millis(a.poll_interval_ms))
         .build();
-    orchestrator.run(shutdown_on_signal()).await?;
+    orchestrator.run(stop).await?;
     Ok(())
 }
 
-pub async fn worker(pool: PgPool, a: WorkerArgs) -> anyhow::Result<()> {
+pub async fn worker(pool: PgPool, a: WorkerArgs, stop: CancellationToken) -> anyhow::Result<()> {
     ensure_migrated(&pool).await?;
     let mut builder = Worker::builder(pool)
         .namespace(&a.namespace)?
@@ -116,7 +119,7 @@ pub async fn worker(pool: PgPool, a: WorkerArgs) -> anyhow::Result<()> {
     if let Some(id) = a.worker_id {
         builder = builder.worker_id(id);
     }
-    builder.build().run(shutdown_on_signal()).await?;
+    builder.build().run(stop).await?;
     Ok(())
 }
 

@@ -2,6 +2,8 @@
 //! the same transaction, so a claim and its evidence commit together. Messages that cannot be
 //! understood are dead-lettered in that transaction, with the reason.
 
+use std::time::SystemTime;
+
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -10,6 +12,7 @@ use lineq_shared::error::Result;
 use lineq_shared::event::{EventType, Lineage, NewEvent, insert_events};
 use lineq_shared::message::StepMessage;
 use lineq_shared::queue;
+use lineq_shared::telemetry;
 use lineq_shared::validation::QueueName;
 
 /// A message this worker holds, with its `action_started` event.
@@ -21,6 +24,11 @@ pub(crate) struct Claimed {
     pub lineage: Lineage,
     pub started_event_id: Uuid,
     pub traceparent: String,
+    /// When the claim began: the start of the step's span.
+    pub claimed_at: SystemTime,
+    /// The `action_started` event, kept while tracing is on: it is exported as the step's span
+    /// when the outcome is reported (report.rs).
+    pub started_event: Option<NewEvent>,
 }
 
 /// What a claim returned.
@@ -40,13 +48,15 @@ pub(crate) struct ClaimParams<'a> {
 }
 
 pub(crate) async fn claim(pool: &PgPool, p: ClaimParams<'_>) -> Result<ClaimBatch> {
+    let started = telemetry::start();
+    let claimed_at = SystemTime::now();
     let mut tx = pool.begin().await?;
     let msgs = queue::read(&mut *tx, p.queue, p.visibility_timeout_secs, p.qty).await?;
     let read = msgs.len();
     let mut claimed = Vec::with_capacity(read);
     let mut events = Vec::with_capacity(read);
     for m in &msgs {
-        let parsed = StepMessage::parse(m.message.as_ref()).and_then(|msg| {
+        let parsed = m.json().and_then(|body| StepMessage::parse(body.as_ref())).and_then(|msg| {
             let tc = msg.meta.check()?;
             Ok((msg, tc))
         });
@@ -105,11 +115,21 @@ pub(crate) async fn claim(pool: &PgPool, p: ClaimParams<'_>) -> Result<ClaimBatc
             lineage,
             started_event_id: event.event_id,
             traceparent: event.traceparent(),
+            claimed_at,
+            started_event: telemetry::enabled().then(|| event.clone()),
             message,
         });
         events.push(event);
     }
     insert_events(&mut tx, &events).await?;
     tx.commit().await?;
+    if telemetry::enabled() {
+        // Claims become spans when their outcome is reported; dead letters end here.
+        let dead: Vec<NewEvent> = events
+            .into_iter()
+            .filter(|e| e.event_type == EventType::MessageDeadLettered)
+            .collect();
+        telemetry::export(&dead, started);
+    }
     Ok(ClaimBatch { claimed, read })
 }

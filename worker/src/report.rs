@@ -17,6 +17,7 @@ use lineq_shared::error::Result;
 use lineq_shared::event::{EventType, NewEvent, insert_events};
 use lineq_shared::message::{Meta, Outcome, ResultMessage, StepError};
 use lineq_shared::queue;
+use lineq_shared::telemetry;
 use lineq_shared::validation::QueueName;
 
 use crate::claim::Claimed;
@@ -37,6 +38,7 @@ pub(crate) async fn report(
     worker_id: &str,
     node_name: &str,
 ) -> Result<()> {
+    let started = telemetry::start();
     let mut tx = pool.begin().await?;
     let held: Vec<i64> = done.iter().map(|c| c.claimed.msg_id).collect();
     let archived = queue::archive(&mut tx, step_queue, &held).await?;
@@ -86,6 +88,7 @@ pub(crate) async fn report(
             error: c.outcome.as_ref().err().cloned(),
             // Children only come to be if the attempt succeeded.
             children: if c.outcome.is_ok() { c.children.clone() } else { Vec::new() },
+            started_event_id: Some(c.claimed.started_event_id),
             meta: Meta {
                 correlation_id: m.meta.correlation_id,
                 parent_event_id: result_event.event_id,
@@ -103,5 +106,14 @@ pub(crate) async fn report(
     insert_events(&mut tx, &events).await?;
     queue::send_batch(&mut tx, &queue::results_queue(), &results).await?;
     tx.commit().await?;
+    if telemetry::enabled() {
+        // The step spans (claim to report) first, then their children written here.
+        for c in done {
+            if let Some(ev) = &c.claimed.started_event {
+                telemetry::export_step_span(ev, c.claimed.claimed_at, c.outcome.as_ref().err());
+            }
+        }
+        telemetry::export(&events, started);
+    }
     Ok(())
 }

@@ -320,9 +320,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 async fn run_step(inner: &Inner, claimed: Claimed, cancel: CancellationToken) -> Completion {
     let m = &claimed.message;
+    // The ids of the step's span (its action_started event) too, so a log line leads to Jaeger.
+    let tc = lineq_shared::trace_context::TraceContext::for_event(
+        claimed.lineage.trace_correlation_id,
+        claimed.started_event_id,
+    );
     let span = tracing::info_span!("step", correlation_id = %m.meta.correlation_id,
         execution_id = %m.execution_id, step = %m.step, attempt = m.attempt,
-        delivery = claimed.delivery);
+        delivery = claimed.delivery, trace_id = %tc.trace_id_hex(), span_id = %tc.span_id_hex());
     let started = Instant::now();
     let children = Arc::new(Mutex::new(Vec::new()));
     let outcome = execute(inner, &claimed, cancel, children.clone())
@@ -381,8 +386,12 @@ async fn execute(
         children,
     };
     // Its own task, so a panic is caught as a failed attempt instead of killing the worker.
+    // In the step's span: a spawned task does not inherit it, and every log line of the
+    // handler's work must carry the step's correlation and execution ids.
     let mut task = tokio::spawn(
-        std::panic::AssertUnwindSafe(handler.call(ctx, m.input.clone())).catch_unwind(),
+        std::panic::AssertUnwindSafe(handler.call(ctx, m.input.clone()))
+            .catch_unwind()
+            .in_current_span(),
     );
     let limit = m.timeout_ms.map(Duration::from_millis);
     let joined = match limit {

@@ -7,8 +7,9 @@
 //!   parent;
 //! - every parent is present, and in the same root tree;
 //! - no event is its own ancestor (no cycles);
-//! - an event's parent is in its own execution, or — for the first event of a child execution —
-//!   in the parent execution, and is the event recorded as having spawned the child;
+//! - an event's parent is in its own execution, its parent execution (the way into a child) or a
+//!   child execution (the way back out of one, for a step that waited for its children), and
+//!   every child execution hangs off the event recorded as having spawned it;
 //! - every event carries its execution's correlation, parent and root ids, and every execution
 //!   of the tree names the tree's root;
 //! - the `meta` of every queue message of the tree equals the event it came from
@@ -96,17 +97,17 @@ pub enum Fault {
         /// The events on the loop.
         event_ids: Vec<Uuid>,
     },
-    /// A child execution's first event hangs off another event than the one recorded as
-    /// having spawned it (`executions.parent_event_id`).
+    /// No event of a child execution hangs off the event recorded as having spawned it
+    /// (`executions.parent_event_id`).
     SpawnMismatch {
         /// The child execution.
         execution_id: Uuid,
         /// The spawning event on the execution row.
         spawned_by: Uuid,
-        /// The child's event that enters the execution.
-        event_id: Uuid,
+        /// The child's event that enters it from elsewhere (or its first event).
+        event_id: Option<Uuid>,
         /// That event's parent.
-        parent_event_id: Uuid,
+        parent_event_id: Option<Uuid>,
     },
     /// An event names an execution that does not exist.
     UnknownExecution {
@@ -267,7 +268,9 @@ impl fmt::Display for Fault {
                 parent_event_id,
             } => write!(
                 f,
-                "spawn mismatch: execution {execution_id} was spawned by event {spawned_by}, but its event {event_id} hangs off {parent_event_id}"
+                "spawn mismatch: execution {execution_id} was spawned by event {spawned_by}, but no event of it hangs off that (it is entered by event {}, whose parent is {})",
+                opt(event_id),
+                opt(parent_event_id)
             ),
             Fault::UnknownExecution {
                 event_id,
@@ -378,10 +381,12 @@ pub async fn check(pool: &PgPool, id: Uuid) -> Result<CheckReport> {
     let target = resolve(pool, id).await?;
     let roots: Vec<Uuid> = match target {
         Target::Execution { id } => {
-            sqlx::query_scalar("SELECT root_execution_id FROM lineq.executions WHERE execution_id = $1")
-                .bind(id)
-                .fetch_all(pool)
-                .await?
+            sqlx::query_scalar(
+                "SELECT root_execution_id FROM lineq.executions WHERE execution_id = $1",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?
         }
         Target::Event {
             root_execution_id, ..
@@ -435,14 +440,13 @@ pub async fn check_root(pool: &PgPool, root: Uuid) -> Result<CheckReport> {
     .bind(root)
     .fetch_all(pool)
     .await?;
-    let tree_ids: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
-        "SELECT execution_id FROM lineq.execution_tree($1)",
-    )
-    .bind(root)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .collect();
+    let tree_ids: HashSet<Uuid> =
+        sqlx::query_scalar::<_, Uuid>("SELECT execution_id FROM lineq.execution_tree($1)")
+            .bind(root)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
     let exec_ids: Vec<Uuid> = executions.iter().map(|x| x.execution_id).collect();
     let events = sqlx::query_as::<_, EventRow>(
         r#"
@@ -539,8 +543,7 @@ struct Input<'a> {
 fn faults(input: &Input<'_>) -> Vec<Fault> {
     let mut out = Vec::new();
     let by_id: HashMap<Uuid, &EventRow> = input.events.iter().map(|e| (e.event_id, e)).collect();
-    let foreign: HashMap<Uuid, &EventRow> =
-        input.foreign.iter().map(|e| (e.event_id, e)).collect();
+    let foreign: HashMap<Uuid, &EventRow> = input.foreign.iter().map(|e| (e.event_id, e)).collect();
 
     check_executions(input, &mut out);
 
@@ -593,6 +596,8 @@ fn faults(input: &Input<'_>) -> Vec<Fault> {
             });
         }
     }
+
+    check_spawns(input, &mut out);
 
     for cycle in cycles(input.events, &by_id) {
         out.push(Fault::Cycle { event_ids: cycle });
@@ -665,10 +670,7 @@ fn check_executions(input: &Input<'_>, out: &mut Vec<Fault>) {
                 found: opt(&x.parent_execution_id),
             });
         }
-        if let Some(parent) = x
-            .parent_execution_id
-            .and_then(|p| input.executions.get(&p))
-        {
+        if let Some(parent) = x.parent_execution_id.and_then(|p| input.executions.get(&p)) {
             if x.parent_correlation_id != Some(parent.correlation_id) {
                 out.push(Fault::ExecutionFieldMismatch {
                     execution_id: x.execution_id,
@@ -686,11 +688,21 @@ fn check_executions(input: &Input<'_>, out: &mut Vec<Fault>) {
     }
 }
 
-/// An event whose parent is in another execution of the tree: only the way into a child
-/// execution, from the event that spawned it.
+/// An event whose parent is in another execution of the tree. Two links cross executions: into
+/// a child (its `execution_started` hangs off the event that spawned it, and later events may
+/// hang off its parent's, e.g. a cancellation), and back out of one (a step that waited for its
+/// children continues from the event that ended the last of them). Anything else is a wrong
+/// parent.
 fn check_cross_execution(input: &Input<'_>, e: &EventRow, parent: &EventRow, out: &mut Vec<Fault>) {
-    let own = input.executions.get(&e.execution_id);
-    if own.and_then(|x| x.parent_execution_id) != Some(parent.execution_id) {
+    let own_parent = input
+        .executions
+        .get(&e.execution_id)
+        .and_then(|x| x.parent_execution_id);
+    let parents_parent = input
+        .executions
+        .get(&parent.execution_id)
+        .and_then(|x| x.parent_execution_id);
+    if own_parent != Some(parent.execution_id) && parents_parent != Some(e.execution_id) {
         out.push(Fault::ParentInUnrelatedExecution {
             event_id: e.event_id,
             event_type: e.event_type.clone(),
@@ -698,17 +710,55 @@ fn check_cross_execution(input: &Input<'_>, e: &EventRow, parent: &EventRow, out
             parent_event_id: parent.event_id,
             parent_execution_id: parent.execution_id,
         });
-        return;
     }
-    if let Some(spawned_by) = own.and_then(|x| x.parent_event_id) {
-        if spawned_by != parent.event_id {
-            out.push(Fault::SpawnMismatch {
-                execution_id: e.execution_id,
-                spawned_by,
-                event_id: e.event_id,
-                parent_event_id: parent.event_id,
-            });
+}
+
+/// Every child execution hangs off the event recorded as having spawned it
+/// (`executions.parent_event_id`): some event of the child has it as parent.
+fn check_spawns(input: &Input<'_>, out: &mut Vec<Fault>) {
+    let mut entered: HashMap<Uuid, Vec<&EventRow>> = HashMap::new();
+    let by_id: HashMap<Uuid, &EventRow> = input.events.iter().map(|e| (e.event_id, e)).collect();
+    for e in input.events {
+        let from_parent_exec = e
+            .parent_event_id
+            .and_then(|p| by_id.get(&p))
+            .is_some_and(|p| p.execution_id != e.execution_id);
+        if from_parent_exec {
+            entered.entry(e.execution_id).or_default().push(e);
         }
+    }
+    let mut execs: Vec<&TreeExecution> = input
+        .executions
+        .values()
+        .filter(|x| input.tree_ids.contains(&x.execution_id))
+        .collect();
+    execs.sort_by_key(|x| (x.created_at, x.execution_id));
+    for x in execs {
+        let Some(spawned_by) = x.parent_event_id else {
+            continue;
+        };
+        let entries = entered
+            .get(&x.execution_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if entries
+            .iter()
+            .any(|e| e.parent_event_id == Some(spawned_by))
+        {
+            continue;
+        }
+        // Name the event that enters the child instead, if there is one: its parent is wrong.
+        let first = input
+            .events
+            .iter()
+            .find(|e| e.execution_id == x.execution_id);
+        let entry = entries.first().copied().or(first);
+        out.push(Fault::SpawnMismatch {
+            execution_id: x.execution_id,
+            spawned_by,
+            event_id: entry.map(|e| e.event_id),
+            parent_event_id: entry.and_then(|e| e.parent_event_id),
+        });
     }
 }
 
@@ -908,7 +958,9 @@ mod tests {
             trace_id: None,
             span_id: None,
             payload: json!({}),
-            created_at: Utc.timestamp_millis_opt(1_700_000_000_000 + id as i64).unwrap(),
+            created_at: Utc
+                .timestamp_millis_opt(1_700_000_000_000 + id as i64)
+                .unwrap(),
         }
     }
 
@@ -987,6 +1039,63 @@ mod tests {
             ]
         );
         assert!(f[2].to_string().starts_with("cycle: events "));
+    }
+
+    #[test]
+    fn cross_execution_links_into_and_out_of_children_only() {
+        let child = TreeExecution {
+            execution_id: Uuid::from_u128(2000),
+            parent_execution_id: Some(Uuid::from_u128(1000)),
+            parent_correlation_id: Some(Uuid::from_u128(5000)),
+            parent_event_id: Some(Uuid::from_u128(3)),
+            ..root_exec()
+        };
+        let sibling = TreeExecution {
+            execution_id: Uuid::from_u128(3000),
+            parent_execution_id: Some(Uuid::from_u128(1000)),
+            parent_correlation_id: Some(Uuid::from_u128(5000)),
+            parent_event_id: Some(Uuid::from_u128(3)),
+            ..root_exec()
+        };
+        let tree_ids: HashSet<Uuid> = [1000, 2000, 3000].map(Uuid::from_u128).into();
+        let executions: HashMap<Uuid, TreeExecution> = [root_exec(), child, sibling]
+            .into_iter()
+            .map(|x| (x.execution_id, x))
+            .collect();
+        let in_child = |id, parent, exec, kind| {
+            let mut e = ev(id, parent, exec, kind);
+            e.parent_execution_id = Some(Uuid::from_u128(1000));
+            e
+        };
+        let events = vec![
+            ev(1, None, 1000, "execution_started"),
+            ev(3, Some(1), 1000, "step_result"),
+            in_child(4, Some(3), 2000, "execution_started"),
+            in_child(5, Some(4), 2000, "execution_completed"),
+            // back out of the child: fine
+            ev(6, Some(5), 1000, "step_completed"),
+            // the sibling enters from its spawning event: fine; then hangs off the other child
+            in_child(7, Some(3), 3000, "execution_started"),
+            in_child(8, Some(5), 3000, "execution_completed"),
+        ];
+        let f = faults(&Input {
+            root: Uuid::from_u128(1000),
+            tree_ids: &tree_ids,
+            executions: &executions,
+            events: &events,
+            foreign: &[],
+            messages: &[],
+        });
+        assert_eq!(
+            f,
+            vec![Fault::ParentInUnrelatedExecution {
+                event_id: Uuid::from_u128(8),
+                event_type: "execution_completed".into(),
+                execution_id: Uuid::from_u128(3000),
+                parent_event_id: Uuid::from_u128(5),
+                parent_execution_id: Uuid::from_u128(2000),
+            }]
+        );
     }
 
     #[test]

@@ -238,12 +238,12 @@ pub async fn descendants(pool: &PgPool, event_id: Uuid) -> Result<Vec<Descendant
 
 /// `lineq.execution_tree(execution_id)`: the execution and its descendant executions.
 pub async fn execution_tree(pool: &PgPool, execution_id: Uuid) -> Result<Vec<TreeExecution>> {
-    Ok(sqlx::query_as::<_, TreeExecution>(
-        "SELECT * FROM lineq.execution_tree($1) ORDER BY path",
+    Ok(
+        sqlx::query_as::<_, TreeExecution>("SELECT * FROM lineq.execution_tree($1) ORDER BY path")
+            .bind(execution_id)
+            .fetch_all(pool)
+            .await?,
     )
-    .bind(execution_id)
-    .fetch_all(pool)
-    .await?)
 }
 
 /// `lineq.lineage(execution_id)`: every event of the execution and its descendants.

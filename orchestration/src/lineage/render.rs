@@ -1,8 +1,10 @@
 //! Drawing a [`LineageTree`] as a picture: Graphviz DOT (`dot -Tsvg`) or Mermaid (renders in
 //! GitHub, GitLab and most Markdown viewers). Each execution is a box (cluster / subgraph)
-//! holding its events; edges go from parent event to child event, so the edge into a child
-//! execution's box starts at the event that spawned it.
+//! holding its events; edges go from every parent event to its child events, so the edge into a
+//! child execution's box starts at the event that spawned it, and the edge out of it (a step
+//! that waited for its children) ends at the event its parent execution continued with.
 
+use std::collections::HashSet;
 use std::fmt::Write;
 
 use super::tree::{EventNode, ExecutionNode, LineageTree};
@@ -45,11 +47,29 @@ fn event_label(e: &EventNode) -> Vec<String> {
 }
 
 fn execution_label(x: &ExecutionNode) -> String {
-    let mut s = format!("{} [{}] {}", x.workflow_name, x.status, short(&x.execution_id));
+    let mut s = format!(
+        "{} [{}] {}",
+        x.workflow_name,
+        x.status,
+        short(&x.execution_id)
+    );
     if let Some(ms) = x.duration_ms {
         let _ = write!(s, " {ms} ms");
     }
     s
+}
+
+/// Parent -> child for every event whose parent is drawn too, in tree order.
+fn edges(tree: &LineageTree) -> Vec<(String, String)> {
+    let events = tree.events();
+    let drawn: HashSet<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
+    events
+        .iter()
+        .filter_map(|e| {
+            let p = e.parent_event_id.filter(|p| drawn.contains(p))?;
+            Some((format!("e{}", p.simple()), node_id(e)))
+        })
+        .collect()
 }
 
 fn dot_escape(s: &str) -> String {
@@ -66,18 +86,17 @@ pub fn to_dot(tree: &LineageTree) -> String {
         "  node [shape=box, style=\"rounded,filled\", fillcolor=white, fontname=\"Helvetica\", fontsize=10];"
     );
     let _ = writeln!(s, "  edge [fontname=\"Helvetica\", fontsize=9];");
-    let mut edges = Vec::new();
     for x in &tree.executions {
-        dot_execution(&mut s, x, 1, &mut edges);
+        dot_execution(&mut s, x, 1);
     }
-    for (from, to) in edges {
+    for (from, to) in edges(tree) {
         let _ = writeln!(s, "  {from} -> {to};");
     }
     let _ = writeln!(s, "}}");
     s
 }
 
-fn dot_execution(s: &mut String, x: &ExecutionNode, indent: usize, edges: &mut Vec<(String, String)>) {
+fn dot_execution(s: &mut String, x: &ExecutionNode, indent: usize) {
     let pad = "  ".repeat(indent);
     let _ = writeln!(s, "{pad}subgraph cluster_{} {{", cluster_id(x));
     let _ = writeln!(s, "{pad}  label=\"{}\";", dot_escape(&execution_label(x)));
@@ -86,11 +105,11 @@ fn dot_execution(s: &mut String, x: &ExecutionNode, indent: usize, edges: &mut V
     // the edges between them are drawn after all clusters.
     let mut nested = Vec::new();
     for e in &x.events {
-        dot_event(s, e, indent + 1, edges, &mut nested);
+        dot_event(s, e, indent + 1, &mut nested);
     }
     let _ = writeln!(s, "{pad}}}");
     for c in nested.into_iter().chain(x.executions.iter()) {
-        dot_execution(s, c, indent, edges);
+        dot_execution(s, c, indent);
     }
 }
 
@@ -98,7 +117,6 @@ fn dot_event<'a>(
     s: &mut String,
     e: &'a EventNode,
     indent: usize,
-    edges: &mut Vec<(String, String)>,
     nested: &mut Vec<&'a ExecutionNode>,
 ) {
     let pad = "  ".repeat(indent);
@@ -116,15 +134,9 @@ fn dot_event<'a>(
         dot_escape(&event_label(e).join("\\n"))
     );
     for c in &e.children {
-        edges.push((node_id(e), node_id(c)));
-        dot_event(s, c, indent, edges, nested);
+        dot_event(s, c, indent, nested);
     }
-    for x in &e.executions {
-        for top in &x.events {
-            edges.push((node_id(e), node_id(top)));
-        }
-        nested.push(x);
-    }
+    nested.extend(e.executions.iter());
 }
 
 fn mermaid_escape(s: &str) -> String {
@@ -138,22 +150,16 @@ fn mermaid_escape(s: &str) -> String {
 pub fn to_mermaid(tree: &LineageTree) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "flowchart TD");
-    let mut edges = Vec::new();
     for x in &tree.executions {
-        mermaid_execution(&mut s, x, 1, &mut edges);
+        mermaid_execution(&mut s, x, 1);
     }
-    for (from, to) in edges {
+    for (from, to) in edges(tree) {
         let _ = writeln!(s, "  {from} --> {to}");
     }
     s
 }
 
-fn mermaid_execution(
-    s: &mut String,
-    x: &ExecutionNode,
-    indent: usize,
-    edges: &mut Vec<(String, String)>,
-) {
+fn mermaid_execution(s: &mut String, x: &ExecutionNode, indent: usize) {
     let pad = "  ".repeat(indent);
     let _ = writeln!(
         s,
@@ -163,11 +169,11 @@ fn mermaid_execution(
     );
     let mut nested = Vec::new();
     for e in &x.events {
-        mermaid_event(s, e, indent + 1, edges, &mut nested);
+        mermaid_event(s, e, indent + 1, &mut nested);
     }
     let _ = writeln!(s, "{pad}end");
     for c in nested.into_iter().chain(x.executions.iter()) {
-        mermaid_execution(s, c, indent, edges);
+        mermaid_execution(s, c, indent);
     }
 }
 
@@ -175,7 +181,6 @@ fn mermaid_event<'a>(
     s: &mut String,
     e: &'a EventNode,
     indent: usize,
-    edges: &mut Vec<(String, String)>,
     nested: &mut Vec<&'a ExecutionNode>,
 ) {
     let pad = "  ".repeat(indent);
@@ -190,15 +195,9 @@ fn mermaid_event<'a>(
             .join("<br/>")
     );
     for c in &e.children {
-        edges.push((node_id(e), node_id(c)));
-        mermaid_event(s, c, indent, edges, nested);
+        mermaid_event(s, c, indent, nested);
     }
-    for x in &e.executions {
-        for top in &x.events {
-            edges.push((node_id(e), node_id(top)));
-        }
-        nested.push(x);
-    }
+    nested.extend(e.executions.iter());
 }
 
 #[cfg(test)]
@@ -209,10 +208,18 @@ mod tests {
     use serde_json::json;
     use uuid::Uuid;
 
-    fn event(id: u128, kind: &str, children: Vec<EventNode>, executions: Vec<ExecutionNode>) -> EventNode {
+    fn event(
+        id: u128,
+        parent: Option<u128>,
+        kind: &str,
+        children: Vec<EventNode>,
+        executions: Vec<ExecutionNode>,
+    ) -> EventNode {
         EventNode {
             event_id: Uuid::from_u128(id),
-            parent_event_id: None,
+            parent_event_id: parent.map(Uuid::from_u128),
+            parent_event_type: None,
+            parent_execution: None,
             event_type: kind.into(),
             execution_id: Uuid::from_u128(1),
             step_id: None,
@@ -248,7 +255,10 @@ mod tests {
     }
 
     fn sample() -> LineageTree {
-        let child = exec(2, vec![event(20, "execution_started", vec![], vec![])]);
+        let child = exec(
+            2,
+            vec![event(20, Some(10), "execution_started", vec![], vec![])],
+        );
         LineageTree {
             target: Target::Execution {
                 id: Uuid::from_u128(1),
@@ -259,8 +269,9 @@ mod tests {
                 1,
                 vec![event(
                     10,
+                    None,
                     "execution_started",
-                    vec![event(11, "step_completed", vec![], vec![])],
+                    vec![event(11, Some(10), "step_completed", vec![], vec![])],
                     vec![child],
                 )],
             )],
@@ -286,6 +297,9 @@ mod tests {
         assert!(m.starts_with("flowchart TD\n"));
         assert_eq!(m.matches("subgraph ").count(), 2);
         assert_eq!(m.matches(" --> ").count(), 2);
-        assert!(m.contains("execution_started<br/>say #quot;hi#quot; #1"), "{m}");
+        assert!(
+            m.contains("execution_started<br/>say #quot;hi#quot; #1"),
+            "{m}"
+        );
     }
 }

@@ -73,6 +73,12 @@ pub struct EventNode {
     pub event_id: Uuid,
     /// Its parent.
     pub parent_event_id: Option<Uuid>,
+    /// Its parent's type, when the parent is in the tree.
+    pub parent_event_type: Option<String>,
+    /// Its parent's execution, when that is another execution: the parent execution for a
+    /// child's first event, a child execution for a step that waited for its children (such an
+    /// event is listed at the top of its own execution, and this says where it came from).
+    pub parent_execution: Option<Uuid>,
     /// What happened.
     pub event_type: String,
     /// The execution that wrote it.
@@ -188,23 +194,32 @@ pub(crate) fn build(
     let mut under: HashMap<Uuid, Vec<usize>> = HashMap::new();
     let mut roots = Vec::new();
     for (xi, x) in execs.iter().enumerate() {
-        let in_other_exec =
-            |ev: Uuid| event_idx.get(&ev).is_some_and(|&i| events[i].execution_id != x.id);
-        // The spawn link recorded on the execution row wins; otherwise the parent of its first
-        // event, when that parent is in another execution of the tree.
-        let anchor = x
-            .row
-            .as_ref()
-            .and_then(|r| r.parent_event_id)
-            .filter(|&p| in_other_exec(p))
-            .or_else(|| {
+        // Nested under the event that spawned it, as recorded on its row. Without a row (only
+        // its events are known), under the parent of its first event that is in its parent
+        // execution. Not under just any event of another execution: a step that waited for
+        // children continues from the child's last event, which must not nest the parent
+        // inside its own child.
+        let in_exec = |ev: Uuid, exec: Uuid| {
+            event_idx
+                .get(&ev)
+                .is_some_and(|&i| events[i].execution_id == exec)
+        };
+        let anchor = match &x.row {
+            Some(r) => r
+                .parent_event_id
+                .filter(|&p| event_idx.contains_key(&p) && !in_exec(p, x.id)),
+            None => x.parent.and_then(|px| {
                 tops.get(&x.id)
                     .into_iter()
                     .flatten()
                     .filter_map(|&i| events[i].parent_event_id)
-                    .find(|&p| in_other_exec(p))
-            });
-        match (anchor, x.parent.filter(|p| *p != x.id && exec_idx.contains_key(p))) {
+                    .find(|&p| in_exec(p, px))
+            }),
+        };
+        match (
+            anchor,
+            x.parent.filter(|p| *p != x.id && exec_idx.contains_key(p)),
+        ) {
             (Some(ev), _) => anchored.entry(ev).or_default().push(xi),
             (None, Some(p)) => under.entry(p).or_default().push(xi),
             (None, None) => roots.push(xi),
@@ -224,8 +239,11 @@ pub(crate) fn build(
     };
     let mut out: Vec<ExecutionNode> = roots.iter().filter_map(|&xi| b.exec(xi, 0)).collect();
 
-    // Whatever no root reached sits on a loop (an execution anchored under its own
-    // descendant, or events whose parents go round): show it anyway, once.
+    // Whatever no root reached sits on a loop (events whose parents go round, or an execution
+    // nested under its own descendant): show it anyway, once. Events first, in their own
+    // execution's node, so executions spawned from them nest as usual; then executions not
+    // reached at all, as extra tops; then events of those.
+    b.attach_unseen_events(&mut out);
     for xi in 0..b.execs.len() {
         if !b.seen_execs.contains(&b.execs[xi].id) {
             if let Some(node) = b.exec(xi, 0) {
@@ -233,18 +251,7 @@ pub(crate) fn build(
             }
         }
     }
-    for i in 0..b.events.len() {
-        let e = &b.events[i];
-        if b.seen_events.contains(&e.event_id) {
-            continue;
-        }
-        let exec_id = e.execution_id;
-        if let Some(node) = b.event(i) {
-            if let Some(x) = find_exec(&mut out, exec_id) {
-                x.events.push(node);
-            }
-        }
-    }
+    b.attach_unseen_events(&mut out);
 
     LineageTree {
         target,
@@ -282,6 +289,25 @@ fn find_exec_in_events(nodes: &mut [EventNode], id: Uuid) -> Option<&mut Executi
 }
 
 impl Builder {
+    fn attach_unseen_events(&mut self, out: &mut [ExecutionNode]) {
+        for i in 0..self.events.len() {
+            let e = &self.events[i];
+            if self.seen_events.contains(&e.event_id) {
+                continue;
+            }
+            let exec_id = e.execution_id;
+            // Only where its execution is already shown; otherwise a later pass shows it.
+            if find_exec(out, exec_id).is_none() {
+                continue;
+            }
+            if let Some(node) = self.event(i) {
+                if let Some(x) = find_exec(out, exec_id) {
+                    x.events.push(node);
+                }
+            }
+        }
+    }
+
     fn exec(&mut self, xi: usize, depth: usize) -> Option<ExecutionNode> {
         let id = self.execs[xi].id;
         if !self.seen_execs.insert(id) {
@@ -340,13 +366,17 @@ impl Builder {
             .filter_map(|x| self.exec(x, exec_depth + 1))
             .collect();
         let e = &self.events[i];
-        let duration_ms = e
+        let parent = e
             .parent_event_id
             .and_then(|p| self.event_idx.get(&p))
-            .map(|&p| (e.created_at - self.events[p].created_at).num_milliseconds());
+            .map(|&p| &self.events[p]);
         Some(EventNode {
             event_id: e.event_id,
             parent_event_id: e.parent_event_id,
+            parent_event_type: parent.map(|p| p.event_type.clone()),
+            parent_execution: parent
+                .map(|p| p.execution_id)
+                .filter(|x| *x != e.execution_id),
             event_type: e.event_type.clone(),
             execution_id: e.execution_id,
             step_id: e.step_id,
@@ -355,7 +385,7 @@ impl Builder {
             worker_id: e.worker_id.clone(),
             node_name: e.node_name.clone(),
             created_at: e.created_at,
-            duration_ms,
+            duration_ms: parent.map(|p| (e.created_at - p.created_at).num_milliseconds()),
             payload: e.payload.clone(),
             children,
             executions,
@@ -511,6 +541,40 @@ mod tests {
     }
 
     #[test]
+    fn a_step_resumed_by_its_child_stays_in_its_own_execution() {
+        let target = Target::Execution {
+            id: Uuid::from_u128(1000),
+        };
+        let mut child_events = vec![
+            ev(4, Some(3), 2000, "child_start", 4),
+            ev(5, Some(4), 2000, "child_end", 5),
+        ];
+        for e in &mut child_events {
+            e.parent_execution_id = Some(Uuid::from_u128(1000));
+        }
+        let mut events = vec![
+            ev(1, None, 1000, "start", 0),
+            ev(2, Some(1), 1000, "step", 1),
+            ev(3, Some(2), 1000, "spawn", 2),
+            ev(6, Some(5), 1000, "step_completed", 6),
+            ev(7, Some(6), 1000, "end", 7),
+        ];
+        events.extend(child_events);
+        let t = build(
+            target,
+            vec![ex(1000, None, None, 0), ex(2000, Some(1000), Some(3), 3)],
+            events,
+        );
+        assert_eq!(
+            shape(&t),
+            "[wf1000:start(step(spawn([wf2000:child_start(child_end)]))),step_completed(end)]"
+        );
+        let resumed = &t.executions[0].events[1];
+        assert_eq!(resumed.parent_execution, Some(Uuid::from_u128(2000)));
+        assert_eq!(resumed.parent_event_type.as_deref(), Some("child_end"));
+    }
+
+    #[test]
     fn shows_broken_trees_whole() {
         let target = Target::Execution {
             id: Uuid::from_u128(1000),
@@ -525,7 +589,11 @@ mod tests {
                 ev(3, Some(99), 1000, "orphan", 2),
                 ev(4, Some(5), 1000, "loop_a", 3),
                 ev(5, Some(4), 1000, "loop_b", 4),
-                ev(7, Some(2), 3000, "stray", 5),
+                {
+                    let mut stray = ev(7, Some(2), 3000, "stray", 5);
+                    stray.parent_execution_id = Some(Uuid::from_u128(1000));
+                    stray
+                },
             ],
         );
         assert_eq!(t.event_count, 6);

@@ -1,0 +1,795 @@
+//! Spans over OTLP: every event lineq commits is exported as one span, with exactly the trace
+//! and span ids its row stores.
+//!
+//! lineq's trace ids and span ids are derived, not random (see [`crate::trace_context`]): the
+//! trace id is the root execution's correlation id, and the span id of the span that wrote an
+//! event is the tail of the event's id. So each committed event becomes the span with the ids
+//! already in its row, whose parent is the span of its `parent_event_id` (derived the same way),
+//! and the trace tree in Jaeger *is* the lineage tree — across processes and machines, child
+//! executions included, with nothing to look up and nothing to carry but `meta.traceparent`.
+//!
+//! Spans are built as [`SpanData`] and handed straight to the batch span processor rather than
+//! made through the `Tracer` API: in opentelemetry 0.33 `SpanBuilder` has no `trace_id` or
+//! `span_id` field any more, and `SdkTracer::build_with_context` takes every span id from the
+//! provider's `IdGenerator` (and a root span's trace id too), so the Tracer API cannot produce
+//! the derived ids. A thread-local "next id" behind a custom `IdGenerator` would, but only as
+//! long as nothing else ever made a span on that thread; building the finished span directly is
+//! exact by construction.
+//!
+//! What is exported, and when:
+//! - [`export`] / [`export_linked`]: the events of a transaction, called after it commits (a
+//!   rolled-back transaction exports nothing). Each span lasts from the start of the unit of work
+//!   ([`start`]) to the commit.
+//! - [`export_step_span`]: a worker's `action_started` event, which is the span of the attempt:
+//!   from the claim to the report of its outcome, so its duration is the handler's run.
+//!   `action_completed|action_failed` and `step_result` are its children.
+//!
+//! When tracing is off (no endpoint configured) every function here is one atomic load: no
+//! exporter exists, no thread runs, nothing connects anywhere.
+//!
+//! Configuration ([`init`]): the endpoint from [`TelemetryConfig::otlp_endpoint`], else
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`; the transport from
+//! `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default, or
+//! `http/protobuf`). The SDK itself reads the rest: `OTEL_SERVICE_NAME` and
+//! `OTEL_RESOURCE_ATTRIBUTES` (resource), `OTEL_TRACES_SAMPLER` / `_ARG` (sampler),
+//! `OTEL_BSP_*` (batching), `OTEL_EXPORTER_OTLP_HEADERS` / `_TIMEOUT` / `_COMPRESSION`.
+//! `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn tracing off.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::trace::{
+    Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId,
+    TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Config, SamplingDecision, SdkTracerProvider, ShouldSample, SpanData,
+    SpanEvents, SpanLinks,
+    SpanProcessor,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::{EventType, NewEvent};
+use crate::message::StepError;
+use crate::trace_context::TraceContext;
+use crate::validation::ValidationError;
+
+/// How long an exit waits for pending spans to reach the collector.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// True while a pipeline is installed: the one check every export makes first.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The installed pipeline.
+static PIPELINE: RwLock<Option<Arc<Pipeline>>> = RwLock::new(None);
+
+/// What [`init`] needs.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// The OTLP endpoint, e.g. `http://localhost:4317` (gRPC) or `http://localhost:4318`
+    /// (HTTP/protobuf; `/v1/traces` is appended when the URL has no path, as for
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`). Overrides the environment; `None` reads it.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` sets one.
+    pub service_name: String,
+}
+
+impl TelemetryConfig {
+    /// A configuration for `service_name`, with the endpoint from the environment.
+    pub fn new(service_name: impl Into<String>) -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: service_name.into(),
+        }
+    }
+
+    /// Sets (or, with `None`, leaves to the environment) the endpoint.
+    pub fn otlp_endpoint(mut self, endpoint: Option<String>) -> Self {
+        self.otlp_endpoint = endpoint.filter(|e| !e.trim().is_empty());
+        self
+    }
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Transport {
+    /// OTLP/gRPC (Jaeger: port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (Jaeger: port 4318).
+    HttpProtobuf,
+}
+
+/// Keeps tracing on; [`TelemetryGuard::shutdown`] (or dropping it) flushes pending spans and
+/// turns it off.
+#[derive(Debug)]
+#[must_use = "dropping the guard shuts tracing down"]
+pub struct TelemetryGuard {
+    endpoint: Option<String>,
+    transport: Option<Transport>,
+}
+
+impl TelemetryGuard {
+    /// The endpoint spans go to, or `None` when tracing is off.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    /// The transport, when tracing is on.
+    pub fn transport(&self) -> Option<Transport> {
+        self.transport
+    }
+
+    /// Flushes pending spans (waiting at most a few seconds) and turns tracing off. Runs the
+    /// blocking flush off the async threads, so the gRPC client can still make progress on them.
+    pub async fn shutdown(mut self) {
+        if self.endpoint.take().is_some() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = tokio::task::spawn_blocking(shutdown).await;
+            } else {
+                shutdown();
+            }
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if self.endpoint.take().is_some() {
+            shutdown();
+        }
+    }
+}
+
+/// Installs the span pipeline when an endpoint is configured (see the module docs), and the
+/// global tracer provider over the same batch processor, so spans a handler makes with the
+/// `opentelemetry` API under its step's `traceparent` go to the same place. Call it inside a
+/// Tokio runtime (the gRPC client needs one) and keep the guard until the process ends.
+///
+/// With no endpoint configured it does nothing: no exporter, no thread, no connection.
+pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
+    let off = TelemetryGuard {
+        endpoint: None,
+        transport: None,
+    };
+    if env_is("OTEL_SDK_DISABLED", "true") || env_is("OTEL_TRACES_EXPORTER", "none") {
+        return Ok(off);
+    }
+    let explicit = config.otlp_endpoint.clone();
+    let Some(endpoint) = explicit.clone().or_else(env_endpoint) else {
+        return Ok(off);
+    };
+    let transport = transport_from_env()?;
+    let exporter = build_exporter(transport, explicit.as_deref())?;
+    let resource = resource(&config.service_name);
+    let mut processor = BatchSpanProcessor::builder(exporter).build();
+    processor.set_resource(&resource);
+    let processor = Arc::new(processor);
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(SharedProcessor(processor.clone()))
+        .with_resource(resource)
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    install(Pipeline {
+        sink: processor,
+        sampler: Config::default().sampler,
+        scope: scope(),
+        provider: Some(provider),
+    });
+    tracing::info!(%endpoint, ?transport, "exporting spans over OTLP");
+    Ok(TelemetryGuard {
+        endpoint: Some(endpoint),
+        transport: Some(transport),
+    })
+}
+
+/// True when spans are being exported.
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Flushes pending spans, waiting at most a few seconds, and turns tracing off. Blocking;
+/// idempotent. In async code prefer [`TelemetryGuard::shutdown`].
+pub fn shutdown() {
+    ENABLED.store(false, Ordering::SeqCst);
+    let pipeline = match PIPELINE.write() {
+        Ok(mut p) => p.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    };
+    if let Some(p) = pipeline {
+        let result = match &p.provider {
+            Some(provider) => provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT),
+            None => p.sink.shutdown_with_timeout(SHUTDOWN_TIMEOUT),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "flushing spans at exit failed; some may be lost");
+        }
+    }
+}
+
+/// When a unit of work started: the start time of the spans it exports. Reads the clock only
+/// when tracing is on.
+#[derive(Debug, Clone, Copy)]
+pub struct Started(Option<SystemTime>);
+
+/// Marks the start of a unit of work (a transaction whose events will be exported).
+#[inline]
+pub fn start() -> Started {
+    Started(enabled().then(SystemTime::now))
+}
+
+/// Exports the events of a committed transaction: one span each, from `started` to now.
+#[inline]
+pub fn export(events: &[NewEvent], started: Started) {
+    if enabled() {
+        export_linked(events, started, |_| None);
+    }
+}
+
+/// Like [`export`], and each event for which `link` names another event gets a span link to
+/// that event's span (in the same trace): the orchestrator's step outcome links to the worker's
+/// step span this way.
+pub fn export_linked(events: &[NewEvent], started: Started, link: impl Fn(&NewEvent) -> Option<Uuid>) {
+    if !enabled() || events.is_empty() {
+        return;
+    }
+    let Some(p) = pipeline() else { return };
+    let end = SystemTime::now();
+    let start = started.0.unwrap_or(end).min(end);
+    let mut decisions = HashMap::new();
+    for e in events {
+        let links = link(e)
+            .map(|to| {
+                let trace = trace_id_of(e);
+                vec![Link::new(
+                    SpanContext::new(trace, span_id_for(to), TraceFlags::SAMPLED, true, TraceState::NONE),
+                    vec![KeyValue::new("event_id", to.to_string())],
+                    0,
+                )]
+            })
+            .unwrap_or_default();
+        p.emit(e, start, end, links, None, &mut decisions);
+    }
+}
+
+/// Exports a worker's step span: its `action_started` event (written at claim time), from the
+/// claim to now (the report of the outcome), marked failed with `failure` when the attempt
+/// failed.
+pub fn export_step_span(started_event: &NewEvent, claimed_at: SystemTime, failure: Option<&StepError>) {
+    if !enabled() {
+        return;
+    }
+    let Some(p) = pipeline() else { return };
+    let end = SystemTime::now();
+    let failure = failure.map(|f| (f.kind.clone(), f.message.clone()));
+    p.emit(started_event, claimed_at.min(end), end, Vec::new(), failure, &mut HashMap::new());
+}
+
+/// The trace id of the trace `correlation_id` names (a root execution's correlation id), as 32
+/// hex digits.
+pub fn trace_id_hex(correlation_id: Uuid) -> String {
+    TraceContext::for_event(correlation_id, correlation_id).trace_id_hex()
+}
+
+struct Pipeline {
+    sink: Arc<dyn SpanProcessor>,
+    sampler: Box<dyn ShouldSample>,
+    scope: InstrumentationScope,
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Pipeline {
+    /// Turns one event into its span and hands it to the processor, if its trace is sampled.
+    fn emit(
+        &self,
+        e: &NewEvent,
+        start: SystemTime,
+        end: SystemTime,
+        links: Vec<Link>,
+        failure: Option<(String, String)>,
+        decisions: &mut HashMap<TraceId, bool>,
+    ) {
+        let trace_id = trace_id_of(e);
+        if !*decisions
+            .entry(trace_id)
+            .or_insert_with(|| self.sampled(trace_id))
+        {
+            return;
+        }
+        self.sink.on_end(span_data(e, start, end, links, failure, self.scope.clone()));
+    }
+
+    /// One decision per trace, made as for its root span (no parent, a fixed name): with a
+    /// ratio sampler every process decides the same way for the same trace id, so a trace is
+    /// exported whole or not at all.
+    fn sampled(&self, trace_id: TraceId) -> bool {
+        let r = self.sampler.should_sample(
+            None,
+            sampling_id(trace_id),
+            "lineq",
+            &SpanKind::Internal,
+            &[],
+            &[],
+        );
+        matches!(r.decision, SamplingDecision::RecordAndSample)
+    }
+}
+
+/// The id the sampler sees. The SDK's ratio sampler compares the low 8 bytes of the trace id
+/// with the ratio, taking them as uniformly random; lineq's trace ids are UUIDs, whose byte 8
+/// starts with the variant bits `10`, so as they are a ratio below 0.5 would keep no trace at
+/// all. Shifting the 62 random bits after the variant to the top makes them uniform again.
+fn sampling_id(trace_id: TraceId) -> TraceId {
+    let v = u128::from_be_bytes(trace_id.to_bytes());
+    let high = v >> 64 << 64;
+    let low = (v as u64) << 2;
+    TraceId::from(high | u128::from(low))
+}
+
+fn pipeline() -> Option<Arc<Pipeline>> {
+    match PIPELINE.read() {
+        Ok(p) => p.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+fn install(p: Pipeline) {
+    let old = match PIPELINE.write() {
+        Ok(mut slot) => slot.replace(Arc::new(p)),
+        Err(poisoned) => poisoned.into_inner().replace(Arc::new(p)),
+    };
+    ENABLED.store(true, Ordering::SeqCst);
+    if let Some(old) = old {
+        let _ = old.sink.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
+    }
+}
+
+/// The span of one event.
+fn span_data(
+    e: &NewEvent,
+    start: SystemTime,
+    end: SystemTime,
+    links: Vec<Link>,
+    failure: Option<(String, String)>,
+    scope: InstrumentationScope,
+) -> SpanData {
+    let trace_id = trace_id_of(e);
+    let span_id = SpanId::from_hex(&e.span_id)
+        .ok()
+        .filter(|s| *s != SpanId::INVALID)
+        .unwrap_or_else(|| span_id_for(e.event_id));
+    let parent_span_id = e.parent_event_id.map_or(SpanId::INVALID, span_id_for);
+    let kind = kind_of(e.event_type);
+    let failure = failure.or_else(|| failure_of(e));
+    let (status, events) = match failure {
+        Some((kind, message)) => (
+            Status::error(message.clone()),
+            vec![Event::new(
+                "exception",
+                end,
+                vec![
+                    KeyValue::new("exception.type", kind),
+                    KeyValue::new("exception.message", message),
+                ],
+                0,
+            )],
+        ),
+        None => (Status::Unset, Vec::new()),
+    };
+    // Both are non-exhaustive: filled in place.
+    let mut span_events = SpanEvents::default();
+    span_events.events = events;
+    let mut span_links = SpanLinks::default();
+    span_links.links = links;
+    SpanData {
+        span_context: SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, false, TraceState::NONE),
+        parent_span_id,
+        // The parent span was written by another process when the span consumes a message.
+        parent_span_is_remote: parent_span_id != SpanId::INVALID && kind == SpanKind::Consumer,
+        span_kind: kind,
+        name: span_name(e),
+        start_time: start,
+        end_time: end,
+        attributes: attributes(e),
+        dropped_attributes_count: 0,
+        events: span_events,
+        links: span_links,
+        status,
+        instrumentation_scope: scope,
+    }
+}
+
+fn trace_id_of(e: &NewEvent) -> TraceId {
+    TraceId::from_hex(&e.trace_id)
+        .ok()
+        .filter(|t| *t != TraceId::INVALID)
+        .unwrap_or_else(|| TraceId::from_bytes(TraceContext::trace_id_for(e.lineage.trace_correlation_id)))
+}
+
+fn span_id_for(event_id: Uuid) -> SpanId {
+    SpanId::from_bytes(TraceContext::span_id_for(event_id))
+}
+
+/// Producer spans send a message, consumer spans act on one; the rest is internal work.
+fn kind_of(t: EventType) -> SpanKind {
+    match t {
+        EventType::StepEnqueued | EventType::StepResult | EventType::MessageReplayed => {
+            SpanKind::Producer
+        }
+        EventType::ActionStarted
+        | EventType::StepCompleted
+        | EventType::StepFailed
+        | EventType::StepAttemptFailed
+        | EventType::StepWaiting => SpanKind::Consumer,
+        _ => SpanKind::Internal,
+    }
+}
+
+/// The event type, then what it is about: `step_enqueued charge`, `execution_started orders`.
+fn span_name(e: &NewEvent) -> Cow<'static, str> {
+    let what = e
+        .payload
+        .get("step")
+        .and_then(Value::as_str)
+        .or_else(|| match e.event_type {
+            EventType::ExecutionStarted => e.payload.get("workflow").and_then(Value::as_str),
+            _ => None,
+        });
+    match what {
+        Some(w) => Cow::Owned(format!("{} {w}", e.event_type.as_str())),
+        None => Cow::Borrowed(e.event_type.as_str()),
+    }
+}
+
+fn attributes(e: &NewEvent) -> Vec<KeyValue> {
+    let l = &e.lineage;
+    let mut a = vec![
+        KeyValue::new("event_type", e.event_type.as_str()),
+        KeyValue::new("event_id", e.event_id.to_string()),
+        KeyValue::new("correlation_id", l.correlation_id.to_string()),
+        KeyValue::new("execution_id", l.execution_id.to_string()),
+        KeyValue::new("root_execution_id", l.root_execution_id.to_string()),
+        KeyValue::new("node_name", e.node_name.clone()),
+    ];
+    if let Some(p) = e.parent_event_id {
+        a.push(KeyValue::new("parent_event_id", p.to_string()));
+    }
+    if let Some(p) = l.parent_execution_id {
+        a.push(KeyValue::new("parent_execution_id", p.to_string()));
+    }
+    if let Some(s) = e.step_id {
+        a.push(KeyValue::new("step_id", s.to_string()));
+    }
+    if let Some(n) = e.attempt {
+        a.push(KeyValue::new("attempt", i64::from(n)));
+    }
+    if let Some(w) = &e.worker_id {
+        a.push(KeyValue::new("worker_id", w.clone()));
+    }
+    for key in ["step", "handler", "queue", "workflow"] {
+        if let Some(v) = e.payload.get(key).and_then(Value::as_str) {
+            a.push(KeyValue::new(key, v.to_string()));
+        }
+    }
+    for key in ["msg_id", "delivery"] {
+        if let Some(v) = e.payload.get(key).and_then(Value::as_i64) {
+            a.push(KeyValue::new(key, v));
+        }
+    }
+    a
+}
+
+/// `(kind, message)` of an event that records a failure.
+fn failure_of(e: &NewEvent) -> Option<(String, String)> {
+    match e.event_type {
+        EventType::ActionFailed
+        | EventType::StepFailed
+        | EventType::StepAttemptFailed
+        | EventType::ExecutionFailed => {
+            Some(error_in(e.payload.get("error").unwrap_or(&Value::Null)))
+        }
+        EventType::MessageDeadLettered => Some((
+            "dead_lettered".into(),
+            e.payload
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("dead-lettered")
+                .to_string(),
+        )),
+        _ => None,
+    }
+}
+
+/// Finds the error in a payload's `error`: a [`StepError`] (`{kind, message}`), or one nested
+/// under another `error` (an execution's failure names its step's).
+fn error_in(v: &Value) -> (String, String) {
+    if let Some(message) = v.get("message").and_then(Value::as_str) {
+        let kind = v.get("kind").and_then(Value::as_str).unwrap_or("error");
+        return (kind.to_string(), message.to_string());
+    }
+    if let Some(inner) = v.get("error").filter(|i| !i.is_null()) {
+        return error_in(inner);
+    }
+    match v {
+        Value::String(s) => ("error".into(), s.clone()),
+        Value::Null => ("error".into(), "failed".into()),
+        other => ("error".into(), other.to_string()),
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("lineq")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+/// The SDK's resource (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`, telemetry.sdk.*), with
+/// `service_name` unless the environment names the service.
+fn resource(service_name: &str) -> Resource {
+    let from_env = env_nonempty("OTEL_SERVICE_NAME");
+    let in_attributes = env_nonempty("OTEL_RESOURCE_ATTRIBUTES")
+        .is_some_and(|a| a.split(',').any(|kv| kv.trim_start().starts_with("service.name=")));
+    let builder = Resource::builder();
+    match from_env {
+        // The SDK lets OTEL_RESOURCE_ATTRIBUTES win; the specification says OTEL_SERVICE_NAME.
+        Some(name) => builder.with_service_name(name),
+        None if in_attributes => builder,
+        None => builder.with_service_name(service_name.to_string()),
+    }
+    .build()
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn env_is(name: &str, value: &str) -> bool {
+    env_nonempty(name).is_some_and(|v| v.eq_ignore_ascii_case(value))
+}
+
+fn env_endpoint() -> Option<String> {
+    env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"))
+}
+
+fn transport_from_env() -> Result<Transport> {
+    let (var, value) = match env_nonempty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+        Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", v),
+        None => match env_nonempty("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            Some(v) => ("OTEL_EXPORTER_OTLP_PROTOCOL", v),
+            None => return Ok(Transport::Grpc),
+        },
+    };
+    match value.to_ascii_lowercase().as_str() {
+        "grpc" => Ok(Transport::Grpc),
+        "http/protobuf" => Ok(Transport::HttpProtobuf),
+        _ => Err(ValidationError::new(
+            var,
+            format!("{value:?} is not supported; use grpc or http/protobuf"),
+        )
+        .into()),
+    }
+}
+
+fn build_exporter(transport: Transport, explicit: Option<&str>) -> Result<opentelemetry_otlp::SpanExporter> {
+    let invalid = |e: opentelemetry_otlp::ExporterBuildError| -> Error {
+        ValidationError::new("otlp_endpoint", format!("cannot export spans: {e}")).into()
+    };
+    match transport {
+        Transport::Grpc => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_protocol(opentelemetry_otlp::Protocol::Grpc);
+            if let Some(url) = explicit {
+                b = b.with_endpoint(url);
+            }
+            b.build().map_err(invalid)
+        }
+        Transport::HttpProtobuf => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(url) = explicit {
+                b = b.with_endpoint(http_traces_url(url));
+            }
+            b.build().map_err(invalid)
+        }
+    }
+}
+
+/// An endpoint given like `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL) made into the traces URL,
+/// as the exporter does for that variable: `http://host:4318` → `http://host:4318/v1/traces`.
+fn http_traces_url(url: &str) -> String {
+    let trimmed = url.trim_end_matches('/');
+    let after_scheme = trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest);
+    if after_scheme.contains('/') {
+        url.to_string()
+    } else {
+        format!("{trimmed}/v1/traces")
+    }
+}
+
+/// The batch processor, shared between the global tracer provider and lineq's own spans.
+#[derive(Debug)]
+struct SharedProcessor(Arc<dyn SpanProcessor>);
+
+impl SpanProcessor for SharedProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.0.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        self.0.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    // The resource was given to the processor before it was shared.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Lineage;
+    use crate::ids::new_id;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    /// Collects finished spans.
+    #[derive(Debug, Default)]
+    struct Collect(Mutex<Vec<SpanData>>);
+
+    impl SpanProcessor for Collect {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    fn lineage(root_corr: Uuid) -> Lineage {
+        Lineage {
+            execution_id: new_id(),
+            parent_execution_id: Some(new_id()),
+            root_execution_id: new_id(),
+            correlation_id: new_id(),
+            trace_correlation_id: root_corr,
+        }
+    }
+
+    fn attr(s: &SpanData, key: &str) -> Option<String> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    }
+
+    fn pipeline_with(sampler: opentelemetry_sdk::trace::Sampler) -> (Pipeline, Arc<Collect>) {
+        let sink = Arc::new(Collect::default());
+        (
+            Pipeline {
+                sink: sink.clone(),
+                sampler: Box::new(sampler),
+                scope: scope(),
+                provider: None,
+            },
+            sink,
+        )
+    }
+
+    #[test]
+    fn a_span_has_the_ids_its_event_row_stores_and_its_parent_events_span() {
+        let corr = new_id();
+        let l = lineage(corr);
+        let parent = NewEvent::new(EventType::StepEnqueued, l, None, "n")
+            .payload(json!({"step": "charge", "handler": "flaky", "queue": "q", "msg_id": 7}));
+        let started = NewEvent::new(EventType::ActionStarted, l, Some(parent.event_id), "n")
+            .step(new_id(), 2)
+            .worker("w1")
+            .payload(json!({"step": "charge", "handler": "flaky", "queue": "q", "msg_id": 7}));
+        let (p, sink) = pipeline_with(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+        let t0 = SystemTime::now();
+        let failure = Some(("flaky".to_string(), "nope".to_string()));
+        p.emit(&started, t0, t0 + Duration::from_millis(5), Vec::new(), failure, &mut HashMap::new());
+        let spans = sink.0.lock().unwrap();
+        let s = &spans[0];
+        assert_eq!(format!("{}", s.span_context.trace_id()), started.trace_id);
+        assert_eq!(format!("{}", s.span_context.trace_id()), corr.simple().to_string());
+        assert_eq!(format!("{}", s.span_context.span_id()), started.span_id);
+        assert_eq!(format!("{}", s.parent_span_id), parent.span_id);
+        assert!(s.parent_span_is_remote);
+        assert_eq!(s.span_kind, SpanKind::Consumer);
+        assert_eq!(s.name, "action_started charge");
+        assert_eq!(attr(s, "worker_id").as_deref(), Some("w1"));
+        assert_eq!(attr(s, "attempt").as_deref(), Some("2"));
+        assert_eq!(attr(s, "msg_id").as_deref(), Some("7"));
+        assert_eq!(attr(s, "handler").as_deref(), Some("flaky"));
+        assert_eq!(attr(s, "parent_execution_id"), l.parent_execution_id.map(|u| u.to_string()));
+        assert_eq!(s.status, Status::error("nope"));
+        assert_eq!(s.events.events[0].name, "exception");
+        assert_eq!(s.end_time.duration_since(s.start_time).unwrap(), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn failures_are_found_in_payloads_and_roots_have_no_parent() {
+        let corr = new_id();
+        let l = lineage(corr);
+        let root = NewEvent::new(EventType::ExecutionStarted, l, None, "n");
+        let failed = NewEvent::new(EventType::ExecutionFailed, l, Some(root.event_id), "n").payload(
+            json!({"status": "failed", "error": {"step": "s", "error": {"kind": "k", "message": "deep"}}}),
+        );
+        let (p, sink) = pipeline_with(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+        let now = SystemTime::now();
+        for e in [&root, &failed] {
+            p.emit(e, now, now, Vec::new(), None, &mut HashMap::new());
+        }
+        let spans = sink.0.lock().unwrap();
+        assert_eq!(spans[0].parent_span_id, SpanId::INVALID);
+        assert_eq!(spans[0].status, Status::Unset);
+        assert_eq!(spans[1].status, Status::error("deep"));
+        let ex = &spans[1].events.events[0];
+        assert!(ex.attributes.iter().any(|kv| kv.key.as_str() == "exception.type" && kv.value.to_string() == "k"));
+    }
+
+    #[test]
+    fn sampling_is_decided_per_trace() {
+        let (p, sink) = pipeline_with(opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(0.5));
+        let now = SystemTime::now();
+        let mut kept = 0;
+        for _ in 0..64 {
+            let l = lineage(new_id());
+            let a = NewEvent::new(EventType::ExecutionStarted, l, None, "n");
+            let b = NewEvent::new(EventType::WorkflowInitialized, l, Some(a.event_id), "n");
+            let before = sink.0.lock().unwrap().len();
+            for e in [&a, &b] {
+                p.emit(e, now, now, Vec::new(), None, &mut HashMap::new());
+            }
+            let got = sink.0.lock().unwrap().len() - before;
+            assert!(got == 0 || got == 2, "a trace is exported whole or not at all");
+            kept += usize::from(got == 2);
+        }
+        assert!(kept > 0 && kept < 64, "ratio 0.5 kept {kept} of 64 traces");
+    }
+
+    #[test]
+    fn off_means_nothing_happens() {
+        assert!(!enabled());
+        let l = lineage(new_id());
+        export(&[NewEvent::new(EventType::ExecutionStarted, l, None, "n")], start());
+        assert!(start().0.is_none());
+    }
+
+    #[test]
+    fn http_endpoints_get_the_traces_path() {
+        assert_eq!(http_traces_url("http://h:4318"), "http://h:4318/v1/traces");
+        assert_eq!(http_traces_url("http://h:4318/"), "http://h:4318/v1/traces");
+        assert_eq!(http_traces_url("http://h:4318/custom/path"), "http://h:4318/custom/path");
+    }
+
+    #[test]
+    fn trace_id_of_a_correlation_id_is_its_hex() {
+        let c = new_id();
+        assert_eq!(trace_id_hex(c), c.simple().to_string());
+    }
+}
