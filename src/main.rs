@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! The `lineq` command.
 
+mod bench;
 mod chaos;
 mod cli;
 

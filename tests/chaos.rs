@@ -12,7 +12,10 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_workers_and_an_orchestrator_and_lose_nothing() {
     let db = TestDb::empty().await;
-    let out = lineq(&db.url, &["chaos", "--executions", "2000", "--format", "json"]);
+    let out = lineq(
+        &db.url,
+        &["chaos", "--executions", "2000", "--format", "json"],
+    );
     let report = stdout(&out);
     eprintln!("{}", stderr(&out));
     assert!(out.status.success(), "chaos failed:\n{report}");
@@ -27,8 +30,14 @@ async fn kill_workers_and_an_orchestrator_and_lose_nothing() {
     assert_eq!(v["lineage_faults"], 0);
     assert_eq!(v["messages_left"], 0);
     assert_eq!(v["unclean_exits"], 0);
-    assert!(v["retries"].as_i64().expect("retries") >= 2000, "every flaky step retried");
-    assert!(v["worker_kills"].as_i64().expect("kills") >= 3, "workers were killed: {v}");
+    assert!(
+        v["retries"].as_i64().expect("retries") >= 2000,
+        "every flaky step retried"
+    );
+    assert!(
+        v["worker_kills"].as_i64().expect("kills") >= 3,
+        "workers were killed: {v}"
+    );
     assert_eq!(v["orchestrator_kills"], 1);
     db.drop_db().await;
 }

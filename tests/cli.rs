@@ -303,8 +303,16 @@ async fn concurrent_migrate_is_safe_and_idempotent() {
     let mut unique = applied.clone();
     unique.sort_unstable();
     unique.dedup();
-    assert_eq!(unique.len(), applied.len(), "a migration was applied twice: {applied:?}");
-    assert_eq!(applied.len() as i64, total, "every migration applied by exactly one process");
+    assert_eq!(
+        unique.len(),
+        applied.len(),
+        "a migration was applied twice: {applied:?}"
+    );
+    assert_eq!(
+        applied.len() as i64,
+        total,
+        "every migration applied by exactly one process"
+    );
     assert_eq!(db.count("lineq._sqlx_migrations").await, total);
     assert_eq!(
         db.count(

@@ -433,12 +433,16 @@ async fn injection_attempts_are_only_ever_data() {
         .await;
         assert!(found.is_empty(), "metadata key {evil:?}");
         // Keys and cursors have a shape: anything else is refused, naming the field.
+        let key_shaped = evil
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         for (field, filter) in [
             ("tag", ExecutionFilter::new().tag(evil, "x")),
             ("has_tag", ExecutionFilter::new().has_tag(evil)),
             ("cursor", ExecutionFilter::new().cursor(evil)),
         ] {
             match client.list(&filter).await {
+                Ok(page) if key_shaped && field != "cursor" => assert!(page.items.is_empty()),
                 Err(Error::Validation(v)) => assert_eq!(v.field, field, "{evil:?}"),
                 other => panic!("{field} {evil:?}: expected a validation error, got {other:?}"),
             }
@@ -453,8 +457,12 @@ async fn injection_attempts_are_only_ever_data() {
         let out = lineq(&db.url, &["list", "--workflow", evil, "--format", "json"]);
         assert!(out.status.success(), "{evil:?}: {}", stderr(&out));
         let out = lineq(&db.url, &["list", "--has-tag", evil]);
-        assert_eq!(out.status.code(), Some(2), "{evil:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains("invalid has_tag"), "{}", stderr(&out));
+        if key_shaped {
+            assert!(out.status.success(), "{evil:?}: {}", stderr(&out));
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{evil:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains("invalid has_tag"), "{}", stderr(&out));
+        }
     }
     assert_eq!(db.written().await, before, "a filter wrote something");
     assert_eq!(

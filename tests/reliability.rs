@@ -16,7 +16,11 @@ use support::*;
 async fn sigterm_lets_running_handlers_finish_then_exits_zero() {
     let db = TestDb::new().await;
     let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
-    let mut worker = Proc::start(&db.url, "worker", &["worker", "--shutdown-grace-secs", "20"]);
+    let mut worker = Proc::start(
+        &db.url,
+        "worker",
+        &["worker", "--shutdown-grace-secs", "20"],
+    );
     let client = Client::new(db.pool.clone());
     let id = client
         .submit(SubmitRequest::new("sleep").input(json!({"ms": 1500})))
@@ -25,17 +29,32 @@ async fn sigterm_lets_running_handlers_finish_then_exits_zero() {
         .execution
         .execution_id;
     eventually(Duration::from_secs(20), "the step to start", || async {
-        (db.count(&format!("lineq.events WHERE execution_id = '{id}' AND event_type = 'action_started'")).await == 1).then_some(())
+        (db.count(&format!(
+            "lineq.events WHERE execution_id = '{id}' AND event_type = 'action_started'"
+        ))
+        .await
+            == 1)
+            .then_some(())
     })
     .await;
     let asked = Instant::now();
     let status = worker.terminate(Duration::from_secs(20));
     assert!(status.success(), "{}", worker.log_text());
-    assert!(asked.elapsed() >= Duration::from_millis(800), "it waited for the handler");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(800),
+        "it waited for the handler"
+    );
     // The outcome was reported before exit; the orchestrator finishes it.
     wait_all_finished(&db.pool, &[id], Duration::from_secs(20)).await;
-    assert_eq!(get_execution(&db.pool, id).await.expect("e").status, ExecutionStatus::Completed);
-    let starts = db.count(&format!("lineq.events WHERE execution_id = '{id}' AND event_type = 'action_started'")).await;
+    assert_eq!(
+        get_execution(&db.pool, id).await.expect("e").status,
+        ExecutionStatus::Completed
+    );
+    let starts = db
+        .count(&format!(
+            "lineq.events WHERE execution_id = '{id}' AND event_type = 'action_started'"
+        ))
+        .await;
     assert_eq!(starts, 1, "no second delivery was needed");
     assert!(orchestrator.terminate(Duration::from_secs(20)).success());
     db.drop_db().await;
@@ -46,9 +65,19 @@ async fn sigterm_past_the_grace_period_releases_the_step_to_another_worker() {
     let db = TestDb::new().await;
     let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
     // A long visibility timeout: the step comes back quickly only because it is released.
-    let mut first = Proc::start(&db.url, "first", &[
-        "worker", "--worker-id", "first", "--shutdown-grace-secs", "1", "--visibility-timeout-secs", "120",
-    ]);
+    let mut first = Proc::start(
+        &db.url,
+        "first",
+        &[
+            "worker",
+            "--worker-id",
+            "first",
+            "--shutdown-grace-secs",
+            "1",
+            "--visibility-timeout-secs",
+            "120",
+        ],
+    );
     let client = Client::new(db.pool.clone());
     let id = client
         .submit(SubmitRequest::new("sleep").input(json!({"ms": 3000})))
@@ -57,17 +86,32 @@ async fn sigterm_past_the_grace_period_releases_the_step_to_another_worker() {
         .execution
         .execution_id;
     eventually(Duration::from_secs(20), "the step to start", || async {
-        (db.count(&format!("lineq.events WHERE execution_id = '{id}' AND event_type = 'action_started'")).await == 1).then_some(())
+        (db.count(&format!(
+            "lineq.events WHERE execution_id = '{id}' AND event_type = 'action_started'"
+        ))
+        .await
+            == 1)
+            .then_some(())
     })
     .await;
     let status = first.terminate(Duration::from_secs(20));
     assert!(status.success(), "{}", first.log_text());
-    assert!(first.log_text().contains("released unfinished steps"), "{}", first.log_text());
+    assert!(
+        first.log_text().contains("released unfinished steps"),
+        "{}",
+        first.log_text()
+    );
     let started = Instant::now();
     let mut second = Proc::start(&db.url, "second", &["worker", "--worker-id", "second"]);
     wait_all_finished(&db.pool, &[id], Duration::from_secs(30)).await;
-    assert!(started.elapsed() < Duration::from_secs(60), "released, not left to time out");
-    assert_eq!(get_execution(&db.pool, id).await.expect("e").status, ExecutionStatus::Completed);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "released, not left to time out"
+    );
+    assert_eq!(
+        get_execution(&db.pool, id).await.expect("e").status,
+        ExecutionStatus::Completed
+    );
     let workers: Vec<Option<String>> = sqlx::query_scalar(
         "SELECT worker_id FROM lineq.events WHERE execution_id = $1 AND event_type = 'action_started' ORDER BY created_at",
     )
@@ -75,7 +119,10 @@ async fn sigterm_past_the_grace_period_releases_the_step_to_another_worker() {
     .fetch_all(&db.pool)
     .await
     .expect("starts");
-    assert_eq!(workers, vec![Some("first".to_string()), Some("second".to_string())]);
+    assert_eq!(
+        workers,
+        vec![Some("first".to_string()), Some("second".to_string())]
+    );
     for p in [&mut second, &mut orchestrator] {
         assert!(p.terminate(Duration::from_secs(20)).success());
     }
@@ -85,12 +132,25 @@ async fn sigterm_past_the_grace_period_releases_the_step_to_another_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_mid_run_loses_nothing() {
     // A cluster of its own: restarting the shared one would disturb other tests.
-    let pg = LocalPostgres::start(LocalPostgresOptions::default()).await.expect("postgres");
-    let pool = DatabaseConfig::new(pg.url()).connect().await.expect("connect");
+    let pg = LocalPostgres::start(LocalPostgresOptions::default())
+        .await
+        .expect("postgres");
+    let pool = DatabaseConfig::new(pg.url())
+        .connect()
+        .await
+        .expect("connect");
     lineq::migrate(&pool).await.expect("migrate");
     let url = pg.url().to_string();
-    let mut orchestrator = Proc::start(&url, "orchestrator", &["orchestrator", "--poll-interval-ms", "200"]);
-    let mut worker = Proc::start(&url, "worker", &["worker", "--poll-interval-ms", "200", "--concurrency", "8"]);
+    let mut orchestrator = Proc::start(
+        &url,
+        "orchestrator",
+        &["orchestrator", "--poll-interval-ms", "200"],
+    );
+    let mut worker = Proc::start(
+        &url,
+        "worker",
+        &["worker", "--poll-interval-ms", "200", "--concurrency", "8"],
+    );
     let client = Client::new(pool.clone());
     let mut ids = Vec::new();
     for i in 0..120 {
@@ -105,7 +165,10 @@ async fn postgres_restarted_mid_run_loses_nothing() {
     pg.restart().await.expect("restart");
     // Submissions after the restart work too (the pool reconnects).
     for _ in 0..5 {
-        match client.submit(SubmitRequest::new("echo").input(json!("after"))).await {
+        match client
+            .submit(SubmitRequest::new("echo").input(json!("after")))
+            .await
+        {
             Ok(s) => {
                 ids.push(s.execution.execution_id);
                 break;
@@ -115,10 +178,11 @@ async fn postgres_restarted_mid_run_loses_nothing() {
     }
     assert_eq!(ids.len(), 121);
     wait_all_finished(&pool, &ids, Duration::from_secs(90)).await;
-    let completed: i64 = sqlx::query_scalar("SELECT count(*) FROM lineq.executions WHERE status = 'completed'")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
+    let completed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM lineq.executions WHERE status = 'completed'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
     assert_eq!(completed, 121);
     let dup: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT step_id FROM lineq.events WHERE event_type = 'step_completed'
@@ -129,8 +193,17 @@ async fn postgres_restarted_mid_run_loses_nothing() {
     .expect("dups");
     assert_eq!(dup, 0);
     for p in [&mut worker, &mut orchestrator] {
-        assert!(p.is_running(), "{} died with the database: {}", p.name, p.log_text());
-        assert!(p.terminate(Duration::from_secs(20)).success(), "{}", p.log_text());
+        assert!(
+            p.is_running(),
+            "{} died with the database: {}",
+            p.name,
+            p.log_text()
+        );
+        assert!(
+            p.terminate(Duration::from_secs(20)).success(),
+            "{}",
+            p.log_text()
+        );
     }
     pool.close().await;
     pg.stop().await.expect("stop");
@@ -155,23 +228,34 @@ async fn huge_and_deeply_nested_messages_are_dead_lettered_and_the_worker_goes_o
         .await
         .expect("send deep");
     let reasons: Vec<String> = eventually(Duration::from_secs(30), "two dead letters", || async {
-        let r: Vec<String> = sqlx::query_scalar("SELECT message->>'reason' FROM pgmq.q_lineq_dlq ORDER BY msg_id")
-            .fetch_all(&db.pool)
-            .await
-            .ok()?;
+        let r: Vec<String> =
+            sqlx::query_scalar("SELECT message->>'reason' FROM pgmq.q_lineq_dlq ORDER BY msg_id")
+                .fetch_all(&db.pool)
+                .await
+                .ok()?;
         (r.len() == 2).then_some(r)
     })
     .await;
     assert!(reasons[0].contains("the limit is 2097152"), "{reasons:?}");
     assert!(reasons[1].contains("recursion limit"), "{reasons:?}");
     // The original bodies are kept for inspection.
-    let kept: i64 = db.count("pgmq.q_lineq_dlq WHERE message->'message' IS NOT NULL").await;
+    let kept: i64 = db
+        .count("pgmq.q_lineq_dlq WHERE message->'message' IS NOT NULL")
+        .await;
     assert_eq!(kept, 2);
 
     let client = Client::new(db.pool.clone());
-    let id = client.submit(SubmitRequest::new("echo").input(json!(1))).await.expect("submit").execution.execution_id;
+    let id = client
+        .submit(SubmitRequest::new("echo").input(json!(1)))
+        .await
+        .expect("submit")
+        .execution
+        .execution_id;
     wait_all_finished(&db.pool, &[id], Duration::from_secs(30)).await;
-    assert_eq!(get_execution(&db.pool, id).await.expect("e").status, ExecutionStatus::Completed);
+    assert_eq!(
+        get_execution(&db.pool, id).await.expect("e").status,
+        ExecutionStatus::Completed
+    );
     for p in [&mut worker, &mut orchestrator] {
         assert!(p.is_running(), "{} died: {}", p.name, p.log_text());
         assert!(p.terminate(Duration::from_secs(20)).success());

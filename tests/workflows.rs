@@ -56,7 +56,10 @@ fn retried(next: String) -> String {
 }
 
 fn execution(first_step: String) -> String {
-    n("execution_started", vec![n("workflow_initialized", vec![first_step])])
+    n(
+        "execution_started",
+        vec![n("workflow_initialized", vec![first_step])],
+    )
 }
 
 async fn tree_of_root(db: &TestDb, root: Uuid) -> (String, Vec<EventRow>) {
@@ -83,7 +86,11 @@ struct System {
 impl System {
     async fn start(workers: &[&[&str]]) -> Self {
         let db = TestDb::new().await;
-        let mut procs = vec![Proc::start(&db.url, "orchestrator", &["orchestrator", "--poll-interval-ms", "200"])];
+        let mut procs = vec![Proc::start(
+            &db.url,
+            "orchestrator",
+            &["orchestrator", "--poll-interval-ms", "200"],
+        )];
         for (i, extra) in workers.iter().enumerate() {
             let mut args = vec!["worker", "--poll-interval-ms", "200"];
             args.extend_from_slice(extra);
@@ -114,7 +121,12 @@ impl System {
         for p in self.procs.iter_mut().rev() {
             if p.is_running() {
                 let status = p.terminate(Duration::from_secs(30));
-                assert!(status.success(), "{} exited {status}: {}", p.name, p.log_text());
+                assert!(
+                    status.success(),
+                    "{} exited {status}: {}",
+                    p.name,
+                    p.log_text()
+                );
             }
         }
         self.db.drop_db().await;
@@ -150,8 +162,14 @@ async fn diamond_fans_out_and_in() {
     let expected = execution(ok_step(vec![ok_step(vec![d]), ok_step(vec![])]));
     assert_eq!(shape, expected);
     // d was enqueued by whichever of b and c finished last.
-    let d_enq = events.iter().find(|e| e.event_type == "step_enqueued" && e.step_name.as_deref() == Some("d")).expect("d");
-    let parent = events.iter().find(|e| Some(e.event_id) == d_enq.parent_event_id).expect("parent");
+    let d_enq = events
+        .iter()
+        .find(|e| e.event_type == "step_enqueued" && e.step_name.as_deref() == Some("d"))
+        .expect("d");
+    let parent = events
+        .iter()
+        .find(|e| Some(e.event_id) == d_enq.parent_event_id)
+        .expect("parent");
     assert_eq!(parent.event_type, "step_completed");
     assert!(matches!(parent.step_name.as_deref(), Some("b" | "c")));
     sys.stop().await;
@@ -182,16 +200,27 @@ async fn fan_out_of_fifty_parallel_steps_on_two_workers() {
     assert_eq!(steps.len(), 52);
     let join = steps.iter().find(|s| s.name == "join").expect("join");
     let join_input = join.input.as_ref().expect("input");
-    assert_eq!(join_input["steps"].as_object().expect("deps").len(), 50, "fan-in sees all 50");
+    assert_eq!(
+        join_input["steps"].as_object().expect("deps").len(),
+        50,
+        "fan-in sees all 50"
+    );
     let workers: std::collections::HashSet<_> = steps
         .iter()
         .filter(|s| s.name.starts_with('p'))
         .filter_map(|s| s.worker_id.clone())
         .collect();
-    assert_eq!(workers.len(), 2, "the branches ran on both workers: {workers:?}");
+    assert_eq!(
+        workers.len(),
+        2,
+        "the branches ran on both workers: {workers:?}"
+    );
 
     let (shape, _) = tree_of_root(&sys.db, id).await;
-    let mut branches = vec![ok_step(vec![ok_step(vec![n("execution_completed", vec![])])])];
+    let mut branches = vec![ok_step(vec![ok_step(vec![n(
+        "execution_completed",
+        vec![],
+    )])])];
     branches.extend((0..49).map(|_| ok_step(vec![])));
     assert_eq!(shape, execution(ok_step(branches)));
     sys.stop().await;
@@ -208,22 +237,31 @@ async fn three_levels_of_child_executions() {
 
     let r = get_execution(&sys.db.pool, root).await.expect("root");
     assert_eq!(r.status, ExecutionStatus::Completed, "{:?}", r.error);
-    assert_eq!(r.output, Some(json!({"deep": true})), "each waiting step completes with its child's output");
+    assert_eq!(
+        r.output,
+        Some(json!({"deep": true})),
+        "each waiting step completes with its child's output"
+    );
 
     // The chain root → c1 → c2 → c3, each linked to its parent.
     let mut chain = vec![r.clone()];
     for _ in 0..3 {
         let parent = chain.last().expect("parent").clone();
-        let child_id: Uuid = sqlx::query_scalar("SELECT execution_id FROM lineq.executions WHERE parent_execution_id = $1")
-            .bind(parent.execution_id)
-            .fetch_one(&sys.db.pool)
-            .await
-            .expect("one child");
+        let child_id: Uuid = sqlx::query_scalar(
+            "SELECT execution_id FROM lineq.executions WHERE parent_execution_id = $1",
+        )
+        .bind(parent.execution_id)
+        .fetch_one(&sys.db.pool)
+        .await
+        .expect("one child");
         let child = get_execution(&sys.db.pool, child_id).await.expect("child");
         assert_eq!(child.status, ExecutionStatus::Completed);
         assert_eq!(child.root_execution_id, root);
         assert_eq!(child.parent_correlation_id, Some(parent.correlation_id));
-        assert_ne!(child.correlation_id, parent.correlation_id, "children get their own correlation id");
+        assert_ne!(
+            child.correlation_id, parent.correlation_id,
+            "children get their own correlation id"
+        );
         assert_eq!(child.parent_step.as_deref(), Some("spawn"));
         assert!(child.parent_waits);
         // Its first event hangs off the parent step's report.
@@ -236,7 +274,10 @@ async fn three_levels_of_child_executions() {
         .fetch_one(&sys.db.pool)
         .await
         .expect("parent of child's execution_started");
-        assert_eq!((ptype.as_str(), pexec), ("step_result", parent.execution_id));
+        assert_eq!(
+            (ptype.as_str(), pexec),
+            ("step_result", parent.execution_id)
+        );
         chain.push(child);
     }
     assert_eq!(sys.db.count("lineq.executions").await, 4);
@@ -250,10 +291,16 @@ async fn three_levels_of_child_executions() {
     let c3 = n("step_completed", vec![e2]);
     let e3 = n("execution_completed", vec![c3]);
     let waiting = |child: String| {
-        n("step_enqueued", vec![n("action_started", vec![
-            n("action_completed", vec![]),
-            n("step_result", vec![n("step_waiting", vec![]), child]),
-        ])])
+        n(
+            "step_enqueued",
+            vec![n(
+                "action_started",
+                vec![
+                    n("action_completed", vec![]),
+                    n("step_result", vec![n("step_waiting", vec![]), child]),
+                ],
+            )],
+        )
     };
     let child3 = execution(ok_step(vec![e3]));
     let child2 = execution(waiting(child3));
@@ -261,7 +308,11 @@ async fn three_levels_of_child_executions() {
     assert_eq!(shape, execution(waiting(child1)));
     // One trace for the whole tree: every event carries the root's correlation id as trace id.
     let trace = r.correlation_id.simple().to_string();
-    assert!(events.iter().all(|e| e.trace_id.as_deref() == Some(trace.as_str())));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.trace_id.as_deref() == Some(trace.as_str()))
+    );
     sys.stop().await;
 }
 
@@ -300,7 +351,10 @@ async fn retry_then_success() {
         .collect();
     assert_eq!(retries.len(), 2);
     for r in retries {
-        let parent = events.iter().find(|e| Some(e.event_id) == r.parent_event_id).expect("parent");
+        let parent = events
+            .iter()
+            .find(|e| Some(e.event_id) == r.parent_event_id)
+            .expect("parent");
         assert_eq!(parent.event_type, "step_attempt_failed");
         assert_eq!(parent.attempt.map(|a| a + 1), r.attempt);
         let meta: Value = sqlx::query_scalar(
@@ -313,7 +367,10 @@ async fn retry_then_success() {
         .expect("archived retry message");
         assert_eq!(meta["attempt"], json!(r.attempt));
         let reason = meta["retry_reason"].as_str().expect("reason");
-        assert!(reason.starts_with("flaky:") && reason.contains("fails on purpose"), "{reason}");
+        assert!(
+            reason.starts_with("flaky:") && reason.contains("fails on purpose"),
+            "{reason}"
+        );
     }
     sys.stop().await;
 }
@@ -330,28 +387,54 @@ async fn retry_exhaustion_fails_the_step_unless_it_may_continue() {
     let continued = sys.submit("continue_on_failure", json!(null)).await;
     sys.finish(&[failed, continued]).await;
 
-    let e = get_execution(&sys.db.pool, failed).await.expect("execution");
+    let e = get_execution(&sys.db.pool, failed)
+        .await
+        .expect("execution");
     assert_eq!(e.status, ExecutionStatus::Failed);
     let err = e.error.expect("error");
     assert_eq!(err["step"], "charge");
     assert_eq!(err["error"]["kind"], "flaky");
     let step = &steps_of(&sys.db.pool, failed).await.expect("steps")[0];
-    assert_eq!((step.status.to_string().as_str(), step.attempts), ("failed", 2));
+    assert_eq!(
+        (step.status.to_string().as_str(), step.attempts),
+        ("failed", 2)
+    );
     let (shape, _) = tree_of_root(&sys.db, failed).await;
-    let last = n("step_enqueued", vec![n("action_started", vec![
-        n("action_failed", vec![]),
-        n("step_result", vec![n("step_failed", vec![n("execution_failed", vec![])])]),
-    ])]);
+    let last = n(
+        "step_enqueued",
+        vec![n(
+            "action_started",
+            vec![
+                n("action_failed", vec![]),
+                n(
+                    "step_result",
+                    vec![n("step_failed", vec![n("execution_failed", vec![])])],
+                ),
+            ],
+        )],
+    );
     assert_eq!(shape, execution(retried(last)));
 
-    let e = get_execution(&sys.db.pool, continued).await.expect("execution");
-    assert_eq!(e.status, ExecutionStatus::Completed, "on_failure: continue goes on");
+    let e = get_execution(&sys.db.pool, continued)
+        .await
+        .expect("execution");
+    assert_eq!(
+        e.status,
+        ExecutionStatus::Completed,
+        "on_failure: continue goes on"
+    );
     let (shape, _) = tree_of_root(&sys.db, continued).await;
     let after = ok_step(vec![n("execution_completed", vec![])]);
-    let charge = n("step_enqueued", vec![n("action_started", vec![
-        n("action_failed", vec![]),
-        n("step_result", vec![n("step_failed", vec![after])]),
-    ])]);
+    let charge = n(
+        "step_enqueued",
+        vec![n(
+            "action_started",
+            vec![
+                n("action_failed", vec![]),
+                n("step_result", vec![n("step_failed", vec![after])]),
+            ],
+        )],
+    );
     assert_eq!(shape, execution(charge));
     sys.stop().await;
 }
@@ -361,14 +444,19 @@ async fn a_handler_past_its_timeout_fails_the_attempt() {
     let sys = System::start(&[&[]]).await;
     sys.register(
         WorkflowDefinition::new("slow").step(
-            StepDefinition::new("nap", "sleep").timeout_ms(300).params(json!({"ms": 10_000})),
+            StepDefinition::new("nap", "sleep")
+                .timeout_ms(300)
+                .params(json!({"ms": 10_000})),
         ),
     )
     .await;
     let started = std::time::Instant::now();
     let id = sys.submit("slow", json!(null)).await;
     sys.finish(&[id]).await;
-    assert!(started.elapsed() < Duration::from_secs(8), "the handler was not cut short");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the handler was not cut short"
+    );
     let e = get_execution(&sys.db.pool, id).await.expect("execution");
     assert_eq!(e.status, ExecutionStatus::Failed);
     assert_eq!(e.error.expect("error")["error"]["kind"], "timeout");
@@ -399,11 +487,17 @@ async fn cancel_mid_run_with_running_children() {
     })
     .await;
 
-    let out = lineq(&sys.db.url, &["cancel", &root.to_string(), "--format", "json"]);
+    let out = lineq(
+        &sys.db.url,
+        &["cancel", &root.to_string(), "--format", "json"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(report["executions"], 3, "the root and its two children");
-    assert_eq!(report["steps"], 3, "the waiting spawn step and the two running sleeps");
+    assert_eq!(
+        report["steps"], 3,
+        "the waiting spawn step and the two running sleeps"
+    );
     let text = lineq(&sys.db.url, &["cancel", &root.to_string()]);
     assert_eq!(text.status.code(), Some(1), "cancelling twice is refused");
     assert!(stderr(&text).contains("already cancelled"));
@@ -421,28 +515,39 @@ async fn cancel_mid_run_with_running_children() {
         (n == 2).then_some(())
     })
     .await;
-    let statuses: Vec<String> = sqlx::query_scalar(
-        "SELECT status FROM lineq.executions WHERE root_execution_id = $1",
-    )
-    .bind(root)
-    .fetch_all(&sys.db.pool)
-    .await
-    .expect("statuses");
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM lineq.executions WHERE root_execution_id = $1")
+            .bind(root)
+            .fetch_all(&sys.db.pool)
+            .await
+            .expect("statuses");
     assert_eq!(statuses, vec!["cancelled"; 3]);
 
     let (shape, _) = tree_of_root(&sys.db, root).await;
     let cancelled = |kids: Vec<String>| n("execution_cancelled", kids);
     // A cancelled child's handler stopped; its message was gone, so no result was reported.
-    let child = execution(n("step_enqueued", vec![n("action_started", vec![n("action_failed", vec![])])]));
+    let child = execution(n(
+        "step_enqueued",
+        vec![n("action_started", vec![n("action_failed", vec![])])],
+    ));
     let root_cancel = cancelled(vec![
         n("step_cancelled", vec![]),
         cancelled(vec![n("step_cancelled", vec![])]),
         cancelled(vec![n("step_cancelled", vec![])]),
     ]);
-    let spawn = n("step_enqueued", vec![n("action_started", vec![
-        n("action_completed", vec![]),
-        n("step_result", vec![n("step_waiting", vec![root_cancel]), child.clone(), child]),
-    ])]);
+    let spawn = n(
+        "step_enqueued",
+        vec![n(
+            "action_started",
+            vec![
+                n("action_completed", vec![]),
+                n(
+                    "step_result",
+                    vec![n("step_waiting", vec![root_cancel]), child.clone(), child],
+                ),
+            ],
+        )],
+    );
     assert_eq!(shape, execution(spawn));
     sys.stop().await;
 }
@@ -451,21 +556,48 @@ async fn cancel_mid_run_with_running_children() {
 async fn a_worker_killed_mid_step_loses_nothing() {
     let sys = System::start(&[]).await;
     let mut sys = sys;
-    let mut a = Proc::start(&sys.db.url, "worker-a", &[
-        "worker", "--worker-id", "worker-a", "--visibility-timeout-secs", "2", "--poll-interval-ms", "200",
-    ]);
+    let mut a = Proc::start(
+        &sys.db.url,
+        "worker-a",
+        &[
+            "worker",
+            "--worker-id",
+            "worker-a",
+            "--visibility-timeout-secs",
+            "2",
+            "--poll-interval-ms",
+            "200",
+        ],
+    );
     let id = sys.submit("sleep", json!({"ms": 1500})).await;
-    eventually(Duration::from_secs(20), "worker-a to start the step", || async {
-        let n = sys.db.count(&format!(
-            "lineq.events WHERE execution_id = '{id}' AND event_type = 'action_started'"
-        )).await;
-        (n == 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "worker-a to start the step",
+        || async {
+            let n = sys
+                .db
+                .count(&format!(
+                    "lineq.events WHERE execution_id = '{id}' AND event_type = 'action_started'"
+                ))
+                .await;
+            (n == 1).then_some(())
+        },
+    )
     .await;
     a.kill();
-    let b = Proc::start(&sys.db.url, "worker-b", &[
-        "worker", "--worker-id", "worker-b", "--visibility-timeout-secs", "2", "--poll-interval-ms", "200",
-    ]);
+    let b = Proc::start(
+        &sys.db.url,
+        "worker-b",
+        &[
+            "worker",
+            "--worker-id",
+            "worker-b",
+            "--visibility-timeout-secs",
+            "2",
+            "--poll-interval-ms",
+            "200",
+        ],
+    );
     sys.procs.push(b);
     sys.finish(&[id]).await;
 
@@ -473,20 +605,36 @@ async fn a_worker_killed_mid_step_loses_nothing() {
     assert_eq!(e.status, ExecutionStatus::Completed);
     let (shape, events) = tree_of_root(&sys.db, id).await;
     let first = n("action_started", vec![]);
-    let second = n("action_started", vec![
-        n("action_completed", vec![]),
-        n("step_result", vec![n("step_completed", vec![n("execution_completed", vec![])])]),
-    ]);
+    let second = n(
+        "action_started",
+        vec![
+            n("action_completed", vec![]),
+            n(
+                "step_result",
+                vec![n("step_completed", vec![n("execution_completed", vec![])])],
+            ),
+        ],
+    );
     assert_eq!(shape, execution(n("step_enqueued", vec![first, second])));
     let starts: Vec<(Option<String>, Value, Option<i32>)> = events
         .iter()
         .filter(|e| e.event_type == "action_started")
-        .map(|e| (e.worker_id.clone(), e.payload["delivery"].clone(), e.attempt))
+        .map(|e| {
+            (
+                e.worker_id.clone(),
+                e.payload["delivery"].clone(),
+                e.attempt,
+            )
+        })
         .collect();
-    assert_eq!(starts, vec![
-        (Some("worker-a".into()), json!(1), Some(1)),
-        (Some("worker-b".into()), json!(2), Some(1)),
-    ], "the same attempt (same idempotency key), delivered twice");
+    assert_eq!(
+        starts,
+        vec![
+            (Some("worker-a".into()), json!(1), Some(1)),
+            (Some("worker-b".into()), json!(2), Some(1)),
+        ],
+        "the same attempt (same idempotency key), delivered twice"
+    );
     sys.stop().await;
 }
 
@@ -498,10 +646,21 @@ async fn a_poison_message_is_dead_lettered_and_can_be_replayed() {
     let killer = "poison=sh -c 'kill -9 $PPID; sleep 5'";
     let id = sys.submit("poison", json!({})).await;
     for round in 0..3 {
-        let mut w = Proc::start(&sys.db.url, &format!("doomed{round}"), &[
-            "worker", "--command", killer, "--visibility-timeout-secs", "1",
-            "--max-deliveries", "2", "--poll-interval-ms", "200",
-        ]);
+        let mut w = Proc::start(
+            &sys.db.url,
+            &format!("doomed{round}"),
+            &[
+                "worker",
+                "--command",
+                killer,
+                "--visibility-timeout-secs",
+                "1",
+                "--max-deliveries",
+                "2",
+                "--poll-interval-ms",
+                "200",
+            ],
+        );
         if round < 2 {
             let status = w.wait(Duration::from_secs(20));
             assert!(!status.success(), "the poison step killed the worker");
@@ -519,12 +678,31 @@ async fn a_poison_message_is_dead_lettered_and_can_be_replayed() {
     let letters: Value = serde_json::from_str(&stdout(&letters)).expect("json");
     let letter = &letters[0];
     assert_eq!(letter["source_queue"], "lineq_steps_default");
-    assert!(letter["reason"].as_str().expect("reason").contains("delivered 3 times"), "{letter}");
-    assert_eq!(get_execution(&sys.db.pool, id).await.expect("e").status, ExecutionStatus::Pending,
-        "a dead-lettered step waits for a replay instead of failing the execution");
+    assert!(
+        letter["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("delivered 3 times"),
+        "{letter}"
+    );
+    assert_eq!(
+        get_execution(&sys.db.pool, id).await.expect("e").status,
+        ExecutionStatus::Pending,
+        "a dead-lettered step waits for a replay instead of failing the execution"
+    );
 
     // Deploy a fixed handler, then replay.
-    let fixed = Proc::start(&sys.db.url, "fixed", &["worker", "--command", "poison=cat", "--poll-interval-ms", "200"]);
+    let fixed = Proc::start(
+        &sys.db.url,
+        "fixed",
+        &[
+            "worker",
+            "--command",
+            "poison=cat",
+            "--poll-interval-ms",
+            "200",
+        ],
+    );
     sys.procs.push(fixed);
     let dl = letter["msg_id"].as_i64().expect("id").to_string();
     let shown = lineq(&sys.db.url, &["dlq", "show", &dl]);
@@ -532,20 +710,32 @@ async fn a_poison_message_is_dead_lettered_and_can_be_replayed() {
     let replay = lineq(&sys.db.url, &["dlq", "replay", &dl]);
     assert!(replay.status.success(), "{}", stderr(&replay));
     sys.finish(&[id]).await;
-    assert_eq!(get_execution(&sys.db.pool, id).await.expect("e").status, ExecutionStatus::Completed);
+    assert_eq!(
+        get_execution(&sys.db.pool, id).await.expect("e").status,
+        ExecutionStatus::Completed
+    );
     assert_eq!(sys.db.count("pgmq.q_lineq_dlq").await, 0);
 
     let (shape, _) = tree_of_root(&sys.db, id).await;
-    let completed = n("action_started", vec![
-        n("action_completed", vec![]),
-        n("step_result", vec![n("step_completed", vec![n("execution_completed", vec![])])]),
-    ]);
-    let enqueued = n("step_enqueued", vec![
-        n("action_started", vec![]),
-        n("action_started", vec![]),
-        n("message_dead_lettered", vec![n("message_replayed", vec![])]),
-        completed,
-    ]);
+    let completed = n(
+        "action_started",
+        vec![
+            n("action_completed", vec![]),
+            n(
+                "step_result",
+                vec![n("step_completed", vec![n("execution_completed", vec![])])],
+            ),
+        ],
+    );
+    let enqueued = n(
+        "step_enqueued",
+        vec![
+            n("action_started", vec![]),
+            n("action_started", vec![]),
+            n("message_dead_lettered", vec![n("message_replayed", vec![])]),
+            completed,
+        ],
+    );
     assert_eq!(shape, execution(enqueued));
     sys.stop().await;
 }

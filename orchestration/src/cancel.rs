@@ -77,7 +77,10 @@ pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<C
         let mut t = target.clone();
         t.status = "cancelled".into();
         work.execs.insert(t.execution_id, t.clone());
-        if carry_to_parent(&mut tx, &mut work, &t, ending).await?.is_some() {
+        if carry_to_parent(&mut tx, &mut work, &t, ending)
+            .await?
+            .is_some()
+        {
             let parent = t.parent_execution_id;
             work.touched.extend(parent);
             settle(&mut tx, &mut work).await?;
@@ -151,7 +154,10 @@ async fn cancel_tree(
         if exec.is_terminal() {
             continue;
         }
-        let parent_event = match exec.parent_execution_id.and_then(|p| cancelled_event.get(&p)) {
+        let parent_event = match exec
+            .parent_execution_id
+            .and_then(|p| cancelled_event.get(&p))
+        {
             Some(e) if *id != execution_id => Some(*e),
             _ if *id == execution_id => cause,
             _ => {
@@ -164,8 +170,13 @@ async fn cancel_tree(
                 .await?
             }
         };
-        let ev = NewEvent::new(EventType::ExecutionCancelled, exec.lineage(), parent_event, node)
-            .payload(json!({ "status": "cancelled", "reason": reason }));
+        let ev = NewEvent::new(
+            EventType::ExecutionCancelled,
+            exec.lineage(),
+            parent_event,
+            node,
+        )
+        .payload(json!({ "status": "cancelled", "reason": reason }));
         cancelled_event.insert(*id, ev.event_id);
         sqlx::query(
             "UPDATE lineq.executions SET status = 'cancelled', version = version + 1,
@@ -197,16 +208,23 @@ async fn cancel_tree(
                 by_queue.entry(queue).or_default().push(m);
             }
             out.events.push(
-                NewEvent::new(EventType::StepCancelled, exec.lineage(), Some(cancel_event), node)
-                    .step(step_id, attempts.max(1))
-                    .payload(json!({ "step": name, "was": was })),
+                NewEvent::new(
+                    EventType::StepCancelled,
+                    exec.lineage(),
+                    Some(cancel_event),
+                    node,
+                )
+                .step(step_id, attempts.max(1))
+                .payload(json!({ "step": name, "was": was })),
             );
             out.report.steps += 1;
         }
     }
     for (q, msgs) in by_queue {
         out.report.messages_deleted +=
-            lineq_shared::queue::delete(conn, &QueueName::new(&q)?, &msgs).await?.len();
+            lineq_shared::queue::delete(conn, &QueueName::new(&q)?, &msgs)
+                .await?
+                .len();
     }
     Ok(out)
 }

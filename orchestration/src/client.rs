@@ -49,6 +49,11 @@ impl Client {
         submit(&self.pool, &self.node_name, req).await
     }
 
+    /// Submits many executions in one transaction (see [`crate::submit::submit_many`]).
+    pub async fn submit_many(&self, reqs: Vec<SubmitRequest>) -> Result<Vec<Submitted>> {
+        crate::submit::submit_many(&self.pool, &self.node_name, reqs).await
+    }
+
     /// Reads an execution.
     pub async fn execution(&self, id: Uuid) -> Result<Execution> {
         get_execution(&self.pool, id).await

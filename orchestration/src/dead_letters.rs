@@ -45,7 +45,9 @@ impl DeadLetter {
             source_msg_id: body["source_msg_id"].as_i64(),
             read_ct: body["read_ct"].as_i64(),
             reason: body["reason"].as_str().unwrap_or("").to_string(),
-            event_id: body["event_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()),
+            event_id: body["event_id"]
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok()),
             message: body["message"].clone(),
         }
     }
@@ -80,7 +82,15 @@ pub async fn show(pool: &PgPool, msg_id: i64) -> Result<DeadLetter> {
         })
 }
 
-type EventLineageRow = (Uuid, Option<Uuid>, Uuid, Uuid, Option<String>, Option<Uuid>, Option<i32>);
+type EventLineageRow = (
+    Uuid,
+    Option<Uuid>,
+    Uuid,
+    Uuid,
+    Option<String>,
+    Option<Uuid>,
+    Option<i32>,
+);
 
 /// What a replay did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -114,7 +124,9 @@ pub async fn replay(pool: &PgPool, msg_id: i64) -> Result<Replayed> {
     };
     let letter = DeadLetter::from_row(id, at, body);
     let q = QueueName::new(&letter.source_queue).map_err(|e| {
-        Error::InvalidState(format!("dead letter {msg_id} has no usable source queue: {e}"))
+        Error::InvalidState(format!(
+            "dead letter {msg_id} has no usable source queue: {e}"
+        ))
     })?;
     if !q.as_str().starts_with("lineq_") {
         return Err(Error::InvalidState(format!(
@@ -129,19 +141,16 @@ pub async fn replay(pool: &PgPool, msg_id: i64) -> Result<Replayed> {
     let new_id = queue::send(&mut tx, &q, &letter.message, std::time::Duration::ZERO).await?;
     queue::archive(&mut tx, &queue::dead_letter_queue(), &[msg_id]).await?;
     if let Some(event_id) = letter.event_id {
-        let lineage: Option<EventLineageRow> =
-            sqlx::query_as(
-                "SELECT e.execution_id, e.parent_execution_id, e.root_execution_id, e.correlation_id,
+        let lineage: Option<EventLineageRow> = sqlx::query_as(
+            "SELECT e.execution_id, e.parent_execution_id, e.root_execution_id, e.correlation_id,
                         e.trace_id, e.step_id, e.attempt
                  FROM lineq.events e WHERE e.event_id = $1",
-            )
-            .bind(event_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        )
+        .bind(event_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         if let Some((exec, parent, root, corr, trace, step, attempt)) = lineage {
-            let trace_corr = trace
-                .and_then(|t| Uuid::parse_str(&t).ok())
-                .unwrap_or(corr);
+            let trace_corr = trace.and_then(|t| Uuid::parse_str(&t).ok()).unwrap_or(corr);
             let l = Lineage {
                 execution_id: exec,
                 parent_execution_id: parent,

@@ -70,8 +70,13 @@ pub(crate) async fn enqueue(
     let mut batches: BTreeMap<String, (QueueName, Vec<Value>, Vec<usize>)> = BTreeMap::new();
     let mut pending_ids: Vec<Option<i64>> = vec![None; ready.len()];
     for (i, r) in ready.iter().enumerate() {
-        let event = NewEvent::new(EventType::StepEnqueued, r.lineage, Some(r.parent_event), node_name)
-            .step(r.step_id, r.attempt);
+        let event = NewEvent::new(
+            EventType::StepEnqueued,
+            r.lineage,
+            Some(r.parent_event),
+            node_name,
+        )
+        .step(r.step_id, r.attempt);
         let message = StepMessage {
             step_id: r.step_id,
             execution_id: r.lineage.execution_id,

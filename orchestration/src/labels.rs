@@ -140,6 +140,34 @@ pub async fn update_tags_as(
     check_cause(cause)?;
     let span_start = lineq_shared::telemetry::start();
     let mut tx = pool.begin().await?;
+    match change_in(&mut tx, node_name, id, change, expected_version, cause).await {
+        Ok(Some((updated, event))) => {
+            tx.commit().await?;
+            lineq_shared::telemetry::export(std::slice::from_ref(&event), span_start);
+            Ok(updated)
+        }
+        Ok(None) => {
+            tx.rollback().await?;
+            get_execution(pool, id).await
+        }
+        Err(e) => {
+            // Release the row lock now, not whenever the pool gets round to it.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The change inside `tx`: the updated execution and its event, or `None` when the change
+/// leaves the tags as they are.
+async fn change_in(
+    tx: &mut sqlx::PgConnection,
+    node_name: &str,
+    id: Uuid,
+    change: &TagChange,
+    expected_version: Option<i64>,
+    cause: &str,
+) -> Result<Option<(Execution, NewEvent)>> {
     // The lock orders this change after any concurrent one (and after the orchestrator's status
     // changes, which lock the same row), so `before` below is what the row holds when we write.
     let current = sqlx::query_as::<_, Execution>(
@@ -175,8 +203,7 @@ pub async fn update_tags_as(
     let after = change.apply(&before);
     check_tags(&after)?;
     if after == before {
-        tx.rollback().await?;
-        return Ok(current);
+        return Ok(None);
     }
 
     let updated = sqlx::query_as::<_, Execution>(
@@ -225,10 +252,8 @@ pub async fn update_tags_as(
         "version": updated.version,
         "cause": cause,
     }));
-    insert_events(&mut tx, std::slice::from_ref(&event)).await?;
-    tx.commit().await?;
-    lineq_shared::telemetry::export(std::slice::from_ref(&event), span_start);
-    Ok(updated)
+    insert_events(tx, std::slice::from_ref(&event)).await?;
+    Ok(Some((updated, event)))
 }
 
 /// What a history entry records.

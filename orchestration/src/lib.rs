@@ -8,10 +8,10 @@
 //! Every state change is a guarded SQL update inside one transaction per unit of work, so any
 //! number of orchestrators can run against one database and a duplicate result changes nothing.
 
-pub mod client;
-pub mod dead_letters;
 pub mod cancel;
+pub mod client;
 mod create;
+pub mod dead_letters;
 mod enqueue;
 pub mod labels;
 pub mod lineage;

@@ -64,7 +64,13 @@ pub async fn process_batch(
     let results_queue = queue::results_queue();
     let started = telemetry::start();
     let mut tx = pool.begin().await?;
-    let msgs = queue::read(&mut *tx, &results_queue, visibility_timeout_secs, batch_size).await?;
+    let msgs = queue::read(
+        &mut *tx,
+        &results_queue,
+        visibility_timeout_secs,
+        batch_size,
+    )
+    .await?;
     let mut report = BatchReport {
         read: msgs.len(),
         ..Default::default()
@@ -76,7 +82,10 @@ pub async fn process_batch(
 
     let mut parsed: Vec<(&QueuedMessage, ResultMessage)> = Vec::with_capacity(msgs.len());
     for m in &msgs {
-        match m.json().and_then(|body| ResultMessage::parse(body.as_ref())) {
+        match m
+            .json()
+            .and_then(|body| ResultMessage::parse(body.as_ref()))
+        {
             Ok(r) => parsed.push((m, r)),
             Err(e) => {
                 tracing::warn!(msg_id = m.msg_id, reason = %e, "dead-lettering result message");
@@ -184,7 +193,8 @@ pub async fn process_batch(
                 }
             }
             Outcome::Failed => {
-                let policy: RetryPolicy = serde_json::from_value(step.retry.clone()).unwrap_or_default();
+                let policy: RetryPolicy =
+                    serde_json::from_value(step.retry.clone()).unwrap_or_default();
                 let (kind, retryable, message) = r
                     .error
                     .as_ref()
@@ -194,10 +204,11 @@ pub async fn process_batch(
                 let retry = step.attempts < step.max_attempts && policy.allows(kind, retryable);
                 if retry {
                     let delay = policy.delay_after(r.attempt);
-                    let ev = NewEvent::new(EventType::StepAttemptFailed, lineage, parent, node_name)
-                        .step(r.step_id, r.attempt)
-                        .worker(&r.worker_id)
-                        .payload(json!({ "step": r.step, "error": error_json,
+                    let ev =
+                        NewEvent::new(EventType::StepAttemptFailed, lineage, parent, node_name)
+                            .step(r.step_id, r.attempt)
+                            .worker(&r.worker_id)
+                            .payload(json!({ "step": r.step, "error": error_json,
                             "next_attempt": r.attempt + 1,
                             "delay_ms": u64::try_from(delay.as_millis()).unwrap_or(u64::MAX) }));
                     work.ready.push(ReadyStep {
@@ -304,7 +315,10 @@ async fn check_children(
     children: &[ChildRequest],
 ) -> Result<std::result::Result<(), String>> {
     for c in children {
-        let name = c.target.split_once('@').map_or(c.target.as_str(), |(n, _)| n);
+        let name = c
+            .target
+            .split_once('@')
+            .map_or(c.target.as_str(), |(n, _)| n);
         if let Err(e) = check_name("child target", name) {
             return Ok(Err(e.to_string()));
         }
@@ -332,7 +346,10 @@ async fn create_children(
                 Some((n, v)) => (n.to_string(), v.parse().ok()),
                 None => (c.target.clone(), None),
             };
-            let ns = c.namespace.clone().unwrap_or_else(|| parent.namespace.clone());
+            let ns = c
+                .namespace
+                .clone()
+                .unwrap_or_else(|| parent.namespace.clone());
             let (workflow, version, kind) = match store::get(&mut *conn, &name, version).await? {
                 Some(s) => (s.definition, s.version, "workflow"),
                 None => (WorkflowDefinition::single_step(&name, &ns, None), 1, "task"),
@@ -364,7 +381,11 @@ async fn create_children(
                     waits: c.wait,
                 }),
             };
-            if let Some((exec, events, ready)) = create_execution(conn, spec, &work.node_name).await?
+            if let Some(crate::create::Created {
+                execution: exec,
+                events,
+                ready,
+            }) = create_execution(conn, spec, &work.node_name).await?
             {
                 tracing::debug!(child = %exec.execution_id, parent = %parent.execution_id, "child created");
                 work.events.extend(events);

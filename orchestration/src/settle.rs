@@ -51,7 +51,10 @@ impl ExecState {
 
 /// Locks executions in id order (the same order everywhere, so orchestrators wait for each
 /// other instead of deadlocking) and reads what settling needs.
-pub(crate) async fn lock_executions(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<ExecState>> {
+pub(crate) async fn lock_executions(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<ExecState>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -162,15 +165,21 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
             .find(|s| s.status == "failed" && s.on_failure == "fail")
         {
             let error = json!({ "step": failed.name, "error": failed.error });
-            let ev = NewEvent::new(EventType::ExecutionFailed, exec.lineage(), parent, &work.node_name)
-                .payload(json!({ "status": "failed", "error": error }));
+            let ev = NewEvent::new(
+                EventType::ExecutionFailed,
+                exec.lineage(),
+                parent,
+                &work.node_name,
+            )
+            .payload(json!({ "status": "failed", "error": error }));
             let ending = ev.event_id;
             finish(conn, &exec, "failed", None, Some(&error)).await?;
             work.events.push(ev);
             work.finished += 1;
             cancel_leftover_steps(conn, work, &exec, &steps, ending).await?;
             // Children still running can no longer matter: stop them.
-            let below = cancel_below(conn, id, ending, &work.node_name, "parent execution failed").await?;
+            let below =
+                cancel_below(conn, id, ending, &work.node_name, "parent execution failed").await?;
             work.events.extend(below.events);
             mark(work, id, "failed");
             if let Some(p) = carry_to_parent(conn, work, &exec, ending).await? {
@@ -181,7 +190,9 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
 
         let done: HashMap<&str, &StepRow> = steps
             .iter()
-            .filter(|s| s.status == "completed" || (s.status == "failed" && s.on_failure == "continue"))
+            .filter(|s| {
+                s.status == "completed" || (s.status == "failed" && s.on_failure == "continue")
+            })
             .map(|s| (s.name.as_str(), s))
             .collect();
         let by_name: HashMap<&str, &StepRow> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
@@ -248,8 +259,13 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
                         .collect::<Map<String, Value>>(),
                 )
             };
-            let ev = NewEvent::new(EventType::ExecutionCompleted, exec.lineage(), parent, &work.node_name)
-                .payload(json!({ "status": "completed" }));
+            let ev = NewEvent::new(
+                EventType::ExecutionCompleted,
+                exec.lineage(),
+                parent,
+                &work.node_name,
+            )
+            .payload(json!({ "status": "completed" }));
             let ending = ev.event_id;
             finish(conn, &exec, "completed", Some(&output), None).await?;
             work.events.push(ev);
@@ -332,9 +348,14 @@ async fn cancel_leftover_steps(
             by_queue.entry(&s.queue).or_default().push(m);
         }
         work.events.push(
-            NewEvent::new(EventType::StepCancelled, exec.lineage(), Some(cause), &work.node_name)
-                .step(s.step_id, s.attempts.max(1))
-                .payload(json!({ "step": s.name, "was": s.status })),
+            NewEvent::new(
+                EventType::StepCancelled,
+                exec.lineage(),
+                Some(cause),
+                &work.node_name,
+            )
+            .step(s.step_id, s.attempts.max(1))
+            .payload(json!({ "step": s.name, "was": s.status })),
         );
     }
     for (q, msgs) in by_queue {
@@ -352,9 +373,11 @@ pub(crate) async fn carry_to_parent(
     child: &ExecState,
     child_ending_event: Uuid,
 ) -> Result<Option<Uuid>> {
-    let (true, Some(step_id), Some(parent_id)) =
-        (child.parent_waits, child.parent_step_id, child.parent_execution_id)
-    else {
+    let (true, Some(step_id), Some(parent_id)) = (
+        child.parent_waits,
+        child.parent_step_id,
+        child.parent_execution_id,
+    ) else {
         return Ok(None);
     };
     if !work.execs.contains_key(&parent_id) {
@@ -423,9 +446,14 @@ pub(crate) async fn carry_to_parent(
     let Some((name, attempt)) = updated else {
         return Ok(None);
     };
-    let ev = NewEvent::new(event_type, parent.lineage(), Some(child_ending_event), &work.node_name)
-        .step(step_id, attempt)
-        .payload(json!({ "step": name, "children": siblings.len(), "error": error }));
+    let ev = NewEvent::new(
+        event_type,
+        parent.lineage(),
+        Some(child_ending_event),
+        &work.node_name,
+    )
+    .step(step_id, attempt)
+    .payload(json!({ "step": name, "children": siblings.len(), "error": error }));
     work.record(ev, Some(step_id));
     work.touched.clear();
     Ok(Some(parent_id))

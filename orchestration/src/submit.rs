@@ -13,11 +13,12 @@ use lineq_shared::ids::new_id;
 use lineq_shared::labels::{Tags, check_metadata, check_tags};
 use lineq_shared::telemetry;
 use lineq_shared::validation::{
-    MAX_INPUT_BYTES, Namespace, ValidationError, check_idempotency_key, check_json_size,
-    check_name,
+    MAX_INPUT_BYTES, Namespace, ValidationError, check_idempotency_key, check_json_size, check_name,
 };
 
-use crate::create::{NewExecution, ParentLink, create_execution, missing_namespace};
+use std::collections::{HashMap, HashSet};
+
+use crate::create::{NewExecution, ParentLink, create_executions};
 use crate::enqueue::enqueue;
 use crate::workflow::{WorkflowDefinition, store};
 
@@ -116,7 +117,10 @@ impl SubmitRequest {
     fn validate(&self) -> Result<Namespace> {
         check_tags(&self.tags)?;
         check_metadata(&self.metadata)?;
-        let name = self.target.split_once('@').map_or(self.target.as_str(), |(n, _)| n);
+        let name = self
+            .target
+            .split_once('@')
+            .map_or(self.target.as_str(), |(n, _)| n);
         check_name("handler", name)?;
         let ns = Namespace::new(&self.namespace)?;
         check_json_size("input", &self.input, MAX_INPUT_BYTES)?;
@@ -124,11 +128,7 @@ impl SubmitRequest {
             check_idempotency_key(key)?;
         }
         if self.timeout_ms == Some(0) {
-            return Err(ValidationError::new(
-                "timeout_ms",
-                "it must be at least 1",
-            )
-            .into());
+            return Err(ValidationError::new("timeout_ms", "it must be at least 1").into());
         }
         Ok(ns)
     }
@@ -148,67 +148,172 @@ pub struct Submitted {
 /// `workflow_initialized`, the first steps' `step_enqueued` and their messages, all in one
 /// transaction.
 pub async fn submit(pool: &PgPool, node_name: &str, req: SubmitRequest) -> Result<Submitted> {
-    let namespace = req.validate()?;
+    let mut out = submit_many(pool, node_name, vec![req]).await?;
+    out.pop()
+        .ok_or_else(|| Error::InvalidState("submit produced no execution".into()))
+}
+
+/// Submits many executions in ONE transaction with a fixed number of statements: all are
+/// written or none is. Every request is validated first; an error names the request by its
+/// position. Results come back in request order.
+pub async fn submit_many(
+    pool: &PgPool,
+    node_name: &str,
+    reqs: Vec<SubmitRequest>,
+) -> Result<Vec<Submitted>> {
     let started = telemetry::start();
+    let mut namespaces = Vec::with_capacity(reqs.len());
+    for (i, r) in reqs.iter().enumerate() {
+        namespaces.push(r.validate().map_err(|e| at_position(reqs.len(), i, e))?);
+    }
     let mut tx = pool.begin().await?;
-    let (name, version) = parse_target(&req.target)?;
-    let (workflow, version, kind) = match store::get(&mut *tx, &name, version).await? {
-        Some(stored) => (stored.definition, stored.version, "workflow"),
-        None if version.is_some() => {
-            return Err(Error::NotFound {
-                what: "workflow",
-                id: req.target.clone(),
+    let mut resolved: HashMap<String, (WorkflowDefinition, i32, &'static str)> = HashMap::new();
+    let mut checked_namespaces: HashSet<String> = HashSet::new();
+    let mut specs = Vec::with_capacity(reqs.len());
+    for (i, (req, namespace)) in reqs.iter().zip(&namespaces).enumerate() {
+        let cache_key = format!("{}\u{0}{}\u{0}{:?}", req.target, namespace, req.timeout_ms);
+        let (workflow, version, kind) = match resolved.get(&cache_key) {
+            Some(r) => r.clone(),
+            None => {
+                let r = resolve(&mut tx, req, namespace)
+                    .await
+                    .map_err(|e| at_position(reqs.len(), i, e))?;
+                for ns in r.0.steps.iter().map(|s| r.0.step_namespace(s).to_string()) {
+                    if checked_namespaces.insert(ns.clone()) {
+                        let q = lineq_shared::queue::step_queue(&Namespace::new(&ns)?);
+                        if !lineq_shared::queue::queue_exists(&mut tx, &q).await? {
+                            return Err(at_position(
+                                reqs.len(),
+                                i,
+                                Error::UnknownNamespace { namespace: ns },
+                            ));
+                        }
+                    }
+                }
+                resolved.insert(cache_key, r.clone());
+                r
+            }
+        };
+        let parent = match req.parent_execution_id {
+            Some(id) => Some(
+                explicit_parent(&mut tx, id)
+                    .await
+                    .map_err(|e| at_position(reqs.len(), i, e))?,
+            ),
+            None => None,
+        };
+        specs.push(NewExecution {
+            execution_id: new_id(),
+            workflow,
+            version,
+            kind,
+            input: req.input.clone(),
+            correlation_id: req.correlation_id.unwrap_or_else(new_id),
+            idempotency_key: req.idempotency_key.clone(),
+            priority: req.priority,
+            tags: req.tags.clone(),
+            metadata: req.metadata.clone(),
+            parent,
+        });
+    }
+    let ids: Vec<Uuid> = specs.iter().map(|s| s.execution_id).collect();
+    let mut created = create_executions(&mut tx, specs, node_name).await?;
+
+    // Requests whose idempotency key was taken get the first execution with that key (the
+    // insert waited for it to commit, so it is visible).
+    let taken: Vec<String> = ids
+        .iter()
+        .zip(&reqs)
+        .filter(|(id, _)| !created.contains_key(id))
+        .filter_map(|(_, r)| r.idempotency_key.clone())
+        .collect();
+    let existing: HashMap<String, Execution> = if taken.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, Execution>(
+            "SELECT * FROM lineq.executions WHERE idempotency_key = ANY($1)",
+        )
+        .bind(&taken)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .filter_map(|e| e.idempotency_key.clone().map(|k| (k, e)))
+        .collect()
+    };
+
+    let mut events = Vec::new();
+    let mut ready = Vec::new();
+    let mut out = Vec::with_capacity(reqs.len());
+    for (id, req) in ids.iter().zip(&reqs) {
+        if let Some(c) = created.remove(id) {
+            events.extend(c.events);
+            ready.extend(c.ready);
+            out.push(Submitted {
+                execution: c.execution,
+                created: true,
+            });
+        } else {
+            let first = req
+                .idempotency_key
+                .as_ref()
+                .and_then(|k| existing.get(k))
+                .cloned()
+                // Another request of this very batch took the key first.
+                .or_else(|| {
+                    out.iter()
+                        .find(|s: &&Submitted| {
+                            s.execution.idempotency_key.is_some()
+                                && s.execution.idempotency_key == req.idempotency_key
+                        })
+                        .map(|s| s.execution.clone())
+                })
+                .ok_or_else(|| Error::InvalidState(format!("execution {id} was not created")))?;
+            out.push(Submitted {
+                execution: first,
+                created: false,
             });
         }
-        None => (
-            WorkflowDefinition::single_step(&name, namespace.as_str(), req.timeout_ms),
-            1,
-            "task",
-        ),
-    };
-    if let Some(ns) = missing_namespace(&mut tx, &workflow).await? {
-        return Err(Error::UnknownNamespace { namespace: ns });
     }
-    let parent = match req.parent_execution_id {
-        Some(id) => Some(explicit_parent(&mut tx, id).await?),
-        None => None,
-    };
-    let spec = NewExecution {
-        execution_id: new_id(),
-        workflow,
-        version,
-        kind,
-        input: req.input.clone(),
-        correlation_id: req.correlation_id.unwrap_or_else(new_id),
-        idempotency_key: req.idempotency_key.clone(),
-        priority: req.priority,
-        tags: req.tags.clone(),
-        metadata: req.metadata.clone(),
-        parent,
-    };
-    let Some((execution, mut events, ready)) = create_execution(&mut tx, spec, node_name).await?
-    else {
-        // The key is taken: the insert waited for the first submit to commit, so it is visible.
-        let first = sqlx::query_as::<_, Execution>(
-            "SELECT * FROM lineq.executions WHERE idempotency_key = $1",
-        )
-        .bind(&req.idempotency_key)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.rollback().await?;
-        return Ok(Submitted {
-            execution: first,
-            created: false,
-        });
-    };
     events.extend(enqueue(&mut tx, ready, node_name).await?);
     insert_events(&mut tx, &events).await?;
     tx.commit().await?;
+    // Spans only for what committed.
     telemetry::export(&events, started);
-    Ok(Submitted {
-        execution,
-        created: true,
-    })
+    Ok(out)
+}
+
+fn at_position(total: usize, i: usize, e: Error) -> Error {
+    if total == 1 {
+        return e;
+    }
+    match e {
+        Error::Validation(v) => Error::Validation(ValidationError::new(
+            v.field,
+            format!("request {i}: {}", v.reason),
+        )),
+        other => other,
+    }
+}
+
+/// The workflow a request runs: a registered one, else its handler as one step.
+async fn resolve(
+    conn: &mut sqlx::PgConnection,
+    req: &SubmitRequest,
+    namespace: &Namespace,
+) -> Result<(WorkflowDefinition, i32, &'static str)> {
+    let (name, version) = parse_target(&req.target)?;
+    match store::get(&mut *conn, &name, version).await? {
+        Some(stored) => Ok((stored.definition, stored.version, "workflow")),
+        None if version.is_some() => Err(Error::NotFound {
+            what: "workflow",
+            id: req.target.clone(),
+        }),
+        None => Ok((
+            WorkflowDefinition::single_step(&name, namespace.as_str(), req.timeout_ms),
+            1,
+            "task",
+        )),
+    }
 }
 
 /// `NAME` or `NAME@VERSION`.

@@ -89,9 +89,9 @@ pub fn check_tags(tags: &Tags) -> Result<(), ValidationError> {
 
 /// Parses `key=value` (as given to `--tag`).
 pub fn parse_tag(s: &str) -> Result<(String, String), ValidationError> {
-    let (k, v) = s.split_once('=').ok_or_else(|| {
-        ValidationError::new("tags", format!("expected KEY=VALUE, got {s:?}"))
-    })?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| ValidationError::new("tags", format!("expected KEY=VALUE, got {s:?}")))?;
     check_tag_key(k)?;
     check_tag_value(k, v)?;
     Ok((k.to_string(), v.to_string()))
@@ -101,15 +101,15 @@ pub fn parse_tag(s: &str) -> Result<(String, String), ValidationError> {
 /// starting with `_lineq_`.
 pub fn check_metadata(metadata: &Value) -> Result<(), ValidationError> {
     let Some(obj) = metadata.as_object() else {
-        return Err(ValidationError::new(
-            "metadata",
-            "it must be a JSON object",
-        ));
+        return Err(ValidationError::new("metadata", "it must be a JSON object"));
     };
     if obj.len() > MAX_METADATA_KEYS {
         return Err(ValidationError::new(
             "metadata",
-            format!("{} top-level keys; the limit is {MAX_METADATA_KEYS}", obj.len()),
+            format!(
+                "{} top-level keys; the limit is {MAX_METADATA_KEYS}",
+                obj.len()
+            ),
         ));
     }
     if let Some(k) = obj.keys().find(|k| k.starts_with(RESERVED_METADATA_PREFIX)) {
@@ -137,7 +137,9 @@ mod tests {
         assert!(check_tag_value("k", &"é".repeat(MAX_TAG_VALUE_LEN)).is_ok());
         assert!(check_tag_value("k", &"é".repeat(MAX_TAG_VALUE_LEN + 1)).is_err());
         assert!(check_tag_value("k", "a\nb").is_err());
-        let many: Tags = (0..=MAX_TAGS).map(|i| (format!("k{i}"), "v".into())).collect();
+        let many: Tags = (0..=MAX_TAGS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
         let e = check_tags(&many).unwrap_err();
         assert!(e.to_string().contains("21 tags; the limit is 20"), "{e}");
         assert_eq!(parse_tag("a=b=c").unwrap(), ("a".into(), "b=c".into()));
@@ -149,10 +151,16 @@ mod tests {
         assert!(check_metadata(&json!({"order": {"id": "1"}})).is_ok());
         assert!(check_metadata(&json!([1])).is_err());
         assert!(check_metadata(&json!({"_lineq_x": 1})).is_err());
-        let keys: serde_json::Map<String, Value> =
-            (0..=MAX_METADATA_KEYS).map(|i| (format!("k{i}"), json!(i))).collect();
+        let keys: serde_json::Map<String, Value> = (0..=MAX_METADATA_KEYS)
+            .map(|i| (format!("k{i}"), json!(i)))
+            .collect();
         assert!(check_metadata(&Value::Object(keys)).is_err());
         let big = json!({"b": "x".repeat(MAX_METADATA_BYTES)});
-        assert!(check_metadata(&big).unwrap_err().to_string().contains("65536"));
+        assert!(
+            check_metadata(&big)
+                .unwrap_err()
+                .to_string()
+                .contains("65536")
+        );
     }
 }

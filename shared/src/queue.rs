@@ -181,15 +181,21 @@ pub async fn extend<'e, E: sqlx::PgExecutor<'e>>(
 }
 
 /// Deletes messages (e.g. of cancelled steps) so no worker runs them. Returns the ids deleted.
-pub async fn delete(conn: &mut PgConnection, queue: &QueueName, msg_ids: &[i64]) -> Result<Vec<i64>> {
+pub async fn delete(
+    conn: &mut PgConnection,
+    queue: &QueueName,
+    msg_ids: &[i64],
+) -> Result<Vec<i64>> {
     if msg_ids.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(sqlx::query_scalar("SELECT pgmq.delete($1::text, $2::bigint[])")
-        .bind(queue.as_str())
-        .bind(msg_ids)
-        .fetch_all(conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT pgmq.delete($1::text, $2::bigint[])")
+            .bind(queue.as_str())
+            .bind(msg_ids)
+            .fetch_all(conn)
+            .await?,
+    )
 }
 
 /// Moves messages to the queue's archive (`pgmq.a_<queue>`). Returns the ids actually moved: a

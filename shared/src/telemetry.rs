@@ -42,8 +42,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{
-    Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId,
-    TraceState,
+    Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
@@ -51,8 +50,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchSpanProcessor, Config, SamplingDecision, SdkTracerProvider, ShouldSample, SpanData,
-    SpanEvents, SpanLinks,
-    SpanProcessor,
+    SpanEvents, SpanLinks, SpanProcessor,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -237,7 +235,11 @@ pub fn export(events: &[NewEvent], started: Started) {
 /// Like [`export`], and each event for which `link` names another event gets a span link to
 /// that event's span (in the same trace): the orchestrator's step outcome links to the worker's
 /// step span this way.
-pub fn export_linked(events: &[NewEvent], started: Started, link: impl Fn(&NewEvent) -> Option<Uuid>) {
+pub fn export_linked(
+    events: &[NewEvent],
+    started: Started,
+    link: impl Fn(&NewEvent) -> Option<Uuid>,
+) {
     if !enabled() || events.is_empty() {
         return;
     }
@@ -250,7 +252,13 @@ pub fn export_linked(events: &[NewEvent], started: Started, link: impl Fn(&NewEv
             .map(|to| {
                 let trace = trace_id_of(e);
                 vec![Link::new(
-                    SpanContext::new(trace, span_id_for(to), TraceFlags::SAMPLED, true, TraceState::NONE),
+                    SpanContext::new(
+                        trace,
+                        span_id_for(to),
+                        TraceFlags::SAMPLED,
+                        true,
+                        TraceState::NONE,
+                    ),
                     vec![KeyValue::new("event_id", to.to_string())],
                     0,
                 )]
@@ -263,14 +271,25 @@ pub fn export_linked(events: &[NewEvent], started: Started, link: impl Fn(&NewEv
 /// Exports a worker's step span: its `action_started` event (written at claim time), from the
 /// claim to now (the report of the outcome), marked failed with `failure` when the attempt
 /// failed.
-pub fn export_step_span(started_event: &NewEvent, claimed_at: SystemTime, failure: Option<&StepError>) {
+pub fn export_step_span(
+    started_event: &NewEvent,
+    claimed_at: SystemTime,
+    failure: Option<&StepError>,
+) {
     if !enabled() {
         return;
     }
     let Some(p) = pipeline() else { return };
     let end = SystemTime::now();
     let failure = failure.map(|f| (f.kind.clone(), f.message.clone()));
-    p.emit(started_event, claimed_at.min(end), end, Vec::new(), failure, &mut HashMap::new());
+    p.emit(
+        started_event,
+        claimed_at.min(end),
+        end,
+        Vec::new(),
+        failure,
+        &mut HashMap::new(),
+    );
 }
 
 /// The trace id of the trace `correlation_id` names (a root execution's correlation id), as 32
@@ -304,7 +323,8 @@ impl Pipeline {
         {
             return;
         }
-        self.sink.on_end(span_data(e, start, end, links, failure, self.scope.clone()));
+        self.sink
+            .on_end(span_data(e, start, end, links, failure, self.scope.clone()));
     }
 
     /// One decision per trace, made as for its root span (no parent, a fixed name): with a
@@ -324,14 +344,19 @@ impl Pipeline {
 }
 
 /// The id the sampler sees. The SDK's ratio sampler compares the low 8 bytes of the trace id
-/// with the ratio, taking them as uniformly random; lineq's trace ids are UUIDs, whose byte 8
-/// starts with the variant bits `10`, so as they are a ratio below 0.5 would keep no trace at
-/// all. Shifting the 62 random bits after the variant to the top makes them uniform again.
+/// with the ratio, taking them as uniformly random. lineq's trace ids are UUIDs: byte 8 starts
+/// with the variant bits `10`, and in a UUIDv7 the next 30 bits are a counter that merely
+/// increments within a millisecond — as they are, a ratio below 0.5 would keep no trace at all
+/// and a burst of submissions would be kept or dropped together. Mixing all 128 bits (the
+/// splitmix64 finalizer) gives the sampler the uniform bits it assumes, and every process still
+/// computes the same decision for the same trace.
 fn sampling_id(trace_id: TraceId) -> TraceId {
     let v = u128::from_be_bytes(trace_id.to_bytes());
-    let high = v >> 64 << 64;
-    let low = (v as u64) << 2;
-    TraceId::from(high | u128::from(low))
+    let mut z = (v as u64) ^ ((v >> 64) as u64).rotate_left(32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    TraceId::from(((v >> 64) << 64) | u128::from(z))
 }
 
 fn pipeline() -> Option<Arc<Pipeline>> {
@@ -390,7 +415,13 @@ fn span_data(
     let mut span_links = SpanLinks::default();
     span_links.links = links;
     SpanData {
-        span_context: SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, false, TraceState::NONE),
+        span_context: SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ),
         parent_span_id,
         // The parent span was written by another process when the span consumes a message.
         parent_span_is_remote: parent_span_id != SpanId::INVALID && kind == SpanKind::Consumer,
@@ -411,7 +442,9 @@ fn trace_id_of(e: &NewEvent) -> TraceId {
     TraceId::from_hex(&e.trace_id)
         .ok()
         .filter(|t| *t != TraceId::INVALID)
-        .unwrap_or_else(|| TraceId::from_bytes(TraceContext::trace_id_for(e.lineage.trace_correlation_id)))
+        .unwrap_or_else(|| {
+            TraceId::from_bytes(TraceContext::trace_id_for(e.lineage.trace_correlation_id))
+        })
 }
 
 fn span_id_for(event_id: Uuid) -> SpanId {
@@ -535,8 +568,10 @@ fn scope() -> InstrumentationScope {
 /// `service_name` unless the environment names the service.
 fn resource(service_name: &str) -> Resource {
     let from_env = env_nonempty("OTEL_SERVICE_NAME");
-    let in_attributes = env_nonempty("OTEL_RESOURCE_ATTRIBUTES")
-        .is_some_and(|a| a.split(',').any(|kv| kv.trim_start().starts_with("service.name=")));
+    let in_attributes = env_nonempty("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
+        a.split(',')
+            .any(|kv| kv.trim_start().starts_with("service.name="))
+    });
     let builder = Resource::builder();
     match from_env {
         // The SDK lets OTEL_RESOURCE_ATTRIBUTES win; the specification says OTEL_SERVICE_NAME.
@@ -559,7 +594,8 @@ fn env_is(name: &str, value: &str) -> bool {
 }
 
 fn env_endpoint() -> Option<String> {
-    env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"))
 }
 
 fn transport_from_env() -> Result<Transport> {
@@ -581,7 +617,10 @@ fn transport_from_env() -> Result<Transport> {
     }
 }
 
-fn build_exporter(transport: Transport, explicit: Option<&str>) -> Result<opentelemetry_otlp::SpanExporter> {
+fn build_exporter(
+    transport: Transport,
+    explicit: Option<&str>,
+) -> Result<opentelemetry_otlp::SpanExporter> {
     let invalid = |e: opentelemetry_otlp::ExporterBuildError| -> Error {
         ValidationError::new("otlp_endpoint", format!("cannot export spans: {e}")).into()
     };
@@ -711,11 +750,21 @@ mod tests {
         let (p, sink) = pipeline_with(opentelemetry_sdk::trace::Sampler::AlwaysOn);
         let t0 = SystemTime::now();
         let failure = Some(("flaky".to_string(), "nope".to_string()));
-        p.emit(&started, t0, t0 + Duration::from_millis(5), Vec::new(), failure, &mut HashMap::new());
+        p.emit(
+            &started,
+            t0,
+            t0 + Duration::from_millis(5),
+            Vec::new(),
+            failure,
+            &mut HashMap::new(),
+        );
         let spans = sink.0.lock().unwrap();
         let s = &spans[0];
         assert_eq!(format!("{}", s.span_context.trace_id()), started.trace_id);
-        assert_eq!(format!("{}", s.span_context.trace_id()), corr.simple().to_string());
+        assert_eq!(
+            format!("{}", s.span_context.trace_id()),
+            corr.simple().to_string()
+        );
         assert_eq!(format!("{}", s.span_context.span_id()), started.span_id);
         assert_eq!(format!("{}", s.parent_span_id), parent.span_id);
         assert!(s.parent_span_is_remote);
@@ -725,10 +774,16 @@ mod tests {
         assert_eq!(attr(s, "attempt").as_deref(), Some("2"));
         assert_eq!(attr(s, "msg_id").as_deref(), Some("7"));
         assert_eq!(attr(s, "handler").as_deref(), Some("flaky"));
-        assert_eq!(attr(s, "parent_execution_id"), l.parent_execution_id.map(|u| u.to_string()));
+        assert_eq!(
+            attr(s, "parent_execution_id"),
+            l.parent_execution_id.map(|u| u.to_string())
+        );
         assert_eq!(s.status, Status::error("nope"));
         assert_eq!(s.events.events[0].name, "exception");
-        assert_eq!(s.end_time.duration_since(s.start_time).unwrap(), Duration::from_millis(5));
+        assert_eq!(
+            s.end_time.duration_since(s.start_time).unwrap(),
+            Duration::from_millis(5)
+        );
     }
 
     #[test]
@@ -749,7 +804,11 @@ mod tests {
         assert_eq!(spans[0].status, Status::Unset);
         assert_eq!(spans[1].status, Status::error("deep"));
         let ex = &spans[1].events.events[0];
-        assert!(ex.attributes.iter().any(|kv| kv.key.as_str() == "exception.type" && kv.value.to_string() == "k"));
+        assert!(
+            ex.attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "exception.type" && kv.value.to_string() == "k")
+        );
     }
 
     #[test]
@@ -757,7 +816,9 @@ mod tests {
         let (p, sink) = pipeline_with(opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(0.5));
         let now = SystemTime::now();
         let mut kept = 0;
-        for _ in 0..64 {
+        // Ids made back to back (one millisecond, one UUIDv7 counter run) must still be sampled
+        // independently.
+        for _ in 0..256 {
             let l = lineage(new_id());
             let a = NewEvent::new(EventType::ExecutionStarted, l, None, "n");
             let b = NewEvent::new(EventType::WorkflowInitialized, l, Some(a.event_id), "n");
@@ -766,17 +827,26 @@ mod tests {
                 p.emit(e, now, now, Vec::new(), None, &mut HashMap::new());
             }
             let got = sink.0.lock().unwrap().len() - before;
-            assert!(got == 0 || got == 2, "a trace is exported whole or not at all");
+            assert!(
+                got == 0 || got == 2,
+                "a trace is exported whole or not at all"
+            );
             kept += usize::from(got == 2);
         }
-        assert!(kept > 0 && kept < 64, "ratio 0.5 kept {kept} of 64 traces");
+        assert!(
+            (64..=192).contains(&kept),
+            "ratio 0.5 kept {kept} of 256 traces"
+        );
     }
 
     #[test]
     fn off_means_nothing_happens() {
         assert!(!enabled());
         let l = lineage(new_id());
-        export(&[NewEvent::new(EventType::ExecutionStarted, l, None, "n")], start());
+        export(
+            &[NewEvent::new(EventType::ExecutionStarted, l, None, "n")],
+            start(),
+        );
         assert!(start().0.is_none());
     }
 
@@ -784,7 +854,10 @@ mod tests {
     fn http_endpoints_get_the_traces_path() {
         assert_eq!(http_traces_url("http://h:4318"), "http://h:4318/v1/traces");
         assert_eq!(http_traces_url("http://h:4318/"), "http://h:4318/v1/traces");
-        assert_eq!(http_traces_url("http://h:4318/custom/path"), "http://h:4318/custom/path");
+        assert_eq!(
+            http_traces_url("http://h:4318/custom/path"),
+            "http://h:4318/custom/path"
+        );
     }
 
     #[test]

@@ -205,9 +205,11 @@ pub struct SubmittedView {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
-    /// The handler to run (a one-step execution).
+    /// A registered workflow (`NAME` for its latest version, `NAME@VERSION`), or else a handler
+    /// to run as a one-step execution. `handler` is accepted as another name for it.
+    #[serde(alias = "handler")]
     #[schema(example = "echo")]
-    pub handler: String,
+    pub target: String,
     /// The handler's input (default `null`).
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -229,6 +231,8 @@ pub struct SubmitBody {
     pub metadata: Option<Value>,
     /// An explicit parent execution (it must exist); the new execution joins its tree.
     pub parent_execution_id: Option<Uuid>,
+    /// Priority (higher first; default 0).
+    pub priority: Option<i32>,
 }
 
 /// A change of tags.
@@ -515,7 +519,10 @@ pub async fn submit(
     b: Result<Json<SubmitBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = body(b)?;
-    let mut req = SubmitRequest::new(b.handler).input(b.input);
+    let mut req = SubmitRequest::new(b.target).input(b.input);
+    if let Some(p) = b.priority {
+        req.priority = p;
+    }
     if let Some(ns) = b.namespace {
         req = req.namespace(ns);
     }

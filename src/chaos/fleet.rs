@@ -128,7 +128,10 @@ impl Fleet {
         let mut dead = Vec::new();
         for (i, m) in self.members.iter_mut().enumerate() {
             if let Ok(Some(status)) = m.child.try_wait() {
-                eprintln!("chaos: a {} exited by itself ({status}); replacing it", m.role);
+                eprintln!(
+                    "chaos: a {} exited by itself ({status}); replacing it",
+                    m.role
+                );
                 dead.push(i);
             }
         }
@@ -172,7 +175,11 @@ impl Fleet {
                         if s.success() {
                             clean += 1;
                         } else {
-                            eprintln!("chaos: a {} exited {s} on SIGTERM; see {}", m.role, m.log.display());
+                            eprintln!(
+                                "chaos: a {} exited {s} on SIGTERM; see {}",
+                                m.role,
+                                m.log.display()
+                            );
                         }
                         break;
                     }
@@ -188,7 +195,10 @@ impl Fleet {
         let n = self.members.len();
         self.members.clear();
         if clean < n {
-            eprintln!("chaos: {} of {n} processes did not exit cleanly on SIGTERM", n - clean);
+            eprintln!(
+                "chaos: {} of {n} processes did not exit cleanly on SIGTERM",
+                n - clean
+            );
         }
         Ok(n - clean)
     }

@@ -98,7 +98,11 @@ pub async fn run(pool: &PgPool, cfg: &ChaosConfig) -> anyhow::Result<Verdict> {
             Some(end) => Instant::now() < end && Instant::now() >= next_batch,
         };
         if due {
-            let n = if soak_until.is_some() { cfg.executions } else { cfg.executions - submitted };
+            let n = if soak_until.is_some() {
+                cfg.executions
+            } else {
+                cfg.executions - submitted
+            };
             for _ in 0..n {
                 client
                     .submit(SubmitRequest::new(WORKFLOW).input(json!({"n": submitted})))
@@ -116,7 +120,10 @@ pub async fn run(pool: &PgPool, cfg: &ChaosConfig) -> anyhow::Result<Verdict> {
             last_kill = Instant::now();
         }
         let finished = verify::finished_roots(pool).await?;
-        if cfg.kill_orchestrator && !fleet.orchestrator_killed() && finished >= orchestrator_kill_at as i64 {
+        if cfg.kill_orchestrator
+            && !fleet.orchestrator_killed()
+            && finished >= orchestrator_kill_at as i64
+        {
             fleet.kill_one_orchestrator()?;
         }
         fleet.replace_dead()?;

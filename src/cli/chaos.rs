@@ -63,9 +63,18 @@ pub async fn run(pool: &PgPool, url: &str, format: Format, a: ChaosArgs) -> anyh
             );
             println!(
                 "lost = {}  duplicated outcomes = {}  duplicated results = {}  lineage faults = {}  messages left = {}  unclean exits = {}",
-                v.lost, v.duplicated_outcomes, v.duplicated_results, v.lineage_faults, v.messages_left, v.unclean_exits
+                v.lost,
+                v.duplicated_outcomes,
+                v.duplicated_results,
+                v.lineage_faults,
+                v.messages_left,
+                v.unclean_exits
             );
-            println!("{:.1} s — {}", v.seconds, if v.passed() { "PASSED" } else { "FAILED" });
+            println!(
+                "{:.1} s — {}",
+                v.seconds,
+                if v.passed() { "PASSED" } else { "FAILED" }
+            );
         }
     }
     if !v.passed() {

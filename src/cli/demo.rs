@@ -41,7 +41,7 @@ pub async fn run(url: Option<String>, format: Format, a: DemoArgs) -> anyhow::Re
     result
 }
 
-async fn database(url: Option<String>) -> anyhow::Result<(PgPool, Option<LocalPostgres>)> {
+pub async fn database(url: Option<String>) -> anyhow::Result<(PgPool, Option<LocalPostgres>)> {
     if let Some(url) = url {
         match DatabaseConfig::new(&url).connect().await {
             Ok(pool) => {

@@ -34,7 +34,10 @@ pub async fn run(pool: &PgPool, format: Format, cmd: DlqCommand) -> anyhow::Resu
             match format {
                 Format::Json => print_json(&letters)?,
                 Format::Text => {
-                    println!("{:>8}  {:<25}  {:<22}  REASON", "ID", "DEAD-LETTERED", "FROM");
+                    println!(
+                        "{:>8}  {:<25}  {:<22}  REASON",
+                        "ID", "DEAD-LETTERED", "FROM"
+                    );
                     for l in letters {
                         println!(
                             "{:>8}  {:<25}  {:<22}  {}",
@@ -52,7 +55,10 @@ pub async fn run(pool: &PgPool, format: Format, cmd: DlqCommand) -> anyhow::Resu
             match format {
                 Format::Json => print_json(&l)?,
                 Format::Text => {
-                    println!("dead letter {} from {} (message {:?})", l.msg_id, l.source_queue, l.source_msg_id);
+                    println!(
+                        "dead letter {} from {} (message {:?})",
+                        l.msg_id, l.source_queue, l.source_msg_id
+                    );
                     println!("reason  {}", l.reason);
                     if let Some(e) = l.event_id {
                         println!("event   {e}");
@@ -65,7 +71,10 @@ pub async fn run(pool: &PgPool, format: Format, cmd: DlqCommand) -> anyhow::Resu
             let r = dead_letters::replay(pool, id).await?;
             match format {
                 Format::Json => print_json(&r)?,
-                Format::Text => println!("replayed dead letter {} to {} as message {}", r.dead_letter, r.queue, r.msg_id),
+                Format::Text => println!(
+                    "replayed dead letter {} to {} as message {}",
+                    r.dead_letter, r.queue, r.msg_id
+                ),
             }
         }
     }

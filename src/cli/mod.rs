@@ -1,5 +1,6 @@
 //! The command line: parsing, dispatch, output formats and exit codes.
 
+mod bench;
 mod cancel;
 mod chaos;
 mod demo;
@@ -130,6 +131,9 @@ pub enum Command {
     /// Print the trace of an execution, correlation id or event (its trace id is the root
     /// execution's correlation id) and its Jaeger URL (LINEQ_JAEGER_URL).
     Trace(trace::TraceArgs),
+    /// Measure throughput and latency against raw PGMQ on the same database, in one run
+    /// (DATABASE_URL, or a throwaway PostgreSQL).
+    Bench(bench::BenchArgs),
     /// Fault injection: run orchestrators and workers as processes, SIGKILL them while they
     /// work, and prove nothing was lost, duplicated or left without lineage.
     Chaos(chaos::ChaosArgs),
@@ -172,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Namespace(c) => namespace::run(&connect(g).await?, g.format, c).await,
         Command::Workflow(c) => workflow::run(&connect(g).await?, g.format, c).await,
+        Command::Bench(a) => bench::run(g.database_url.clone(), g.format, a).await,
         Command::Chaos(a) => {
             let url = g.database_url.clone().unwrap_or_default();
             chaos::run(&connect_sized(g, 10).await?, &url, g.format, a).await

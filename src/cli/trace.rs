@@ -60,15 +60,13 @@ pub async fn run(pool: &PgPool, format: Format, a: TraceArgs) -> anyhow::Result<
     }
     let refs: Vec<TraceRef> = found
         .into_iter()
-        .map(|(matched, trace_id, span_id, roots)| {
-            TraceRef {
-                id,
-                matched,
-                jaeger_url: format!("{base}/trace/{trace_id}"),
-                trace_id,
-                span_id,
-                root_execution_ids: roots,
-            }
+        .map(|(matched, trace_id, span_id, roots)| TraceRef {
+            id,
+            matched,
+            jaeger_url: format!("{base}/trace/{trace_id}"),
+            trace_id,
+            span_id,
+            root_execution_ids: roots,
         })
         .collect();
     match format {

@@ -164,6 +164,17 @@ pub fn lineq(url: &str, args: &[&str]) -> Output {
         .expect("run lineq")
 }
 
+/// Runs `lineq ARGS` against `url` to completion, after `configure` (environment, ...).
+pub fn lineq_with(url: &str, args: &[&str], configure: impl FnOnce(&mut Command)) -> Output {
+    let mut cmd = Command::new(lineq_bin());
+    cmd.args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    configure(&mut cmd);
+    cmd.output().expect("run lineq")
+}
+
 /// A running `lineq` process, killed if still running when dropped.
 pub struct Proc {
     pub child: Child,
@@ -174,20 +185,30 @@ pub struct Proc {
 impl Proc {
     /// Starts `lineq ARGS` against `url`, logging to a file.
     pub fn start(url: &str, name: &str, args: &[&str]) -> Self {
+        Self::start_with(url, name, args, |_| {})
+    }
+
+    /// Like [`Proc::start`], after `configure` (environment, ...).
+    pub fn start_with(
+        url: &str,
+        name: &str,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         let dir = std::env::temp_dir().join("lineq-test-logs");
         let _ = std::fs::create_dir_all(&dir);
         let log = dir.join(format!("{name}-{}.log", Uuid::now_v7().simple()));
         let file = std::fs::File::create(&log).expect("log file");
         let err = file.try_clone().expect("log file");
-        let child = Command::new(lineq_bin())
-            .args(args)
+        let mut cmd = Command::new(lineq_bin());
+        cmd.args(args)
             .env("DATABASE_URL", url)
             .env("RUST_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(file)
-            .stderr(err)
-            .spawn()
-            .expect("spawn lineq");
+            .stderr(err);
+        configure(&mut cmd);
+        let child = cmd.spawn().expect("spawn lineq");
         Self {
             child,
             log,

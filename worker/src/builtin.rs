@@ -64,7 +64,9 @@ pub async fn fail(_ctx: StepContext, input: Value) -> HandlerResult {
 /// Fails (retryably) while the attempt is at most `{"fail_attempts": N}`, then returns its
 /// input: a step that succeeds on a retry.
 pub async fn flaky(ctx: StepContext, input: Value) -> HandlerResult {
-    let n = arg(&input, "fail_attempts").and_then(Value::as_i64).unwrap_or(1);
+    let n = arg(&input, "fail_attempts")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     if i64::from(ctx.attempt) <= n {
         return Err(HandlerError::new(format!(
             "flaky: attempt {} of the first {n} fails on purpose",
@@ -82,10 +84,14 @@ pub async fn spawn(ctx: StepContext, input: Value) -> HandlerResult {
     let children = arg(&input, "children")
         .and_then(Value::as_array)
         .ok_or_else(|| {
-            HandlerError::permanent("spawn needs input {\"children\": [{\"target\": ..., \"input\": ...}]}")
-                .kind("invalid_input")
+            HandlerError::permanent(
+                "spawn needs input {\"children\": [{\"target\": ..., \"input\": ...}]}",
+            )
+            .kind("invalid_input")
         })?;
-    let wait = arg(&input, "wait").and_then(Value::as_bool).unwrap_or(false);
+    let wait = arg(&input, "wait")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let mut ids = Vec::new();
     for c in children {
         let target = c.get("target").and_then(Value::as_str).ok_or_else(|| {
@@ -95,7 +101,10 @@ pub async fn spawn(ctx: StepContext, input: Value) -> HandlerResult {
             target,
             c.get("input").cloned().unwrap_or(Value::Null),
         );
-        req.namespace = c.get("namespace").and_then(Value::as_str).map(str::to_string);
+        req.namespace = c
+            .get("namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         req.wait = wait;
         ids.push(ctx.spawn_child(req));
     }

@@ -56,10 +56,13 @@ pub(crate) async fn claim(pool: &PgPool, p: ClaimParams<'_>) -> Result<ClaimBatc
     let mut claimed = Vec::with_capacity(read);
     let mut events = Vec::with_capacity(read);
     for m in &msgs {
-        let parsed = m.json().and_then(|body| StepMessage::parse(body.as_ref())).and_then(|msg| {
-            let tc = msg.meta.check()?;
-            Ok((msg, tc))
-        });
+        let parsed = m
+            .json()
+            .and_then(|body| StepMessage::parse(body.as_ref()))
+            .and_then(|msg| {
+                let tc = msg.meta.check()?;
+                Ok((msg, tc))
+            });
         let (message, tc) = match parsed {
             Ok(ok) => ok,
             Err(e) => {
@@ -90,9 +93,13 @@ pub(crate) async fn claim(pool: &PgPool, p: ClaimParams<'_>) -> Result<ClaimBatc
             )
             .step(message.step_id, message.attempt)
             .worker(p.worker_id)
-            .payload(json!({ "step": message.step, "queue": p.queue.as_str(), "msg_id": m.msg_id,
-                             "reason": reason }));
-            tracing::warn!(queue = %p.queue, msg_id = m.msg_id, %reason, "dead-lettering poison message");
+            .payload(
+                json!({ "step": message.step, "queue": p.queue.as_str(), "msg_id": m.msg_id,
+                             "reason": reason }),
+            );
+            tracing::warn!(correlation_id = %message.meta.correlation_id,
+                execution_id = %message.execution_id, queue = %p.queue, msg_id = m.msg_id,
+                %reason, "dead-lettering poison message");
             queue::dead_letter(&mut tx, p.queue, m, &reason, Some(event.event_id)).await?;
             events.push(event);
             continue;

@@ -68,7 +68,8 @@ pub(crate) async fn report(
             .payload(payload);
         events.push(action);
         if superseded {
-            tracing::warn!(step_id = %m.step_id, msg_id = c.claimed.msg_id,
+            tracing::warn!(correlation_id = %m.meta.correlation_id, execution_id = %m.execution_id,
+                step_id = %m.step_id, msg_id = c.claimed.msg_id,
                 "step message was already reported by another delivery; not reporting again");
             continue;
         }
@@ -87,7 +88,11 @@ pub(crate) async fn report(
             output: c.outcome.as_ref().ok().cloned(),
             error: c.outcome.as_ref().err().cloned(),
             // Children only come to be if the attempt succeeded.
-            children: if c.outcome.is_ok() { c.children.clone() } else { Vec::new() },
+            children: if c.outcome.is_ok() {
+                c.children.clone()
+            } else {
+                Vec::new()
+            },
             started_event_id: Some(c.claimed.started_event_id),
             meta: Meta {
                 correlation_id: m.meta.correlation_id,
@@ -107,13 +112,14 @@ pub(crate) async fn report(
     queue::send_batch(&mut tx, &queue::results_queue(), &results).await?;
     tx.commit().await?;
     if telemetry::enabled() {
-        // The step spans (claim to report) first, then their children written here.
+        // The children written here first, then the step spans (claim to now), so each step
+        // span ends after its children.
+        telemetry::export(&events, started);
         for c in done {
             if let Some(ev) = &c.claimed.started_event {
                 telemetry::export_step_span(ev, c.claimed.claimed_at, c.outcome.as_ref().err());
             }
         }
-        telemetry::export(&events, started);
     }
     Ok(())
 }

@@ -489,8 +489,11 @@ async fn report_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Completion>) {
 /// orchestrator has cancelled. Looks twice a second; extends every third of the visibility
 /// timeout.
 async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
-    let extend_every =
-        Duration::from_secs(u64::try_from(inner.visibility_timeout_secs / 3).unwrap_or(1).max(1));
+    let extend_every = Duration::from_secs(
+        u64::try_from(inner.visibility_timeout_secs / 3)
+            .unwrap_or(1)
+            .max(1),
+    );
     let mut last_extend = Instant::now();
     loop {
         tokio::select! {
@@ -507,8 +510,13 @@ async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
         if last_extend.elapsed() >= extend_every {
             last_extend = Instant::now();
             let ids: Vec<i64> = held.iter().map(|(m, _)| *m).collect();
-            if let Err(e) =
-                queue::extend(&inner.pool, &inner.queue, &ids, inner.visibility_timeout_secs).await
+            if let Err(e) = queue::extend(
+                &inner.pool,
+                &inner.queue,
+                &ids,
+                inner.visibility_timeout_secs,
+            )
+            .await
             {
                 tracing::warn!(error = %e, held = ids.len(), "heartbeat failed");
             }

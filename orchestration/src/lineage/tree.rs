@@ -138,7 +138,7 @@ pub(crate) fn build(
     events: Vec<EventRow>,
 ) -> LineageTree {
     let mut events = events;
-    events.sort_by(|a, b| (a.created_at, a.event_id).cmp(&(b.created_at, b.event_id)));
+    events.sort_by_key(|e| (e.created_at, e.event_id));
     let mut seen = HashSet::new();
     events.retain(|e| seen.insert(e.event_id));
     let event_idx: HashMap<Uuid, usize> = events
@@ -148,25 +148,23 @@ pub(crate) fn build(
         .collect();
 
     let mut rows = executions;
-    rows.sort_by(|a, b| (a.created_at, a.execution_id).cmp(&(b.created_at, b.execution_id)));
+    rows.sort_by_key(|x| (x.created_at, x.execution_id));
     let mut execs: Vec<ExecInfo> = Vec::with_capacity(rows.len());
-    let mut exec_idx = HashMap::new();
+    let mut known_execs = HashSet::new();
     for r in rows {
-        if exec_idx.contains_key(&r.execution_id) {
-            continue;
+        if known_execs.insert(r.execution_id) {
+            execs.push(ExecInfo {
+                id: r.execution_id,
+                root: r.root_execution_id,
+                correlation: r.correlation_id,
+                parent: r.parent_execution_id,
+                row: Some(r),
+            });
         }
-        exec_idx.insert(r.execution_id, execs.len());
-        execs.push(ExecInfo {
-            id: r.execution_id,
-            root: r.root_execution_id,
-            correlation: r.correlation_id,
-            parent: r.parent_execution_id,
-            row: Some(r),
-        });
     }
+    // An event whose execution row is missing still gets a (placeholder) execution.
     for e in &events {
-        if !exec_idx.contains_key(&e.execution_id) {
-            exec_idx.insert(e.execution_id, execs.len());
+        if known_execs.insert(e.execution_id) {
             execs.push(ExecInfo {
                 row: None,
                 id: e.execution_id,
@@ -218,7 +216,7 @@ pub(crate) fn build(
         };
         match (
             anchor,
-            x.parent.filter(|p| *p != x.id && exec_idx.contains_key(p)),
+            x.parent.filter(|p| *p != x.id && known_execs.contains(p)),
         ) {
             (Some(ev), _) => anchored.entry(ev).or_default().push(xi),
             (None, Some(p)) => under.entry(p).or_default().push(xi),

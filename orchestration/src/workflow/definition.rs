@@ -263,12 +263,18 @@ impl WorkflowDefinition {
         check_name("workflow name", &self.name)?;
         if let Some(v) = self.version {
             if v < 1 {
-                return Err(ValidationError::new("version", format!("must be at least 1, got {v}")));
+                return Err(ValidationError::new(
+                    "version",
+                    format!("must be at least 1, got {v}"),
+                ));
             }
         }
         Namespace::new(&self.namespace)?;
         if self.steps.is_empty() {
-            return Err(ValidationError::new("steps", "a workflow needs at least one step"));
+            return Err(ValidationError::new(
+                "steps",
+                "a workflow needs at least one step",
+            ));
         }
         if self.steps.len() > MAX_STEPS {
             return Err(ValidationError::new(
@@ -278,7 +284,8 @@ impl WorkflowDefinition {
         }
         let mut names = HashSet::new();
         for s in &self.steps {
-            let at = |why: String| ValidationError::new("steps", format!("step {:?}: {why}", s.name));
+            let at =
+                |why: String| ValidationError::new("steps", format!("step {:?}: {why}", s.name));
             check_name("step name", &s.name).map_err(|e| at(e.reason))?;
             if !names.insert(s.name.as_str()) {
                 return Err(at("the name is used by more than one step".into()));
@@ -337,8 +344,11 @@ impl WorkflowDefinition {
 
     /// A dependency cycle, as step names (first repeated last), if there is one.
     fn find_cycle(&self) -> Option<Vec<String>> {
-        let deps: HashMap<&str, &Vec<String>> =
-            self.steps.iter().map(|s| (s.name.as_str(), &s.depends_on)).collect();
+        let deps: HashMap<&str, &Vec<String>> = self
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), &s.depends_on))
+            .collect();
         // 0 = unvisited, 1 = on the current path, 2 = done
         let mut state: BTreeMap<&str, u8> = BTreeMap::new();
         fn visit<'a>(
@@ -417,7 +427,8 @@ mod tests {
         let e = err(&wf);
         assert!(e.contains("cycle") && e.contains("a → c → b → a"), "{e}");
 
-        let wf = WorkflowDefinition::new("w").step(StepDefinition::new("a", "echo").depends_on(["zz"]));
+        let wf =
+            WorkflowDefinition::new("w").step(StepDefinition::new("a", "echo").depends_on(["zz"]));
         assert!(err(&wf).contains(r#"step "a" depends on unknown step "zz""#));
         let wf = WorkflowDefinition::new("w")
             .step(StepDefinition::new("a", "echo"))
@@ -425,9 +436,11 @@ mod tests {
         assert!(err(&wf).contains(r#"step "a": the name is used by more than one step"#));
         let wf = WorkflowDefinition::new("w").step(StepDefinition::new("a", " "));
         assert!(err(&wf).contains(r#"step "a": the handler is empty"#));
-        let wf = WorkflowDefinition::new("w").step(StepDefinition::new("a", "echo").depends_on(["a"]));
+        let wf =
+            WorkflowDefinition::new("w").step(StepDefinition::new("a", "echo").depends_on(["a"]));
         assert!(err(&wf).contains("depends on itself"));
-        let wf = WorkflowDefinition::new("w").step(StepDefinition::new("a", "echo").max_attempts(0));
+        let wf =
+            WorkflowDefinition::new("w").step(StepDefinition::new("a", "echo").max_attempts(0));
         assert!(err(&wf).contains("max_attempts"));
         assert!(err(&WorkflowDefinition::new("w")).contains("at least one step"));
     }
@@ -476,11 +489,20 @@ steps:
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy { backoff_ms: 100, max_backoff_ms: 1000, jitter: false, ..Default::default() };
+        let p = RetryPolicy {
+            backoff_ms: 100,
+            max_backoff_ms: 1000,
+            jitter: false,
+            ..Default::default()
+        };
         assert_eq!(p.delay_after(1), Duration::from_millis(100));
         assert_eq!(p.delay_after(2), Duration::from_millis(200));
         assert_eq!(p.delay_after(10), Duration::from_millis(1000));
-        let j = RetryPolicy { backoff_ms: 1000, jitter: true, ..Default::default() };
+        let j = RetryPolicy {
+            backoff_ms: 1000,
+            jitter: true,
+            ..Default::default()
+        };
         for _ in 0..50 {
             let d = j.delay_after(1).as_millis();
             assert!((500..=1000).contains(&d), "{d}");

@@ -1,0 +1,239 @@
+//! `lineq bench`: measures lineq against raw PGMQ on the same database in one run, so every
+//! figure is a ratio on the same machine at the same moment (see docs/benchmarks.md).
+
+mod latency;
+mod memory;
+mod raw_pgmq;
+mod throughput;
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use sqlx::PgPool;
+
+pub use latency::Percentiles;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Executions in the throughput runs (and messages in the raw PGMQ reference).
+    pub executions: usize,
+    /// In-process workers.
+    pub workers: usize,
+    /// Handlers each worker runs at once.
+    pub concurrency: usize,
+    /// Messages a worker claims per read, results an orchestrator processes per transaction.
+    pub batch_size: usize,
+    /// Executions per `submit_many` transaction.
+    pub submit_batch: usize,
+    /// Executions for each latency measurement.
+    pub latency_samples: usize,
+    /// Show progress bars.
+    pub progress: bool,
+    /// Also run the traced throughput row (span export to an in-process OTLP receiver).
+    pub tracing_row: bool,
+}
+
+/// One throughput row.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputRow {
+    /// What was measured.
+    pub name: String,
+    /// Executions completed.
+    pub executions: usize,
+    /// Seconds from the first submit to the last completion.
+    pub seconds: f64,
+    /// Executions completed per second.
+    pub per_second: f64,
+    /// Ratio to the raw PGMQ reference.
+    pub ratio_to_raw: f64,
+    /// Events written.
+    pub events: i64,
+    /// Peak resident memory during the run (MiB), and its growth from the first tenth.
+    pub peak_rss_mib: f64,
+    /// RSS at the end minus RSS after the first tenth of the run (MiB).
+    pub rss_growth_mib: f64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Raw PGMQ: messages per second through send_batch/read_batch/delete_batch.
+    pub raw_pgmq_per_second: f64,
+    /// lineq throughput rows.
+    pub throughput: Vec<ThroughputRow>,
+    /// Tracing cost: 1 − traced/untraced throughput.
+    pub tracing_cost: Option<f64>,
+    /// Submit committed → handler started, idle system (ms).
+    pub pickup_latency_ms: Percentiles,
+    /// A 4-step linear workflow, submit → completed (ms).
+    pub workflow_latency_ms: Percentiles,
+    /// The targets, and whether this run met them.
+    pub targets: Vec<Target>,
+}
+
+/// A target from issue 7 and this run's figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What it is.
+    pub name: String,
+    /// The bound.
+    pub bound: String,
+    /// This run's figure.
+    pub measured: String,
+    /// Met or not.
+    pub met: bool,
+}
+
+fn bar(cfg: &BenchConfig, len: u64, what: &str) -> ProgressBar {
+    if !cfg.progress {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:<28} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Runs every measurement against `pool` (which must be migrated and otherwise idle).
+pub async fn run(pool: &PgPool, url: &str, cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
+    let raw = raw_pgmq::run(pool, cfg).await?;
+    let mut rows = Vec::new();
+    let plain = throughput::run(pool, cfg, "lineq, full lineage", raw, None).await?;
+    rows.push(plain.clone());
+    let mut tracing_cost = None;
+    if cfg.tracing_row {
+        if let Some(traced) = throughput::run_traced(pool, url, cfg, raw).await? {
+            tracing_cost = Some(1.0 - traced.per_second / plain.per_second);
+            rows.push(traced);
+        }
+    }
+    let pickup = latency::pickup(pool, cfg).await?;
+    let workflow = latency::linear_workflow(pool, cfg).await?;
+    let mut targets = vec![
+        Target {
+            name: "throughput vs raw PGMQ".into(),
+            bound: "≥ 0.25×".into(),
+            measured: format!("{:.3}×", plain.ratio_to_raw),
+            met: plain.ratio_to_raw >= 0.25,
+        },
+        Target {
+            name: "pickup latency p50".into(),
+            bound: "≤ 3 ms".into(),
+            measured: format!("{:.2} ms", pickup.p50),
+            met: pickup.p50 <= 3.0,
+        },
+        Target {
+            name: "pickup latency p99".into(),
+            bound: "≤ 20 ms".into(),
+            measured: format!("{:.2} ms", pickup.p99),
+            met: pickup.p99 <= 20.0,
+        },
+        Target {
+            name: "4-step workflow p50".into(),
+            bound: "≤ 25 ms".into(),
+            measured: format!("{:.2} ms", workflow.p50),
+            met: workflow.p50 <= 25.0,
+        },
+        Target {
+            name: "worker memory flat".into(),
+            bound: "growth ≤ 16 MiB".into(),
+            measured: format!("{:+.1} MiB", plain.rss_growth_mib),
+            met: plain.rss_growth_mib <= 16.0,
+        },
+    ];
+    if let Some(cost) = tracing_cost {
+        targets.push(Target {
+            name: "tracing cost".into(),
+            bound: "≤ 15 %".into(),
+            measured: format!("{:.1} %", cost * 100.0),
+            met: cost <= 0.15,
+        });
+    }
+    Ok(BenchReport {
+        raw_pgmq_per_second: raw,
+        throughput: rows,
+        tracing_cost,
+        pickup_latency_ms: pickup,
+        workflow_latency_ms: workflow,
+        targets,
+    })
+}
+
+/// The report as the table `lineq bench` prints.
+pub fn table(r: &BenchReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n{:<34} {:>12} {:>10} {:>9} {:>12}",
+        "throughput", "per second", "× raw", "peak MiB", "growth MiB"
+    );
+    let _ = writeln!(
+        s,
+        "{:<34} {:>12.0} {:>10} {:>9} {:>12}",
+        "raw PGMQ (send/read/delete ×100)", r.raw_pgmq_per_second, "1.000", "-", "-"
+    );
+    for t in &r.throughput {
+        let _ = writeln!(
+            s,
+            "{:<34} {:>12.0} {:>10.3} {:>9.1} {:>+12.1}",
+            t.name, t.per_second, t.ratio_to_raw, t.peak_rss_mib, t.rss_growth_mib
+        );
+    }
+    if let Some(c) = r.tracing_cost {
+        let _ = writeln!(s, "tracing cost: {:.1} % of throughput", c * 100.0);
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<34} {:>8} {:>8} {:>8} {:>8}",
+        "latency (ms)", "p50", "p95", "p99", "n"
+    );
+    for (name, p) in [
+        ("pickup (submit → handler start)", &r.pickup_latency_ms),
+        ("4-step workflow (submit → done)", &r.workflow_latency_ms),
+    ] {
+        let _ = writeln!(
+            s,
+            "{:<34} {:>8.2} {:>8.2} {:>8.2} {:>8}",
+            name, p.p50, p.p95, p.p99, p.n
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<30} {:>16} {:>14}  met",
+        "target", "bound", "measured"
+    );
+    for t in &r.targets {
+        let _ = writeln!(
+            s,
+            "{:<30} {:>16} {:>14}  {}",
+            t.name,
+            t.bound,
+            t.measured,
+            if t.met { "yes" } else { "NO" }
+        );
+    }
+    s
+}
+
+/// Waits (bounded) for `check` to return true.
+async fn until(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    while !check().await? {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}

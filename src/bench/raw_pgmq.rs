@@ -1,0 +1,78 @@
+//! The reference: raw PGMQ on the same database, 100-message batches, two consumers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use lineq::shared::queue;
+use lineq::shared::validation::QueueName;
+
+use super::{BenchConfig, bar};
+
+const QUEUE: &str = "lineq_bench_raw";
+const BATCH: usize = 100;
+
+/// Messages per second through send_batch → read_batch → delete_batch.
+pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<f64> {
+    let q = QueueName::new(QUEUE)?;
+    {
+        let mut conn = pool.acquire().await?;
+        queue::ensure_queue(&mut conn, &q).await?;
+        sqlx::query("SELECT pgmq.purge_queue($1)")
+            .bind(QUEUE)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let total = cfg.executions;
+    let pb = bar(cfg, total as u64, "raw PGMQ reference");
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        let pool = pool.clone();
+        let consumed = consumed.clone();
+        let pb = pb.clone();
+        consumers.push(tokio::spawn(async move {
+            while consumed.load(Ordering::Relaxed) < total {
+                let ids: Vec<i64> = sqlx::query_scalar("SELECT msg_id FROM pgmq.read($1, 30, $2)")
+                    .bind(QUEUE)
+                    .bind(BATCH as i32)
+                    .fetch_all(&pool)
+                    .await?;
+                if ids.is_empty() {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                sqlx::query("SELECT pgmq.delete($1, $2::bigint[])")
+                    .bind(QUEUE)
+                    .bind(&ids)
+                    .execute(&pool)
+                    .await?;
+                consumed.fetch_add(ids.len(), Ordering::Relaxed);
+                pb.inc(ids.len() as u64);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let body = json!({"step_id": "00000000-0000-0000-0000-000000000000", "input": null});
+    let batch: Vec<serde_json::Value> = vec![body; BATCH];
+    let mut sent = 0;
+    while sent < total {
+        let n = BATCH.min(total - sent);
+        sqlx::query("SELECT pgmq.send_batch($1, $2::jsonb[])")
+            .bind(QUEUE)
+            .bind(&batch[..n])
+            .execute(pool)
+            .await?;
+        sent += n;
+    }
+    for c in consumers {
+        c.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    Ok(total as f64 / secs)
+}

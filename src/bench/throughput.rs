@@ -1,0 +1,173 @@
+//! Throughput: one-step no-op executions through an in-process orchestrator and workers, with
+//! full lineage (8 events per execution), durability as users run it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use lineq::{Client, HandlerResult, Orchestrator, StepContext, SubmitRequest, Worker};
+
+use super::memory::Sampler;
+use super::{BenchConfig, ThroughputRow, bar};
+
+static RUN: AtomicUsize = AtomicUsize::new(0);
+
+async fn noop(_ctx: StepContext, _input: Value) -> HandlerResult {
+    Ok(Value::Null)
+}
+
+/// An orchestrator and workers running in this process until dropped.
+pub struct InProcess {
+    stop: CancellationToken,
+    tasks: tokio::task::JoinSet<lineq::Result<()>>,
+}
+
+impl InProcess {
+    /// Starts one orchestrator and `cfg.workers` workers serving `handler` (a no-op).
+    pub fn start(pool: &PgPool, cfg: &BenchConfig, handler: &str) -> Self {
+        let stop = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let o = Orchestrator::builder(pool.clone())
+            .batch_size(i32::try_from(cfg.batch_size).unwrap_or(100))
+            .build();
+        let t = stop.clone();
+        tasks.spawn(async move { o.run(t).await });
+        for i in 0..cfg.workers.max(1) {
+            let w = Worker::builder(pool.clone())
+                .worker_id(format!("bench-worker-{i}"))
+                .concurrency(cfg.concurrency)
+                .batch_size(cfg.batch_size)
+                .handler(handler.to_string(), noop)
+                .build();
+            let t = stop.clone();
+            tasks.spawn(async move { w.run(t).await });
+        }
+        Self { stop, tasks }
+    }
+
+    /// Stops everything and waits.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        while let Some(r) = self.tasks.join_next().await {
+            r??;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `cfg.executions` executions and measures.
+pub async fn run(
+    pool: &PgPool,
+    cfg: &BenchConfig,
+    name: &str,
+    raw: f64,
+    _traced: Option<()>,
+) -> anyhow::Result<ThroughputRow> {
+    let handler = format!("bench.noop{}", RUN.fetch_add(1, Ordering::Relaxed));
+    let system = InProcess::start(pool, cfg, &handler);
+    let client = Client::new(pool.clone());
+    let n = cfg.executions;
+    let pb = bar(cfg, n as u64, name);
+    let sampler = Sampler::start();
+    let started = Instant::now();
+    let producer = {
+        let client = client.clone();
+        let handler = handler.clone();
+        let batch = cfg.submit_batch.max(1);
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < n {
+                let k = batch.min(n - sent);
+                let reqs = (0..k)
+                    .map(|_| SubmitRequest::new(handler.clone()))
+                    .collect();
+                client.submit_many(reqs).await?;
+                sent += k;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let count = |status: &'static str| {
+        let pool = pool.clone();
+        let handler = handler.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM lineq.executions WHERE workflow_name = $1 AND status = $2",
+            )
+            .bind(&handler)
+            .bind(status)
+            .fetch_one(&pool)
+            .await
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = count("completed").await? as usize;
+        pb.set_position(done as u64);
+        if done >= n {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name}: only {done} of {n} completed in 10 min"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (peak, growth) = sampler.finish();
+    producer.await??;
+    pb.finish_and_clear();
+    system.stop().await?;
+
+    // It checks its own work: every execution completed with its whole event tree.
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lineq.events e JOIN lineq.executions x USING (execution_id)
+         WHERE x.workflow_name = $1",
+    )
+    .bind(&handler)
+    .fetch_one(pool)
+    .await?;
+    anyhow::ensure!(
+        events == 8 * n as i64,
+        "{name}: {events} events for {n} executions, expected {}",
+        8 * n
+    );
+    let sample: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT execution_id FROM lineq.executions WHERE workflow_name = $1 ORDER BY random() LIMIT 50",
+    )
+    .bind(&handler)
+    .fetch_all(pool)
+    .await?;
+    for id in sample {
+        let report = lineq::orchestration::lineage::check::check_root(pool, id).await?;
+        anyhow::ensure!(
+            report.is_whole(),
+            "{name}: lineage of {id} is not whole: {report:?}"
+        );
+    }
+    let per_second = n as f64 / seconds;
+    Ok(ThroughputRow {
+        name: name.to_string(),
+        executions: n,
+        seconds,
+        per_second,
+        ratio_to_raw: per_second / raw,
+        events,
+        peak_rss_mib: peak,
+        rss_growth_mib: growth,
+    })
+}
+
+/// The same with span export to an in-process OTLP receiver.
+pub async fn run_traced(
+    _pool: &PgPool,
+    _url: &str,
+    _cfg: &BenchConfig,
+    _raw: f64,
+) -> anyhow::Result<Option<ThroughputRow>> {
+    eprintln!("note: the traced throughput row is not measured by this build");
+    Ok(None)
+}
