@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod local_postgres;
+pub mod probes;
 
 pub use lineq_orchestration as orchestration;
 pub use lineq_shared as shared;

@@ -7,10 +7,20 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    // Parsed through ArgMatches so the configuration can tell flags given on the command line
+    // from defaults (see cli::config).
+    let matches = cli::Cli::command().get_matches();
+    let mut args = match cli::Cli::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = cli::config::resolve(&mut args, &matches) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(cli::exit_code(&e));
+    }
     cli::logging::init(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

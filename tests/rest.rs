@@ -618,6 +618,7 @@ async fn the_openapi_document_is_generated_from_the_routes() {
         ("/v1/executions", "get"),
         ("/v1/executions/{id}", "get"),
         ("/v1/executions/{id}/history", "get"),
+        ("/v1/executions/{id}/lineage", "get"),
         ("/v1/executions/{id}/tags", "patch"),
         ("/v1/executions/{id}/tags/{key}", "delete"),
         ("/v1/executions/{id}/cancel", "post"),
@@ -748,5 +749,51 @@ async fn lineq_serve_answers_over_tcp_and_stops_on_sigterm() {
 
     let exit = server.terminate(Duration::from_secs(10));
     assert!(exit.success(), "{exit:?}: {}", server.log_text());
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_lineage_is_the_cli_lineage() {
+    let db = TestDb::new().await;
+    let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
+    let mut worker = Proc::start(&db.url, "worker", &["worker"]);
+    let client = lineq::Client::new(db.pool.clone());
+    let input = serde_json::json!({"children": [{"target": "echo", "input": 1}], "wait": true});
+    let id = client
+        .submit(lineq::SubmitRequest::new("spawn").input(input))
+        .await
+        .expect("submit")
+        .execution
+        .execution_id;
+    wait_all_finished(&db.pool, &[id], std::time::Duration::from_secs(30)).await;
+    let app = lineq::api::router(db.pool.clone());
+    let (status, _, rest) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/executions/{id}/lineage"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let cli = cli_json(&db.url, &["lineage", &id.to_string()]);
+    assert_eq!(rest, cli, "REST and CLI lineage differ");
+    let text = rest.to_string();
+    assert!(
+        text.contains("step_waiting") && text.contains("execution_completed"),
+        "{text}"
+    );
+    let (status, _, err) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/executions/{}/lineage", uuid::Uuid::now_v7()),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
+    for p in [&mut worker, &mut orchestrator] {
+        assert!(p.terminate(std::time::Duration::from_secs(20)).success());
+    }
     db.drop_db().await;
 }

@@ -15,7 +15,7 @@ use lineq_shared::labels::Tags;
 use lineq_shared::queue;
 use lineq_shared::validation::Namespace;
 
-use crate::enqueue::{ReadyStep, step_input};
+use crate::enqueue::{ReadyStep, send_ready, step_input};
 use crate::workflow::WorkflowDefinition;
 
 /// Where a child execution hangs in its parent's tree.
@@ -67,12 +67,12 @@ pub(crate) async fn missing_namespace(
     Ok(None)
 }
 
-/// An execution just created, with what the caller still has to write.
+/// An execution just created (its first steps already sent), with the events the caller writes
+/// together with the rest of its transaction's.
 #[derive(Debug)]
 pub(crate) struct Created {
     pub execution: Execution,
     pub events: Vec<NewEvent>,
-    pub ready: Vec<ReadyStep>,
 }
 
 /// Creates the execution. `Ok(None)` when its idempotency key is taken (nothing was written).
@@ -86,8 +86,9 @@ pub(crate) async fn create_execution(
     Ok(created.remove(&id))
 }
 
-/// Creates many executions with two statements (one for the rows, one for all their steps),
-/// whatever their number. Executions whose idempotency key (or id) is taken are left out of the
+/// Creates many executions with a fixed number of statements (one for the rows, one send per
+/// queue for all their first steps, one for all their steps — written once, already
+/// `enqueued` where they were sent), whatever their number. Executions whose idempotency key (or id) is taken are left out of the
 /// result and nothing is written for them.
 pub(crate) async fn create_executions(
     conn: &mut PgConnection,
@@ -169,6 +170,8 @@ pub(crate) async fn create_executions(
         inserted.into_iter().map(|e| (e.execution_id, e)).collect();
 
     let mut steps = StepColumns::with_capacity(n);
+    let mut all_ready: Vec<ReadyStep> = Vec::new();
+    let mut pending_out: Vec<(Uuid, Execution, Vec<NewEvent>)> = Vec::with_capacity(n);
     for spec in specs {
         let Some(execution) = rows.remove(&spec.execution_id) else {
             continue;
@@ -229,16 +232,32 @@ pub(crate) async fn create_executions(
                 wf.name
             )));
         }
-        out.insert(
+        all_ready.extend(ready);
+        pending_out.push((
             execution.execution_id,
-            Created {
-                execution,
-                events: vec![started, initialized],
-                ready,
-            },
-        );
+            execution,
+            vec![started, initialized],
+        ));
     }
+    let (enqueued, msg_ids) = send_ready(conn, &all_ready, node_name).await?;
+    let sent: HashMap<Uuid, (i64, &ReadyStep)> = all_ready
+        .iter()
+        .zip(&msg_ids)
+        .map(|(r, m)| (r.step_id, (*m, r)))
+        .collect();
+    steps.mark_sent(&sent);
     steps.insert(conn).await?;
+    let mut enqueued_by_exec: HashMap<Uuid, Vec<NewEvent>> = HashMap::new();
+    for e in enqueued {
+        enqueued_by_exec
+            .entry(e.lineage.execution_id)
+            .or_default()
+            .push(e);
+    }
+    for (id, execution, mut events) in pending_out {
+        events.extend(enqueued_by_exec.remove(&id).unwrap_or_default());
+        out.insert(id, Created { execution, events });
+    }
     Ok(out)
 }
 
@@ -257,6 +276,10 @@ struct StepColumns {
     on_failure: Vec<&'static str>,
     params: Vec<Option<Value>>,
     positions: Vec<i32>,
+    statuses: Vec<&'static str>,
+    attempts: Vec<i32>,
+    msg_ids: Vec<Option<i64>>,
+    inputs: Vec<Option<Value>>,
 }
 
 impl StepColumns {
@@ -275,6 +298,22 @@ impl StepColumns {
             on_failure: Vec::with_capacity(n),
             params: Vec::with_capacity(n),
             positions: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            msg_ids: Vec::with_capacity(n),
+            inputs: Vec::with_capacity(n),
+        }
+    }
+
+    /// Steps whose first message was sent are written as `enqueued`, with the message.
+    fn mark_sent(&mut self, sent: &HashMap<Uuid, (i64, &ReadyStep)>) {
+        for (i, id) in self.ids.iter().enumerate() {
+            if let Some((msg_id, r)) = sent.get(id) {
+                self.statuses[i] = "enqueued";
+                self.attempts[i] = r.attempt;
+                self.msg_ids[i] = Some(*msg_id);
+                self.inputs[i] = Some(r.input.clone());
+            }
         }
     }
 
@@ -306,6 +345,10 @@ impl StepColumns {
         self.params.push(s.params.clone());
         self.positions
             .push(i32::try_from(position).unwrap_or(i32::MAX));
+        self.statuses.push("pending");
+        self.attempts.push(0);
+        self.msg_ids.push(None);
+        self.inputs.push(None);
         Ok(())
     }
 
@@ -316,15 +359,18 @@ impl StepColumns {
         sqlx::query(
             r#"
             INSERT INTO lineq.steps (step_id, execution_id, name, handler, namespace, queue,
-                status, depends_on, max_attempts, timeout_ms, retry, on_failure, params, position)
-            SELECT u.step_id, u.execution_id, u.name, u.handler, u.namespace, u.queue, 'pending',
+                status, depends_on, max_attempts, timeout_ms, retry, on_failure, params, position,
+                attempts, msg_id, input)
+            SELECT u.step_id, u.execution_id, u.name, u.handler, u.namespace, u.queue, u.status,
                 ARRAY(SELECT jsonb_array_elements_text(u.deps)), u.max_attempts, u.timeout_ms,
-                u.retry, u.on_failure, u.params, u.position
+                u.retry, u.on_failure, u.params, u.position, u.attempts, u.msg_id, u.input
             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                         $7::jsonb[], $8::int[], $9::bigint[], $10::jsonb[], $11::text[],
-                        $12::jsonb[], $13::int[])
+                        $12::jsonb[], $13::int[], $14::text[], $15::int[], $16::bigint[],
+                        $17::jsonb[])
                  AS u(step_id, execution_id, name, handler, namespace, queue, deps, max_attempts,
-                      timeout_ms, retry, on_failure, params, position)
+                      timeout_ms, retry, on_failure, params, position, status, attempts, msg_id,
+                      input)
             "#,
         )
         .bind(&self.ids)
@@ -340,6 +386,10 @@ impl StepColumns {
         .bind(&self.on_failure)
         .bind(&self.params)
         .bind(&self.positions)
+        .bind(&self.statuses)
+        .bind(&self.attempts)
+        .bind(&self.msg_ids)
+        .bind(&self.inputs)
         .execute(conn)
         .await?;
         Ok(())

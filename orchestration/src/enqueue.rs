@@ -64,11 +64,42 @@ pub(crate) async fn enqueue(
     ready: Vec<ReadyStep>,
     node_name: &str,
 ) -> Result<Vec<NewEvent>> {
+    let (events, msg_ids) = send_ready(conn, &ready, node_name).await?;
+    if !ready.is_empty() {
+        let ids: Vec<Uuid> = ready.iter().map(|r| r.step_id).collect();
+        let attempts: Vec<i32> = ready.iter().map(|r| r.attempt).collect();
+        let inputs: Vec<&Value> = ready.iter().map(|r| &r.input).collect();
+        sqlx::query(
+            r#"
+            UPDATE lineq.steps s
+            SET status = 'enqueued', msg_id = u.msg_id, attempts = u.attempt, input = u.input,
+                updated_at = clock_timestamp()
+            FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::jsonb[])
+                 AS u(step_id, msg_id, attempt, input)
+            WHERE s.step_id = u.step_id
+            "#,
+        )
+        .bind(&ids)
+        .bind(&msg_ids)
+        .bind(&attempts)
+        .bind(&inputs)
+        .execute(conn)
+        .await?;
+    }
+    Ok(events)
+}
+
+/// Sends the messages of `ready` (one batch per queue; delayed ones one by one) and builds
+/// their `step_enqueued` events. Returns the events and each step's message id, in order; the
+/// caller records them on the step rows (by update, or directly in the insert of new steps).
+pub(crate) async fn send_ready(
+    conn: &mut PgConnection,
+    ready: &[ReadyStep],
+    node_name: &str,
+) -> Result<(Vec<NewEvent>, Vec<i64>)> {
     let mut events = Vec::with_capacity(ready.len());
-    let (mut ids, mut msg_ids, mut attempts, mut inputs) = (vec![], vec![], vec![], vec![]);
-    // Undelayed messages go out as one batch per queue; delayed ones one by one.
     let mut batches: BTreeMap<String, (QueueName, Vec<Value>, Vec<usize>)> = BTreeMap::new();
-    let mut pending_ids: Vec<Option<i64>> = vec![None; ready.len()];
+    let mut msg_ids: Vec<i64> = vec![0; ready.len()];
     for (i, r) in ready.iter().enumerate() {
         let event = NewEvent::new(
             EventType::StepEnqueued,
@@ -104,45 +135,22 @@ pub(crate) async fn enqueue(
             entry.1.push(body);
             entry.2.push(i);
         } else {
-            pending_ids[i] = Some(queue::send(conn, &r.queue, &body, r.delay).await?);
+            msg_ids[i] = queue::send(conn, &r.queue, &body, r.delay).await?;
         }
         events.push(event);
     }
     for (_, (q, bodies, idx)) in batches {
         let sent = queue::send_batch(conn, &q, &bodies).await?;
         for (i, id) in idx.into_iter().zip(sent) {
-            pending_ids[i] = Some(id);
+            msg_ids[i] = id;
         }
     }
-    for ((r, e), msg_id) in ready.iter().zip(events.iter_mut()).zip(pending_ids) {
-        let msg_id = msg_id.unwrap_or_default();
+    for ((r, e), msg_id) in ready.iter().zip(events.iter_mut()).zip(&msg_ids) {
         e.payload = json!({
             "step": r.name, "handler": r.handler, "queue": r.queue.as_str(), "msg_id": msg_id,
             "delay_ms": u64::try_from(r.delay.as_millis()).unwrap_or(u64::MAX),
             "retry_reason": r.retry_reason,
         });
-        ids.push(r.step_id);
-        msg_ids.push(msg_id);
-        attempts.push(r.attempt);
-        inputs.push(r.input.clone());
     }
-    if !ids.is_empty() {
-        sqlx::query(
-            r#"
-            UPDATE lineq.steps s
-            SET status = 'enqueued', msg_id = u.msg_id, attempts = u.attempt, input = u.input,
-                updated_at = clock_timestamp()
-            FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::jsonb[])
-                 AS u(step_id, msg_id, attempt, input)
-            WHERE s.step_id = u.step_id
-            "#,
-        )
-        .bind(&ids)
-        .bind(&msg_ids)
-        .bind(&attempts)
-        .bind(&inputs)
-        .execute(conn)
-        .await?;
-    }
-    Ok(events)
+    Ok((events, msg_ids))
 }

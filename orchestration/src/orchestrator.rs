@@ -20,6 +20,7 @@ pub struct OrchestratorBuilder {
     poll_interval: Duration,
     visibility_timeout_secs: i32,
     node_name: String,
+    silent_worker_after: Duration,
 }
 
 impl OrchestratorBuilder {
@@ -33,6 +34,13 @@ impl OrchestratorBuilder {
     /// (default 1 s).
     pub fn poll_interval(mut self, d: Duration) -> Self {
         self.poll_interval = d;
+        self
+    }
+
+    /// A worker without a heartbeat for this long is silent, and its steps are released for
+    /// other workers (default 30 s; see [`crate::fleet`]).
+    pub fn silent_worker_after(mut self, d: Duration) -> Self {
+        self.silent_worker_after = d;
         self
     }
 
@@ -57,6 +65,7 @@ impl Orchestrator {
             poll_interval: Duration::from_secs(1),
             visibility_timeout_secs: 30,
             node_name: node_name(),
+            silent_worker_after: Duration::from_secs(30),
         }
     }
 
@@ -81,7 +90,9 @@ impl Orchestrator {
         .await?;
         tracing::info!(node = %self.cfg.node_name, "orchestrator started");
         let mut backoff = Duration::from_millis(100);
+        let mut fleet = crate::fleet::Sweeper::new(self.cfg.silent_worker_after);
         while !shutdown.is_cancelled() {
+            fleet.tick(&self.cfg.pool).await;
             match self.tick().await {
                 Ok(report) => {
                     backoff = Duration::from_millis(100);

@@ -384,12 +384,10 @@ async fn create_children(
             if let Some(crate::create::Created {
                 execution: exec,
                 events,
-                ready,
             }) = create_execution(conn, spec, &work.node_name).await?
             {
                 tracing::debug!(child = %exec.execution_id, parent = %parent.execution_id, "child created");
                 work.events.extend(events);
-                work.ready.extend(ready);
                 created += 1;
             }
         }

@@ -3,7 +3,7 @@
 //! step is done or one failed for good, and carry a finished child's outcome up to the parent
 //! step that waits for it — to any depth.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -140,152 +140,228 @@ impl Work {
     }
 }
 
-/// Settles every touched execution, cascading to waiting parents.
+/// An execution that settling decided to finish.
+struct Finish {
+    id: Uuid,
+    status: &'static str,
+    output: Option<Value>,
+    error: Option<Value>,
+}
+
+/// Settles every touched execution, cascading to waiting parents. Works in rounds so a batch
+/// costs a fixed number of statements, not a few per execution: one query reads the steps of
+/// every execution in the round, one update finishes those that are done, one marks the rest
+/// running. Only the rare paths (a failure that cancels what is left, a child that completes a
+/// waiting parent step) touch rows one by one.
 pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<()> {
-    let mut queue: VecDeque<Uuid> = work.touched.drain(..).collect();
-    let mut settled_once: HashSet<Uuid> = HashSet::new();
-    while let Some(id) = queue.pop_front() {
-        let Some(exec) = work.execs.get(&id).cloned() else {
-            continue;
-        };
-        if exec.is_terminal() {
-            continue;
+    let mut round: Vec<Uuid> = work.touched.drain(..).collect();
+    while !round.is_empty() {
+        let mut seen = HashSet::new();
+        let ids: Vec<Uuid> = round
+            .into_iter()
+            .filter(|id| seen.insert(*id))
+            .filter(|id| work.execs.get(id).is_some_and(|e| !e.is_terminal()))
+            .collect();
+        if ids.is_empty() {
+            break;
         }
-        settled_once.insert(id);
-        let steps: Vec<StepRow> = sqlx::query_as(&format!(
-            "SELECT {STEP_COLUMNS} FROM lineq.steps WHERE execution_id = $1 ORDER BY position"
+        let rows: Vec<StepRow> = sqlx::query_as(&format!(
+            "SELECT {STEP_COLUMNS} FROM lineq.steps WHERE execution_id = ANY($1)
+             ORDER BY execution_id, position"
         ))
-        .bind(id)
+        .bind(&ids)
         .fetch_all(&mut *conn)
         .await?;
-        let parent = work.last_event.get(&id).copied();
-
-        if let Some(failed) = steps
-            .iter()
-            .find(|s| s.status == "failed" && s.on_failure == "fail")
-        {
-            let error = json!({ "step": failed.name, "error": failed.error });
-            let ev = NewEvent::new(
-                EventType::ExecutionFailed,
-                exec.lineage(),
-                parent,
-                &work.node_name,
-            )
-            .payload(json!({ "status": "failed", "error": error }));
-            let ending = ev.event_id;
-            finish(conn, &exec, "failed", None, Some(&error)).await?;
-            work.events.push(ev);
-            work.finished += 1;
-            cancel_leftover_steps(conn, work, &exec, &steps, ending).await?;
-            // Children still running can no longer matter: stop them.
-            let below =
-                cancel_below(conn, id, ending, &work.node_name, "parent execution failed").await?;
-            work.events.extend(below.events);
-            mark(work, id, "failed");
-            if let Some(p) = carry_to_parent(conn, work, &exec, ending).await? {
-                queue.push_back(p);
-            }
-            continue;
+        let mut by_exec: HashMap<Uuid, Vec<StepRow>> = HashMap::with_capacity(ids.len());
+        for r in rows {
+            by_exec.entry(r.execution_id).or_default().push(r);
         }
 
-        let done: HashMap<&str, &StepRow> = steps
-            .iter()
-            .filter(|s| {
-                s.status == "completed" || (s.status == "failed" && s.on_failure == "continue")
-            })
-            .map(|s| (s.name.as_str(), s))
-            .collect();
-        let by_name: HashMap<&str, &StepRow> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
-        let mut newly_enqueued = HashSet::new();
-        // An execution can be settled twice in one transaction (a step result and a child's
-        // outcome in the same batch); steps already made ready stay `pending` in the table until
-        // the batch enqueues them, so they must not be made ready again.
-        let already: HashSet<Uuid> = work.ready.iter().map(|r| r.step_id).collect();
-        for s in steps
-            .iter()
-            .filter(|s| s.status == "pending" && !already.contains(&s.step_id))
-        {
-            if !s.depends_on.iter().all(|d| done.contains_key(d.as_str())) {
-                continue;
-            }
-            // The dependency that finished last (UUIDv7 ids grow with time) made it ready.
-            let ready_by = s
-                .depends_on
-                .iter()
-                .filter_map(|d| by_name.get(d.as_str()))
-                .filter_map(|d| work.step_event.get(&d.step_id))
-                .max()
-                .copied()
-                .or(parent);
-            let Some(ready_by) = ready_by else {
+        let mut finishes: Vec<Finish> = Vec::new();
+        let mut running: Vec<Uuid> = Vec::new();
+        let mut ended: Vec<(ExecState, Uuid)> = Vec::new();
+        for id in ids {
+            let Some(exec) = work.execs.get(&id).cloned() else {
                 continue;
             };
-            let deps: BTreeMap<String, Value> = s
-                .depends_on
-                .iter()
-                .filter_map(|d| done.get(d.as_str()))
-                .map(|d| (d.name.clone(), d.output.clone().unwrap_or(Value::Null)))
-                .collect();
-            let q = QueueName::new(&s.queue)?;
-            work.ready.push(ReadyStep {
-                lineage: exec.lineage(),
-                step_id: s.step_id,
-                name: s.name.clone(),
-                handler: s.handler.clone(),
-                queue: q,
-                attempt: 1,
-                input: step_input(&exec.kind, &exec.input, s.params.as_ref(), &deps),
-                timeout_ms: s.timeout_ms.and_then(|t| u64::try_from(t).ok()),
-                parent_event: ready_by,
-                delay: Duration::ZERO,
-                retry_reason: None,
-            });
-            newly_enqueued.insert(s.step_id);
-        }
+            let steps = by_exec.remove(&id).unwrap_or_default();
+            let parent = work.last_event.get(&id).copied();
 
-        let all_done = steps.iter().all(|s| {
-            !newly_enqueued.contains(&s.step_id)
-                && !already.contains(&s.step_id)
-                && matches!(s.status.as_str(), "completed" | "failed" | "cancelled")
-        });
-        if all_done {
-            let output = if exec.kind == "task" && steps.len() == 1 {
-                steps[0].output.clone().unwrap_or(Value::Null)
-            } else {
-                Value::Object(
-                    steps
-                        .iter()
-                        .map(|s| (s.name.clone(), s.output.clone().unwrap_or(Value::Null)))
-                        .collect::<Map<String, Value>>(),
+            if let Some(failed) = steps
+                .iter()
+                .find(|s| s.status == "failed" && s.on_failure == "fail")
+            {
+                let error = json!({ "step": failed.name, "error": failed.error });
+                let ev = NewEvent::new(
+                    EventType::ExecutionFailed,
+                    exec.lineage(),
+                    parent,
+                    &work.node_name,
                 )
-            };
-            let ev = NewEvent::new(
-                EventType::ExecutionCompleted,
-                exec.lineage(),
-                parent,
-                &work.node_name,
-            )
-            .payload(json!({ "status": "completed" }));
-            let ending = ev.event_id;
-            finish(conn, &exec, "completed", Some(&output), None).await?;
-            work.events.push(ev);
-            work.finished += 1;
-            mark(work, id, "completed");
-            if let Some(p) = carry_to_parent(conn, work, &exec, ending).await? {
-                queue.push_back(p);
+                .payload(json!({ "status": "failed", "error": error }));
+                let ending = ev.event_id;
+                work.events.push(ev);
+                work.finished += 1;
+                cancel_leftover_steps(conn, work, &exec, &steps, ending).await?;
+                // Children still running can no longer matter: stop them.
+                let below =
+                    cancel_below(conn, id, ending, &work.node_name, "parent execution failed")
+                        .await?;
+                work.events.extend(below.events);
+                mark(work, id, "failed");
+                finishes.push(Finish {
+                    id,
+                    status: "failed",
+                    output: None,
+                    error: Some(error),
+                });
+                ended.push((exec, ending));
+                continue;
             }
-        } else if exec.status == "pending" {
+
+            let done: HashMap<&str, &StepRow> = steps
+                .iter()
+                .filter(|s| {
+                    s.status == "completed" || (s.status == "failed" && s.on_failure == "continue")
+                })
+                .map(|s| (s.name.as_str(), s))
+                .collect();
+            let by_name: HashMap<&str, &StepRow> =
+                steps.iter().map(|s| (s.name.as_str(), s)).collect();
+            let mut newly_enqueued = HashSet::new();
+            // An execution can be settled twice in one transaction (a step result and a child's
+            // outcome in the same batch); steps already made ready stay `pending` in the table
+            // until the batch enqueues them, so they must not be made ready again.
+            let already: HashSet<Uuid> = work.ready.iter().map(|r| r.step_id).collect();
+            for s in steps
+                .iter()
+                .filter(|s| s.status == "pending" && !already.contains(&s.step_id))
+            {
+                if !s.depends_on.iter().all(|d| done.contains_key(d.as_str())) {
+                    continue;
+                }
+                // The dependency that finished last (UUIDv7 ids grow with time) made it ready.
+                let ready_by = s
+                    .depends_on
+                    .iter()
+                    .filter_map(|d| by_name.get(d.as_str()))
+                    .filter_map(|d| work.step_event.get(&d.step_id))
+                    .max()
+                    .copied()
+                    .or(parent);
+                let Some(ready_by) = ready_by else {
+                    continue;
+                };
+                let deps: BTreeMap<String, Value> = s
+                    .depends_on
+                    .iter()
+                    .filter_map(|d| done.get(d.as_str()))
+                    .map(|d| (d.name.clone(), d.output.clone().unwrap_or(Value::Null)))
+                    .collect();
+                work.ready.push(ReadyStep {
+                    lineage: exec.lineage(),
+                    step_id: s.step_id,
+                    name: s.name.clone(),
+                    handler: s.handler.clone(),
+                    queue: QueueName::new(&s.queue)?,
+                    attempt: 1,
+                    input: step_input(&exec.kind, &exec.input, s.params.as_ref(), &deps),
+                    timeout_ms: s.timeout_ms.and_then(|t| u64::try_from(t).ok()),
+                    parent_event: ready_by,
+                    delay: Duration::ZERO,
+                    retry_reason: None,
+                });
+                newly_enqueued.insert(s.step_id);
+            }
+
+            let all_done = !steps.is_empty()
+                && steps.iter().all(|s| {
+                    !newly_enqueued.contains(&s.step_id)
+                        && !already.contains(&s.step_id)
+                        && matches!(s.status.as_str(), "completed" | "failed" | "cancelled")
+                });
+            if all_done {
+                let output = if exec.kind == "task" && steps.len() == 1 {
+                    steps[0].output.clone().unwrap_or(Value::Null)
+                } else {
+                    Value::Object(
+                        steps
+                            .iter()
+                            .map(|s| (s.name.clone(), s.output.clone().unwrap_or(Value::Null)))
+                            .collect::<Map<String, Value>>(),
+                    )
+                };
+                let ev = NewEvent::new(
+                    EventType::ExecutionCompleted,
+                    exec.lineage(),
+                    parent,
+                    &work.node_name,
+                )
+                .payload(json!({ "status": "completed" }));
+                let ending = ev.event_id;
+                work.events.push(ev);
+                work.finished += 1;
+                mark(work, id, "completed");
+                finishes.push(Finish {
+                    id,
+                    status: "completed",
+                    output: Some(output),
+                    error: None,
+                });
+                ended.push((exec, ending));
+            } else if exec.status == "pending" {
+                running.push(id);
+                mark(work, id, "running");
+            }
+        }
+
+        finish_all(conn, &finishes).await?;
+        if !running.is_empty() {
             sqlx::query(
                 "UPDATE lineq.executions SET status = 'running', version = version + 1,
                      updated_at = clock_timestamp()
-                 WHERE execution_id = $1 AND status = 'pending'",
+                 WHERE execution_id = ANY($1) AND status = 'pending'",
             )
-            .bind(id)
+            .bind(&running)
             .execute(&mut *conn)
             .await?;
-            mark(work, id, "running");
         }
+        // After the finishes are written, so a parent sees its children's final states.
+        let mut next = Vec::new();
+        for (exec, ending) in ended {
+            if let Some(p) = carry_to_parent(conn, work, &exec, ending).await? {
+                next.push(p);
+            }
+        }
+        round = next;
     }
+    Ok(())
+}
+
+async fn finish_all(conn: &mut PgConnection, finishes: &[Finish]) -> Result<()> {
+    if finishes.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = finishes.iter().map(|f| f.id).collect();
+    let statuses: Vec<&str> = finishes.iter().map(|f| f.status).collect();
+    let outputs: Vec<Option<&Value>> = finishes.iter().map(|f| f.output.as_ref()).collect();
+    let errors: Vec<Option<&Value>> = finishes.iter().map(|f| f.error.as_ref()).collect();
+    sqlx::query(
+        r#"
+        UPDATE lineq.executions e
+        SET status = u.status, output = u.output, error = u.error, version = e.version + 1,
+            updated_at = clock_timestamp(), finished_at = clock_timestamp()
+        FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[])
+             AS u(execution_id, status, output, error)
+        WHERE e.execution_id = u.execution_id AND e.status IN ('pending', 'running')
+        "#,
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&outputs)
+    .bind(&errors)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -293,28 +369,6 @@ fn mark(work: &mut Work, id: Uuid, status: &str) {
     if let Some(e) = work.execs.get_mut(&id) {
         e.status = status.to_string();
     }
-}
-
-async fn finish(
-    conn: &mut PgConnection,
-    exec: &ExecState,
-    status: &str,
-    output: Option<&Value>,
-    error: Option<&Value>,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE lineq.executions
-         SET status = $2, output = $3, error = $4, version = version + 1,
-             updated_at = clock_timestamp(), finished_at = clock_timestamp()
-         WHERE execution_id = $1 AND status IN ('pending', 'running')",
-    )
-    .bind(exec.execution_id)
-    .bind(status)
-    .bind(output)
-    .bind(error)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// After a failure: steps that have not finished are cancelled and their queued messages

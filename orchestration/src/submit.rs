@@ -19,7 +19,6 @@ use lineq_shared::validation::{
 use std::collections::{HashMap, HashSet};
 
 use crate::create::{NewExecution, ParentLink, create_executions};
-use crate::enqueue::enqueue;
 use crate::workflow::{WorkflowDefinition, store};
 
 /// What to run. Build one with [`SubmitRequest::new`] and its setters.
@@ -242,12 +241,10 @@ pub async fn submit_many(
     };
 
     let mut events = Vec::new();
-    let mut ready = Vec::new();
     let mut out = Vec::with_capacity(reqs.len());
     for (id, req) in ids.iter().zip(&reqs) {
         if let Some(c) = created.remove(id) {
             events.extend(c.events);
-            ready.extend(c.ready);
             out.push(Submitted {
                 execution: c.execution,
                 created: true,
@@ -274,7 +271,6 @@ pub async fn submit_many(
             });
         }
     }
-    events.extend(enqueue(&mut tx, ready, node_name).await?);
     insert_events(&mut tx, &events).await?;
     tx.commit().await?;
     // Spans only for what committed.

@@ -6,6 +6,7 @@
 //! (`lineq-worker`) only append events and send results. Everything they exchange is defined
 //! here so the two sides cannot drift apart.
 
+pub mod config;
 pub mod database;
 pub mod error;
 pub mod event;
@@ -15,6 +16,7 @@ pub mod labels;
 pub mod message;
 pub mod migrate;
 pub mod queue;
+pub mod roles;
 pub mod telemetry;
 pub mod trace_context;
 pub mod validation;

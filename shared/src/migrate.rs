@@ -11,7 +11,8 @@ use crate::validation::Namespace;
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// Advisory lock held while migrating ("lineq" in ASCII, so it is recognisable in `pg_locks`).
-const MIGRATE_LOCK: i64 = 0x006c_696e_6571;
+/// [`crate::roles`] takes it too, so grants never interleave with a migration.
+pub(crate) const MIGRATE_LOCK: i64 = 0x006c_696e_6571;
 
 /// What a migration run found and did.
 #[derive(Debug, Clone, serde::Serialize)]

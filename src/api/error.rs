@@ -20,9 +20,9 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// A stable, machine-readable code: `invalid_input` (400), `not_found` (404), `conflict`
-    /// (409), `precondition_failed` (412), `invalid_state` (422), `unavailable` (503) or
-    /// `internal` (500).
+    /// A stable, machine-readable code: `invalid_input` (400), `unauthorized` (401),
+    /// `not_found` (404), `conflict` (409), `precondition_failed` (412), `invalid_state` (422),
+    /// `unavailable` (503) or `internal` (500).
     #[schema(example = "invalid_input")]
     pub code: String,
     /// The field (body field, query parameter or header) that broke a rule, when one did.
@@ -57,6 +57,12 @@ impl ApiError {
                 current_version: None,
             },
         }
+    }
+
+    /// The same error, naming `field` (a body field, query parameter or header).
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.detail.field = Some(field.to_string());
+        self
     }
 
     /// A 400 naming `field`.

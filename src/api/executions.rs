@@ -756,11 +756,12 @@ pub struct Health {
     pub status: String,
 }
 
-/// Liveness and database reachability.
+/// Liveness and database reachability. Open without a token.
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "health",
+    security(()),
     responses(
         (status = 200, description = "Serving", body = Health),
         (status = 503, description = "PostgreSQL is unreachable", body = Health),
@@ -784,4 +785,27 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>
             )
         }
     }
+}
+
+/// An execution's whole lineage tree (the root's tree, children nested), exactly as
+/// `lineq lineage ID --format json` prints it.
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{id}/lineage",
+    tag = "executions",
+    params(("id" = Uuid, Path, description = "Execution id")),
+    responses(
+        (status = 200, description = "The lineage tree", body = Object),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such execution", body = ErrorBody),
+    )
+)]
+pub async fn lineage(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_execution_id(&id)?;
+    let tree = lineq_orchestration::lineage::execution_lineage(state.client.pool(), id).await?;
+    let json = serde_json::to_value(&tree).map_err(lineq_shared::Error::from)?;
+    Ok(Json(json))
 }

@@ -14,17 +14,24 @@
 //! | `GET /openapi.json` | this API's OpenAPI 3.1 document |
 //!
 //! Errors are `{"error": {"code", "field", "message"}}` with 400 (invalid input, nothing
-//! written), 404, 409 (conflict) or 412 (stale `If-Match`), 422 (not allowed in the current
-//! state).
+//! written), 401 (no valid bearer token), 404, 409 (conflict) or 412 (stale `If-Match`), 422 (not
+//! allowed in the current state).
+//!
+//! With a token ([`router_with_token`]), every route but `/healthz` requires
+//! `Authorization: Bearer <token>` (see [`auth`]); `lineq serve` refuses to listen on anything
+//! but loopback without one.
 
+pub mod auth;
 pub mod error;
 pub mod executions;
 pub mod openapi;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::middleware;
 use axum::routing::{delete, get, patch, post};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -50,6 +57,7 @@ pub fn router(pool: PgPool) -> Router {
         )
         .route("/v1/executions/{id}", get(executions::get))
         .route("/v1/executions/{id}/history", get(executions::history))
+        .route("/v1/executions/{id}/lineage", get(executions::lineage))
         .route("/v1/executions/{id}/tags", patch(executions::patch_tags))
         .route(
             "/v1/executions/{id}/tags/{key}",
@@ -62,14 +70,28 @@ pub fn router(pool: PgPool) -> Router {
         .with_state(state)
 }
 
+/// The API's routes on `pool`, requiring `token` (when given) on every route but `/healthz`.
+pub fn router_with_token(pool: PgPool, token: Option<auth::ApiToken>) -> Router {
+    let routes = router(pool);
+    match token {
+        // A layer on the whole router covers the fallback too, so unknown paths answer 401.
+        Some(token) => routes.layer(middleware::from_fn_with_state(
+            Arc::new(token),
+            auth::require_bearer,
+        )),
+        None => routes,
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then finishes the requests in
-/// flight.
+/// flight. With `token`, requests must carry it (see [`router_with_token`]).
 pub async fn serve(
     listener: TcpListener,
     pool: PgPool,
+    token: Option<auth::ApiToken>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(pool))
+    axum::serve(listener, router_with_token(pool, token))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -1,7 +1,8 @@
 //! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations and the
 //! response types' `ToSchema` derives, so it cannot drift from what the server does.
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
 use super::executions;
@@ -18,18 +19,44 @@ use super::executions;
         executions::list,
         executions::get,
         executions::history,
+        executions::lineage,
         executions::patch_tags,
         executions::delete_tag,
         executions::cancel,
         executions::healthz,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&BearerToken),
     tags(
         (name = "executions", description = "Executions: submit, find, inspect, label, cancel"),
         (name = "health", description = "Liveness"),
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the bearer token every operation but `/healthz` needs when the server has one.
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The server's API token (--token-file or LINEQ_API_TOKEN). Required on every route but /healthz when the server has one, which it must when it listens beyond loopback; a missing or wrong token gets 401.",
+                    ))
+                    .build(),
+            ),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
 
 /// The document as served at `/openapi.json`.
 pub fn document() -> utoipa::openapi::OpenApi {

@@ -19,6 +19,8 @@ pub use latency::Percentiles;
 pub struct BenchConfig {
     /// Executions in the throughput runs (and messages in the raw PGMQ reference).
     pub executions: usize,
+    /// In-process orchestrators.
+    pub orchestrators: usize,
     /// In-process workers.
     pub workers: usize,
     /// Handlers each worker runs at once.

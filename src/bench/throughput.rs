@@ -26,15 +26,18 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    /// Starts one orchestrator and `cfg.workers` workers serving `handler` (a no-op).
+    /// Starts `cfg.orchestrators` orchestrators and `cfg.workers` workers serving `handler` (a
+    /// no-op).
     pub fn start(pool: &PgPool, cfg: &BenchConfig, handler: &str) -> Self {
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        let o = Orchestrator::builder(pool.clone())
-            .batch_size(i32::try_from(cfg.batch_size).unwrap_or(100))
-            .build();
-        let t = stop.clone();
-        tasks.spawn(async move { o.run(t).await });
+        for _ in 0..cfg.orchestrators.max(1) {
+            let o = Orchestrator::builder(pool.clone())
+                .batch_size(i32::try_from(cfg.batch_size).unwrap_or(100))
+                .build();
+            let t = stop.clone();
+            tasks.spawn(async move { o.run(t).await });
+        }
         for i in 0..cfg.workers.max(1) {
             let w = Worker::builder(pool.clone())
                 .worker_id(format!("bench-worker-{i}"))

@@ -11,6 +11,9 @@ pub struct BenchArgs {
     /// Executions per throughput run (and messages in the raw PGMQ reference).
     #[arg(long, default_value_t = 50_000)]
     pub executions: usize,
+    /// In-process orchestrators.
+    #[arg(long, default_value_t = 2)]
+    pub orchestrators: usize,
     /// In-process workers.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -30,7 +33,7 @@ pub struct BenchArgs {
     /// Skip the traced throughput row.
     #[arg(long)]
     pub no_tracing_row: bool,
-    /// Keep the throwaway database's data directory (when one was started).
+    /// No progress bars (they are off anyway with --format json).
     #[arg(long)]
     pub no_progress: bool,
 }
@@ -41,6 +44,7 @@ pub async fn run(url: Option<String>, format: Format, a: BenchArgs) -> anyhow::R
     lineq::migrate(&pool).await?;
     let cfg = BenchConfig {
         executions: a.executions.max(1),
+        orchestrators: a.orchestrators.max(1),
         workers: a.workers.max(1),
         concurrency: a.concurrency.max(1),
         batch_size: a.batch_size.max(1),

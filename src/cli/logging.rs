@@ -5,7 +5,8 @@ use tracing_subscriber::EnvFilter;
 use super::{Cli, LogFormat};
 
 /// Installs the subscriber. One-shot commands log warnings only so their output stays clean;
-/// `RUST_LOG` (or `LINEQ_LOG`) overrides.
+/// `log.level` overrides (from the file, `LINEQ_LOG_LEVEL`, `LINEQ_LOG`, `RUST_LOG` or
+/// `--verbose`, resolved and checked by `config::resolve`).
 pub fn init(cli: &Cli) {
     let global = &cli.global;
     let default = if global.verbose || cli.command.is_long_running() {
@@ -13,10 +14,12 @@ pub fn init(cli: &Cli) {
     } else {
         "warn"
     };
-    let filter = std::env::var("LINEQ_LOG")
-        .ok()
+    let filter = global
+        .effective
+        .log
+        .level
+        .as_deref()
         .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new(format!("{default},sqlx=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

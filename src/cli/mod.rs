@@ -3,6 +3,7 @@
 mod bench;
 mod cancel;
 mod chaos;
+pub mod config;
 mod demo;
 mod dlq;
 mod inspect;
@@ -11,6 +12,7 @@ mod list;
 pub mod logging;
 mod migrate;
 mod namespace;
+mod prune;
 mod render;
 mod run;
 mod serve;
@@ -18,6 +20,7 @@ mod submit;
 mod tags;
 pub mod telemetry;
 mod trace;
+mod workers;
 mod workflow;
 
 use anyhow::Context;
@@ -52,8 +55,9 @@ pub struct GlobalArgs {
     /// Output format: human-readable text, or JSON for scripts.
     #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
     pub format: Format,
-    /// Log format (logs go to stderr).
-    #[arg(long, value_enum, env = "LINEQ_LOG_FORMAT", default_value_t = LogFormat::Text, global = true)]
+    /// Log format (logs go to stderr). Also LINEQ_LOG_FORMAT or log.format in the config file
+    /// (checked there, so a bad value is named by its variable).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     /// Log at info level even for one-shot commands (RUST_LOG or LINEQ_LOG override).
     #[arg(short, long, global = true)]
@@ -63,6 +67,13 @@ pub struct GlobalArgs {
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; with none, no spans.
     #[arg(long, global = true, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Configuration file (TOML). Precedence: flags, then LINEQ_<SECTION>_<KEY> variables, then
+    /// this file, then defaults; `lineq config show` prints the result.
+    #[arg(long, env = "LINEQ_CONFIG", global = true, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+    /// The effective configuration, once resolved (see `config::resolve`).
+    #[arg(skip)]
+    pub effective: lineq::shared::config::Config,
 }
 
 /// How results are printed.
@@ -86,8 +97,8 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Install PGMQ (as plain SQL) and apply lineq's migrations. Idempotent and safe to run from
-    /// several processes at once.
-    Migrate,
+    /// several processes at once. With --roles, also create the least-privilege roles.
+    Migrate(migrate::MigrateArgs),
     /// Submit an execution: one step running HANDLER. Prints the execution id.
     Submit(submit::SubmitArgs),
     /// Show an execution and its steps.
@@ -128,6 +139,9 @@ pub enum Command {
     /// The dead-letter queue: messages that could not be processed, with the reason.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Retention: remove root executions whose whole tree finished before the cutoff (with
+    /// their steps and events) and archived queue messages older than it, in short batches.
+    Prune(prune::PruneArgs),
     /// Print the trace of an execution, correlation id or event (its trace id is the root
     /// execution's correlation id) and its Jaeger URL (LINEQ_JAEGER_URL).
     Trace(trace::TraceArgs),
@@ -137,6 +151,12 @@ pub enum Command {
     /// Fault injection: run orchestrators and workers as processes, SIGKILL them while they
     /// work, and prove nothing was lost, duplicated or left without lineage.
     Chaos(chaos::ChaosArgs),
+    /// The configuration: `config show` prints the effective one, secrets masked.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// List the workers registered in the database: alive, silent (no heartbeat for longer
+    /// than --silent-worker-secs) or, with --all, stopped.
+    Workers(workers::WorkersArgs),
     /// Run the whole system once, in-process, and print what happened. Uses DATABASE_URL, or a
     /// throwaway PostgreSQL from the machine's own binaries when it is unset or unreachable.
     Demo(demo::DemoArgs),
@@ -147,7 +167,7 @@ impl Command {
     pub fn is_long_running(&self) -> bool {
         matches!(
             self,
-            Command::Orchestrator(_) | Command::Worker(_) | Command::Migrate
+            Command::Orchestrator(_) | Command::Worker(_) | Command::Migrate(_)
         )
     }
 }
@@ -156,7 +176,7 @@ impl Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     match cli.command {
-        Command::Migrate => migrate::run(&connect(g).await?, g.format).await,
+        Command::Migrate(a) => migrate::run(&connect(g).await?, g.format, a).await,
         Command::Submit(a) => submit::run(&connect(g).await?, g.format, a).await,
         Command::Get(a) => inspect::get(&connect(g).await?, g.format, a).await,
         Command::Events(a) => inspect::events(&connect(g).await?, g.format, a).await,
@@ -165,7 +185,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tag(a) => tags::tag(&connect(g).await?, g.format, a).await,
         Command::Untag(a) => tags::untag(&connect(g).await?, g.format, a).await,
         Command::History(a) => tags::history(&connect(g).await?, g.format, a).await,
-        Command::Serve(a) => serve::run(connect_sized(g, 10).await?, a).await,
+        Command::Serve(a) => serve::run(g, a).await,
         Command::Orchestrator(a) => {
             let stop = run::shutdown_on_signal();
             run::orchestrator(connect(g).await?, a, stop).await
@@ -183,8 +203,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cancel(a) => cancel::run(&connect(g).await?, g.format, a).await,
         Command::Dlq(c) => dlq::run(&connect(g).await?, g.format, c).await,
+        Command::Prune(a) => prune::run(&connect(g).await?, g.format, a).await,
         Command::Trace(a) => trace::run(&connect(g).await?, g.format, a).await,
         Command::Demo(a) => demo::run(g.database_url.clone(), g.format, a).await,
+        Command::Config(config::ConfigCommand::Show) => config::show(&g.effective, g.format),
+        Command::Workers(a) => workers::run(&connect(g).await?, g, a).await,
     }
 }
 
@@ -200,7 +223,7 @@ async fn connect_sized(g: &GlobalArgs, size: u32) -> anyhow::Result<PgPool> {
         )
     })?;
     DatabaseConfig::new(url)
-        .max_connections(size)
+        .max_connections(g.effective.database.max_connections.unwrap_or(size))
         .connect()
         .await
         .context("cannot connect to PostgreSQL")
@@ -217,7 +240,11 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 return 3;
             }
         }
-        if cause.downcast_ref::<ValidationError>().is_some() {
+        if cause.downcast_ref::<ValidationError>().is_some()
+            || cause
+                .downcast_ref::<lineq::shared::config::ConfigError>()
+                .is_some()
+        {
             return 2;
         }
     }

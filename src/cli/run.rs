@@ -1,12 +1,15 @@
 //! `lineq orchestrator` and `lineq worker`: long-running processes that stop cleanly on
 //! SIGTERM or Ctrl-C.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use lineq::probes::{self, Role};
 use lineq::{CommandSpec, Orchestrator, Worker};
 
 #[derive(Debug, Args)]
@@ -17,6 +20,13 @@ pub struct OrchestratorArgs {
     /// Longest wait between looks at the results queue when no notification arrives (ms).
     #[arg(long, default_value_t = 1000)]
     pub poll_interval_ms: u64,
+    /// A worker without a heartbeat for this many seconds is silent: the steps it held are
+    /// released for other workers at once, instead of after their visibility timeout.
+    #[arg(long, default_value_t = 30)]
+    pub silent_worker_secs: u64,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9100.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +60,13 @@ pub struct WorkerArgs {
     /// Worker id written in events (default: host-pid-random).
     #[arg(long)]
     pub worker_id: Option<String>,
+    /// Seconds between heartbeats of the worker's row in lineq.workers; keep it well under the
+    /// orchestrators' --silent-worker-secs.
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat_secs: u64,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9101.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl WorkerArgs {
@@ -94,17 +111,34 @@ pub async fn orchestrator(
     a: OrchestratorArgs,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    ensure_migrated(&pool).await?;
+    let silent_worker_after = Duration::from_secs(a.silent_worker_secs);
+    let probes = Probes::start(
+        a.metrics_addr,
+        &pool,
+        Role::Orchestrator {
+            silent_worker_after,
+        },
+    )
+    .await?;
+    if !ensure_migrated(&pool, probes.is_some(), &stop).await? {
+        return Probes::stop(probes).await;
+    }
     let orchestrator = Orchestrator::builder(pool)
         .batch_size(a.batch_size)
         .poll_interval(Duration::from_millis(a.poll_interval_ms))
+        .silent_worker_after(silent_worker_after)
         .build();
-    orchestrator.run(stop).await?;
+    let ran = orchestrator.run(stop).await;
+    Probes::stop(probes).await?;
+    ran?;
     Ok(())
 }
 
 pub async fn worker(pool: PgPool, a: WorkerArgs, stop: CancellationToken) -> anyhow::Result<()> {
-    ensure_migrated(&pool).await?;
+    let probes = Probes::start(a.metrics_addr, &pool, Role::Worker).await?;
+    if !ensure_migrated(&pool, probes.is_some(), &stop).await? {
+        return Probes::stop(probes).await;
+    }
     let mut builder = Worker::builder(pool)
         .namespace(&a.namespace)?
         .concurrency(a.concurrency)
@@ -112,20 +146,85 @@ pub async fn worker(pool: PgPool, a: WorkerArgs, stop: CancellationToken) -> any
         .visibility_timeout(Duration::from_secs(a.visibility_timeout_secs))
         .shutdown_grace(Duration::from_secs(a.shutdown_grace_secs))
         .poll_interval(Duration::from_millis(a.poll_interval_ms))
-        .max_deliveries(a.max_deliveries);
+        .max_deliveries(a.max_deliveries)
+        .registration_heartbeat(Duration::from_secs(a.heartbeat_secs));
     for spec in &a.commands {
         builder = builder.command(CommandSpec::parse(spec)?);
     }
     if let Some(id) = a.worker_id {
         builder = builder.worker_id(id);
     }
-    builder.build().run(stop).await?;
+    let ran = builder.build().run(stop).await;
+    Probes::stop(probes).await?;
+    ran?;
     Ok(())
 }
 
-async fn ensure_migrated(pool: &PgPool) -> anyhow::Result<()> {
-    if !lineq::shared::migrate::is_migrated(pool).await? {
-        anyhow::bail!("the database is not migrated: run `lineq migrate` first");
+/// Fails when the database is not migrated — unless the probes are served: then the process is
+/// managed (a `/readyz` answers 503 meanwhile) and waits for `lineq migrate` to be run, as a
+/// deployment that starts everything at once expects. False when stopped while waiting.
+async fn ensure_migrated(
+    pool: &PgPool,
+    wait: bool,
+    stop: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let mut warned = false;
+    loop {
+        if lineq::shared::migrate::is_migrated(pool).await? {
+            return Ok(true);
+        }
+        if !wait {
+            anyhow::bail!("the database is not migrated: run `lineq migrate` first");
+        }
+        if !warned {
+            tracing::warn!(
+                "the database is not migrated; waiting for `lineq migrate` (/readyz answers 503 meanwhile)"
+            );
+            warned = true;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
     }
-    Ok(())
+}
+
+/// The /metrics, /healthz and /readyz server of a running orchestrator or worker.
+struct Probes {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Probes {
+    /// Binds `addr` (an error when it is taken, before any work starts) and serves there.
+    async fn start(
+        addr: Option<SocketAddr>,
+        pool: &PgPool,
+        role: Role,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(addr) = addr else {
+            return Ok(None);
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--metrics-addr)"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(probes::serve(listener, pool.clone(), role, async move {
+            until.cancelled().await
+        }));
+        Ok(Some(Self { stop, task }))
+    }
+
+    /// Stops serving: after the orchestrator or worker has stopped, so /healthz answers
+    /// through the whole graceful shutdown.
+    async fn stop(this: Option<Self>) -> anyhow::Result<()> {
+        if let Some(p) = this {
+            p.stop.cancel();
+            p.task.await?.context("metrics server failed")?;
+        }
+        Ok(())
+    }
 }

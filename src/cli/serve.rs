@@ -1,31 +1,106 @@
 //! `lineq serve`: the REST API, until SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use sqlx::PgPool;
+
+use lineq::api::auth::ApiToken;
+use lineq::shared::validation::ValidationError;
+
+use super::GlobalArgs;
+
+/// The variable holding the API token when no `--token-file` is given.
+pub const TOKEN_ENV: &str = "LINEQ_API_TOKEN";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. The API has no authentication of its own: keep it on loopback, or
-    /// put it behind a proxy that authenticates.
+    /// Address to listen on. Anything but loopback (127.0.0.0/8, ::1) requires a token.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
+    /// Require `Authorization: Bearer <token>` on every route but /healthz, the token being the
+    /// first line of this file (16 to 4096 visible ASCII characters). Without it, the
+    /// LINEQ_API_TOKEN variable is used; give one or the other.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
-pub async fn run(pool: PgPool, a: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
+    // Configuration is checked before anything connects, so a refusal costs nothing.
+    let env_token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+    let token = load_token(a.token_file.as_deref(), env_token)?;
+    refuse_open_network(a.addr, token.is_some())?;
+    let pool = super::connect_sized(g, 10).await?;
     let listener = tokio::net::TcpListener::bind(a.addr)
         .await
         .with_context(|| format!("cannot listen on {}", a.addr))?;
     let local = listener.local_addr()?;
     // On stdout so scripts (and tests using port 0) can learn the port.
     println!("listening on http://{local}");
-    tracing::info!(addr = %local, "REST API listening");
-    lineq::api::serve(listener, pool, stop_signal()).await?;
+    let auth = if token.is_some() {
+        "bearer token"
+    } else {
+        "none (loopback only)"
+    };
+    tracing::info!(addr = %local, auth, "REST API listening");
+    lineq::api::serve(listener, pool, token, stop_signal()).await?;
     tracing::info!("REST API stopped");
     Ok(())
 }
+
+/// The token from `--token-file` or the environment; an error when both are given (one of them
+/// would be silently ignored) or when it breaks the token rules. Its value never appears in an
+/// error.
+fn load_token(file: Option<&Path>, env: Option<String>) -> anyhow::Result<Option<ApiToken>> {
+    let text = match (file, env) {
+        (Some(_), Some(_)) => {
+            return Err(ValidationError::new(
+                "token_file",
+                format!("both --token-file and {TOKEN_ENV} are set; give the token one way"),
+            )
+            .into());
+        }
+        (Some(path), None) => {
+            warn_if_readable_by_others(path);
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ValidationError::new("token_file", format!("cannot read {}: {e}", path.display()))
+            })?;
+            text.lines().next().unwrap_or_default().trim().to_string()
+        }
+        (None, Some(env)) => env.trim().to_string(),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(ApiToken::new(&text)?))
+}
+
+/// Refuses an address other machines can reach when no token is configured.
+fn refuse_open_network(addr: SocketAddr, has_token: bool) -> Result<(), ValidationError> {
+    if has_token || addr.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    Err(ValidationError::new(
+        "addr",
+        format!(
+            "refusing to serve on {addr} without a token: anyone who can reach it could submit and cancel executions. \
+             Set {TOKEN_ENV} or --token-file, or listen on 127.0.0.1"
+        ),
+    ))
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(),
+                "the token file can be read by other users; chmod 600 it");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_path: &Path) {}
 
 /// Completes on SIGTERM or Ctrl-C.
 async fn stop_signal() {
@@ -48,5 +123,46 @@ async fn stop_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_allowed_without_a_token_and_nothing_else_is() {
+        for ok in [
+            "127.0.0.1:8080",
+            "127.0.0.2:1",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            assert!(
+                refuse_open_network(ok.parse().unwrap(), false).is_ok(),
+                "{ok}"
+            );
+        }
+        for open in [
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "10.0.0.5:8080",
+            "[::ffff:10.0.0.5]:80",
+        ] {
+            let addr: SocketAddr = open.parse().unwrap();
+            assert_eq!(refuse_open_network(addr, false).unwrap_err().field, "addr");
+            assert!(refuse_open_network(addr, true).is_ok());
+        }
+    }
+
+    #[test]
+    fn tokens_come_one_way_and_never_show_in_errors() {
+        let secret = "s3cr3t-s3cr3t-s3cr3t".to_string();
+        assert!(load_token(None, None).unwrap().is_none());
+        assert!(load_token(None, Some(secret.clone())).unwrap().is_some());
+        let both = load_token(Some(Path::new("/nonexistent")), Some(secret.clone())).unwrap_err();
+        assert!(!both.to_string().contains(&secret));
+        let short = load_token(None, Some("shorty".into())).unwrap_err();
+        assert!(!short.to_string().contains("shorty"), "{short}");
     }
 }

@@ -10,8 +10,11 @@ use super::{Cli, Command};
 /// Runs the command with tracing set up around it. Called inside the async runtime: the gRPC
 /// exporter needs one, and the final flush runs while it is still there.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = TelemetryConfig::new(service_name(&cli.command))
-        .otlp_endpoint(cli.global.otlp_endpoint.clone());
+    let name = match &cli.global.effective.telemetry.service_name {
+        Some(name) => name.clone(),
+        None => service_name(&cli.command).to_string(),
+    };
+    let config = TelemetryConfig::new(name).otlp_endpoint(cli.global.otlp_endpoint.clone());
     let guard = telemetry::init(config)?;
     let result = super::run(cli).await;
     guard.shutdown().await;

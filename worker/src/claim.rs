@@ -26,6 +26,8 @@ pub(crate) struct Claimed {
     pub traceparent: String,
     /// When the claim began: the start of the step's span.
     pub claimed_at: SystemTime,
+    /// When the message was sent (for the pickup-latency metric).
+    pub enqueued_at: chrono::DateTime<chrono::Utc>,
     /// The `action_started` event, kept while tracing is on: it is exported as the step's span
     /// when the outcome is reported (report.rs).
     pub started_event: Option<NewEvent>,
@@ -123,6 +125,7 @@ pub(crate) async fn claim(pool: &PgPool, p: ClaimParams<'_>) -> Result<ClaimBatc
             started_event_id: event.event_id,
             traceparent: event.traceparent(),
             claimed_at,
+            enqueued_at: m.enqueued_at,
             started_event: telemetry::enabled().then(|| event.clone()),
             message,
         });

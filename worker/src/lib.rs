@@ -30,6 +30,8 @@ mod claim;
 pub mod command;
 pub mod context;
 pub mod handler;
+pub mod metrics;
+mod registration;
 mod report;
 pub mod worker;
 

@@ -41,6 +41,7 @@ pub struct WorkerBuilder {
     max_deliveries: i32,
     worker_id: Option<String>,
     handlers: Handlers,
+    registration_heartbeat: Duration,
 }
 
 impl WorkerBuilder {
@@ -95,6 +96,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// How often the worker heartbeats its row in `lineq.workers` (default 5 s); keep it well
+    /// under the orchestrators' silent-worker threshold.
+    pub fn registration_heartbeat(mut self, d: Duration) -> Self {
+        self.registration_heartbeat = d.max(Duration::from_millis(100));
+        self
+    }
+
     /// Registers a handler.
     pub fn handler(mut self, name: impl Into<String>, handler: impl Handler) -> Self {
         self.handlers.insert(name, handler);
@@ -129,6 +137,7 @@ impl WorkerBuilder {
                 worker_id,
                 node_name: node,
                 handlers: self.handlers,
+                registration_heartbeat: self.registration_heartbeat,
                 in_flight: Mutex::new(HashMap::new()),
             }),
         }
@@ -148,6 +157,7 @@ struct Inner {
     worker_id: String,
     node_name: String,
     handlers: Handlers,
+    registration_heartbeat: Duration,
     /// Messages held right now (msg id → step and its handler's cancellation), for heartbeats,
     /// cancellation and release on shutdown.
     in_flight: Mutex<HashMap<i64, (uuid::Uuid, CancellationToken)>>,
@@ -175,6 +185,7 @@ impl Worker {
             max_deliveries: 5,
             worker_id: None,
             handlers,
+            registration_heartbeat: Duration::from_secs(5),
         }
     }
 
@@ -193,6 +204,21 @@ impl Worker {
         self.inner.handlers.names()
     }
 
+    fn identity(&self) -> crate::registration::Identity<'_> {
+        let inner = &self.inner;
+        crate::registration::Identity {
+            worker_id: &inner.worker_id,
+            host: &inner.node_name,
+            namespaces: vec![inner.namespace.as_str().to_string()],
+            handlers: inner
+                .handlers
+                .names()
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+        }
+    }
+
     /// Runs until `shutdown` is cancelled: stops claiming, lets running handlers finish within
     /// the grace period, releases the messages of any still running, reports what finished.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
@@ -209,6 +235,12 @@ impl Worker {
         .await?;
         tracing::info!(worker_id = %inner.worker_id, namespace = %inner.namespace,
             concurrency = inner.concurrency, handlers = ?inner.handlers.names(), "worker started");
+        let registration = crate::registration::Registration::start(
+            &inner.pool,
+            self.identity(),
+            inner.registration_heartbeat,
+        )
+        .await;
 
         let permits = Arc::new(Semaphore::new(inner.concurrency));
         // Bounded: if reporting stalls, handlers wait instead of piling up results in memory.
@@ -308,6 +340,7 @@ impl Worker {
         let _ = reporter.await;
         heartbeat_stop.cancel();
         let _ = heartbeat.await;
+        registration.stop().await;
         tracing::info!(worker_id = %inner.worker_id, "worker stopped");
         Ok(())
     }
@@ -329,6 +362,16 @@ async fn run_step(inner: &Inner, claimed: Claimed, cancel: CancellationToken) ->
         execution_id = %m.execution_id, step = %m.step, attempt = m.attempt,
         delivery = claimed.delivery, trace_id = %tc.trace_id_hex(), span_id = %tc.span_id_hex());
     let started = Instant::now();
+    let label = crate::metrics::handler_label(&inner.handlers, &m.handler);
+    let ns = inner.namespace.as_str();
+    crate::metrics::claimed(
+        ns,
+        &label,
+        m.attempt,
+        claimed.delivery,
+        claimed.enqueued_at,
+        claimed.claimed_at,
+    );
     let children = Arc::new(Mutex::new(Vec::new()));
     let outcome = execute(inner, &claimed, cancel, children.clone())
         .instrument(span.clone())
@@ -340,6 +383,7 @@ async fn run_step(inner: &Inner, claimed: Claimed, cancel: CancellationToken) ->
         ),
         Err(e) => tracing::warn!(kind = %e.kind, error = %e.message, "step failed"),
     });
+    crate::metrics::finished(ns, &label, outcome.is_ok(), started.elapsed());
     let children = std::mem::take(&mut *lock(&children));
     Completion {
         claimed,

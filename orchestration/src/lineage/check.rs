@@ -424,29 +424,18 @@ pub async fn check(pool: &PgPool, id: Uuid) -> Result<CheckReport> {
 pub async fn check_root(pool: &PgPool, root: Uuid) -> Result<CheckReport> {
     // The tree's executions: those below the root by parent links, and those that claim the
     // root (a wrong parent link must not hide an execution from the check).
-    let executions = sqlx::query_as::<_, TreeExecution>(
-        r#"
-        SELECT t.* FROM lineq.execution_tree($1) t
-        UNION ALL
-        SELECT 0, ARRAY[x.execution_id], x.execution_id, x.parent_execution_id,
-               x.root_execution_id, x.correlation_id, x.parent_correlation_id, x.parent_event_id,
-               x.parent_step, x.workflow_name, x.workflow_version, x.namespace, x.status,
-               x.created_at, x.finished_at
-        FROM lineq.executions x
-        WHERE x.root_execution_id = $1
-          AND x.execution_id NOT IN (SELECT t.execution_id FROM lineq.execution_tree($1) t)
-        "#,
+    let mut executions = super::execution_tree(pool, root).await?;
+    let tree_ids: HashSet<Uuid> = executions.iter().map(|x| x.execution_id).collect();
+    let below: Vec<Uuid> = tree_ids.iter().copied().collect();
+    let claimers: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT execution_id FROM lineq.executions
+         WHERE root_execution_id = $1 AND NOT (execution_id = ANY($2))",
     )
     .bind(root)
+    .bind(&below)
     .fetch_all(pool)
     .await?;
-    let tree_ids: HashSet<Uuid> =
-        sqlx::query_scalar::<_, Uuid>("SELECT execution_id FROM lineq.execution_tree($1)")
-            .bind(root)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect();
+    executions.extend(super::executions_by_id(pool, &claimers).await?);
     let exec_ids: Vec<Uuid> = executions.iter().map(|x| x.execution_id).collect();
     let events = sqlx::query_as::<_, EventRow>(
         r#"

@@ -8,7 +8,7 @@
 //! - [`ancestors`], [`descendants`], [`execution_tree`], [`lineage_events`], [`correlation`] and
 //!   [`messages`] are the functions, one to one;
 //! - [`resolve`] tells whether an id names an execution, an event or a correlation;
-//! - [`tree`] / [`lineage`] / [`execution_lineage`] build the nested [`LineageTree`] that
+//! - [`tree()`] / [`lineage()`] / [`execution_lineage`] build the nested [`LineageTree`] that
 //!   `lineq lineage` prints and `GET /v1/executions/{id}/lineage` returns;
 //! - [`check()`] proves a tree is whole, or names what is wrong with it;
 //! - [`render`] draws a tree as Graphviz DOT or Mermaid;
@@ -212,6 +212,11 @@ pub struct LineageMessage {
     pub reason: Option<String>,
 }
 
+// The recursive functions are called as one-off statements (`persistent(false)`), planned with
+// the actual argument and table size each time. A prepared statement's cached generic plan made
+// while `lineq.events` was small can walk the events table with a sequential scan per level,
+// which turns a millisecond walk into seconds on a deep tree; a millisecond or two of planning
+// is the better price.
 const EVENT_COLUMNS: &str = "event_id, parent_event_id, execution_id, step_id, step_name, \
     parent_execution_id, root_execution_id, correlation_id, event_type, node_name, worker_id, \
     attempt, trace_id, span_id, payload, created_at";
@@ -222,6 +227,7 @@ pub async fn ancestors(pool: &PgPool, event_id: Uuid) -> Result<Vec<Ancestor>> {
         "SELECT distance, {EVENT_COLUMNS} FROM lineq.event_ancestors($1) ORDER BY distance"
     ))
     .bind(event_id)
+    .persistent(false)
     .fetch_all(pool)
     .await?)
 }
@@ -232,6 +238,7 @@ pub async fn descendants(pool: &PgPool, event_id: Uuid) -> Result<Vec<Descendant
         "SELECT depth, path, {EVENT_COLUMNS} FROM lineq.event_descendants($1) ORDER BY path"
     ))
     .bind(event_id)
+    .persistent(false)
     .fetch_all(pool)
     .await?)
 }
@@ -253,6 +260,7 @@ pub async fn lineage_events(pool: &PgPool, execution_id: Uuid) -> Result<Vec<Lin
          FROM lineq.lineage($1) ORDER BY path NULLS LAST, created_at, event_id"
     ))
     .bind(execution_id)
+    .persistent(false)
     .fetch_all(pool)
     .await?)
 }
@@ -427,8 +435,12 @@ pub async fn bench_ancestors(pool: &PgPool, depth: u32, runs: u32) -> Result<Anc
     let mut rows = 0u64;
     for _ in 0..runs {
         let t0 = Instant::now();
+        // Planned afresh each run (not a cached prepared statement): a generic plan cached by
+        // an earlier, shallower run on this connection was made for a smaller table and would
+        // measure that plan, not the query. Planning time is part of what is measured.
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM lineq.event_ancestors($1)")
             .bind(deepest)
+            .persistent(false)
             .fetch_one(&mut *tx)
             .await?;
         times.push(t0.elapsed());

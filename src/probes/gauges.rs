@@ -1,0 +1,85 @@
+//! Gauges read from the database (by orchestrators, every 5 s) and from the connection pool.
+
+use std::time::Duration;
+
+use lineq_shared::error::Result;
+use sqlx::{PgPool, Row};
+
+/// Messages in a lineq queue, hidden ones included (label: queue).
+pub const QUEUE_DEPTH: &str = "lineq_queue_depth";
+/// Age of a lineq queue's oldest message; 0 when it is empty (label: queue).
+pub const QUEUE_OLDEST_AGE: &str = "lineq_queue_oldest_message_age_seconds";
+/// Messages in the dead-letter queue.
+pub const DEAD_LETTERS: &str = "lineq_dead_letters";
+/// Executions by status (label: status).
+pub const EXECUTIONS: &str = "lineq_executions";
+/// Registered workers by state (label: state: alive, silent, stopped).
+pub const WORKERS: &str = "lineq_workers";
+/// This process's pool connections (label: state: idle, in_use).
+pub const POOL_CONNECTIONS: &str = "lineq_db_pool_connections";
+/// This process's pool size limit.
+pub const POOL_MAX: &str = "lineq_db_pool_max_connections";
+
+/// Every status an execution can have, so a status with no executions reads 0, not absent.
+const STATUSES: [&str; 5] = ["pending", "running", "completed", "failed", "cancelled"];
+
+/// Reads the pool's size and idle connections.
+pub fn refresh_pool(pool: &PgPool) {
+    let size = f64::from(pool.size());
+    let idle = pool.num_idle() as f64;
+    metrics::gauge!(POOL_CONNECTIONS, "state" => "idle").set(idle);
+    metrics::gauge!(POOL_CONNECTIONS, "state" => "in_use").set((size - idle).max(0.0));
+    metrics::gauge!(POOL_MAX).set(f64::from(pool.options().get_max_connections()));
+}
+
+/// Queue depth and oldest message age per lineq queue (`pgmq.metrics_all()`), dead letters,
+/// executions by status (one `GROUP BY`) and workers by state.
+pub async fn refresh_database(pool: &PgPool, silent_worker_after: Duration) -> Result<()> {
+    let queues = sqlx::query(
+        "SELECT queue_name, queue_length, oldest_msg_age_sec FROM pgmq.metrics_all()
+         WHERE queue_name LIKE 'lineq\\_%'",
+    )
+    .fetch_all(pool)
+    .await?;
+    for q in &queues {
+        let name: String = q.try_get("queue_name")?;
+        let length: i64 = q.try_get("queue_length")?;
+        let age: Option<i32> = q.try_get("oldest_msg_age_sec")?;
+        if name == lineq_shared::queue::dead_letter_queue().as_str() {
+            metrics::gauge!(DEAD_LETTERS).set(length as f64);
+        }
+        metrics::gauge!(QUEUE_DEPTH, "queue" => name.clone()).set(length as f64);
+        metrics::gauge!(QUEUE_OLDEST_AGE, "queue" => name).set(f64::from(age.unwrap_or(0)));
+    }
+
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM lineq.executions GROUP BY status")
+            .fetch_all(pool)
+            .await?;
+    for status in STATUSES {
+        let n = by_status
+            .iter()
+            .find(|(s, _)| s == status)
+            .map_or(0, |(_, n)| *n);
+        metrics::gauge!(EXECUTIONS, "status" => status).set(n as f64);
+    }
+
+    let silent_after = silent_worker_after.as_secs_f64();
+    let by_state: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT CASE WHEN stopped_at IS NOT NULL THEN 'stopped'
+                     WHEN last_heartbeat_at < clock_timestamp() - make_interval(secs => $1)
+                     THEN 'silent' ELSE 'alive' END AS state, count(*)
+         FROM lineq.workers GROUP BY 1",
+    )
+    .bind(silent_after)
+    .fetch_all(pool)
+    .await?;
+    for state in ["alive", "silent", "stopped"] {
+        let n = by_state
+            .iter()
+            .find(|(s, _)| s == state)
+            .map_or(0, |(_, n)| *n);
+        metrics::gauge!(WORKERS, "state" => state).set(n as f64);
+    }
+    Ok(())
+}
