@@ -287,12 +287,19 @@ fn show_masks_the_password_and_prints_loadable_toml() {
     let c2 = show(&["--config", again.to_str().unwrap()], &[]);
     assert_eq!(c2, c);
 
-    // The environment's URL is masked too.
-    let c = show(
-        &[],
-        &[("DATABASE_URL", &format!("postgres://u:{secret}@h/db"))],
-    );
+    // The environment's URL is masked too, and so is the API token.
+    let token = "tok-0123456789abcdef-secret";
+    let env = [
+        ("DATABASE_URL", format!("postgres://u:{secret}@h/db")),
+        ("LINEQ_API_TOKEN", token.to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let c = show(&[], &env);
     assert_eq!(c["database"]["url"], "postgres://u:****@h/db");
+    assert_eq!(c["api"]["token"], "****");
+    let out = run(&["config", "show"], &env);
+    let text = stdout(&out);
+    assert!(!text.contains(token) && !text.contains(secret), "{text}");
 }
 
 #[tokio::test]

@@ -745,7 +745,7 @@ async fn concurrent_tag_changes_never_lose_one_silently() {
                 "cli{i} succeeded but was lost"
             );
         } else {
-            assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+            assert_eq!(out.status.code(), Some(4), "{}", stderr(out));
             assert!(stderr(out).contains("conflict"), "{}", stderr(out));
             assert!(now.tags.get(&key).is_none(), "cli{i} failed but landed");
         }
@@ -786,7 +786,7 @@ async fn tags_change_only_while_pending_and_stale_versions_conflict() {
     assert_eq!(out["version"], json!(e.version + 1));
     assert_eq!(out["tags"], json!({"customer": "acme", "region": "us"}));
     let stale = lineq(&db.url, &["untag", &id, "region", "--expect-version", &v]);
-    assert_eq!(stale.status.code(), Some(1), "{}", stderr(&stale));
+    assert_eq!(stale.status.code(), Some(4), "{}", stderr(&stale));
     assert!(
         stderr(&stale).contains(&format!(
             "is at version {}, not {}",

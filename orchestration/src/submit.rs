@@ -13,7 +13,8 @@ use lineq_shared::ids::new_id;
 use lineq_shared::labels::{Tags, check_metadata, check_tags};
 use lineq_shared::telemetry;
 use lineq_shared::validation::{
-    MAX_INPUT_BYTES, Namespace, ValidationError, check_idempotency_key, check_json_size, check_name,
+    MAX_INPUT_BYTES, Namespace, ValidationError, check_idempotency_key, check_json_size,
+    check_name, check_no_nul,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -123,6 +124,7 @@ impl SubmitRequest {
         check_name("handler", name)?;
         let ns = Namespace::new(&self.namespace)?;
         check_json_size("input", &self.input, MAX_INPUT_BYTES)?;
+        check_no_nul("input", &self.input)?;
         if let Some(key) = &self.idempotency_key {
             check_idempotency_key(key)?;
         }

@@ -141,13 +141,17 @@ impl Default for OrchestratorSection {
 }
 
 /// `[api]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
     /// Where `lineq serve` listens.
     pub addr: SocketAddr,
-    /// A file holding the API's bearer token (the path is shown; the token never is).
+    /// A file whose first line is the API's bearer token (the path is shown; the token never
+    /// is).
     pub token_file: Option<PathBuf>,
+    /// The bearer token itself, usually from `LINEQ_API_TOKEN`. Secret: shown masked. Give
+    /// this or `token_file`, not both.
+    pub token: Option<String>,
 }
 
 impl Default for ApiSection {
@@ -155,9 +159,24 @@ impl Default for ApiSection {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token_file: None,
+            token: None,
         }
     }
 }
+
+// By hand, so a debug print of the configuration cannot leak the token.
+impl fmt::Debug for ApiSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiSection")
+            .field("addr", &self.addr)
+            .field("token_file", &self.token_file)
+            .field("token", &self.token.as_ref().map(|_| MASK))
+            .finish()
+    }
+}
+
+/// What a secret is shown as.
+pub const MASK: &str = "****";
 
 /// `[telemetry]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -271,7 +290,7 @@ fn env_keys(section: &str) -> &'static [&'static str] {
             "worker_id",
         ],
         "orchestrator" => &["batch_size", "poll_interval_ms", "silent_worker_secs"],
-        "api" => &["addr", "token_file"],
+        "api" => &["addr", "token_file", "token"],
         "telemetry" => &["otlp_endpoint", "service_name"],
         "metrics" => &["addr"],
         "log" => &["format", "level"],
@@ -412,6 +431,7 @@ impl Config {
             ("orchestrator", "silent_worker_secs") => o.silent_worker_secs = num(value)?,
             ("api", "addr") => self.api.addr = addr(value)?,
             ("api", "token_file") => self.api.token_file = opt(value).map(PathBuf::from),
+            ("api", "token") => self.api.token = opt(value),
             ("telemetry", "otlp_endpoint") => self.telemetry.otlp_endpoint = opt(value),
             ("telemetry", "service_name") => self.telemetry.service_name = opt(value),
             ("metrics", "addr") => {
@@ -438,10 +458,11 @@ impl Config {
         Ok(())
     }
 
-    /// A copy safe to print: the database password (and any password in the OTLP endpoint)
-    /// replaced by `****`.
+    /// A copy safe to print: the database password, the API token (and any password in the
+    /// OTLP endpoint) replaced by `****`.
     pub fn masked(&self) -> Self {
         let mut c = self.clone();
+        c.api.token = c.api.token.as_ref().map(|_| MASK.to_string());
         c.database.url = c.database.url.as_deref().map(mask_url);
         c.telemetry.otlp_endpoint = c.telemetry.otlp_endpoint.as_deref().map(mask_url);
         c

@@ -63,6 +63,12 @@ pub fn check_tag_value(key: &str, value: &str) -> Result<(), ValidationError> {
             format!("tag {key:?} value is {n} characters; the limit is {MAX_TAG_VALUE_LEN}"),
         ));
     }
+    if value.contains('\0') {
+        return Err(ValidationError::new(
+            "tags",
+            format!("tag {key:?} value contains U+0000"),
+        ));
+    }
     if value.contains(['\n', '\r']) {
         return Err(ValidationError::new(
             "tags",
@@ -118,6 +124,7 @@ pub fn check_metadata(metadata: &Value) -> Result<(), ValidationError> {
             format!("key {k:?} starts with the reserved prefix {RESERVED_METADATA_PREFIX:?}"),
         ));
     }
+    crate::validation::check_no_nul("metadata", metadata)?;
     crate::validation::check_json_size("metadata", metadata, MAX_METADATA_BYTES)
 }
 

@@ -75,12 +75,29 @@ impl QueuedMessage {
 }
 
 /// Creates `queue` if it does not exist.
+///
+/// Looks first, because `pgmq.create` on an existing queue still needs `CREATE` on schema
+/// `pgmq` and ownership of the queue's tables (its `CREATE … IF NOT EXISTS` statements check
+/// privileges before existence): a least-privilege worker role has neither, and only needs the
+/// queue to be there. A role that may not create a missing queue gets an error that says so.
 pub async fn ensure_queue(conn: &mut PgConnection, queue: &QueueName) -> Result<()> {
-    sqlx::query("SELECT pgmq.create($1::text)")
+    if queue_exists(&mut *conn, queue).await? {
+        return Ok(());
+    }
+    match sqlx::query("SELECT pgmq.create($1::text)")
         .bind(queue.as_str())
         .execute(conn)
-        .await?;
-    Ok(())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
+            Err(crate::error::Error::InvalidState(format!(
+                "queue {queue} does not exist and this database role may not create it; create it with \
+                 `lineq namespace create` (or `lineq migrate`) as an orchestrator role or the schema owner"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// True when `queue` exists.

@@ -6,7 +6,7 @@
 //! | role | may | may not |
 //! | --- | --- | --- |
 //! | orchestrator | read and write every lineq table (`DELETE` for `lineq prune`), use every queue, create queues (`CREATE` on schema `pgmq`) | create or alter tables, run migrations |
-//! | worker | claim, extend, archive and delete messages of the step queues; send to the results and dead-letter queues; append to `lineq.events`; read the id, execution and status of steps (cancellation polling); `LISTEN`/`NOTIFY` | change executions or steps, read or change events, read inputs and outputs, create queues |
+//! | worker | claim, extend, archive and delete messages of the step queues; send to the results and dead-letter queues; append to `lineq.events`; read the id, execution and status of steps (cancellation polling); register and heartbeat in `lineq.workers`; `LISTEN`/`NOTIFY` | change executions or steps, read or change events, read inputs and outputs, create queues |
 //! | reader | `SELECT` every lineq table and view and every queue table, run the lineage functions | write anything, consume messages |
 //!
 //! Login roles join one group each; they are created by the operator (`CREATE ROLE … LOGIN IN
@@ -64,6 +64,8 @@ const WORKER_LINEQ_GRANTS: &[(&str, &str)] = &[
     ("INSERT", "events"),
     // Cancellation polling; identifiers and state only, never inputs or outputs.
     ("SELECT (step_id, execution_id, status)", "steps"),
+    // Registration and heartbeats (`worker/src/registration.rs`: an upsert, then updates).
+    ("SELECT, INSERT, UPDATE", "workers"),
 ];
 
 /// One of the three groups.
@@ -334,13 +336,19 @@ async fn create_roles_locked(conn: &mut PgConnection, o: &RoleOptions) -> Result
     )
     .fetch_one(&mut *conn)
     .await?;
-    if groups.iter().any(|g| g.as_str() == owner) || o.logins.iter().any(|l| l.name.0 == owner) {
+    if groups.iter().any(|g| g.as_str() == owner) {
         return Err(invalid(
             "role",
             format!("run this as the role that owns the schema, not as {owner}"),
         ));
     }
     for l in &o.logins {
+        if l.name.0 == owner {
+            return Err(invalid(
+                "login_role",
+                format!("{owner} is the role running this; a login role needs a name of its own"),
+            ));
+        }
         if groups.contains(&&l.name) {
             return Err(invalid(
                 "login_role",

@@ -146,6 +146,9 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Spans buffered for export before the SDK starts dropping them (about 1 KiB each).
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 32_768;
+
 /// Installs the span pipeline when an endpoint is configured (see the module docs), and the
 /// global tracer provider over the same batch processor, so spans a handler makes with the
 /// `opentelemetry` API under its step's `traceparent` go to the same place. Call it inside a
@@ -167,7 +170,16 @@ pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
     let transport = transport_from_env()?;
     let exporter = build_exporter(transport, explicit.as_deref())?;
     let resource = resource(&config.service_name);
-    let mut processor = BatchSpanProcessor::builder(exporter).build();
+    // Every event is a span, so a busy process makes thousands a second: the SDK's default
+    // queue (2,048) drops spans under load. A larger default, unless OTEL_BSP_MAX_QUEUE_SIZE
+    // says otherwise (BatchConfigBuilder reads the OTEL_BSP_* variables itself).
+    let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        batch = batch.with_max_queue_size(DEFAULT_MAX_QUEUE_SIZE);
+    }
+    let mut processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch.build())
+        .build();
     processor.set_resource(&resource);
     let processor = Arc::new(processor);
     let provider = SdkTracerProvider::builder()

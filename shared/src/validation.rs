@@ -165,6 +165,32 @@ pub fn check_idempotency_key(key: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Checks that no string (or object key) in `value` contains U+0000, which PostgreSQL's jsonb
+/// cannot store: refused here with the field named, instead of failing in the database.
+pub fn check_no_nul(field: &'static str, value: &serde_json::Value) -> Result<(), ValidationError> {
+    use serde_json::Value;
+    let bad = |s: &str| s.contains('\0');
+    let found = match value {
+        Value::String(s) => bad(s),
+        Value::Array(a) => return a.iter().try_for_each(|v| check_no_nul(field, v)),
+        Value::Object(o) => {
+            if o.keys().any(|k| bad(k)) {
+                true
+            } else {
+                return o.values().try_for_each(|v| check_no_nul(field, v));
+            }
+        }
+        _ => false,
+    };
+    if found {
+        return Err(ValidationError::new(
+            field,
+            "it contains the character U+0000, which PostgreSQL cannot store",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that a JSON document is at most `limit` bytes serialized, naming `field` when not.
 pub fn check_json_size(
     field: &'static str,
@@ -234,6 +260,13 @@ mod tests {
         assert!(check_idempotency_key("").is_err());
         assert!(check_idempotency_key("a\nb").is_err());
         assert!(check_idempotency_key(&"k".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn nul_is_refused() {
+        assert!(check_no_nul("input", &serde_json::json!({"a": ["ok"]})).is_ok());
+        assert!(check_no_nul("input", &serde_json::json!({"a": ["x\u{0}"]})).is_err());
+        assert!(check_no_nul("input", &serde_json::json!({"k\u{0}": 1})).is_err());
     }
 
     #[test]

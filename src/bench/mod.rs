@@ -3,6 +3,7 @@
 
 mod latency;
 mod memory;
+mod otlp_sink;
 mod raw_pgmq;
 mod throughput;
 
@@ -56,6 +57,8 @@ pub struct ThroughputRow {
     pub peak_rss_mib: f64,
     /// RSS at the end minus RSS after the first tenth of the run (MiB).
     pub rss_growth_mib: f64,
+    /// For the traced row: spans the receiver got (one per event when none was dropped).
+    pub spans_received: Option<usize>,
 }
 
 /// Everything one run measured.
@@ -103,14 +106,14 @@ fn bar(cfg: &BenchConfig, len: u64, what: &str) -> ProgressBar {
 }
 
 /// Runs every measurement against `pool` (which must be migrated and otherwise idle).
-pub async fn run(pool: &PgPool, url: &str, cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
+pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
     let raw = raw_pgmq::run(pool, cfg).await?;
     let mut rows = Vec::new();
     let plain = throughput::run(pool, cfg, "lineq, full lineage", raw, None).await?;
     rows.push(plain.clone());
     let mut tracing_cost = None;
     if cfg.tracing_row {
-        if let Some(traced) = throughput::run_traced(pool, url, cfg, raw).await? {
+        if let Some(traced) = throughput::run_traced(pool, cfg, raw).await? {
             tracing_cost = Some(1.0 - traced.per_second / plain.per_second);
             rows.push(traced);
         }
@@ -187,6 +190,15 @@ pub fn table(r: &BenchReport) -> String {
             "{:<34} {:>12.0} {:>10.3} {:>9.1} {:>+12.1}",
             t.name, t.per_second, t.ratio_to_raw, t.peak_rss_mib, t.rss_growth_mib
         );
+    }
+    for t in &r.throughput {
+        if let Some(n) = t.spans_received {
+            let _ = writeln!(
+                s,
+                "spans received by the OTLP receiver: {n} of {} events",
+                t.events
+            );
+        }
     }
     if let Some(c) = r.tracing_cost {
         let _ = writeln!(s, "tracing cost: {:.1} % of throughput", c * 100.0);

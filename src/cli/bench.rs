@@ -40,7 +40,6 @@ pub struct BenchArgs {
 
 pub async fn run(url: Option<String>, format: Format, a: BenchArgs) -> anyhow::Result<()> {
     let (pool, local) = super::demo::database(url).await?;
-    let url = local.as_ref().map(|l| l.url().to_string());
     lineq::migrate(&pool).await?;
     let cfg = BenchConfig {
         executions: a.executions.max(1),
@@ -53,7 +52,7 @@ pub async fn run(url: Option<String>, format: Format, a: BenchArgs) -> anyhow::R
         progress: !a.no_progress && format == Format::Text,
         tracing_row: !a.no_tracing_row,
     };
-    let result = run_bench(&pool, url.as_deref().unwrap_or_default(), &cfg).await;
+    let result = run_bench(&pool, &cfg).await;
     pool.close().await;
     if let Some(pg) = local {
         pg.stop().await?;

@@ -175,6 +175,10 @@ pub fn resolve_with(
                 config.api.addr = a.addr;
             }
             a.addr = config.api.addr;
+            if sub_given("token_file") {
+                config.api.token_file = a.token_file.clone();
+            }
+            a.token_file = config.api.token_file.clone();
         }
         _ => {}
     }

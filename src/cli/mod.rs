@@ -36,7 +36,8 @@ use lineq::shared::validation::ValidationError;
 /// Submit executions, run orchestrators and workers on any number of machines against one
 /// PostgreSQL, and ask why a step ran and what it caused.
 ///
-/// Exit codes: 0 success, 1 failure, 2 invalid input (nothing was written), 3 not found.
+/// Exit codes: 0 success, 1 failure, 2 invalid input (nothing was written), 3 not found,
+/// 4 conflict (someone else changed it first; read it again and retry).
 #[derive(Debug, Parser)]
 #[command(name = "lineq", version, about, long_about)]
 pub struct Cli {
@@ -167,7 +168,7 @@ impl Command {
     pub fn is_long_running(&self) -> bool {
         matches!(
             self,
-            Command::Orchestrator(_) | Command::Worker(_) | Command::Migrate(_)
+            Command::Orchestrator(_) | Command::Worker(_) | Command::Migrate(_) | Command::Serve(_)
         )
     }
 }
@@ -238,6 +239,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             }
             if matches!(err, lineq::Error::NotFound { .. }) {
                 return 3;
+            }
+            if matches!(err, lineq::Error::Conflict { .. }) {
+                return 4;
             }
         }
         if cause.downcast_ref::<ValidationError>().is_some()

@@ -28,7 +28,8 @@ pub struct ServeArgs {
 
 pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
     // Configuration is checked before anything connects, so a refusal costs nothing.
-    let env_token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+    // LINEQ_API_TOKEN (or api.token in the config file), resolved by cli::config.
+    let env_token = g.effective.api.token.clone().filter(|t| !t.is_empty());
     let token = load_token(a.token_file.as_deref(), env_token)?;
     refuse_open_network(a.addr, token.is_some())?;
     let pool = super::connect_sized(g, 10).await?;
@@ -57,7 +58,9 @@ fn load_token(file: Option<&Path>, env: Option<String>) -> anyhow::Result<Option
         (Some(_), Some(_)) => {
             return Err(ValidationError::new(
                 "token_file",
-                format!("both --token-file and {TOKEN_ENV} are set; give the token one way"),
+                format!(
+                    "both a token file (--token-file, api.token_file) and a token ({TOKEN_ENV}, api.token) are set; give the token one way"
+                ),
             )
             .into());
         }
