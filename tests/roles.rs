@@ -406,7 +406,7 @@ async fn privileges(pool: &PgPool) -> Vec<String> {
          FROM pg_namespace WHERE nspname IN ('lineq', 'pgmq')
        UNION ALL
          SELECT 'default ' || defaclrole::regrole::text || ' ' || defaclnamespace::regnamespace::text
-                || ' ' || defaclobjtype || ' ' || defaclacl::text
+                || ' ' || defaclobjtype::text || ' ' || defaclacl::text
          FROM pg_default_acl
        ORDER BY 1",
     )

@@ -74,6 +74,11 @@ async fn tree_of_root(db: &TestDb, root: Uuid) -> (String, Vec<EventRow>) {
     .fetch_all(&db.pool)
     .await
     .expect("events");
+    // And `lineq lineage check` agrees the tree is whole (archived messages' meta included).
+    let report = lineq::orchestration::lineage::check::check_root(&db.pool, root)
+        .await
+        .expect("lineage check");
+    assert!(report.is_whole(), "lineage check of {root}: {report:?}");
     (tree_shape(&events), events)
 }
 
