@@ -956,3 +956,42 @@ async fn history_shows_status_step_and_tag_changes_with_causes() {
     assert_eq!(missing.status.code(), Some(3));
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_builder_submits_tags_metadata_and_an_explicit_parent() {
+    let db = TestDb::new().await;
+    let client = lineq::Client::new(db.pool.clone());
+    let parent = client.submit("echo").send().await.expect("parent");
+    let child = client
+        .submit("process_order")
+        .input(json!({"order": 12345}))
+        .tag("customer", "acme")
+        .tag("region", "us-west")
+        .metadata(json!({"order": {"id": "12345"}}))
+        .parent(parent.execution.execution_id)
+        .send()
+        .await
+        .expect("submit");
+    let e = child.execution;
+    assert_eq!(e.tags, json!({"customer": "acme", "region": "us-west"}));
+    assert_eq!(e.metadata, json!({"order": {"id": "12345"}}));
+    assert_eq!(e.parent_execution_id, Some(parent.execution.execution_id));
+    assert_eq!(e.root_execution_id, parent.execution.execution_id);
+    assert_eq!(
+        e.parent_correlation_id,
+        Some(parent.execution.correlation_id)
+    );
+    // The explicit parent must exist; nothing is written otherwise.
+    let before = db.count("lineq.executions").await;
+    let err = client
+        .submit("echo")
+        .parent(uuid::Uuid::now_v7())
+        .await
+        .expect_err("unknown parent");
+    assert!(
+        err.is_invalid_input() && err.to_string().contains("parent"),
+        "{err}"
+    );
+    assert_eq!(db.count("lineq.executions").await, before);
+    db.drop_db().await;
+}

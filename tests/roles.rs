@@ -186,6 +186,17 @@ async fn each_role_does_its_work_and_nothing_else() {
     let out = lineq(&orch_url, &["namespace", "create", "media"]);
     assert!(out.status.success(), "namespace create: {}", stderr(&out));
 
+    let owner: String = sqlx::query_scalar(
+        "SELECT tableowner::text FROM pg_tables WHERE tablename = 'q_lineq_steps_media'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("owner");
+    assert_eq!(
+        owner,
+        format!("{p}_orchestrator"),
+        "owned by the group, not the login"
+    );
     let mut orchestrator = Proc::start(&orch_url, "orchestrator", &["orchestrator"]);
     let mut worker = Proc::start(&work_url, "worker", &["worker", "--concurrency", "4"]);
     let mut media_worker = Proc::start(
@@ -325,6 +336,7 @@ async fn each_role_does_its_work_and_nothing_else() {
         id,
     )
     .await;
+    allowed(&r, "SELECT * FROM pgmq.metrics_all()", id).await;
     denied(
         &r,
         "SELECT * FROM pgmq.read('lineq_steps_default', 30, 1)",
@@ -474,6 +486,7 @@ async fn roles_are_idempotent_concurrent_and_reconciled() {
         format!("GRANT UPDATE ON lineq.executions TO {p}_worker"),
         format!("GRANT CREATE ON SCHEMA pgmq TO {p}_worker"),
         format!("GRANT INSERT ON lineq.events TO {p}_reader"),
+        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA lineq GRANT UPDATE ON TABLES TO {p}_worker"),
     ] {
         sqlx::query(&g)
             .execute(&db.pool)

@@ -45,8 +45,27 @@ impl Client {
     }
 
     /// Submits an execution (see [`crate::submit::submit`]).
-    pub async fn submit(&self, req: SubmitRequest) -> Result<Submitted> {
-        submit(&self.pool, &self.node_name, req).await
+    ///
+    /// Takes a [`SubmitRequest`] or just a workflow/handler name, and returns a builder: set
+    /// what you need, then `.send().await` (or simply `.await`).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lineq_orchestration::Client, parent: uuid::Uuid) -> lineq_shared::Result<()> {
+    /// let submitted = client
+    ///     .submit("process_order")
+    ///     .input(serde_json::json!({"order": 12345}))
+    ///     .tag("customer", "acme")
+    ///     .metadata(serde_json::json!({"order": {"id": "12345"}}))
+    ///     .parent(parent)
+    ///     .send()
+    ///     .await?;
+    /// # let _ = submitted; Ok(()) }
+    /// ```
+    pub fn submit(&self, req: impl Into<SubmitRequest>) -> SubmitBuilder<'_> {
+        SubmitBuilder {
+            client: self,
+            req: req.into(),
+        }
     }
 
     /// Submits many executions in one transaction (see [`crate::submit::submit_many`]).
@@ -98,5 +117,77 @@ impl Client {
     /// An execution's status and tag changes, oldest first (see [`crate::labels::history`]).
     pub async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>> {
         history(&self.pool, id).await
+    }
+}
+
+/// A submission being built; see [`Client::submit`].
+#[must_use = "a submission does nothing until it is sent (`.send().await` or `.await`)"]
+#[derive(Debug)]
+pub struct SubmitBuilder<'a> {
+    client: &'a Client,
+    req: SubmitRequest,
+}
+
+impl<'a> SubmitBuilder<'a> {
+    /// Sets the input.
+    pub fn input(mut self, input: serde_json::Value) -> Self {
+        self.req = self.req.input(input);
+        self
+    }
+
+    /// Sets the namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.req = self.req.namespace(namespace);
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn correlation_id(mut self, id: Uuid) -> Self {
+        self.req = self.req.correlation_id(id);
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.req = self.req.idempotency_key(key);
+        self
+    }
+
+    /// Sets the per-attempt timeout.
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.req = self.req.timeout_ms(ms);
+        self
+    }
+
+    /// Adds a tag.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.req = self.req.tag(key, value);
+        self
+    }
+
+    /// Sets the metadata object.
+    pub fn metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.req = self.req.metadata(metadata);
+        self
+    }
+
+    /// Sets an explicit parent execution.
+    pub fn parent(mut self, execution_id: Uuid) -> Self {
+        self.req = self.req.parent(execution_id);
+        self
+    }
+
+    /// Submits it.
+    pub async fn send(self) -> Result<Submitted> {
+        submit(&self.client.pool, &self.client.node_name, self.req).await
+    }
+}
+
+impl<'a> std::future::IntoFuture for SubmitBuilder<'a> {
+    type Output = Result<Submitted>;
+    type IntoFuture = futures::future::BoxFuture<'a, Result<Submitted>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.send())
     }
 }

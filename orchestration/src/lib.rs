@@ -24,6 +24,6 @@ mod settle;
 pub mod submit;
 pub mod workflow;
 
-pub use client::Client;
+pub use client::{Client, SubmitBuilder};
 pub use orchestrator::{Orchestrator, OrchestratorBuilder};
 pub use submit::{SubmitRequest, Submitted};

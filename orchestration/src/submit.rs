@@ -135,6 +135,18 @@ impl SubmitRequest {
     }
 }
 
+impl From<&str> for SubmitRequest {
+    fn from(target: &str) -> Self {
+        SubmitRequest::new(target)
+    }
+}
+
+impl From<String> for SubmitRequest {
+    fn from(target: String) -> Self {
+        SubmitRequest::new(target)
+    }
+}
+
 /// The result of a submit.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Submitted {

@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | orchestrator | read and write every lineq table (`DELETE` for `lineq prune`), use every queue, create queues (`CREATE` on schema `pgmq`) | create or alter tables, run migrations |
 //! | worker | claim, extend, archive and delete messages of the step queues; send to the results and dead-letter queues; append to `lineq.events`; read the id, execution and status of steps (cancellation polling); register and heartbeat in `lineq.workers`; `LISTEN`/`NOTIFY` | change executions or steps, read or change events, read inputs and outputs, create queues |
-//! | reader | `SELECT` every lineq table and view and every queue table, run the lineage functions | write anything, consume messages |
+//! | reader | `SELECT` every lineq table and view and every queue table (and sequence, for `pgmq.metrics()`), run the lineage functions | write anything, consume messages |
 //!
 //! Login roles join one group each; they are created by the operator (`CREATE ROLE … LOGIN IN
 //! ROLE lineq_worker`) or by [`create_roles`] itself ([`RoleOptions::login`]). A login role made
@@ -457,9 +457,11 @@ async fn grant_privileges(
         ddl(tx, stmt, &[o]).await?;
     }
 
-    // Reader: everything readable, the lineage functions; PGMQ's functions all write.
+    // Reader: everything readable, the lineage functions, and the queues' sequences, which
+    // `pgmq.metrics()` reads for dashboards (SELECT on a sequence cannot advance it).
     for stmt in [
         "GRANT SELECT ON ALL TABLES IN SCHEMA lineq, pgmq TO %I",
+        "GRANT SELECT ON ALL SEQUENCES IN SCHEMA pgmq TO %I",
         "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA lineq TO %I",
     ] {
         ddl(tx, stmt, &[r]).await?;
@@ -525,6 +527,14 @@ async fn grant_privileges(
     // Objects created later: queues (by this role, or by an orchestrator) and lineq tables (by
     // this role's migrations).
     for creator in [owner, o] {
+        // Reconciled like the rest: what is not granted below does not linger. (Per-schema
+        // defaults only add to the global ones, so this never takes an owner's own rights.)
+        for stmt in [
+            "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA lineq, pgmq REVOKE ALL ON TABLES FROM %I, %I, %I",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA lineq, pgmq REVOKE ALL ON SEQUENCES FROM %I, %I, %I",
+        ] {
+            ddl(tx, stmt, &[creator, o, w, r]).await?;
+        }
         for (stmt, grantees) in [
             (
                 "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA pgmq GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I",
@@ -532,6 +542,10 @@ async fn grant_privileges(
             ),
             (
                 "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA pgmq GRANT SELECT ON TABLES TO %I",
+                &[r][..],
+            ),
+            (
+                "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA pgmq GRANT SELECT ON SEQUENCES TO %I",
                 &[r][..],
             ),
         ] {
