@@ -10,7 +10,8 @@ use super::{Format, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum NamespaceCommand {
-    /// Create a namespace's step queue (workers also create their own on start).
+    /// Create a namespace's step queue (a worker creates its own on start only when its
+    /// database role may create queues; the least-privilege worker role may not).
     Create {
         /// 1 to 32 characters of a-z, 0-9 and _, starting with a letter.
         namespace: String,
