@@ -257,7 +257,11 @@ async fn panics_and_timeouts_fail_the_attempt_not_the_worker() {
         panic!("handler bug");
     }
     async fn idem(ctx: StepContext, _input: Value) -> Result<Value, HandlerError> {
-        Ok(json!({ "key": ctx.idempotency_key(), "corr": ctx.correlation_id }))
+        Ok(json!({
+            "key": ctx.idempotency_key(), "corr": ctx.correlation_id, "workflow": ctx.workflow,
+            "tags": ctx.tags, "metadata": ctx.metadata, "parent_step": ctx.parent_step,
+            "parent_execution_id": ctx.parent_execution_id,
+        }))
     }
     let db = TestDb::new().await;
     let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
@@ -281,8 +285,27 @@ async fn panics_and_timeouts_fail_the_attempt_not_the_worker() {
         .expect("submit")
         .execution
         .execution_id;
-    let fine = submit(&client, "idem", json!({})).await;
-    wait_all_finished(&db.pool, &[panicked, slow, fine], Duration::from_secs(30)).await;
+    // The handler context carries the execution's tags, metadata and links.
+    let fine = client
+        .submit("idem")
+        .tag("customer", "acme")
+        .metadata(json!({"order": {"id": "12345"}}))
+        .await
+        .expect("submit")
+        .execution
+        .execution_id;
+    let spawner = submit(
+        &client,
+        "spawn",
+        json!({"children": [{"target": "idem", "input": {}}], "wait": true}),
+    )
+    .await;
+    wait_all_finished(
+        &db.pool,
+        &[panicked, slow, fine, spawner],
+        Duration::from_secs(30),
+    )
+    .await;
 
     let err = action_failed_error(&db, panicked).await;
     assert_eq!(err["kind"], "panic");
@@ -292,10 +315,19 @@ async fn panics_and_timeouts_fail_the_attempt_not_the_worker() {
     assert!(err["message"].as_str().expect("m").contains("200 ms"));
     let e = get_execution(&db.pool, fine).await.expect("e");
     assert_eq!(e.status, ExecutionStatus::Completed);
-    assert_eq!(
-        e.output.as_ref().expect("out")["corr"],
-        json!(e.correlation_id)
-    );
+    let out = e.output.as_ref().expect("out");
+    assert_eq!(out["corr"], json!(e.correlation_id));
+    assert_eq!(out["workflow"], "idem");
+    assert_eq!(out["tags"], json!({"customer": "acme"}));
+    assert_eq!(out["metadata"], json!({"order": {"id": "12345"}}));
+    assert_eq!(out["parent_step"], Value::Null);
+    // A child's handler knows which execution and step spawned it.
+    let s = get_execution(&db.pool, spawner).await.expect("spawner");
+    assert_eq!(s.status, ExecutionStatus::Completed, "{:?}", s.error);
+    let child_view = s.output.expect("output");
+    assert_eq!(child_view["parent_step"], "spawn");
+    assert_eq!(child_view["parent_execution_id"], json!(spawner));
+    assert_eq!(child_view["workflow"], "idem");
 
     stop.cancel();
     running.await.expect("join").expect("worker ran cleanly");

@@ -204,6 +204,12 @@ pub(crate) async fn create_executions(
             node_name,
         )
         .payload(json!({ "steps": wf.steps.iter().map(|s| &s.name).collect::<Vec<_>>() }));
+        let context = lineq_shared::message::ExecutionContext {
+            workflow: wf.name.clone(),
+            tags: spec.tags.clone(),
+            metadata: spec.metadata.clone(),
+            parent_step: parent.and_then(|p| p.step_name.clone()),
+        };
         let mut ready = Vec::new();
         for (position, s) in wf.steps.iter().enumerate() {
             let step_id = lineq_shared::ids::new_id();
@@ -222,6 +228,7 @@ pub(crate) async fn create_executions(
                     parent_event: initialized.event_id,
                     delay: std::time::Duration::ZERO,
                     retry_reason: None,
+                    context: context.clone(),
                 });
             }
             steps.push(execution.execution_id, step_id, position, s, &ns, &q)?;

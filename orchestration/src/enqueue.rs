@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use lineq_shared::error::Result;
 use lineq_shared::event::{EventType, Lineage, NewEvent};
-use lineq_shared::message::{Meta, StepMessage};
+use lineq_shared::message::{ExecutionContext, Meta, StepMessage};
 use lineq_shared::queue;
 use lineq_shared::validation::QueueName;
 
@@ -31,6 +31,8 @@ pub(crate) struct ReadyStep {
     pub parent_event: Uuid,
     pub delay: Duration,
     pub retry_reason: Option<String>,
+    /// The execution's workflow, tags, metadata and spawning step, for the handler.
+    pub context: ExecutionContext,
 }
 
 /// The input a workflow step's handler gets: the execution input, the outputs of its
@@ -116,6 +118,7 @@ pub(crate) async fn send_ready(
             attempt: r.attempt,
             input: r.input.clone(),
             timeout_ms: r.timeout_ms,
+            context: Some(r.context.clone()),
             meta: Meta {
                 correlation_id: r.lineage.correlation_id,
                 parent_event_id: event.event_id,

@@ -224,6 +224,7 @@ pub async fn process_batch(
                         parent_event: ev.event_id,
                         delay,
                         retry_reason: Some(format!("{kind}: {message}")),
+                        context: exec.context(),
                     });
                     // The execution is not settled by a retry: it goes on as it was.
                     work.events.push(ev);

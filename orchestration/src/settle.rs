@@ -31,6 +31,10 @@ pub(crate) struct ExecState {
     pub trace_correlation_id: Uuid,
     pub parent_step_id: Option<Uuid>,
     pub parent_waits: bool,
+    pub workflow_name: String,
+    pub tags: Value,
+    pub metadata: Value,
+    pub parent_step: Option<String>,
 }
 
 impl ExecState {
@@ -41,6 +45,16 @@ impl ExecState {
             root_execution_id: self.root_execution_id,
             correlation_id: self.correlation_id,
             trace_correlation_id: self.trace_correlation_id,
+        }
+    }
+
+    /// What its handlers get to know beyond the lineage.
+    pub fn context(&self) -> lineq_shared::message::ExecutionContext {
+        lineq_shared::message::ExecutionContext {
+            workflow: self.workflow_name.clone(),
+            tags: serde_json::from_value(self.tags.clone()).unwrap_or_default(),
+            metadata: self.metadata.clone(),
+            parent_step: self.parent_step.clone(),
         }
     }
 
@@ -62,7 +76,8 @@ pub(crate) async fn lock_executions(
         r#"
         SELECT e.execution_id, e.status, e.kind, e.namespace, e.input, e.correlation_id,
                e.parent_execution_id, e.root_execution_id, r.correlation_id AS trace_correlation_id,
-               e.parent_step_id, e.parent_waits
+               e.parent_step_id, e.parent_waits, e.workflow_name, e.tags, e.metadata,
+               e.parent_step
         FROM lineq.executions e
         JOIN lineq.executions r ON r.execution_id = e.root_execution_id
         WHERE e.execution_id = ANY($1)
@@ -270,6 +285,7 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
                     parent_event: ready_by,
                     delay: Duration::ZERO,
                     retry_reason: None,
+                    context: exec.context(),
                 });
                 newly_enqueued.insert(s.step_id);
             }

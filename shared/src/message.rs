@@ -62,6 +62,10 @@ pub struct StepMessage {
     /// How long the handler may run, if limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// What the handler may know about its execution beyond the lineage: workflow, tags,
+    /// metadata and the spawning step (workers may not read `lineq.executions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ExecutionContext>,
     /// Lineage.
     pub meta: Meta,
 }
@@ -88,6 +92,26 @@ impl StepMessage {
         }
         Ok(msg)
     }
+}
+
+/// An execution's labels and links, carried to its handlers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionContext {
+    /// The workflow (or, for a one-step execution, the handler) the execution runs.
+    pub workflow: String,
+    /// Its tags.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: crate::labels::Tags,
+    /// Its metadata object.
+    #[serde(default, skip_serializing_if = "is_empty_object")]
+    pub metadata: Value,
+    /// The step of the parent execution that spawned it, for a child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_step: Option<String>,
+}
+
+fn is_empty_object(v: &Value) -> bool {
+    v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
 }
 
 /// How an attempt ended.
@@ -261,6 +285,7 @@ mod tests {
             attempt: 1,
             input: json!({"a": 1}),
             timeout_ms: None,
+            context: None,
             meta: meta(),
         };
         let v = serde_json::to_value(&m).unwrap();
@@ -277,6 +302,7 @@ mod tests {
             attempt: 1,
             input: json!(null),
             timeout_ms: None,
+            context: None,
             meta: meta(),
         })
         .unwrap();

@@ -29,6 +29,14 @@ pub struct StepContext {
     pub root_execution_id: Uuid,
     /// The correlation id.
     pub correlation_id: Uuid,
+    /// The workflow (or, for a one-step execution, the handler) the execution runs.
+    pub workflow: String,
+    /// The execution's tags.
+    pub tags: lineq_shared::labels::Tags,
+    /// The execution's metadata object.
+    pub metadata: Value,
+    /// For a child execution, the parent's step that spawned it.
+    pub parent_step: Option<String>,
     /// The worker running it.
     pub worker_id: String,
     /// W3C `traceparent` of this step's work, to pass to anything it calls.

@@ -423,6 +423,20 @@ async fn execute(
         parent_execution_id: m.meta.parent_execution_id,
         root_execution_id: m.meta.root_execution_id,
         correlation_id: m.meta.correlation_id,
+        workflow: m
+            .context
+            .as_ref()
+            .map_or_else(|| m.handler.clone(), |c| c.workflow.clone()),
+        tags: m
+            .context
+            .as_ref()
+            .map(|c| c.tags.clone())
+            .unwrap_or_default(),
+        metadata: m
+            .context
+            .as_ref()
+            .map_or_else(|| Value::Object(Default::default()), |c| c.metadata.clone()),
+        parent_step: m.context.as_ref().and_then(|c| c.parent_step.clone()),
         worker_id: inner.worker_id.clone(),
         traceparent: claimed.traceparent.clone(),
         event_id: claimed.started_event_id,
