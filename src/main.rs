@@ -12,7 +12,9 @@ use clap::{CommandFactory, FromArgMatches};
 fn main() -> ExitCode {
     // Parsed through ArgMatches so the configuration can tell flags given on the command line
     // from defaults (see cli::config).
-    let matches = cli::Cli::command().get_matches();
+    let matches = cli::Cli::command().get_matches_from(cli::lineage::graph_format_alias(
+        std::env::args_os().collect(),
+    ));
     let mut args = match cli::Cli::from_arg_matches(&matches) {
         Ok(args) => args,
         Err(e) => e.exit(),

@@ -1169,6 +1169,17 @@ async fn lineq_lineage_draws_the_tree_in_every_format() {
     assert!(mermaid.starts_with("flowchart TD\n"), "{mermaid}");
     assert_eq!(mermaid.matches("subgraph ").count(), 5);
     assert_eq!(mermaid.matches(" --> ").count(), 44);
+    // The spelling, `--format dot|mermaid`, draws the same pictures.
+    let same = lineq(&w.db.url, &["lineage", &a, "--format", "dot"]);
+    assert!(same.status.success(), "{}", stderr(&same));
+    assert_eq!(stdout(&same), dot);
+    assert_eq!(
+        stdout(&lineq(&w.db.url, &["lineage", &a, "--format=mermaid"])),
+        mermaid
+    );
+    // Other commands still only know text and json.
+    let wrong = lineq(&w.db.url, &["get", &a, "--format", "dot"]);
+    assert_eq!(wrong.status.code(), Some(2));
 
     // An event id and a correlation id.
     let out = lineq(

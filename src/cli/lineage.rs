@@ -23,6 +23,7 @@ pub struct LineageArgs {
     #[arg(required = true)]
     pub id: Option<String>,
     /// Draw the tree as a graph instead: Graphviz DOT (`| dot -Tsvg > tree.svg`) or Mermaid.
+    /// `--format dot|mermaid` is accepted as the same.
     /// Takes precedence over --format.
     #[arg(long, value_enum)]
     pub graph: Option<Graph>,
@@ -40,6 +41,31 @@ pub enum LineageCommand {
 pub struct CheckArgs {
     /// An execution, event or correlation id; the whole tree of its root is checked.
     pub id: String,
+}
+
+/// `lineq lineage ID --format dot|mermaid` means `--graph dot|mermaid`: the global `--format`
+/// is text or JSON for every command, and only this one can draw a picture, so the two graph
+/// formats are accepted here as a spelling of `--graph` rather than added to every command.
+pub fn graph_format_alias(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    if !args.iter().skip(1).any(|a| a == "lineage") {
+        return args;
+    }
+    let is_graph = |v: &std::ffi::OsStr| v == "dot" || v == "mermaid";
+    let mut i = 1;
+    while i < args.len() {
+        if args[i] == "--format" && args.get(i + 1).is_some_and(|v| is_graph(v)) {
+            args[i] = "--graph".into();
+            i += 2;
+            continue;
+        }
+        if let Some(v) = args[i].to_str().and_then(|a| a.strip_prefix("--format=")) {
+            if is_graph(std::ffi::OsStr::new(v)) {
+                args[i] = format!("--graph={v}").into();
+            }
+        }
+        i += 1;
+    }
+    args
 }
 
 /// Graph languages for `--graph`.

@@ -7,7 +7,7 @@ pub mod config;
 mod demo;
 mod dlq;
 mod inspect;
-mod lineage;
+pub mod lineage;
 mod list;
 pub mod logging;
 mod migrate;
