@@ -10,7 +10,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use lineq_shared::error::{Error, Result};
-use lineq_shared::event::{EventType, NewEvent, insert_events};
+use lineq_shared::event::{EventType, NewEvent, insert_events, latest_event};
 use lineq_shared::ids::node_name;
 use lineq_shared::telemetry;
 use lineq_shared::validation::QueueName;
@@ -57,13 +57,7 @@ pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<C
             target.status
         )));
     }
-    let latest: Option<Uuid> = sqlx::query_scalar(
-        "SELECT event_id FROM lineq.events WHERE execution_id = $1
-         ORDER BY created_at DESC, event_id DESC LIMIT 1",
-    )
-    .bind(execution_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let latest = latest_event(&mut *tx, execution_id).await?;
     let mut out = cancel_tree(&mut tx, execution_id, latest, &node, reason, true).await?;
     let ending = out
         .events
@@ -160,15 +154,7 @@ async fn cancel_tree(
         {
             Some(e) if *id != execution_id => Some(*e),
             _ if *id == execution_id => cause,
-            _ => {
-                sqlx::query_scalar(
-                    "SELECT event_id FROM lineq.events WHERE execution_id = $1
-                     ORDER BY created_at DESC, event_id DESC LIMIT 1",
-                )
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?
-            }
+            _ => latest_event(&mut *conn, *id).await?,
         };
         let ev = NewEvent::new(
             EventType::ExecutionCancelled,

@@ -192,6 +192,10 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
             by_exec.entry(r.execution_id).or_default().push(r);
         }
 
+        // An execution can be settled twice in one transaction (a step result and a child's
+        // outcome in the same batch); steps already made ready stay `pending` in the table
+        // until the batch enqueues them, so they must not be made ready again.
+        let mut already: HashSet<Uuid> = work.ready.iter().map(|r| r.step_id).collect();
         let mut finishes: Vec<Finish> = Vec::new();
         let mut running: Vec<Uuid> = Vec::new();
         let mut ended: Vec<(ExecState, Uuid)> = Vec::new();
@@ -244,10 +248,6 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
             let by_name: HashMap<&str, &StepRow> =
                 steps.iter().map(|s| (s.name.as_str(), s)).collect();
             let mut newly_enqueued = HashSet::new();
-            // An execution can be settled twice in one transaction (a step result and a child's
-            // outcome in the same batch); steps already made ready stay `pending` in the table
-            // until the batch enqueues them, so they must not be made ready again.
-            let already: HashSet<Uuid> = work.ready.iter().map(|r| r.step_id).collect();
             for s in steps
                 .iter()
                 .filter(|s| s.status == "pending" && !already.contains(&s.step_id))
@@ -296,6 +296,7 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
                         && !already.contains(&s.step_id)
                         && matches!(s.status.as_str(), "completed" | "failed" | "cancelled")
                 });
+            already.extend(newly_enqueued.iter().copied());
             if all_done {
                 let output = if exec.kind == "task" && steps.len() == 1 {
                     steps[0].output.clone().unwrap_or(Value::Null)

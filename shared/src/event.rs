@@ -250,6 +250,21 @@ pub async fn insert_events(conn: &mut PgConnection, events: &[NewEvent]) -> Resu
     Ok(())
 }
 
+/// The latest event of an execution: the parent of an event that the execution's own events did
+/// not cause (a cancellation, a child submitted with an explicit parent).
+pub async fn latest_event<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    execution_id: Uuid,
+) -> Result<Option<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT event_id FROM lineq.events WHERE execution_id = $1
+         ORDER BY created_at DESC, event_id DESC LIMIT 1",
+    )
+    .bind(execution_id)
+    .fetch_optional(executor)
+    .await?)
+}
+
 /// An event as stored.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct EventRow {
