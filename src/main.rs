@@ -9,6 +9,11 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 
+// Every event is a handful of small allocations (JSON payloads, ids as text, span attributes);
+// under load glibc's malloc took about a third of this process's CPU, mimalloc far less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Parsed through ArgMatches so the configuration can tell flags given on the command line
     // from defaults (see cli::config).

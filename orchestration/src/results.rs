@@ -15,7 +15,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use lineq_shared::error::Result;
-use lineq_shared::event::{EventType, NewEvent, insert_events};
+use lineq_shared::event::{EventType, NewEvent};
 use lineq_shared::message::{ChildRequest, Outcome, ResultMessage, StepError};
 use lineq_shared::queue::{self, QueuedMessage};
 use lineq_shared::telemetry;
@@ -23,7 +23,7 @@ use lineq_shared::validation::{Namespace, check_name};
 
 use crate::create::{NewExecution, ParentLink, create_execution, missing_namespace};
 use crate::enqueue::{ReadyStep, enqueue};
-use crate::settle::{ExecState, STEP_COLUMNS, StepRow, Work, lock_executions, settle};
+use crate::settle::{ExecState, StepRow, Work, lock_executions, read_steps, settle};
 use crate::workflow::{RetryPolicy, WorkflowDefinition, store};
 
 /// What one batch did.
@@ -116,16 +116,13 @@ pub async fn process_batch(
     for e in lock_executions(&mut tx, &execution_ids).await? {
         work.execs.insert(e.execution_id, e);
     }
-    let step_ids: Vec<Uuid> = parsed.iter().map(|(_, r)| r.step_id).collect();
-    let steps: HashMap<Uuid, StepRow> = sqlx::query_as::<_, StepRow>(&format!(
-        "SELECT {STEP_COLUMNS} FROM lineq.steps WHERE step_id = ANY($1)"
-    ))
-    .bind(&step_ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|s| (s.step_id, s))
-    .collect();
+    // Every step of the locked executions, not only the reported ones: settling needs them all,
+    // and keeping them current here (below) saves it reading them again.
+    let mut steps: HashMap<Uuid, StepRow> = HashMap::new();
+    for s in read_steps(&mut tx, &execution_ids).await? {
+        steps.insert(s.step_id, s.clone());
+        work.steps.entry(s.execution_id).or_default().push(s);
+    }
 
     let mut seen = HashSet::new();
     let mut updates = Vec::new();
@@ -257,6 +254,19 @@ pub async fn process_batch(
         }
     }
     apply_step_updates(&mut tx, &updates).await?;
+    // The same changes to the rows settle will use (the guard above matched exactly these:
+    // every one was checked fresh under the execution's lock).
+    for u in &updates {
+        if let Some(row) = steps
+            .get(&u.step_id)
+            .and_then(|s| work.steps.get_mut(&s.execution_id))
+            .and_then(|rows| rows.iter_mut().find(|r| r.step_id == u.step_id))
+        {
+            row.status = u.status.to_string();
+            row.output = u.output.clone();
+            row.error = u.error.clone();
+        }
+    }
     report.children = create_children(&mut tx, &mut work, children).await?;
     settle(&mut tx, &mut work).await?;
     report.finished = work.finished;
@@ -264,8 +274,7 @@ pub async fn process_batch(
     let ready = std::mem::take(&mut work.ready);
     let mut events = work.events;
     events.extend(enqueue(&mut tx, ready, node_name).await?);
-    insert_events(&mut tx, &events).await?;
-    queue::archive(&mut tx, &results_queue, &archive_ids).await?;
+    queue::archive_with_events(&mut tx, &results_queue, &archive_ids, &events).await?;
     tx.commit().await?;
     telemetry::export_linked(&events, started, |e| match e.event_type {
         EventType::StepCompleted

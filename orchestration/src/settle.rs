@@ -112,6 +112,20 @@ pub(crate) struct StepRow {
     pub msg_id: Option<i64>,
 }
 
+/// The steps of `executions`, each execution's in position order.
+pub(crate) async fn read_steps(
+    conn: &mut PgConnection,
+    executions: &[Uuid],
+) -> Result<Vec<StepRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {STEP_COLUMNS} FROM lineq.steps WHERE execution_id = ANY($1)
+         ORDER BY execution_id, position"
+    ))
+    .bind(executions)
+    .fetch_all(conn)
+    .await?)
+}
+
 pub(crate) const STEP_COLUMNS: &str = "step_id, execution_id, name, handler, queue, status, \
     depends_on, attempts, max_attempts, timeout_ms, retry, on_failure, params, input, output, error, msg_id";
 
@@ -131,6 +145,9 @@ pub(crate) struct Work {
     pub touched: Vec<Uuid>,
     /// Executions finished in this transaction.
     pub finished: usize,
+    /// Steps of executions this transaction already read (and kept current as it changed
+    /// them), by execution: settle's first round uses them instead of reading them again.
+    pub steps: HashMap<Uuid, Vec<StepRow>>,
 }
 
 impl Work {
@@ -170,6 +187,8 @@ struct Finish {
 /// waiting parent step) touch rows one by one.
 pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<()> {
     let mut round: Vec<Uuid> = work.touched.drain(..).collect();
+    // Current for the first round only: later rounds (parents) follow writes made here.
+    let mut prefetched = std::mem::take(&mut work.steps);
     while !round.is_empty() {
         let mut seen = HashSet::new();
         let ids: Vec<Uuid> = round
@@ -180,16 +199,23 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
         if ids.is_empty() {
             break;
         }
-        let rows: Vec<StepRow> = sqlx::query_as(&format!(
-            "SELECT {STEP_COLUMNS} FROM lineq.steps WHERE execution_id = ANY($1)
-             ORDER BY execution_id, position"
-        ))
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
         let mut by_exec: HashMap<Uuid, Vec<StepRow>> = HashMap::with_capacity(ids.len());
-        for r in rows {
-            by_exec.entry(r.execution_id).or_default().push(r);
+        let unread: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| match prefetched.remove(id) {
+                Some(rows) => {
+                    by_exec.insert(**id, rows);
+                    false
+                }
+                None => true,
+            })
+            .copied()
+            .collect();
+        prefetched.clear();
+        if !unread.is_empty() {
+            for r in read_steps(&mut *conn, &unread).await? {
+                by_exec.entry(r.execution_id).or_default().push(r);
+            }
         }
 
         // An execution can be settled twice in one transaction (a step result and a child's

@@ -244,7 +244,9 @@ pub async fn submit_many(
         HashMap::new()
     } else {
         sqlx::query_as::<_, Execution>(
-            "SELECT * FROM lineq.executions WHERE idempotency_key = ANY($1)",
+            // The IS NOT NULL lets the planner use the partial unique index.
+            "SELECT * FROM lineq.executions
+             WHERE idempotency_key = ANY($1) AND idempotency_key IS NOT NULL",
         )
         .bind(&taken)
         .fetch_all(&mut *tx)

@@ -180,39 +180,18 @@ pub async fn insert_events(conn: &mut PgConnection, events: &[NewEvent]) -> Resu
     if events.is_empty() {
         return Ok(());
     }
-    let n = events.len();
-    let mut event_id = Vec::with_capacity(n);
-    let mut parent = Vec::with_capacity(n);
-    let mut execution = Vec::with_capacity(n);
-    let mut step = Vec::with_capacity(n);
-    let mut parent_exec = Vec::with_capacity(n);
-    let mut root = Vec::with_capacity(n);
-    let mut corr = Vec::with_capacity(n);
-    let mut etype = Vec::with_capacity(n);
-    let mut node = Vec::with_capacity(n);
-    let mut worker = Vec::with_capacity(n);
-    let mut attempt = Vec::with_capacity(n);
-    let mut trace = Vec::with_capacity(n);
-    let mut span = Vec::with_capacity(n);
-    let mut payload = Vec::with_capacity(n);
-    for e in events {
-        event_id.push(e.event_id);
-        parent.push(e.parent_event_id);
-        execution.push(e.lineage.execution_id);
-        step.push(e.step_id);
-        parent_exec.push(e.lineage.parent_execution_id);
-        root.push(e.lineage.root_execution_id);
-        corr.push(e.lineage.correlation_id);
-        etype.push(e.event_type.as_str());
-        node.push(e.node_name.as_str());
-        worker.push(e.worker_id.as_deref());
-        attempt.push(e.attempt);
-        trace.push(e.trace_id.as_str());
-        span.push(e.span_id.as_str());
-        payload.push(&e.payload);
-    }
-    sqlx::query(
-        r#"
+    let cols = EventColumns::new(events);
+    cols.bind(sqlx::query(INSERT_EVENTS_SQL))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The statement that inserts a batch of events, its parameters `$1`–`$14` bound by
+/// [`EventColumns::bind`]. It can also stand as a data-modifying CTE of a larger statement (the
+/// queue layer writes a batch's events and its messages in one round trip this way), whose
+/// own parameters then start at `$15`.
+pub const INSERT_EVENTS_SQL: &str = r#"
         INSERT INTO lineq.events (event_id, parent_event_id, execution_id, step_id,
             parent_execution_id, root_execution_id, correlation_id, event_type, node_name,
             worker_id, attempt, trace_id, span_id, payload, created_at)
@@ -229,25 +208,86 @@ pub async fn insert_events(conn: &mut PgConnection, events: &[NewEvent]) -> Resu
                     parent_execution_id, root_execution_id, correlation_id, event_type, node_name,
                     worker_id, attempt, trace_id, span_id, payload, ord)
         ORDER BY u.ord
-        "#,
-    )
-    .bind(&event_id)
-    .bind(&parent)
-    .bind(&execution)
-    .bind(&step)
-    .bind(&parent_exec)
-    .bind(&root)
-    .bind(&corr)
-    .bind(&etype)
-    .bind(&node)
-    .bind(&worker)
-    .bind(&attempt)
-    .bind(&trace)
-    .bind(&span)
-    .bind(&payload)
-    .execute(conn)
-    .await?;
-    Ok(())
+"#;
+
+/// A batch of events as the column arrays [`INSERT_EVENTS_SQL`] takes.
+pub struct EventColumns<'a> {
+    event_id: Vec<Uuid>,
+    parent: Vec<Option<Uuid>>,
+    execution: Vec<Uuid>,
+    step: Vec<Option<Uuid>>,
+    parent_exec: Vec<Option<Uuid>>,
+    root: Vec<Uuid>,
+    corr: Vec<Uuid>,
+    etype: Vec<&'static str>,
+    node: Vec<&'a str>,
+    worker: Vec<Option<&'a str>>,
+    attempt: Vec<Option<i32>>,
+    trace: Vec<&'a str>,
+    span: Vec<&'a str>,
+    payload: Vec<&'a Value>,
+}
+
+impl<'a> EventColumns<'a> {
+    /// The columns of `events`, in order.
+    pub fn new(events: &'a [NewEvent]) -> Self {
+        let n = events.len();
+        let mut c = Self {
+            event_id: Vec::with_capacity(n),
+            parent: Vec::with_capacity(n),
+            execution: Vec::with_capacity(n),
+            step: Vec::with_capacity(n),
+            parent_exec: Vec::with_capacity(n),
+            root: Vec::with_capacity(n),
+            corr: Vec::with_capacity(n),
+            etype: Vec::with_capacity(n),
+            node: Vec::with_capacity(n),
+            worker: Vec::with_capacity(n),
+            attempt: Vec::with_capacity(n),
+            trace: Vec::with_capacity(n),
+            span: Vec::with_capacity(n),
+            payload: Vec::with_capacity(n),
+        };
+        for e in events {
+            c.event_id.push(e.event_id);
+            c.parent.push(e.parent_event_id);
+            c.execution.push(e.lineage.execution_id);
+            c.step.push(e.step_id);
+            c.parent_exec.push(e.lineage.parent_execution_id);
+            c.root.push(e.lineage.root_execution_id);
+            c.corr.push(e.lineage.correlation_id);
+            c.etype.push(e.event_type.as_str());
+            c.node.push(e.node_name.as_str());
+            c.worker.push(e.worker_id.as_deref());
+            c.attempt.push(e.attempt);
+            c.trace.push(e.trace_id.as_str());
+            c.span.push(e.span_id.as_str());
+            c.payload.push(&e.payload);
+        }
+        c
+    }
+
+    /// Binds the columns as parameters `$1`–`$14` of `query`.
+    pub fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.event_id)
+            .bind(&self.parent)
+            .bind(&self.execution)
+            .bind(&self.step)
+            .bind(&self.parent_exec)
+            .bind(&self.root)
+            .bind(&self.corr)
+            .bind(&self.etype)
+            .bind(&self.node)
+            .bind(&self.worker)
+            .bind(&self.attempt)
+            .bind(&self.trace)
+            .bind(&self.span)
+            .bind(&self.payload)
+    }
 }
 
 /// The latest event of an execution: the parent of an event that the execution's own events did

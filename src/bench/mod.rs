@@ -61,11 +61,41 @@ pub struct ThroughputRow {
     pub spans_received: Option<usize>,
 }
 
+const PLAIN: &str = "lineq, full lineage";
+
+impl ThroughputRow {
+    /// Runs of the same row as one: their executions over their seconds, the peak and the
+    /// largest growth of memory, spans summed.
+    fn combine(runs: &[ThroughputRow], raw: f64) -> ThroughputRow {
+        let executions: usize = runs.iter().map(|r| r.executions).sum();
+        let seconds: f64 = runs.iter().map(|r| r.seconds).sum();
+        let per_second = executions as f64 / seconds.max(f64::EPSILON);
+        ThroughputRow {
+            name: runs.first().map(|r| r.name.clone()).unwrap_or_default(),
+            executions,
+            seconds,
+            per_second,
+            ratio_to_raw: per_second / raw,
+            events: runs.iter().map(|r| r.events).sum(),
+            peak_rss_mib: runs.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max),
+            rss_growth_mib: runs
+                .iter()
+                .map(|r| r.rss_growth_mib)
+                .fold(f64::MIN, f64::max),
+            spans_received: runs.iter().map(|r| r.spans_received).sum::<Option<usize>>(),
+        }
+    }
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    /// Raw PGMQ: messages per second through send_batch/read_batch/delete_batch.
+    /// Raw PGMQ: messages per second through send_batch/read_batch/delete_batch (the mean of
+    /// the two runs in `raw_pgmq_runs`).
     pub raw_pgmq_per_second: f64,
+    /// The raw PGMQ reference, run first and again last, so a machine whose speed drifts
+    /// during the bench moves both ends of every ratio.
+    pub raw_pgmq_runs: [f64; 2],
     /// lineq throughput rows.
     pub throughput: Vec<ThroughputRow>,
     /// Tracing cost: 1 − traced/untraced throughput.
@@ -106,17 +136,31 @@ fn bar(cfg: &BenchConfig, len: u64, what: &str) -> ProgressBar {
 }
 
 /// Runs every measurement against `pool` (which must be migrated and otherwise idle).
+///
+/// The throughput rows run twice each, in the order plain, traced, traced, plain, between two
+/// runs of the raw reference: on a machine whose speed drifts (a shared 2-core VM does), each
+/// row then sees the same average conditions, and the ratios compare like with like.
 pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
-    let raw = raw_pgmq::run(pool, cfg).await?;
-    let mut rows = Vec::new();
-    let plain = throughput::run(pool, cfg, "lineq, full lineage", raw, None).await?;
-    rows.push(plain.clone());
-    let mut tracing_cost = None;
+    let raw_first = raw_pgmq::run(pool, cfg).await?;
+    let plain_a = throughput::run(pool, cfg, PLAIN, raw_first, None).await?;
+    let mut traced = Vec::new();
     if cfg.tracing_row {
-        if let Some(traced) = throughput::run_traced(pool, cfg, raw).await? {
-            tracing_cost = Some(1.0 - traced.per_second / plain.per_second);
-            rows.push(traced);
+        for _ in 0..2 {
+            if let Some(t) = throughput::run_traced(pool, cfg, raw_first).await? {
+                traced.push(t);
+            }
         }
+    }
+    let plain_b = throughput::run(pool, cfg, PLAIN, raw_first, None).await?;
+    let raw_last = raw_pgmq::run(pool, cfg).await?;
+    let raw = (raw_first + raw_last) / 2.0;
+    let plain = ThroughputRow::combine(&[plain_a, plain_b], raw);
+    let mut rows = vec![plain.clone()];
+    let mut tracing_cost = None;
+    if !traced.is_empty() {
+        let t = ThroughputRow::combine(&traced, raw);
+        tracing_cost = Some(1.0 - t.per_second / plain.per_second);
+        rows.push(t);
     }
     let pickup = latency::pickup(pool, cfg).await?;
     let workflow = latency::linear_workflow(pool, cfg).await?;
@@ -162,6 +206,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
     }
     Ok(BenchReport {
         raw_pgmq_per_second: raw,
+        raw_pgmq_runs: [raw_first, raw_last],
         throughput: rows,
         tracing_cost,
         pickup_latency_ms: pickup,
@@ -183,6 +228,11 @@ pub fn table(r: &BenchReport) -> String {
         s,
         "{:<34} {:>12.0} {:>10} {:>9} {:>12}",
         "raw PGMQ (send/read/delete ×100)", r.raw_pgmq_per_second, "1.000", "-", "-"
+    );
+    let _ = writeln!(
+        s,
+        "  (mean of {:.0} before and {:.0} after the lineq rows)",
+        r.raw_pgmq_runs[0], r.raw_pgmq_runs[1]
     );
     for t in &r.throughput {
         let _ = writeln!(

@@ -8,7 +8,7 @@ use super::{Format, print_json};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Executions per throughput run (and messages in the raw PGMQ reference).
+    /// Executions per throughput run (each row runs twice) and messages per raw PGMQ run.
     #[arg(long, default_value_t = 50_000)]
     pub executions: usize,
     /// In-process orchestrators.

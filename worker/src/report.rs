@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use lineq_shared::error::Result;
-use lineq_shared::event::{EventType, NewEvent, insert_events};
+use lineq_shared::event::{EventType, NewEvent};
 use lineq_shared::message::{Meta, Outcome, ResultMessage, StepError};
 use lineq_shared::queue;
 use lineq_shared::telemetry;
@@ -108,8 +108,7 @@ pub(crate) async fn report(
         results.push(serde_json::to_value(&result)?);
         events.push(result_event);
     }
-    insert_events(&mut tx, &events).await?;
-    queue::send_batch(&mut tx, &queue::results_queue(), &results).await?;
+    queue::send_batch_with_events(&mut tx, &queue::results_queue(), &results, &events).await?;
     tx.commit().await?;
     if telemetry::enabled() {
         // The children written here first, then the step spans (claim to now), so each step

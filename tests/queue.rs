@@ -1,0 +1,164 @@
+//! The queue layer runs PGMQ's statements on PGMQ's tables (shared/src/queue.rs). These tests
+//! hold it to PGMQ: the tables have the columns the statements use, and messages sent, read,
+//! archived and deleted either way — through lineq's statements or PGMQ's own functions — are
+//! the same messages with the same bookkeeping.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::postgres::PgListener;
+
+use lineq::shared::queue;
+use lineq::shared::validation::QueueName;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_match_pgmq_tables() {
+    let db = TestDb::new().await;
+    let q = QueueName::new("lineq_steps_qtest").expect("name");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    queue::ensure_queue(&mut conn, &q).await.expect("create");
+    for table in ["q_lineq_steps_qtest", "a_lineq_steps_qtest"] {
+        let cols: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = 'pgmq' AND table_name = $1 ORDER BY column_name",
+        )
+        .bind(table)
+        .fetch_all(&db.pool)
+        .await
+        .expect("columns");
+        for used in [
+            "msg_id",
+            "read_ct",
+            "enqueued_at",
+            "last_read_at",
+            "vt",
+            "message",
+            "headers",
+        ] {
+            assert!(
+                cols.iter().any(|c| c == used),
+                "{table} lacks {used}: {cols:?}"
+            );
+        }
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lineq_and_pgmq_functions_see_the_same_messages() {
+    let db = TestDb::new().await;
+    let q = QueueName::new("lineq_steps_qsame").expect("name");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    queue::ensure_queue(&mut conn, &q).await.expect("create");
+
+    // send_batch: ids in the order of the bodies, each body stored as sent, and a wake-up.
+    let mut listener = PgListener::connect_with(&db.pool).await.expect("listen");
+    listener.listen(queue::WAKE_CHANNEL).await.expect("listen");
+    let bodies: Vec<_> = (0..50).map(|i| json!({ "n": i })).collect();
+    let ids = queue::send_batch(&mut conn, &q, &bodies)
+        .await
+        .expect("send");
+    assert_eq!(ids.len(), 50);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    for (id, body) in ids.iter().zip(&bodies) {
+        let stored: serde_json::Value =
+            sqlx::query_scalar("SELECT message FROM pgmq.q_lineq_steps_qsame WHERE msg_id = $1")
+                .bind(id)
+                .fetch_one(&db.pool)
+                .await
+                .expect("stored");
+        assert_eq!(&stored, body);
+    }
+    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a notification within 5 s")
+        .expect("notification");
+    assert_eq!(n.payload(), q.as_str());
+
+    // A delayed send is invisible to both readers until its time comes.
+    let later = queue::send(
+        &mut conn,
+        &q,
+        &json!({"late": true}),
+        Duration::from_secs(3600),
+    )
+    .await
+    .expect("send");
+
+    // lineq's read takes the oldest 20 and hides them; PGMQ's read then gets the next 20.
+    let first = queue::read(&db.pool, &q, 30, 20).await.expect("read");
+    let mut first_ids: Vec<i64> = first.iter().map(|m| m.msg_id).collect();
+    first_ids.sort_unstable();
+    assert_eq!(first_ids, ids[..20]);
+    assert!(first.iter().all(|m| m.read_ct == 1));
+    assert!(first.iter().all(|m| m.vt > m.enqueued_at));
+    let theirs: Vec<i64> =
+        sqlx::query_scalar("SELECT msg_id FROM pgmq.read('lineq_steps_qsame', 30, 20)")
+            .fetch_all(&db.pool)
+            .await
+            .expect("pgmq.read");
+    let mut theirs = theirs;
+    theirs.sort_unstable();
+    assert_eq!(theirs, ids[20..40]);
+    let rest = queue::read(&db.pool, &q, 30, 100).await.expect("read");
+    let mut rest_ids: Vec<i64> = rest.iter().map(|m| m.msg_id).collect();
+    rest_ids.sort_unstable();
+    assert_eq!(rest_ids, ids[40..], "the delayed message stays hidden");
+    assert!(!rest_ids.contains(&later));
+
+    // A message made visible again is read a second time, with read_ct 2.
+    sqlx::query("SELECT pgmq.set_vt('lineq_steps_qsame', $1, 0)")
+        .bind(ids[0])
+        .execute(&db.pool)
+        .await
+        .expect("set_vt");
+    let again = queue::read(&db.pool, &q, 30, 10).await.expect("read");
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].msg_id, again[0].read_ct), (ids[0], 2));
+    assert_eq!(again[0].json().expect("json"), Some(json!({ "n": 0 })));
+
+    // archive moves each message once, with its bookkeeping; a second archive moves nothing.
+    let moved = queue::archive(&mut conn, &q, &ids[..10])
+        .await
+        .expect("archive");
+    assert_eq!(moved.len(), 10);
+    assert!(
+        queue::archive(&mut conn, &q, &ids[..10])
+            .await
+            .expect("archive")
+            .is_empty()
+    );
+    let (archived, read_ct): (i64, i32) = sqlx::query_as(
+        "SELECT count(*), max(read_ct) FROM pgmq.a_lineq_steps_qsame WHERE msg_id = ANY($1)",
+    )
+    .bind(&ids[..10])
+    .fetch_one(&db.pool)
+    .await
+    .expect("archive table");
+    assert_eq!((archived, read_ct), (10, 2));
+    // PGMQ's own archive agrees about what is left.
+    let theirs: Vec<bool> = sqlx::query_scalar(
+        "SELECT pgmq.archive('lineq_steps_qsame', id) FROM unnest($1::bigint[]) AS id",
+    )
+    .bind(&ids[5..15])
+    .fetch_all(&db.pool)
+    .await
+    .expect("pgmq.archive");
+    assert_eq!(theirs.iter().filter(|b| **b).count(), 5);
+
+    // delete removes for good.
+    let deleted = queue::delete(&mut conn, &q, &ids[15..])
+        .await
+        .expect("delete");
+    assert_eq!(deleted.len(), 35);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.q_lineq_steps_qsame")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 1, "only the delayed message");
+    drop(conn);
+    db.drop_db().await;
+}
