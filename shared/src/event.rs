@@ -181,7 +181,7 @@ pub async fn insert_events(conn: &mut PgConnection, events: &[NewEvent]) -> Resu
         return Ok(());
     }
     let cols = EventColumns::new(events);
-    cols.bind(sqlx::query(INSERT_EVENTS_SQL))
+    cols.bind(sqlx::query(&INSERT_EVENTS_SQL))
         .execute(conn)
         .await?;
     Ok(())
@@ -189,26 +189,40 @@ pub async fn insert_events(conn: &mut PgConnection, events: &[NewEvent]) -> Resu
 
 /// The statement that inserts a batch of events, its parameters `$1`–`$14` bound by
 /// [`EventColumns::bind`]. It can also stand as a data-modifying CTE of a larger statement (the
-/// queue layer writes a batch's events and its messages in one round trip this way), whose
-/// own parameters then start at `$15`.
-pub const INSERT_EVENTS_SQL: &str = r#"
+/// queue layer writes a batch's events with its archive in one round trip this way), whose own
+/// parameters then start at `$15`.
+pub static INSERT_EVENTS_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| insert_events_sql(&[], "u.payload", "TRUE"));
+
+/// [`INSERT_EVENTS_SQL`] for statements that write some events conditionally: `more` adds
+/// columns to the `unnest` (`("$16::bigint[]", "held_msg")`: the parameter with its array type,
+/// and the column's name in `u`), `payload` is the payload's expression over `u` and `filter`
+/// decides, over `u`, which rows are written.
+pub fn insert_events_sql(more: &[(&str, &str)], payload: &str, filter: &str) -> String {
+    let more_params: String = more.iter().map(|(p, _)| format!(", {p}")).collect();
+    let more_names: String = more.iter().map(|(_, n)| format!(", {n}")).collect();
+    format!(
+        r#"
         INSERT INTO lineq.events (event_id, parent_event_id, execution_id, step_id,
             parent_execution_id, root_execution_id, correlation_id, event_type, node_name,
             worker_id, attempt, trace_id, span_id, payload, created_at)
         SELECT u.event_id, u.parent_event_id, u.execution_id, u.step_id, u.parent_execution_id,
             u.root_execution_id, u.correlation_id, u.event_type, u.node_name, u.worker_id,
-            u.attempt, u.trace_id, u.span_id, u.payload,
+            u.attempt, u.trace_id, u.span_id, {payload},
             -- one timestamp per row, increasing in array order, so time order follows causality
             -- within a statement
             clock_timestamp() + make_interval(secs => u.ord * 0.000001)
         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::uuid[],
                     $7::uuid[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[],
-                    $13::text[], $14::jsonb[])
+                    $13::text[], $14::jsonb[]{more_params})
              WITH ORDINALITY AS u(event_id, parent_event_id, execution_id, step_id,
                     parent_execution_id, root_execution_id, correlation_id, event_type, node_name,
-                    worker_id, attempt, trace_id, span_id, payload, ord)
+                    worker_id, attempt, trace_id, span_id, payload{more_names}, ord)
+        WHERE {filter}
         ORDER BY u.ord
-"#;
+"#
+    )
+}
 
 /// A batch of events as the column arrays [`INSERT_EVENTS_SQL`] takes.
 pub struct EventColumns<'a> {

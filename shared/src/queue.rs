@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Row};
 
-use crate::event::{EventColumns, INSERT_EVENTS_SQL, NewEvent, insert_events};
+use crate::event::{EventColumns, INSERT_EVENTS_SQL, NewEvent};
 
 use crate::error::Result;
 use crate::validation::{Namespace, QueueName};
@@ -170,41 +170,6 @@ pub async fn send_batch(
     Ok(ids)
 }
 
-/// Writes `events` and sends `bodies` to `queue` in one statement (one round trip instead of
-/// two): a worker's outcome events and its result messages. Returns the message ids in order.
-pub async fn send_batch_with_events(
-    conn: &mut PgConnection,
-    queue: &QueueName,
-    bodies: &[Value],
-    events: &[NewEvent],
-) -> Result<Vec<i64>> {
-    if bodies.is_empty() {
-        insert_events(conn, events).await?;
-        return Ok(Vec::new());
-    }
-    let cols = EventColumns::new(events);
-    let sql = format!(
-        "WITH ev AS ({INSERT_EVENTS_SQL}),
-              wake AS MATERIALIZED (SELECT pg_notify($16, $17)),
-              sent AS (INSERT INTO {live} (vt, message)
-                       SELECT clock_timestamp(), m FROM unnest($15::jsonb[]) AS m
-                       RETURNING msg_id)
-         SELECT sent.msg_id FROM sent, wake ORDER BY sent.msg_id",
-        live = live_table(queue)
-    );
-    let rows = cols
-        .bind(sqlx::query(&sql))
-        .bind(bodies)
-        .bind(WAKE_CHANNEL)
-        .bind(queue.as_str())
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| r.try_get::<i64, _>(0))
-        .collect::<std::result::Result<_, _>>()?)
-}
-
 /// Writes `events` and archives `msg_ids` of `queue` in one statement: an orchestrator's batch
 /// ends this way. Returns the ids actually moved (see [`archive`]).
 pub async fn archive_with_events(
@@ -218,13 +183,14 @@ pub async fn archive_with_events(
     }
     let cols = EventColumns::new(events);
     let sql = format!(
-        "WITH ev AS ({INSERT_EVENTS_SQL}),
+        "WITH ev AS ({events}),
               archived AS (
                   DELETE FROM {live} WHERE msg_id = ANY($15)
                   RETURNING msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
          INSERT INTO {archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
          SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM archived
          RETURNING msg_id",
+        events = INSERT_EVENTS_SQL.as_str(),
         live = live_table(queue),
         archive = archive_table(queue)
     );
@@ -241,12 +207,12 @@ pub async fn archive_with_events(
 
 /// `pgmq."q_<queue>"`: the live table PGMQ made for `queue` (its `format_table_name`). Safe to
 /// put into SQL: a [`QueueName`] is only a-z, 0-9 and `_`.
-fn live_table(queue: &QueueName) -> String {
+pub fn live_table(queue: &QueueName) -> String {
     format!("pgmq.\"q_{}\"", queue.as_str())
 }
 
 /// `pgmq."a_<queue>"`: the queue's archive table.
-fn archive_table(queue: &QueueName) -> String {
+pub fn archive_table(queue: &QueueName) -> String {
     format!("pgmq.\"a_{}\"", queue.as_str())
 }
 

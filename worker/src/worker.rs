@@ -300,8 +300,15 @@ impl Worker {
                     .insert(claimed.msg_id, (claimed.message.step_id, cancel.clone()));
                 let inner = self.inner.clone();
                 let done_tx = done_tx.clone();
+                let stopping = handler_cancel.clone();
                 tasks.spawn(async move {
                     let completion = run_step(&inner, claimed, cancel).await;
+                    // A handler that shutdown cut short has no outcome: its message stays held
+                    // and is released for another worker below, not reported as failed.
+                    if stopping.is_cancelled() && completion.outcome.is_err() {
+                        drop(permit);
+                        return;
+                    }
                     // The reporter only goes away after every sender is dropped.
                     let _ = done_tx.send(completion).await;
                     drop(permit);
