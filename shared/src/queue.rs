@@ -183,16 +183,9 @@ pub async fn archive_with_events(
     }
     let cols = EventColumns::new(events);
     let sql = format!(
-        "WITH ev AS ({events}),
-              archived AS (
-                  DELETE FROM {live} WHERE msg_id = ANY($15)
-                  RETURNING msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
-         INSERT INTO {archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
-         SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM archived
-         RETURNING msg_id",
+        "WITH ev AS ({events}), {archive} SELECT msg_id FROM moved",
         events = INSERT_EVENTS_SQL.as_str(),
-        live = live_table(queue),
-        archive = archive_table(queue)
+        archive = archive_ctes(queue, "$15")
     );
     let rows = cols
         .bind(sqlx::query(&sql))
@@ -209,6 +202,25 @@ pub async fn archive_with_events(
 /// put into SQL: a [`QueueName`] is only a-z, 0-9 and `_`.
 pub fn live_table(queue: &QueueName) -> String {
     format!("pgmq.\"q_{}\"", queue.as_str())
+}
+
+/// PGMQ's archive as two CTEs for a larger statement: `archived` (the rows deleted from the
+/// live table, of the ids in parameter `ids`) and `moved` (their ids, inserted into the archive
+/// table). A message someone else archived first is in neither.
+pub fn archive_ctes(queue: &QueueName, ids: &str) -> String {
+    format!(
+        "archived AS (
+             DELETE FROM {live} WHERE msg_id = ANY({ids}::bigint[])
+             RETURNING msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers),
+         moved AS (
+             INSERT INTO {archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message,
+                                    headers)
+             SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers
+             FROM archived
+             RETURNING msg_id)",
+        live = live_table(queue),
+        archive = archive_table(queue)
+    )
 }
 
 /// `pgmq."a_<queue>"`: the queue's archive table.
@@ -296,14 +308,8 @@ pub async fn archive(
         return Ok(Vec::new());
     }
     let rows: Vec<i64> = sqlx::query_scalar(&format!(
-        "WITH archived AS (
-             DELETE FROM {live} WHERE msg_id = ANY($1)
-             RETURNING msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
-         INSERT INTO {archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
-         SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM archived
-         RETURNING msg_id",
-        live = live_table(queue),
-        archive = archive_table(queue)
+        "WITH {archive} SELECT msg_id FROM moved",
+        archive = archive_ctes(queue, "$1")
     ))
     .bind(msg_ids)
     .fetch_all(conn)

@@ -114,14 +114,7 @@ pub(crate) async fn report(
     // longer there to archive (another delivery reported first); write `step_result` and send
     // the result only for messages this statement archived; wake the orchestrators.
     let sql = format!(
-        "WITH archived AS (
-             DELETE FROM {live} WHERE msg_id = ANY($15)
-             RETURNING msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers),
-         moved AS (
-             INSERT INTO {archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message,
-                                    headers)
-             SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers
-             FROM archived),
+        "WITH {archive},
          ev AS ({events}),
          sent AS (
              INSERT INTO {results} (vt, message)
@@ -131,8 +124,7 @@ pub(crate) async fn report(
              ORDER BY r.ord),
          wake AS MATERIALIZED (SELECT pg_notify($20, $21))
          SELECT archived.msg_id FROM archived, wake",
-        live = queue::live_table(step_queue),
-        archive = queue::archive_table(step_queue),
+        archive = queue::archive_ctes(step_queue, "$15"),
         results = queue::live_table(&queue::results_queue()),
         events = insert_events_sql(
             &[
