@@ -162,3 +162,90 @@ async fn lineq_and_pgmq_functions_see_the_same_messages() {
     drop(conn);
     db.drop_db().await;
 }
+
+/// A queue vacuumed while it held one message has statistics of about one row; a backlog then
+/// arrives. The read must still reach the rows it updates by index, not by a scan of the whole
+/// table per message read (PGMQ's join shape did, and a read of 100 took 24 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_plan_uses_the_index_when_statistics_are_stale() {
+    let db = TestDb::new().await;
+    let q = QueueName::new("lineq_steps_qstale").expect("name");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    queue::ensure_queue(&mut conn, &q).await.expect("create");
+    let live = queue::live_table(&q);
+    // 300 messages, all but the last gone, then VACUUM: one live row in a few pages.
+    let body = json!({ "n": 1 });
+    let ids = queue::send_batch(&mut conn, &q, &vec![body.clone(); 300])
+        .await
+        .expect("send");
+    let last = *ids.last().expect("ids");
+    sqlx::query(&format!("DELETE FROM {live} WHERE msg_id <> $1"))
+        .bind(last)
+        .execute(&mut *conn)
+        .await
+        .expect("delete");
+    sqlx::query(&format!("VACUUM {live}"))
+        .execute(&mut *conn)
+        .await
+        .expect("vacuum");
+    let (pages, tuples): (i32, f32) =
+        sqlx::query_as("SELECT relpages, reltuples FROM pg_class WHERE oid = $1::regclass")
+            .bind(live.replace('"', ""))
+            .fetch_one(&mut *conn)
+            .await
+            .expect("stats");
+    assert!(
+        tuples <= 1.0,
+        "stats should be stale-small: {pages} pages, {tuples} rows"
+    );
+    // The backlog: 20,000 messages the statistics know nothing about.
+    for _ in 0..20 {
+        queue::send_batch(&mut conn, &q, &vec![body.clone(); 1000])
+            .await
+            .expect("send");
+    }
+    // The statement as a worker's connection plans it (lineq's pools force custom plans).
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN {}",
+        queue::read_sql(&q)
+            .replace("$1", "100")
+            .replace("$2::integer", "30")
+    ))
+    .fetch_all(&mut *conn)
+    .await
+    .expect("explain");
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Cond: (msg_id = ANY"),
+        "the update must find its rows by index:\n{plan}"
+    );
+    assert!(
+        !plan.contains("Nested Loop"),
+        "no per-message join over the queue:\n{plan}"
+    );
+    let read = queue::read(&mut *conn, &q, 30, 100).await.expect("read");
+    assert_eq!(read.len(), 100);
+    assert!(
+        read.windows(2).all(|w| w[0].msg_id < w[1].msg_id),
+        "in msg_id order"
+    );
+    db.drop_db().await;
+}
+
+/// lineq's pools plan every statement for its parameters (see DatabaseConfig::connect_options).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lineq_pools_force_custom_plans() {
+    let db = TestDb::new().await;
+    let pool = lineq::DatabaseConfig::new(db.url.clone())
+        .max_connections(1)
+        .connect()
+        .await
+        .expect("connect");
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&pool)
+        .await
+        .expect("show");
+    assert_eq!(mode, "force_custom_plan");
+    pool.close().await;
+    db.drop_db().await;
+}

@@ -46,6 +46,16 @@ impl DatabaseConfig {
     }
 
     /// Parsed connection options.
+    ///
+    /// Every connection plans each statement for its own parameters
+    /// (`plan_cache_mode = force_custom_plan`). lineq's statements are prepared once per
+    /// connection, and PostgreSQL would otherwise settle on a generic plan after five runs, costed
+    /// for the table sizes of that moment: a plan made while `steps` or a queue held a few hundred
+    /// rows (a fresh database, a quiet hour) scans the whole table once that table has grown,
+    /// and keeps doing so until the next ANALYZE. `lineq bench` measured it: a batch update of 100
+    /// steps took 36 ms instead of 2, and throughput halved. Custom plans cost a planning pass
+    /// per statement and follow the tables' size as it changes. Pools made by hand for
+    /// a `Worker` or an `Orchestrator` should set the same (see docs/design-notes.md).
     pub fn connect_options(&self) -> Result<PgConnectOptions> {
         let opts = PgConnectOptions::from_str(&self.url).map_err(|e| {
             Error::Validation(ValidationError::new(
@@ -53,7 +63,9 @@ impl DatabaseConfig {
                 format!("not a PostgreSQL URL: {e}"),
             ))
         })?;
-        Ok(opts.application_name(&self.application_name))
+        Ok(opts
+            .application_name(&self.application_name)
+            .options([("plan_cache_mode", "force_custom_plan")]))
     }
 
     /// Opens the pool and checks that the server answers.

@@ -1,12 +1,15 @@
 //! `lineq bench`: measures lineq against raw PGMQ on the same database in one run, so every
 //! figure is a ratio on the same machine at the same moment (see docs/benchmarks.md).
 
+mod design_floor;
 mod latency;
 mod memory;
 mod otlp_sink;
 mod raw_pgmq;
 mod throughput;
 
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -36,6 +39,20 @@ pub struct BenchConfig {
     pub progress: bool,
     /// Also run the traced throughput row (span export to an in-process OTLP receiver).
     pub tracing_row: bool,
+    /// Also run the design floor: the rows of the same executions written by SQL alone.
+    pub floor_row: bool,
+}
+
+/// A name for one run's executions (their workflow and handler), unique across processes, so
+/// a bench never counts an earlier bench's executions on the same database as its own.
+fn run_label(what: &str) -> String {
+    static PROCESS: LazyLock<String> = LazyLock::new(|| uuid::Uuid::now_v7().simple().to_string());
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "bench.{what}.{}.{}",
+        *PROCESS,
+        RUN.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// One throughput row.
@@ -98,6 +115,10 @@ pub struct BenchReport {
     pub raw_pgmq_runs: [f64; 2],
     /// lineq throughput rows.
     pub throughput: Vec<ThroughputRow>,
+    /// The design floor: executions per second when the rows design.md requires of them are
+    /// written by plain SQL alone (no lineq code, 100 per statement, no NOTIFY) — a ceiling for
+    /// any implementation of the design on this machine. Run before and after the lineq rows.
+    pub design_floor: Option<FloorRow>,
     /// Tracing cost: 1 − traced/untraced throughput.
     pub tracing_cost: Option<f64>,
     /// Submit committed → handler started, idle system (ms).
@@ -106,6 +127,19 @@ pub struct BenchReport {
     pub workflow_latency_ms: Percentiles,
     /// The targets, and whether this run met them.
     pub targets: Vec<Target>,
+}
+
+/// The design floor's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloorRow {
+    /// Executions per second: the mean of `runs`.
+    pub per_second: f64,
+    /// The two runs, before and after the lineq rows.
+    pub runs: [f64; 2],
+    /// Ratio to the raw PGMQ reference: the best throughput ratio the design allows here.
+    pub ratio_to_raw: f64,
+    /// lineq's throughput as a share of this floor: what lineq's own code leaves of it.
+    pub lineq_share: f64,
 }
 
 /// A target from issue 7 and this run's figure.
@@ -137,11 +171,21 @@ fn bar(cfg: &BenchConfig, len: u64, what: &str) -> ProgressBar {
 
 /// Runs every measurement against `pool` (which must be migrated and otherwise idle).
 ///
-/// The throughput rows run twice each, in the order plain, traced, traced, plain, between two
-/// runs of the raw reference: on a machine whose speed drifts (a shared 2-core VM does), each
-/// row then sees the same average conditions, and the ratios compare like with like.
+/// The latencies are measured first, on the idle system. Then the throughput rows run twice
+/// each, in the order floor, plain, traced, traced, plain, floor, between two runs of the raw
+/// reference: on a machine whose speed drifts (a shared 2-core VM does), each row then sees the
+/// same average conditions, and the ratios compare like with like.
 pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
+    // Latency first, while the system is idle as the issue means it: after the throughput rows
+    // PostgreSQL is still checkpointing and vacuuming their hundreds of thousands of rows.
+    let pickup = latency::pickup(pool, cfg).await?;
+    let workflow = latency::linear_workflow(pool, cfg).await?;
     let raw_first = raw_pgmq::run(pool, cfg).await?;
+    let floor_first = if cfg.floor_row {
+        Some(design_floor::run(pool, cfg, &run_label("floor")).await?)
+    } else {
+        None
+    };
     let plain_a = throughput::run(pool, cfg, PLAIN, raw_first, None).await?;
     let mut traced = Vec::new();
     if cfg.tracing_row {
@@ -152,9 +196,22 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
         }
     }
     let plain_b = throughput::run(pool, cfg, PLAIN, raw_first, None).await?;
+    let floor_last = match floor_first {
+        Some(_) => Some(design_floor::run(pool, cfg, &run_label("floor")).await?),
+        None => None,
+    };
     let raw_last = raw_pgmq::run(pool, cfg).await?;
     let raw = (raw_first + raw_last) / 2.0;
     let plain = ThroughputRow::combine(&[plain_a, plain_b], raw);
+    let design_floor = floor_first.zip(floor_last).map(|(a, b)| {
+        let per_second = (a + b) / 2.0;
+        FloorRow {
+            per_second,
+            runs: [a, b],
+            ratio_to_raw: per_second / raw,
+            lineq_share: plain.per_second / per_second,
+        }
+    });
     let mut rows = vec![plain.clone()];
     let mut tracing_cost = None;
     if !traced.is_empty() {
@@ -162,8 +219,6 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
         tracing_cost = Some(1.0 - t.per_second / plain.per_second);
         rows.push(t);
     }
-    let pickup = latency::pickup(pool, cfg).await?;
-    let workflow = latency::linear_workflow(pool, cfg).await?;
     let mut targets = vec![
         Target {
             name: "throughput vs raw PGMQ".into(),
@@ -208,6 +263,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
         raw_pgmq_per_second: raw,
         raw_pgmq_runs: [raw_first, raw_last],
         throughput: rows,
+        design_floor,
         tracing_cost,
         pickup_latency_ms: pickup,
         workflow_latency_ms: workflow,
@@ -239,6 +295,20 @@ pub fn table(r: &BenchReport) -> String {
             s,
             "{:<34} {:>12.0} {:>10.3} {:>9.1} {:>+12.1}",
             t.name, t.per_second, t.ratio_to_raw, t.peak_rss_mib, t.rss_growth_mib
+        );
+    }
+    if let Some(f) = &r.design_floor {
+        let _ = writeln!(
+            s,
+            "{:<34} {:>12.0} {:>10.3} {:>9} {:>12}",
+            "design floor (its SQL alone)", f.per_second, f.ratio_to_raw, "-", "-"
+        );
+        let _ = writeln!(
+            s,
+            "  (mean of {:.0} before and {:.0} after; lineq reaches {:.0} % of it)",
+            f.runs[0],
+            f.runs[1],
+            f.lineq_share * 100.0
         );
     }
     for t in &r.throughput {

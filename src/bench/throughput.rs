@@ -14,8 +14,6 @@ use lineq::{Client, HandlerResult, Orchestrator, StepContext, SubmitRequest, Wor
 use super::memory::Sampler;
 use super::{BenchConfig, ThroughputRow, bar};
 
-static RUN: AtomicUsize = AtomicUsize::new(0);
-
 async fn noop(_ctx: StepContext, _input: Value) -> HandlerResult {
     Ok(Value::Null)
 }
@@ -70,7 +68,7 @@ pub async fn run(
     raw: f64,
     _traced: Option<()>,
 ) -> anyhow::Result<ThroughputRow> {
-    let handler = format!("bench.noop{}", RUN.fetch_add(1, Ordering::Relaxed));
+    let handler = super::run_label("noop");
     let system = InProcess::start(pool, cfg, &handler);
     let client = Client::new(pool.clone());
     let n = cfg.executions;

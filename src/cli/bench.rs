@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Skip the traced throughput row.
     #[arg(long)]
     pub no_tracing_row: bool,
+    /// Skip the design-floor row: the same executions' rows written by plain SQL alone, the
+    /// ceiling for any implementation of design.md on this machine.
+    #[arg(long)]
+    pub no_floor_row: bool,
     /// No progress bars (they are off anyway with --format json).
     #[arg(long)]
     pub no_progress: bool,
@@ -51,6 +55,7 @@ pub async fn run(url: Option<String>, format: Format, a: BenchArgs) -> anyhow::R
         latency_samples: a.latency_samples.max(10),
         progress: !a.no_progress && format == Format::Text,
         tracing_row: !a.no_tracing_row,
+        floor_row: !a.no_floor_row,
     };
     let result = run_bench(&pool, &cfg).await;
     pool.close().await;

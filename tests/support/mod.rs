@@ -83,7 +83,9 @@ impl TestDb {
         admin_pool.close().await;
         let opts = PgConnectOptions::from_str(&admin)
             .expect("admin url")
-            .database(&name);
+            .database(&name)
+            // As lineq's own pools (DatabaseConfig::connect_options).
+            .options([("plan_cache_mode", "force_custom_plan")]);
         let url = url_with_database(&admin, &name);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)
