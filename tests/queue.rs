@@ -232,9 +232,11 @@ async fn read_plan_uses_the_index_when_statistics_are_stale() {
     db.drop_db().await;
 }
 
-/// lineq's pools plan every statement for its parameters (see DatabaseConfig::connect_options).
+/// lineq's pools plan every statement for its parameters and the tables' current size (see
+/// DatabaseConfig::connect_options): a generic plan made while `steps` was empty joins a batch to
+/// it by a sequential scan, and would keep doing so as the table grows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lineq_pools_force_custom_plans() {
+async fn lineq_pools_do_not_keep_plans_made_for_tiny_tables() {
     let db = TestDb::new().await;
     let pool = lineq::DatabaseConfig::new(db.url.clone())
         .max_connections(1)
@@ -246,6 +248,58 @@ async fn lineq_pools_force_custom_plans() {
         .await
         .expect("show");
     assert_eq!(mode, "force_custom_plan");
+    // What such a connection would otherwise keep: an empty, analyzed steps table, and the
+    // generic plan of a batch update by ids scans it.
+    let mut conn = pool.acquire().await.expect("conn");
+    sqlx::query("ANALYZE lineq.steps")
+        .execute(&mut *conn)
+        .await
+        .expect("analyze");
+    sqlx::query(
+        "PREPARE lq_outcomes(uuid[], text[]) AS UPDATE lineq.steps s SET status = u.status
+         FROM unnest($1, $2) AS u(step_id, status) WHERE s.step_id = u.step_id",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("prepare");
+    let explain = async |conn: &mut sqlx::PgConnection| -> String {
+        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE lq_outcomes('{}', '{}')")
+            .fetch_all(conn)
+            .await
+            .expect("explain");
+        plan.join("\n")
+    };
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .expect("set");
+    let generic = explain(&mut conn).await;
+    assert!(generic.contains("Seq Scan on steps"), "{generic}");
+    // Back to the pool's setting, with rows the planner can see: an index plan.
+    sqlx::query("RESET plan_cache_mode")
+        .execute(&mut *conn)
+        .await
+        .expect("reset");
+    sqlx::query(
+        "INSERT INTO lineq.executions (execution_id, workflow_name, namespace, input,
+                                       correlation_id, root_execution_id)
+         SELECT id, 'w', 'default', 'null', id, id FROM (SELECT gen_random_uuid() AS id
+                                                        FROM generate_series(1, 5000)) g",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("executions");
+    sqlx::query(
+        "INSERT INTO lineq.steps (step_id, execution_id, name, handler, namespace, queue)
+         SELECT gen_random_uuid(), execution_id, 's', 'h', 'default', 'lineq_steps_default'
+         FROM lineq.executions",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("steps");
+    let custom = explain(&mut conn).await;
+    assert!(!custom.contains("Seq Scan on steps"), "{custom}");
+    drop(conn);
     pool.close().await;
     db.drop_db().await;
 }

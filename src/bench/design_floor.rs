@@ -42,14 +42,18 @@ struct Statements {
 
 impl Statements {
     fn new(steps: &QueueName, results: &QueueName) -> Self {
-        let read = |q: &QueueName| {
+        // PGMQ's read as two CTEs, `locked` and then `name` (the messages read, with their
+        // `msg_id`, `read_ct` and `message`). The locking SELECT must be a CTE: as a subquery
+        // the planner may run it once per joined row, locking more than the batch.
+        let read = |q: &QueueName, name: &str| {
             format!(
-                "UPDATE {live} m
-                 SET last_read_at = clock_timestamp(),
-                     vt = clock_timestamp() + interval '30 seconds', read_ct = m.read_ct + 1
-                 FROM (SELECT msg_id FROM {live} WHERE vt <= clock_timestamp()
-                       ORDER BY msg_id LIMIT {BATCH} FOR UPDATE SKIP LOCKED) c
-                 WHERE m.msg_id = c.msg_id",
+                "locked AS (SELECT msg_id FROM {live} WHERE vt <= clock_timestamp()
+                            ORDER BY msg_id LIMIT {BATCH} FOR UPDATE SKIP LOCKED),
+                 {name} AS (UPDATE {live} m
+                     SET last_read_at = clock_timestamp(),
+                         vt = clock_timestamp() + interval '30 seconds', read_ct = m.read_ct + 1
+                     WHERE m.msg_id = ANY(ARRAY(SELECT msg_id FROM locked))
+                     RETURNING m.msg_id, m.read_ct, m.message)",
                 live = queue::live_table(q)
             )
         };
@@ -97,7 +101,7 @@ impl Statements {
             ),
             // $1: event ids, one per message read; $2 the queue. Returns the ids held.
             claim: format!(
-                "WITH r AS ({read} RETURNING m.msg_id, m.read_ct, m.message),
+                "WITH {read},
                  n AS (SELECT r.*, row_number() OVER (ORDER BY msg_id) AS i FROM r),
                  ev AS (INSERT INTO lineq.events ({EVENT_COLUMNS})
                         SELECT ($1::uuid[])[i], (message->'meta'->>'parent_event_id')::uuid,
@@ -112,7 +116,7 @@ impl Statements {
                                    'delivery', read_ct)
                         FROM n)
                  SELECT msg_id FROM n",
-                read = read(steps)
+                read = read(steps, "r")
             ),
             // $1: the held ids; $2, $3: two event ids per message.
             report: format!(
@@ -143,7 +147,7 @@ impl Statements {
                 archive = queue::archive_ctes(steps, "$1"),
                 results = queue::live_table(results)
             ),
-            read_results: format!("{} RETURNING m.msg_id", read(results)),
+            read_results: format!("WITH {} SELECT msg_id FROM r", read(results, "r")),
             // $1: the result ids read; $2, $3: two event ids per message. Returns the number
             // of executions completed.
             settle: format!(
