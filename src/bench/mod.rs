@@ -116,8 +116,8 @@ pub struct BenchReport {
     /// lineq throughput rows.
     pub throughput: Vec<ThroughputRow>,
     /// The design floor: executions per second when the rows design.md requires of them are
-    /// written by plain SQL alone (no lineq code, 100 per statement, no NOTIFY) — a ceiling for
-    /// any implementation of the design on this machine. Run before and after the lineq rows.
+    /// written by plain SQL alone (no lineq code, 100 per statement, no NOTIFY): what the
+    /// design's rows cost on this machine. Run before and after the lineq rows.
     pub design_floor: Option<FloorRow>,
     /// Tracing cost: 1 − traced/untraced throughput.
     pub tracing_cost: Option<f64>,
@@ -136,7 +136,7 @@ pub struct FloorRow {
     pub per_second: f64,
     /// The two runs, before and after the lineq rows.
     pub runs: [f64; 2],
-    /// Ratio to the raw PGMQ reference: the best throughput ratio the design allows here.
+    /// Ratio to the raw PGMQ reference: about the best ratio the design's rows allow here.
     pub ratio_to_raw: f64,
     /// lineq's throughput as a share of this floor: what lineq's own code leaves of it.
     pub lineq_share: f64,
