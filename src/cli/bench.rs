@@ -33,8 +33,8 @@ pub struct BenchArgs {
     /// Skip the traced throughput row.
     #[arg(long)]
     pub no_tracing_row: bool,
-    /// Skip the design-floor row: the same executions' rows written by plain SQL alone, the
-    /// ceiling for any implementation of design.md on this machine.
+    /// Skip the design-floor row: the same executions' rows written by plain SQL alone, about
+    /// the most throughput design.md's rows allow on this machine.
     #[arg(long)]
     pub no_floor_row: bool,
     /// No progress bars (they are off anyway with --format json).
