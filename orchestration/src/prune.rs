@@ -211,9 +211,12 @@ pub async fn prune(
     for (queue, table) in &queues {
         let sql = format_sql(
             pool,
-            "DELETE FROM pgmq.%1$I WHERE msg_id IN (
+            // The batch is locked in a materialized CTE: a locking sub-select inside `IN` is
+            // a plan node the executor may run again, and each run may lock a different set.
+            "WITH batch AS MATERIALIZED (
                  SELECT msg_id FROM pgmq.%1$I WHERE archived_at < $1 LIMIT $2
-                 FOR UPDATE SKIP LOCKED)",
+                 FOR UPDATE SKIP LOCKED)
+             DELETE FROM pgmq.%1$I WHERE msg_id IN (SELECT msg_id FROM batch)",
             table,
         )
         .await?;

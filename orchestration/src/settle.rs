@@ -75,11 +75,18 @@ pub(crate) async fn lock_executions(
     Ok(sqlx::query_as::<_, ExecState>(
         r#"
         SELECT e.execution_id, e.status, e.kind, e.namespace, e.input, e.correlation_id,
-               e.parent_execution_id, e.root_execution_id, r.correlation_id AS trace_correlation_id,
+               e.parent_execution_id, e.root_execution_id,
+               -- The trace id is the root's correlation id. A subquery, not a join: most
+               -- executions are roots, and planning a self-join of this many-indexed table
+               -- cost 0.26 ms per batch against 0.12 (custom plans, see database.rs).
+               CASE WHEN e.root_execution_id = e.execution_id THEN e.correlation_id
+                    ELSE coalesce((SELECT r.correlation_id FROM lineq.executions r
+                                   WHERE r.execution_id = e.root_execution_id),
+                                  e.correlation_id)
+               END AS trace_correlation_id,
                e.parent_step_id, e.parent_waits, e.workflow_name, e.tags, e.metadata,
                e.parent_step
         FROM lineq.executions e
-        JOIN lineq.executions r ON r.execution_id = e.root_execution_id
         WHERE e.execution_id = ANY($1)
         ORDER BY e.execution_id
         FOR UPDATE OF e
