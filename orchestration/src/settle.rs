@@ -78,7 +78,9 @@ pub(crate) async fn lock_executions(
                e.parent_execution_id, e.root_execution_id,
                -- The trace id is the root's correlation id. A subquery, not a join: most
                -- executions are roots, and planning a self-join of this many-indexed table
-               -- cost 0.26 ms per batch against 0.12 (custom plans, see database.rs).
+               -- cost 0.26 ms per batch against 0.12 (custom plans, see database.rs). Prune
+               -- removes whole trees, so the root is there; were it ever not, the execution
+               -- still settles (the join dropped it), traced under its own correlation id.
                CASE WHEN e.root_execution_id = e.execution_id THEN e.correlation_id
                     ELSE coalesce((SELECT r.correlation_id FROM lineq.executions r
                                    WHERE r.execution_id = e.root_execution_id),
