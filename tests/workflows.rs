@@ -82,6 +82,56 @@ async fn tree_of_root(db: &TestDb, root: Uuid) -> (String, Vec<EventRow>) {
     (tree_shape(&events), events)
 }
 
+/// A `step_enqueued` event (id, step, attempt, payload `msg_id`), its step row (`msg_id`,
+/// `attempts`) and the archived message the payload names.
+type EnqueuedMessage = (
+    Uuid,
+    Uuid,
+    Option<i32>,
+    i64,
+    Option<i64>,
+    i32,
+    Option<Value>,
+);
+
+/// Every `step_enqueued` of the tree names (payload `msg_id`) the archived message that carried
+/// its step: the message's step and parent event are the event's, and the step row records the
+/// message of its latest attempt. Returns how many messages were checked.
+async fn assert_messages_match_steps(db: &TestDb, root: Uuid) -> usize {
+    let rows: Vec<EnqueuedMessage> = sqlx::query_as(
+        r#"SELECT e.event_id, e.step_id, e.attempt, (e.payload->>'msg_id')::bigint,
+                      s.msg_id, s.attempts, a.message
+               FROM lineq.events e
+               JOIN lineq.steps s ON s.step_id = e.step_id
+               LEFT JOIN pgmq.a_lineq_steps_default a
+                      ON a.msg_id = (e.payload->>'msg_id')::bigint
+               WHERE e.root_execution_id = $1 AND e.event_type = 'step_enqueued'"#,
+    )
+    .bind(root)
+    .fetch_all(&db.pool)
+    .await
+    .expect("step_enqueued events and their messages");
+    for (event_id, step_id, attempt, msg_id, row_msg_id, attempts, message) in &rows {
+        let m = message
+            .as_ref()
+            .unwrap_or_else(|| panic!("step_enqueued {event_id}: no archived message {msg_id}"));
+        assert_eq!(m["step_id"], json!(step_id), "message {msg_id}");
+        assert_eq!(
+            m["meta"]["parent_event_id"],
+            json!(event_id),
+            "message {msg_id}"
+        );
+        if *attempt == Some(*attempts) {
+            assert_eq!(
+                *row_msg_id,
+                Some(*msg_id),
+                "step {step_id} records its message"
+            );
+        }
+    }
+    rows.len()
+}
+
 struct System {
     db: TestDb,
     procs: Vec<Proc>,
@@ -177,6 +227,7 @@ async fn diamond_fans_out_and_in() {
         .expect("parent");
     assert_eq!(parent.event_type, "step_completed");
     assert!(matches!(parent.step_name.as_deref(), Some("b" | "c")));
+    assert_eq!(assert_messages_match_steps(&sys.db, id).await, 4);
     sys.stop().await;
 }
 
@@ -228,6 +279,8 @@ async fn fan_out_of_fifty_parallel_steps_on_two_workers() {
     )])])];
     branches.extend((0..49).map(|_| ok_step(vec![])));
     assert_eq!(shape, execution(ok_step(branches)));
+    // The 50 branches were sent by one statement: each message went to its own step.
+    assert_eq!(assert_messages_match_steps(&sys.db, id).await, 52);
     sys.stop().await;
 }
 
@@ -362,6 +415,19 @@ async fn retry_then_success() {
             .expect("parent");
         assert_eq!(parent.event_type, "step_attempt_failed");
         assert_eq!(parent.attempt.map(|a| a + 1), r.attempt);
+        // The retry's message stayed hidden for the backoff the failure announced.
+        let delay_ms = parent.payload["delay_ms"].as_i64().expect("delay_ms");
+        // Jitter draws from half the backoff to all of it (backoff_ms 50, doubling, max 200).
+        assert!((25..=200).contains(&delay_ms), "delay_ms {delay_ms}");
+        let started = events
+            .iter()
+            .find(|e| e.event_type == "action_started" && e.parent_event_id == Some(r.event_id))
+            .expect("the retry started");
+        let waited = (started.created_at - parent.created_at).num_milliseconds();
+        assert!(
+            waited >= delay_ms,
+            "retry started after {waited} ms, before its {delay_ms} ms backoff"
+        );
         let meta: Value = sqlx::query_scalar(
             "SELECT message->'meta' FROM pgmq.a_lineq_steps_default
              WHERE (message->'meta'->>'parent_event_id')::uuid = $1",
@@ -377,6 +443,8 @@ async fn retry_then_success() {
             "{reason}"
         );
     }
+    // Retries are sent with a delay, by the same statement that records them on the step.
+    assert_eq!(assert_messages_match_steps(&sys.db, id).await, 3);
     sys.stop().await;
 }
 

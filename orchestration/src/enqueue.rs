@@ -59,50 +59,99 @@ pub(crate) fn step_input(
     Value::Object(m)
 }
 
-/// Sends `ready` and marks the steps enqueued. Returns the `step_enqueued` events for the
-/// caller to insert with the rest of its transaction's events.
+/// Sends `ready` and marks the steps enqueued: one statement per queue does both (and wakes
+/// the queue's consumers), so a result batch that makes steps ready pays one round trip for
+/// them. Returns the `step_enqueued` events for the caller to insert with the rest of its
+/// transaction's events.
 pub(crate) async fn enqueue(
     conn: &mut PgConnection,
     ready: Vec<ReadyStep>,
     node_name: &str,
 ) -> Result<Vec<NewEvent>> {
-    let (events, msg_ids) = send_ready(conn, &ready, node_name).await?;
-    if !ready.is_empty() {
-        let ids: Vec<Uuid> = ready.iter().map(|r| r.step_id).collect();
-        let attempts: Vec<i32> = ready.iter().map(|r| r.attempt).collect();
-        let inputs: Vec<&Value> = ready.iter().map(|r| &r.input).collect();
-        sqlx::query(
+    let (mut events, bodies) = prepare(&ready, node_name)?;
+    let mut msg_ids: Vec<i64> = vec![0; ready.len()];
+    for (q, idx) in by_queue(&ready).into_values() {
+        let batch_bodies: Vec<&Value> = idx.iter().map(|&i| &bodies[i]).collect();
+        let delays: Vec<f64> = idx.iter().map(|&i| ready[i].delay.as_secs_f64()).collect();
+        let step_ids: Vec<Uuid> = idx.iter().map(|&i| ready[i].step_id).collect();
+        let attempts: Vec<i32> = idx.iter().map(|&i| ready[i].attempt).collect();
+        let inputs: Vec<&Value> = idx.iter().map(|&i| &ready[i].input).collect();
+        // Identity values are taken in the order the ordered SELECT yields the rows, so the ids
+        // by msg_id are in the order of `idx`; the step rows find their message by its step id.
+        let sent: Vec<i64> = sqlx::query_scalar(&format!(
             r#"
-            UPDATE lineq.steps s
-            SET status = 'enqueued', msg_id = u.msg_id, attempts = u.attempt, input = u.input,
-                updated_at = clock_timestamp()
-            FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::jsonb[])
-                 AS u(step_id, msg_id, attempt, input)
-            WHERE s.step_id = u.step_id
+            WITH wake AS MATERIALIZED (SELECT pg_notify($1, $2)),
+                 sent AS (
+                     INSERT INTO {live} (vt, message)
+                     SELECT clock_timestamp() + make_interval(secs => m.delay), m.body
+                     FROM unnest($3::jsonb[], $4::float8[]) WITH ORDINALITY AS m(body, delay, ord)
+                     ORDER BY m.ord
+                     RETURNING msg_id, message),
+                 marked AS (
+                     UPDATE lineq.steps s
+                     SET status = 'enqueued', msg_id = sent.msg_id, attempts = u.attempt,
+                         input = u.input, updated_at = clock_timestamp()
+                     FROM unnest($5::uuid[], $6::int[], $7::jsonb[]) AS u(step_id, attempt, input),
+                          sent
+                     WHERE s.step_id = u.step_id
+                       AND (sent.message->>'step_id')::uuid = u.step_id)
+            SELECT sent.msg_id FROM sent, wake ORDER BY sent.msg_id
             "#,
-        )
-        .bind(&ids)
-        .bind(&msg_ids)
+            live = queue::live_table(q),
+        ))
+        .bind(queue::WAKE_CHANNEL)
+        .bind(q.as_str())
+        .bind(&batch_bodies)
+        .bind(&delays)
+        .bind(&step_ids)
         .bind(&attempts)
         .bind(&inputs)
-        .execute(conn)
+        .fetch_all(&mut *conn)
         .await?;
+        for (i, id) in idx.into_iter().zip(sent) {
+            msg_ids[i] = id;
+        }
     }
+    fill_payloads(&ready, &mut events, &msg_ids);
     Ok(events)
 }
 
 /// Sends the messages of `ready` (one batch per queue; delayed ones one by one) and builds
 /// their `step_enqueued` events. Returns the events and each step's message id, in order; the
-/// caller records them on the step rows (by update, or directly in the insert of new steps).
+/// caller records the ids in the insert of the new steps.
 pub(crate) async fn send_ready(
     conn: &mut PgConnection,
     ready: &[ReadyStep],
     node_name: &str,
 ) -> Result<(Vec<NewEvent>, Vec<i64>)> {
-    let mut events = Vec::with_capacity(ready.len());
-    let mut batches: BTreeMap<String, (QueueName, Vec<Value>, Vec<usize>)> = BTreeMap::new();
+    let (mut events, bodies) = prepare(ready, node_name)?;
     let mut msg_ids: Vec<i64> = vec![0; ready.len()];
-    for (i, r) in ready.iter().enumerate() {
+    for (q, idx) in by_queue(ready).into_values() {
+        let mut now = Vec::new();
+        let mut now_bodies = Vec::new();
+        for i in idx {
+            if ready[i].delay.is_zero() {
+                now.push(i);
+                now_bodies.push(bodies[i].clone());
+            } else {
+                msg_ids[i] = queue::send(conn, q, &bodies[i], ready[i].delay).await?;
+            }
+        }
+        let sent = queue::send_batch(conn, q, &now_bodies).await?;
+        for (i, id) in now.into_iter().zip(sent) {
+            msg_ids[i] = id;
+        }
+    }
+    fill_payloads(ready, &mut events, &msg_ids);
+    Ok((events, msg_ids))
+}
+
+/// The `step_enqueued` event and the message of each step of `ready`, in order; the message
+/// names its event as its parent.
+fn prepare(ready: &[ReadyStep], node_name: &str) -> Result<(Vec<NewEvent>, Vec<Value>)> {
+    let mut events = Vec::with_capacity(ready.len());
+    let mut bodies = Vec::with_capacity(ready.len());
+    for r in ready {
         let event = NewEvent::new(
             EventType::StepEnqueued,
             r.lineage,
@@ -130,30 +179,31 @@ pub(crate) async fn send_ready(
                 retry_reason: r.retry_reason.clone(),
             },
         };
-        let body = serde_json::to_value(&message)?;
-        if r.delay.is_zero() {
-            let entry = batches
-                .entry(r.queue.as_str().to_string())
-                .or_insert_with(|| (r.queue.clone(), Vec::new(), Vec::new()));
-            entry.1.push(body);
-            entry.2.push(i);
-        } else {
-            msg_ids[i] = queue::send(conn, &r.queue, &body, r.delay).await?;
-        }
+        bodies.push(serde_json::to_value(&message)?);
         events.push(event);
     }
-    for (_, (q, bodies, idx)) in batches {
-        let sent = queue::send_batch(conn, &q, &bodies).await?;
-        for (i, id) in idx.into_iter().zip(sent) {
-            msg_ids[i] = id;
-        }
+    Ok((events, bodies))
+}
+
+/// The indexes into `ready` of each queue's steps, queues in name order.
+fn by_queue(ready: &[ReadyStep]) -> BTreeMap<&str, (&QueueName, Vec<usize>)> {
+    let mut m: BTreeMap<&str, (&QueueName, Vec<usize>)> = BTreeMap::new();
+    for (i, r) in ready.iter().enumerate() {
+        m.entry(r.queue.as_str())
+            .or_insert_with(|| (&r.queue, Vec::new()))
+            .1
+            .push(i);
     }
-    for ((r, e), msg_id) in ready.iter().zip(events.iter_mut()).zip(&msg_ids) {
+    m
+}
+
+/// What the `step_enqueued` events say once the messages are sent.
+fn fill_payloads(ready: &[ReadyStep], events: &mut [NewEvent], msg_ids: &[i64]) {
+    for ((r, e), msg_id) in ready.iter().zip(events.iter_mut()).zip(msg_ids) {
         e.payload = json!({
             "step": r.name, "handler": r.handler, "queue": r.queue.as_str(), "msg_id": msg_id,
             "delay_ms": u64::try_from(r.delay.as_millis()).unwrap_or(u64::MAX),
             "retry_reason": r.retry_reason,
         });
     }
-    Ok((events, msg_ids))
 }

@@ -3,11 +3,14 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
 
 use crate::error::{Error, Result};
 use crate::validation::ValidationError;
+
+/// A pooled connection idle at least this long is pinged before it is handed out.
+pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// How to reach PostgreSQL.
 #[derive(Debug, Clone)]
@@ -70,10 +73,25 @@ impl DatabaseConfig {
     }
 
     /// Opens the pool and checks that the server answers.
+    ///
+    /// A connection handed out is pinged first only if it sat idle for a second or more
+    /// ([`PING_IDLE_AFTER`]). sqlx pings on every acquire by default, a round trip on the
+    /// critical path of every claim, report and result batch; a connection in use by a busy
+    /// loop was working milliseconds ago. sqlx also pings a connection when it comes back to the
+    /// pool (off that path) and drops it if it is broken.
     pub async fn connect(&self) -> Result<PgPool> {
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(self.connect_options()?)
             .await?;
         Ok(pool)
