@@ -1,5 +1,5 @@
 //! Failures a fleet sees every day: SIGTERM during work, PostgreSQL restarting under running
-//! processes, and poison (huge, deeply nested) messages.
+//! processes, connections that die while idle, and poison (huge, deeply nested) messages.
 
 mod support;
 
@@ -207,6 +207,37 @@ async fn postgres_restarted_mid_run_loses_nothing() {
     }
     pool.close().await;
     pg.stop().await.expect("stop");
+}
+
+/// lineq's pool does not ping a connection on every acquire (a round trip in front of every
+/// claim), only one that sat idle for `PING_IDLE_AFTER`: one that died meanwhile (a server
+/// restart, a proxy's idle timeout) is replaced before anyone gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_died_while_idle_is_replaced_before_use() {
+    let db = TestDb::new().await;
+    let pool = DatabaseConfig::new(db.url.clone())
+        .max_connections(1)
+        .connect()
+        .await
+        .expect("connect");
+    let first: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("pid");
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&db.pool)
+        .await
+        .expect("terminate");
+    assert!(killed);
+    tokio::time::sleep(lineq::shared::database::PING_IDLE_AFTER + Duration::from_millis(300)).await;
+    let second: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("the dead connection was replaced, not handed out");
+    assert_ne!(first, second);
+    pool.close().await;
+    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
