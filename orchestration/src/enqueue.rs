@@ -124,7 +124,7 @@ pub(crate) async fn send_ready(
     ready: &[ReadyStep],
     node_name: &str,
 ) -> Result<(Vec<NewEvent>, Vec<i64>)> {
-    let (mut events, bodies) = prepare(ready, node_name)?;
+    let (mut events, mut bodies) = prepare(ready, node_name)?;
     let mut msg_ids: Vec<i64> = vec![0; ready.len()];
     for (q, idx) in by_queue(ready).into_values() {
         let mut now = Vec::new();
@@ -132,7 +132,8 @@ pub(crate) async fn send_ready(
         for i in idx {
             if ready[i].delay.is_zero() {
                 now.push(i);
-                now_bodies.push(bodies[i].clone());
+                // Moved, not cloned: each body is sent once (submit_many sends thousands).
+                now_bodies.push(std::mem::take(&mut bodies[i]));
             } else {
                 msg_ids[i] = queue::send(conn, q, &bodies[i], ready[i].delay).await?;
             }
