@@ -248,6 +248,11 @@ async fn lineq_pools_do_not_keep_plans_made_for_tiny_tables() {
         .await
         .expect("show");
     assert_eq!(mode, "force_custom_plan");
+    let jit: String = sqlx::query_scalar("SHOW jit")
+        .fetch_one(&pool)
+        .await
+        .expect("show");
+    assert_eq!(jit, "off", "lineq's batches never pay for JIT compilation");
     // What such a connection would otherwise keep: an empty, analyzed steps table, and the
     // generic plan of a batch update by ids scans it.
     let mut conn = pool.acquire().await.expect("conn");

@@ -58,8 +58,13 @@ impl DatabaseConfig {
     /// and keeps doing so until the next ANALYZE. `lineq bench` measured it: a batch update of 100
     /// steps took 36 ms instead of 2, and throughput halved. Custom plans cost a planning pass
     /// per statement and follow the tables' size as it changes; the price, measured, is about
-    /// 0.3 ms of pickup latency and 7 ms per 4-step workflow. Pools made by hand for
-    /// a `Worker` or an `Orchestrator` should set the same (see docs/design-notes.md).
+    /// 0.3 ms of pickup latency and 7 ms per 4-step workflow.
+    ///
+    /// JIT compilation is off (`jit = off`): lineq's statements touch at most a batch of rows,
+    /// and PostgreSQL compiles any plan whose estimate passes `jit_above_cost`, which a
+    /// statement over a table not yet analysed can do (a 100-execution step read compiled 12
+    /// functions, 13 ms, to run 1 ms of work). Pools made by hand for a `Worker` or an
+    /// `Orchestrator` should set both (see docs/design-notes.md).
     pub fn connect_options(&self) -> Result<PgConnectOptions> {
         let opts = PgConnectOptions::from_str(&self.url).map_err(|e| {
             Error::Validation(ValidationError::new(
@@ -69,7 +74,7 @@ impl DatabaseConfig {
         })?;
         Ok(opts
             .application_name(&self.application_name)
-            .options([("plan_cache_mode", "force_custom_plan")]))
+            .options([("plan_cache_mode", "force_custom_plan"), ("jit", "off")]))
     }
 
     /// Opens the pool and checks that the server answers.

@@ -85,7 +85,7 @@ impl TestDb {
             .expect("admin url")
             .database(&name)
             // As lineq's own pools (DatabaseConfig::connect_options).
-            .options([("plan_cache_mode", "force_custom_plan")]);
+            .options([("plan_cache_mode", "force_custom_plan"), ("jit", "off")]);
         let url = url_with_database(&admin, &name);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)
