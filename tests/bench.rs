@@ -1,0 +1,73 @@
+//! `lineq bench` end to end on a real PostgreSQL, small: every row runs, the JSON carries what
+//! `docs/benchmarks.md` reports, and the bench's own checks passed (it exits non-zero when any
+//! execution is missing an event or a sampled lineage tree is not whole).
+
+mod support;
+
+use serde_json::Value;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_bench_runs_every_row_and_checks_its_work() {
+    let db = TestDb::new().await;
+    let out = lineq(
+        &db.url,
+        &[
+            "bench",
+            "--executions",
+            "300",
+            "--latency-samples",
+            "20",
+            "--no-progress",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_str(&stdout(&out)).expect("bench prints JSON");
+
+    let raw = r["raw_pgmq_per_second"].as_f64().expect("raw");
+    assert!(raw > 0.0, "{r}");
+    assert_eq!(r["raw_pgmq_runs"].as_array().map(Vec::len), Some(2), "{r}");
+
+    let rows = r["throughput"].as_array().expect("throughput rows");
+    assert_eq!(rows.len(), 2, "plain and traced: {r}");
+    for row in rows {
+        // Each row runs twice: 600 executions, 8 events each, all checked.
+        assert_eq!(row["executions"], 600, "{row}");
+        assert_eq!(row["events"], 4800, "{row}");
+        let seconds = row["seconds"].as_f64().expect("seconds");
+        let per_second = row["per_second"].as_f64().expect("per_second");
+        assert!(seconds > 0.0 && per_second > 0.0, "{row}");
+        assert!((per_second * seconds - 600.0).abs() < 1.0, "{row}");
+        let ratio = row["ratio_to_raw"].as_f64().expect("ratio");
+        assert!((ratio - per_second / raw).abs() < 1e-9, "{row}");
+        assert!(row["peak_rss_mib"].as_f64().expect("rss") > 0.0, "{row}");
+    }
+    // Every event of the traced row reached the in-process OTLP receiver as a span.
+    assert_eq!(rows[1]["spans_received"], 4800, "{r}");
+
+    let floor = &r["design_floor"];
+    assert!(floor["per_second"].as_f64().expect("floor") > 0.0, "{r}");
+    assert_eq!(floor["runs"].as_array().map(Vec::len), Some(2), "{r}");
+
+    assert_eq!(r["pickup_latency_ms"]["n"], 20, "{r}");
+    // A quarter of the samples, and at least 10.
+    assert_eq!(r["workflow_latency_ms"]["n"], 10, "{r}");
+    for l in [&r["pickup_latency_ms"], &r["workflow_latency_ms"]] {
+        let (p50, p99) = (
+            l["p50"].as_f64().expect("p50"),
+            l["p99"].as_f64().expect("p99"),
+        );
+        assert!(p50 > 0.0 && p50 <= p99, "{l}");
+    }
+    let targets = r["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 6, "{r}");
+
+    // Nothing of the throughput rows is left unfinished.
+    let unfinished = db
+        .count("lineq.executions WHERE status NOT IN ('completed')")
+        .await;
+    assert_eq!(unfinished, 0);
+    db.drop_db().await;
+}
