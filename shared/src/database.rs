@@ -60,7 +60,7 @@ impl DatabaseConfig {
     /// per statement and follow the tables' size as it changes; the price, measured, is about
     /// 0.3 ms of pickup latency and 7 ms per 4-step workflow.
     ///
-    /// JIT compilation is off (`jit = off`): lineq's statements touch at most a batch of rows,
+    /// JIT compilation is off (`jit = off`): lineq's hot statements touch at most a batch of rows,
     /// and PostgreSQL compiles any plan whose estimate passes `jit_above_cost`, which a
     /// statement over a table not yet analysed can do (a 100-execution step read compiled 12
     /// functions, 13 ms, to run 1 ms of work). Pools made by hand for a `Worker` or an

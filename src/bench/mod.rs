@@ -76,6 +76,8 @@ pub struct ThroughputRow {
     pub rss_growth_mib: f64,
     /// For the traced row: spans the receiver got (one per event when none was dropped).
     pub spans_received: Option<usize>,
+    /// Executions per second of each run combined into this row, in the order they ran.
+    pub runs: Vec<f64>,
 }
 
 const PLAIN: &str = "lineq, full lineage";
@@ -100,6 +102,7 @@ impl ThroughputRow {
                 .map(|r| r.rss_growth_mib)
                 .fold(f64::MIN, f64::max),
             spans_received: runs.iter().map(|r| r.spans_received).sum::<Option<usize>>(),
+            runs: runs.iter().flat_map(|r| r.runs.iter().copied()).collect(),
         }
     }
 }
@@ -296,6 +299,10 @@ pub fn table(r: &BenchReport) -> String {
             "{:<34} {:>12.0} {:>10.3} {:>9.1} {:>+12.1}",
             t.name, t.per_second, t.ratio_to_raw, t.peak_rss_mib, t.rss_growth_mib
         );
+        if t.runs.len() > 1 {
+            let each: Vec<String> = t.runs.iter().map(|r| format!("{r:.0}")).collect();
+            let _ = writeln!(s, "  (runs, in order: {})", each.join(", "));
+        }
     }
     if let Some(f) = &r.design_floor {
         let _ = writeln!(

@@ -195,6 +195,7 @@ pub async fn run(
         peak_rss_mib: peak,
         rss_growth_mib: growth,
         spans_received: None,
+        runs: vec![per_second],
     })
 }
 
