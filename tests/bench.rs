@@ -45,7 +45,10 @@ async fn a_small_bench_runs_every_row_and_checks_its_work() {
         assert!(row["peak_rss_mib"].as_f64().expect("rss") > 0.0, "{row}");
         let runs = row["runs"].as_array().expect("runs");
         assert_eq!(runs.len(), 2, "{row}");
-        assert!(runs.iter().all(|r| r.as_f64().is_some_and(|r| r > 0.0)), "{row}");
+        assert!(
+            runs.iter().all(|r| r.as_f64().is_some_and(|r| r > 0.0)),
+            "{row}"
+        );
     }
     // Every event of the traced row reached the in-process OTLP receiver as a span.
     assert_eq!(rows[1]["spans_received"], 4800, "{r}");
