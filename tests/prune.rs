@@ -180,6 +180,14 @@ async fn prune_removes_old_finished_trees_and_nothing_else() {
         "{progress}"
     );
     assert_eq!(footprint(&db.pool, &old).await, (0, 0, 0, 0));
+    // Steps have no foreign key to their execution (migration 000009): none may be left behind.
+    let orphans = db
+        .count(
+            "lineq.steps s WHERE NOT EXISTS
+                 (SELECT 1 FROM lineq.executions x WHERE x.execution_id = s.execution_id)",
+        )
+        .await;
+    assert_eq!(orphans, 0, "steps outlived their executions");
     assert_eq!(
         footprint(&db.pool, &kept).await,
         kept_before,

@@ -3,7 +3,7 @@
 //!
 //! - The unit is a root execution's whole tree. A root is removed when it and every execution
 //!   under it are finished (completed, failed or cancelled) and the last of them finished before
-//!   the cutoff; its executions, their steps (by cascade) and every event of the tree go in one
+//!   the cutoff; its executions, their steps and every event of the tree go in one
 //!   transaction, so lineage is never left half there. A tree with anything unfinished is never
 //!   touched, however old.
 //! - Archived messages (`pgmq.a_<queue>` of every lineq queue: step queues, results, dead
@@ -325,21 +325,22 @@ async fn prune_trees(
             skipped_busy,
         });
     }
-    let steps: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM lineq.steps s
-         JOIN lineq.executions x ON x.execution_id = s.execution_id
-         WHERE x.root_execution_id = ANY($1)",
+    // Steps carry no foreign key (migration 000009): they go first, by their executions.
+    let steps = sqlx::query(
+        "DELETE FROM lineq.steps s USING lineq.executions x
+         WHERE x.execution_id = s.execution_id AND x.root_execution_id = ANY($1)",
     )
     .bind(&ready)
-    .fetch_one(&mut *tx)
-    .await?;
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     let events = sqlx::query("DELETE FROM lineq.events WHERE root_execution_id = ANY($1)")
         .bind(&ready)
         .execute(&mut *tx)
         .await?
         .rows_affected();
     // One statement for the whole tree: the parent foreign key is checked at its end, when the
-    // children are gone too. Steps go by cascade.
+    // children are gone too.
     let executions = sqlx::query("DELETE FROM lineq.executions WHERE root_execution_id = ANY($1)")
         .bind(&ready)
         .execute(&mut *tx)
@@ -348,7 +349,7 @@ async fn prune_trees(
     Ok(TreeBatch {
         roots: ready.len() as u64,
         executions,
-        steps: count(steps),
+        steps,
         events,
         skipped_busy,
     })

@@ -1,0 +1,12 @@
+-- Steps no longer carry a foreign key to their execution.
+--
+-- lineq's connections plan every statement for its parameters (plan_cache_mode =
+-- force_custom_plan, see shared/src/database.rs), and PostgreSQL runs a foreign key check as a
+-- cached statement per inserted row, so each step row paid a planning pass over the nine
+-- indexes of `executions`: 500 step rows took 25-44 ms to insert instead of 9-13, and in
+-- `lineq bench` the step insert cost 38 ms per submit batch against 9 without the key.
+--
+-- What the key guarded holds by construction: steps are written only in the transaction that
+-- creates their execution (orchestration/src/create.rs) and deleted only by `lineq prune`,
+-- which removes a tree's steps before its executions in one transaction.
+ALTER TABLE lineq.steps DROP CONSTRAINT IF EXISTS steps_execution_id_fkey;
