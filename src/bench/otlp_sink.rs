@@ -95,24 +95,51 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Listens on a free loopback port.
+    /// Listens on a free loopback port, served by a thread of its own with its own runtime: a
+    /// collector is another process, so the receiver must not run its requests on the worker
+    /// threads of the orchestrators and workers it measures (its CPU still counts, scheduled
+    /// by the OS as a collector's would be).
     pub async fn start() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
         let spans = Counter::default();
-        let incoming = futures::stream::unfold(listener, |l| async move {
-            Some((l.accept().await.map(|(s, _)| s), l))
-        });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let service = spans.clone();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        std::thread::Builder::new()
+            .name("otlp-receiver".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // The exporter then cannot connect, and the bench reports the spans
+                        // that never arrived.
+                        eprintln!("warning: the OTLP receiver could not start: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("warning: the OTLP receiver could not listen: {e}");
+                            return;
+                        }
+                    };
+                    let incoming = futures::stream::unfold(listener, |l| async move {
+                        Some((l.accept().await.map(|(s, _)| s), l))
+                    });
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming_shutdown(incoming, async {
+                            let _ = rx.await;
+                        })
+                        .await;
+                });
+            })?;
         Ok(Self {
             addr,
             spans,
