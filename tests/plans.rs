@@ -21,17 +21,44 @@ async fn steps_seq_scans(db: &TestDb) -> i64 {
     .expect("seq_scan")
 }
 
+/// Waits until no backend of `application_name` is connected to the test database, so their
+/// table counters have reached the statistics.
+async fn backends_gone(db: &TestDb, application_name: &str) {
+    eventually(Duration::from_secs(20), "backends to exit", || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(application_name)
+        .fetch_one(&db.pool)
+        .await
+        .expect("pg_stat_activity");
+        (left == 0).then_some(())
+    })
+    .await;
+}
+
 /// A settling orchestrator reads the steps of each batch's executions. With `steps` holding
 /// 20,000 rows and no statistics, `execution_id = ANY($1)` was planned as a scan of the whole
 /// table for every batch (22 ms at 40,000 rows, in `lineq bench`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_orchestrator_probes_steps_by_index_before_the_first_analyze() {
-    let db = TestDb::new().await;
+    // Set up through a pool of its own, closed before counting: a backend reports its table
+    // counters late (within seconds, or when it exits), and the migrations' index builds scan
+    // `steps` too.
+    let db = TestDb::empty().await;
+    let setup = lineq::DatabaseConfig::new(db.url.clone())
+        .application_name("lineq-test-setup")
+        .max_connections(4)
+        .connect()
+        .await
+        .expect("setup pool");
+    lineq::migrate(&setup).await.expect("migrate");
     for table in ["lineq.steps", "lineq.executions"] {
         sqlx::query(&format!(
             "ALTER TABLE {table} SET (autovacuum_enabled = false)"
         ))
-        .execute(&db.pool)
+        .execute(&setup)
         .await
         .expect("autovacuum off");
     }
@@ -48,9 +75,11 @@ async fn the_orchestrator_probes_steps_by_index_before_the_first_analyze() {
                 'completed'
          FROM x",
     )
-    .execute(&db.pool)
+    .execute(&setup)
     .await
     .expect("history");
+    setup.close().await;
+    backends_gone(&db, "lineq-test-setup").await;
     let analysed = db
         .count("pg_stats WHERE schemaname = 'lineq' AND tablename = 'steps'")
         .await;
@@ -73,20 +102,7 @@ async fn the_orchestrator_probes_steps_by_index_before_the_first_analyze() {
     assert!(orchestrator.terminate(Duration::from_secs(20)).success());
     assert!(worker.terminate(Duration::from_secs(20)).success());
     // A backend flushes its table counters as it exits; wait for the processes' backends to go.
-    eventually(
-        Duration::from_secs(20),
-        "the processes' backends exit",
-        || async {
-            let others = db
-                .count(
-                    "pg_stat_activity WHERE datname = current_database()
-                   AND application_name LIKE 'lineq%'",
-                )
-                .await;
-            (others == 0).then_some(())
-        },
-    )
-    .await;
+    backends_gone(&db, "lineq").await;
 
     let completed = db
         .count("lineq.executions WHERE workflow_name = 'echo' AND status = 'completed'")
