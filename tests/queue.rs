@@ -56,9 +56,12 @@ async fn lineq_and_pgmq_functions_see_the_same_messages() {
 
     // send_batch: ids in the order of the bodies, each body stored as sent, and a wake-up.
     let mut listener = PgListener::connect_with(&db.pool).await.expect("listen");
-    listener.listen(queue::WAKE_CHANNEL).await.expect("listen");
+    listener
+        .listen(queue::wake_channel(&q))
+        .await
+        .expect("listen");
     let bodies: Vec<_> = (0..50).map(|i| json!({ "n": i })).collect();
-    let ids = queue::send_batch(&mut conn, &q, &bodies)
+    let mut ids = queue::send_batch(&mut conn, &q, &bodies)
         .await
         .expect("send");
     assert_eq!(ids.len(), 50);
@@ -77,6 +80,29 @@ async fn lineq_and_pgmq_functions_see_the_same_messages() {
         .expect("a notification within 5 s")
         .expect("notification");
     assert_eq!(n.payload(), q.as_str());
+    // Each queue is its own channel: this send woke the consumers of `q` and no one else.
+    assert_eq!(n.channel(), q.as_str());
+    let mut other = PgListener::connect_with(&db.pool).await.expect("listen");
+    other
+        .listen(queue::wake_channel(&queue::results_queue()))
+        .await
+        .expect("listen");
+    ids.extend(
+        queue::send_batch(&mut conn, &q, &[json!({ "n": 50 })])
+            .await
+            .expect("send"),
+    );
+    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a notification within 5 s")
+        .expect("notification");
+    assert_eq!(n.channel(), q.as_str());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), other.recv())
+            .await
+            .is_err(),
+        "a listener on the results queue was woken by a step message"
+    );
 
     // A delayed send is invisible to both readers until its time comes.
     let later = queue::send(
@@ -153,7 +179,7 @@ async fn lineq_and_pgmq_functions_see_the_same_messages() {
     let deleted = queue::delete(&mut conn, &q, &ids[15..])
         .await
         .expect("delete");
-    assert_eq!(deleted.len(), 35);
+    assert_eq!(deleted.len(), 36);
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.q_lineq_steps_qsame")
         .fetch_one(&db.pool)
         .await

@@ -99,7 +99,7 @@ pub(crate) async fn enqueue(
             "#,
             live = queue::live_table(q),
         ))
-        .bind(queue::WAKE_CHANNEL)
+        .bind(queue::wake_channel(q))
         .bind(q.as_str())
         .bind(&batch_bodies)
         .bind(&delays)

@@ -1,9 +1,10 @@
 //! The queue layer over PGMQ: which queues exist, and sending, reading, extending, archiving and
 //! dead-lettering messages inside the caller's transaction.
 //!
-//! Every send also does `pg_notify('lineq_queue', <queue>)` in the same transaction (in the same
+//! Every send also does `pg_notify(<queue>, <queue>)` in the same transaction (in the same
 //! statement), so a listening consumer wakes the moment the message commits; consumers poll as a
-//! fallback for notifications missed while disconnected.
+//! fallback for notifications missed while disconnected. Each queue is its own channel, so a
+//! send wakes only the consumers of that queue.
 //!
 //! The hot operations (send, read, archive, delete) run PGMQ's own statements on its tables
 //! rather than calling its PL/pgSQL functions: each of those builds its statement with `format()`
@@ -21,8 +22,14 @@ use crate::event::{EventColumns, INSERT_EVENTS_SQL, NewEvent};
 use crate::error::Result;
 use crate::validation::{Namespace, QueueName};
 
-/// The channel consumers `LISTEN` on; the payload is the queue name.
-pub const WAKE_CHANNEL: &str = "lineq_queue";
+/// The channel a queue's consumers `LISTEN` on: the queue's name (the payload is the name too).
+///
+/// One channel per queue rather than one for all: PostgreSQL signals every backend listening
+/// on a channel at each commit that notifies it, so with a shared channel each step message
+/// also woke every orchestrator, and each result every worker, right on the critical path.
+pub fn wake_channel(queue: &QueueName) -> &str {
+    queue.as_str()
+}
 
 /// The step queue of a namespace: `lineq_steps_<namespace>`.
 pub fn step_queue(namespace: &Namespace) -> QueueName {
@@ -136,7 +143,7 @@ pub async fn send(
     ))
     .bind(body)
     .bind(delay.as_secs_f64())
-    .bind(WAKE_CHANNEL)
+    .bind(wake_channel(queue))
     .bind(queue.as_str())
     .fetch_one(&mut *conn)
     .await?;
@@ -163,7 +170,7 @@ pub async fn send_batch(
         live = live_table(queue)
     ))
     .bind(bodies)
-    .bind(WAKE_CHANNEL)
+    .bind(wake_channel(queue))
     .bind(queue.as_str())
     .fetch_all(&mut *conn)
     .await?;
@@ -361,7 +368,7 @@ pub async fn dead_letter(
     ))
     .bind(&letter)
     .bind(&msg.body)
-    .bind(WAKE_CHANNEL)
+    .bind(wake_channel(&dlq))
     .bind(dlq.as_str())
     .fetch_one(&mut *conn)
     .await?;

@@ -1,5 +1,5 @@
-//! Waking consumers when a message arrives. A background task `LISTEN`s on
-//! [`crate::queue::WAKE_CHANNEL`]; consumers wait for a wake-up or a poll interval, whichever
+//! Waking consumers when a message arrives. A background task `LISTEN`s on the channel of each
+//! queue it consumes ([`crate::queue::wake_channel`]); consumers wait for a wake-up or a poll interval, whichever
 //! comes first, so a missed notification (e.g. across a reconnect) costs at most one interval.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
-use crate::queue::WAKE_CHANNEL;
+use crate::queue::wake_channel;
 use crate::validation::QueueName;
 
 /// Wake-ups for a set of queues.
@@ -29,7 +29,7 @@ impl Wakeup {
     ) -> Result<Self> {
         let notify = Arc::new(Notify::new());
         let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(WAKE_CHANNEL).await?;
+        listener.listen_all(queues.iter().map(wake_channel)).await?;
         let names: Vec<String> = queues.iter().map(|q| q.as_str().to_string()).collect();
         let n = notify.clone();
         tokio::spawn(async move {

@@ -138,6 +138,7 @@ pub(crate) async fn report(
         ),
     );
     let cols = EventColumns::new(&events);
+    let results_queue = queue::results_queue();
     let archived: HashSet<i64> = cols
         .bind(sqlx::query(&sql))
         .bind(&held)
@@ -145,8 +146,8 @@ pub(crate) async fn report(
         .bind(&only_if_archived)
         .bind(&results)
         .bind(&result_msg)
-        .bind(queue::WAKE_CHANNEL)
-        .bind(queue::results_queue().as_str())
+        .bind(queue::wake_channel(&results_queue))
+        .bind(results_queue.as_str())
         .fetch_all(pool)
         .await?
         .iter()
