@@ -60,7 +60,17 @@ async fn a_small_bench_runs_every_row_and_checks_its_work() {
     assert_eq!(r["pickup_latency_ms"]["n"], 20, "{r}");
     // A quarter of the samples, and at least 10.
     assert_eq!(r["workflow_latency_ms"]["n"], 10, "{r}");
-    for l in [&r["pickup_latency_ms"], &r["workflow_latency_ms"]] {
+    // The machine's reference: one durable commit before each workflow.
+    assert_eq!(r["commit_round_trip_ms"]["n"], 10, "{r}");
+    let ratio = r["workflow_in_commits"].as_f64().expect("ratio");
+    let expected = r["workflow_latency_ms"]["p50"].as_f64().expect("p50")
+        / r["commit_round_trip_ms"]["p50"].as_f64().expect("p50");
+    assert!((ratio - expected).abs() < 1e-9, "{r}");
+    for l in [
+        &r["pickup_latency_ms"],
+        &r["workflow_latency_ms"],
+        &r["commit_round_trip_ms"],
+    ] {
         let (p50, p99) = (
             l["p50"].as_f64().expect("p50"),
             l["p99"].as_f64().expect("p99"),

@@ -123,9 +123,19 @@ pub async fn pickup(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<Percenti
     Ok(Percentiles::of(v))
 }
 
+/// What [`linear_workflow`] measured.
+pub struct WorkflowLatency {
+    /// Submit → completed, per workflow.
+    pub workflow: Percentiles,
+    /// The machine's reference, sampled just before each workflow: see
+    /// [`super::BenchReport::commit_round_trip_ms`].
+    pub commit_round_trip: Percentiles,
+}
+
 /// A 4-step linear workflow, submit → completed, from the database's own timestamps
-/// (`created_at` in the submit transaction to `finished_at` in the orchestrator's).
-pub async fn linear_workflow(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<Percentiles> {
+/// (`created_at` in the submit transaction to `finished_at` in the orchestrator's), and before
+/// each one the machine's reference: one durable commit, as this process sees it.
+pub async fn linear_workflow(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<WorkflowLatency> {
     let wf = WorkflowDefinition::new("bench_linear4")
         .step(StepDefinition::new("s1", "bench.mark"))
         .step(StepDefinition::new("s2", "bench.mark").depends_on(["s1"]))
@@ -138,7 +148,9 @@ pub async fn linear_workflow(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result
     let n = (cfg.latency_samples / 4).max(10);
     let pb = bar(cfg, n as u64, "4-step workflow latency");
     let mut v = Vec::with_capacity(n);
+    let mut commits = Vec::with_capacity(n);
     for _ in 0..n {
+        commits.push(commit_round_trip(pool).await?);
         let id = client
             .submit(SubmitRequest::new("bench_linear4"))
             .await?
@@ -160,5 +172,23 @@ pub async fn linear_workflow(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result
     }
     pb.finish_and_clear();
     stop(token, tasks).await?;
-    Ok(Percentiles::of(v))
+    Ok(WorkflowLatency {
+        workflow: Percentiles::of(v),
+        commit_round_trip: Percentiles::of(commits),
+    })
+}
+
+/// One durable commit from this process, in ms: a transactional WAL record (a logical
+/// decoding message, which touches no table and which nothing consumes), so the commit waits
+/// for the WAL flush as every transaction of a workflow step does. Taking a transaction id
+/// alone would not do: PostgreSQL commits a transaction that wrote no WAL without waiting for
+/// the flush. There is no table work and next to nothing to plan: what it measures is the
+/// machine (scheduling, loopback, fsync), which on a shared VM changes from hour to hour.
+async fn commit_round_trip(pool: &PgPool) -> anyhow::Result<f64> {
+    let mut conn = pool.acquire().await?;
+    let t = Instant::now();
+    sqlx::query("SELECT pg_logical_emit_message(true, 'lineq-bench', '')")
+        .execute(&mut *conn)
+        .await?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
 }
