@@ -12,6 +12,7 @@ use sqlx::postgres::PgListener;
 
 use lineq::shared::queue;
 use lineq::shared::validation::QueueName;
+use lineq::shared::wakeup::Wakeup;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +186,7 @@ async fn lineq_and_pgmq_functions_see_the_same_messages() {
         .await
         .expect("count");
     assert_eq!(left, 1, "only the delayed message");
-    drop(conn);
+    drop((conn, listener, other));
     db.drop_db().await;
 }
 
@@ -332,5 +333,65 @@ async fn lineq_pools_do_not_keep_plans_made_for_tiny_tables() {
     assert!(!custom.contains("Seq Scan on steps"), "{custom}");
     drop(conn);
     pool.close().await;
+    db.drop_db().await;
+}
+
+/// A consumer wakes for its own queue's channel, and for the channel every queue shared before
+/// (senders of an earlier version, during a rolling upgrade), but not for another queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wakeups_come_from_the_queue_channel_and_the_legacy_one() {
+    let db = TestDb::new().await;
+    let q = QueueName::new("lineq_steps_qwake").expect("name");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    queue::ensure_queue(&mut conn, &q).await.expect("create");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let wakeup = Wakeup::listen(&db.pool, vec![q.clone()], stop.clone())
+        .await
+        .expect("listen");
+    // A minute-long poll interval: only a notification can end these waits in time.
+    let woken = async || {
+        tokio::time::timeout(Duration::from_secs(5), wakeup.wait(Duration::from_secs(60)))
+            .await
+            .is_ok()
+    };
+    let quiet = async || {
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            wakeup.wait(Duration::from_secs(60)),
+        )
+        .await
+        .is_err()
+    };
+
+    queue::send_batch(&mut conn, &q, &[json!({ "n": 1 })])
+        .await
+        .expect("send");
+    assert!(woken().await, "a send to the queue wakes its consumer");
+
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(queue::LEGACY_WAKE_CHANNEL)
+        .bind(q.as_str())
+        .execute(&mut *conn)
+        .await
+        .expect("notify");
+    assert!(woken().await, "an earlier version's notification wakes it");
+
+    let results = queue::results_queue();
+    queue::ensure_queue(&mut conn, &results)
+        .await
+        .expect("create");
+    queue::send_batch(&mut conn, &results, &[json!({ "n": 2 })])
+        .await
+        .expect("send");
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(queue::LEGACY_WAKE_CHANNEL)
+        .bind(results.as_str())
+        .execute(&mut *conn)
+        .await
+        .expect("notify");
+    assert!(quiet().await, "another queue's messages do not wake it");
+
+    stop.cancel();
+    drop(conn);
     db.drop_db().await;
 }

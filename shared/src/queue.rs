@@ -31,6 +31,12 @@ pub fn wake_channel(queue: &QueueName) -> &str {
     queue.as_str()
 }
 
+/// The one channel every queue shared until each had its own (the payload named the queue).
+/// Nothing of this version notifies it, but consumers still listen on it: during a rolling
+/// upgrade, processes of the earlier version send there, and their messages should still
+/// wake the upgraded consumers at once rather than at their next poll.
+pub const LEGACY_WAKE_CHANNEL: &str = "lineq_queue";
+
 /// The step queue of a namespace: `lineq_steps_<namespace>`.
 pub fn step_queue(namespace: &Namespace) -> QueueName {
     QueueName::new(&format!("lineq_steps_{}", namespace.as_str()))

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
-use crate::queue::wake_channel;
+use crate::queue::{LEGACY_WAKE_CHANNEL, wake_channel};
 use crate::validation::QueueName;
 
 /// Wake-ups for a set of queues.
@@ -29,7 +29,9 @@ impl Wakeup {
     ) -> Result<Self> {
         let notify = Arc::new(Notify::new());
         let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen_all(queues.iter().map(wake_channel)).await?;
+        listener
+            .listen_all(queues.iter().map(wake_channel).chain([LEGACY_WAKE_CHANNEL]))
+            .await?;
         let names: Vec<String> = queues.iter().map(|q| q.as_str().to_string()).collect();
         let n = notify.clone();
         tokio::spawn(async move {
@@ -39,6 +41,7 @@ impl Wakeup {
                     next = listener.try_recv() => next,
                 };
                 match next {
+                    // The payload names the queue on both channels.
                     Ok(Some(note)) if names.iter().any(|q| q == note.payload()) => n.notify_one(),
                     Ok(Some(_)) => {}
                     // The connection dropped and will be re-established on the next call;
