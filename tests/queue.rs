@@ -368,12 +368,16 @@ async fn wakeups_come_from_the_queue_channel_and_the_legacy_one() {
         .expect("send");
     assert!(woken().await, "a send to the queue wakes its consumer");
 
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(queue::LEGACY_WAKE_CHANNEL)
-        .bind(q.as_str())
-        .execute(&mut *conn)
-        .await
-        .expect("notify");
+    // What a sender of an earlier version does.
+    let legacy_notify = async |name: &QueueName| {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(queue::LEGACY_WAKE_CHANNEL)
+            .bind(name.as_str())
+            .execute(&db.pool)
+            .await
+            .expect("notify");
+    };
+    legacy_notify(&q).await;
     assert!(woken().await, "an earlier version's notification wakes it");
 
     let results = queue::results_queue();
@@ -383,12 +387,7 @@ async fn wakeups_come_from_the_queue_channel_and_the_legacy_one() {
     queue::send_batch(&mut conn, &results, &[json!({ "n": 2 })])
         .await
         .expect("send");
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(queue::LEGACY_WAKE_CHANNEL)
-        .bind(results.as_str())
-        .execute(&mut *conn)
-        .await
-        .expect("notify");
+    legacy_notify(&results).await;
     assert!(quiet().await, "another queue's messages do not wake it");
 
     stop.cancel();
