@@ -1,6 +1,7 @@
 //! Waking consumers when a message arrives. A background task `LISTEN`s on the channel of each
-//! queue it consumes ([`crate::queue::wake_channel`]); consumers wait for a wake-up or a poll interval, whichever
-//! comes first, so a missed notification (e.g. across a reconnect) costs at most one interval.
+//! queue it consumes ([`crate::queue::wake_channel`]); consumers wait for a wake-up or a poll
+//! interval, whichever comes first, so a missed notification (e.g. across a reconnect) costs at
+//! most one interval.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -131,7 +131,7 @@ pub struct BenchReport {
     /// The machine's reference for the latencies: one durable commit (a WAL record written and
     /// flushed, no table touched) from this process, sampled just before each 4-step workflow
     /// (ms). The workflow's own figure moves with it: this machine's 4-step p50 has
-    /// ranged from 16 to 30 ms with the same code, hour to hour.
+    /// ranged from 14 to 34 ms with the same code, hour to hour.
     pub commit_round_trip_ms: Percentiles,
     /// The 4-step p50 as a multiple of the commit reference's p50: a within-run ratio that
     /// holds still when the machine's speed does not.
