@@ -27,6 +27,7 @@ use crate::validation::{Namespace, QueueName};
 /// One channel per queue rather than one for all: PostgreSQL signals every backend listening
 /// on a channel at each commit that notifies it, so with a shared channel each step message
 /// also woke every orchestrator, and each result every worker, right on the critical path.
+/// A queue name is at most 47 characters, so it fits PostgreSQL's 63-byte channel names.
 pub fn wake_channel(queue: &QueueName) -> &str {
     queue.as_str()
 }
