@@ -20,7 +20,7 @@ use uuid::Uuid;
 use lineq::shared::queue;
 use lineq::shared::validation::QueueName;
 
-use super::{BenchConfig, bar};
+use super::{BenchConfig, bar, cost};
 
 const STEPS: &str = "lineq_bench_floor_steps";
 const RESULTS: &str = "lineq_bench_floor_results";
@@ -191,9 +191,17 @@ fn ids(n: usize) -> Vec<Uuid> {
     (0..n).map(|_| Uuid::now_v7()).collect()
 }
 
-/// Executions per second through the design's rows alone, checked: every execution completed
-/// with its 8 events.
-pub async fn run(pool: &PgPool, cfg: &BenchConfig, run_name: &str) -> anyhow::Result<f64> {
+/// One run of the floor.
+#[derive(Debug, Clone, Copy)]
+pub struct FloorRun {
+    /// Executions per second through the design's rows alone.
+    pub per_second: f64,
+    /// What each execution cost.
+    pub cost: cost::PerUnit,
+}
+
+/// Runs the design's rows alone, checked: every execution completed with its 8 events.
+pub async fn run(pool: &PgPool, cfg: &BenchConfig, run_name: &str) -> anyhow::Result<FloorRun> {
     let steps = QueueName::new(STEPS)?;
     let results = QueueName::new(RESULTS)?;
     {
@@ -211,6 +219,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig, run_name: &str) -> anyhow::Re
     let pb = bar(cfg, n as u64, "design floor (SQL alone)");
     let submitted = Arc::new(AtomicUsize::new(0));
     let completed = Arc::new(AtomicUsize::new(0));
+    let mark = cost::Mark::now(pool).await?;
     let started = Instant::now();
     let mut pipelines = Vec::new();
     for _ in 0..PIPELINES {
@@ -280,6 +289,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig, run_name: &str) -> anyhow::Re
         p.await??;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cost = mark.per_unit_since(pool, n).await?;
     pb.finish_and_clear();
     let (done, events): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE x.status = 'completed'),
@@ -295,5 +305,8 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig, run_name: &str) -> anyhow::Re
         "design floor: {done} of {n} executions completed with {events} events (expected {})",
         8 * n
     );
-    Ok(n as f64 / seconds)
+    Ok(FloorRun {
+        per_second: n as f64 / seconds,
+        cost,
+    })
 }

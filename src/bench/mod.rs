@@ -1,6 +1,7 @@
 //! `lineq bench`: measures lineq against raw PGMQ on the same database in one run, so every
 //! figure is a ratio on the same machine at the same moment (see docs/benchmarks.md).
 
+mod cost;
 mod design_floor;
 mod latency;
 mod memory;
@@ -74,6 +75,14 @@ pub struct ThroughputRow {
     pub peak_rss_mib: f64,
     /// RSS at the end minus RSS after the first tenth of the run (MiB).
     pub rss_growth_mib: f64,
+    /// WAL bytes the server wrote while the row ran, per execution.
+    pub wal_bytes_per_execution: f64,
+    /// Busy CPU time of the whole machine while the row ran, per execution (µs): the server's
+    /// and lineq's when the database runs on this machine. None where it cannot be read.
+    pub cpu_us_per_execution: Option<f64>,
+    /// The part of `cpu_us_per_execution` spent in lineq's process (its orchestrators, workers
+    /// and the submitting client); the rest is the server's.
+    pub process_cpu_us_per_execution: Option<f64>,
     /// For the traced row: spans the receiver got (one per event when none was dropped).
     pub spans_received: Option<usize>,
     /// Executions per second of each run combined into this row, in the order they ran.
@@ -101,9 +110,33 @@ impl ThroughputRow {
                 .iter()
                 .map(|r| r.rss_growth_mib)
                 .fold(f64::MIN, f64::max),
+            wal_bytes_per_execution: weighted(runs, |r| Some(r.wal_bytes_per_execution))
+                .unwrap_or_default(),
+            cpu_us_per_execution: weighted(runs, |r| r.cpu_us_per_execution),
+            process_cpu_us_per_execution: weighted(runs, |r| r.process_cpu_us_per_execution),
             spans_received: runs.iter().map(|r| r.spans_received).sum::<Option<usize>>(),
             runs: runs.iter().flat_map(|r| r.runs.iter().copied()).collect(),
         }
+    }
+}
+
+/// The mean of a per-execution figure over runs, weighted by their executions; None when a
+/// run lacks it.
+fn weighted(runs: &[ThroughputRow], f: impl Fn(&ThroughputRow) -> Option<f64>) -> Option<f64> {
+    let executions: usize = runs.iter().map(|r| r.executions).sum();
+    let total = runs
+        .iter()
+        .map(|r| f(r).map(|v| v * r.executions as f64))
+        .sum::<Option<f64>>()?;
+    Some(total / executions.max(1) as f64)
+}
+
+/// The mean of two runs' costs per unit.
+fn mean_cost(a: cost::PerUnit, b: cost::PerUnit) -> cost::PerUnit {
+    cost::PerUnit {
+        wal_bytes: (a.wal_bytes + b.wal_bytes) / 2.0,
+        cpu_us: a.cpu_us.zip(b.cpu_us).map(|(a, b)| (a + b) / 2.0),
+        own_cpu_us: a.own_cpu_us.zip(b.own_cpu_us).map(|(a, b)| (a + b) / 2.0),
     }
 }
 
@@ -116,6 +149,13 @@ pub struct BenchReport {
     /// The raw PGMQ reference, run first and again last, so a machine whose speed drifts
     /// during the bench moves both ends of every ratio.
     pub raw_pgmq_runs: [f64; 2],
+    /// WAL bytes the server wrote per raw message (the mean of the two runs): the unit of
+    /// write work the lineq rows are compared with.
+    pub raw_pgmq_wal_bytes_per_message: f64,
+    /// Busy CPU time of the whole machine per raw message (µs, the mean of the two runs).
+    pub raw_pgmq_cpu_us_per_message: Option<f64>,
+    /// The part of it spent in the bench's process, the reference's client.
+    pub raw_pgmq_process_cpu_us_per_message: Option<f64>,
     /// lineq throughput rows.
     pub throughput: Vec<ThroughputRow>,
     /// The design floor: executions per second when the rows design.md requires of them are
@@ -151,6 +191,12 @@ pub struct FloorRow {
     pub ratio_to_raw: f64,
     /// lineq's throughput as a share of this floor: what lineq's own code leaves of it.
     pub lineq_share: f64,
+    /// WAL bytes written per execution (the mean of the two runs).
+    pub wal_bytes_per_execution: f64,
+    /// Busy CPU time of the whole machine per execution (µs, the mean of the two runs).
+    pub cpu_us_per_execution: Option<f64>,
+    /// The part of it spent in the bench's process, the floor's client.
+    pub process_cpu_us_per_execution: Option<f64>,
 }
 
 /// A target from issue 7 and this run's figure.
@@ -200,30 +246,35 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
     } else {
         None
     };
-    let plain_a = throughput::run(pool, cfg, PLAIN, raw_first, None).await?;
+    let plain_a = throughput::run(pool, cfg, PLAIN, raw_first.per_second, None).await?;
     let mut traced = Vec::new();
     if cfg.tracing_row {
         for _ in 0..2 {
-            if let Some(t) = throughput::run_traced(pool, cfg, raw_first).await? {
+            if let Some(t) = throughput::run_traced(pool, cfg, raw_first.per_second).await? {
                 traced.push(t);
             }
         }
     }
-    let plain_b = throughput::run(pool, cfg, PLAIN, raw_first, None).await?;
+    let plain_b = throughput::run(pool, cfg, PLAIN, raw_first.per_second, None).await?;
     let floor_last = match floor_first {
         Some(_) => Some(design_floor::run(pool, cfg, &run_label("floor")).await?),
         None => None,
     };
     let raw_last = raw_pgmq::run(pool, cfg).await?;
-    let raw = (raw_first + raw_last) / 2.0;
+    let raw = (raw_first.per_second + raw_last.per_second) / 2.0;
+    let raw_cost = mean_cost(raw_first.cost, raw_last.cost);
     let plain = ThroughputRow::combine(&[plain_a, plain_b], raw);
     let design_floor = floor_first.zip(floor_last).map(|(a, b)| {
-        let per_second = (a + b) / 2.0;
+        let per_second = (a.per_second + b.per_second) / 2.0;
+        let cost = mean_cost(a.cost, b.cost);
         FloorRow {
             per_second,
-            runs: [a, b],
+            runs: [a.per_second, b.per_second],
             ratio_to_raw: per_second / raw,
             lineq_share: plain.per_second / per_second,
+            wal_bytes_per_execution: cost.wal_bytes,
+            cpu_us_per_execution: cost.cpu_us,
+            process_cpu_us_per_execution: cost.own_cpu_us,
         }
     });
     let mut rows = vec![plain.clone()];
@@ -275,7 +326,10 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
     }
     Ok(BenchReport {
         raw_pgmq_per_second: raw,
-        raw_pgmq_runs: [raw_first, raw_last],
+        raw_pgmq_runs: [raw_first.per_second, raw_last.per_second],
+        raw_pgmq_wal_bytes_per_message: raw_cost.wal_bytes,
+        raw_pgmq_cpu_us_per_message: raw_cost.cpu_us,
+        raw_pgmq_process_cpu_us_per_message: raw_cost.own_cpu_us,
         throughput: rows,
         design_floor,
         tracing_cost,
@@ -343,6 +397,7 @@ pub fn table(r: &BenchReport) -> String {
     if let Some(c) = r.tracing_cost {
         let _ = writeln!(s, "tracing cost: {:.1} % of throughput", c * 100.0);
     }
+    cost_table(&mut s, r);
     let _ = writeln!(
         s,
         "\n{:<34} {:>8} {:>8} {:>8} {:>8}",
@@ -380,6 +435,75 @@ pub fn table(r: &BenchReport) -> String {
         );
     }
     s
+}
+
+/// What a raw message and an execution cost the machine: WAL, and busy CPU with the part of
+/// it spent in this process (the rest is the server's), each also as a multiple of the raw
+/// message's.
+fn cost_table(s: &mut String, r: &BenchReport) {
+    use std::fmt::Write;
+    let raw = (
+        r.raw_pgmq_wal_bytes_per_message,
+        r.raw_pgmq_cpu_us_per_message,
+        r.raw_pgmq_process_cpu_us_per_message,
+    );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+    let times = |v: Option<f64>, unit: Option<f64>| {
+        v.zip(unit).map_or("-".to_string(), |(v, unit)| {
+            format!("{:.1}", v / unit.max(f64::EPSILON))
+        })
+    };
+    let _ = writeln!(
+        s,
+        "\n{:<34} {:>12} {:>10} {:>9} {:>12} {:>11}",
+        "cost per message / execution", "WAL bytes", "× raw", "CPU µs", "× raw", "in-process"
+    );
+    let mut line = |name: &str, (wal, cpu, own): (f64, Option<f64>, Option<f64>)| {
+        let _ = writeln!(
+            s,
+            "{:<34} {:>12.0} {:>10} {:>9} {:>12} {:>11}",
+            name,
+            wal,
+            times(Some(wal), Some(raw.0)),
+            opt(cpu),
+            times(cpu, raw.1),
+            opt(own)
+        );
+    };
+    line("raw PGMQ (per message)", raw);
+    for t in &r.throughput {
+        line(
+            &t.name,
+            (
+                t.wal_bytes_per_execution,
+                t.cpu_us_per_execution,
+                t.process_cpu_us_per_execution,
+            ),
+        );
+    }
+    if let Some(f) = &r.design_floor {
+        line(
+            "design floor (its SQL alone)",
+            (
+                f.wal_bytes_per_execution,
+                f.cpu_us_per_execution,
+                f.process_cpu_us_per_execution,
+            ),
+        );
+    }
+    if let Some((plain, unit)) = r
+        .throughput
+        .first()
+        .and_then(|t| t.cpu_us_per_execution)
+        .zip(raw.1)
+    {
+        let _ = writeln!(
+            s,
+            "  (an execution takes the CPU of {:.1} raw messages: {:.3}× raw where CPU is the limit)",
+            plain / unit,
+            unit / plain
+        );
+    }
 }
 
 /// Waits (bounded) for `check` to return true.

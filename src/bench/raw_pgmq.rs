@@ -10,13 +10,22 @@ use sqlx::PgPool;
 use lineq::shared::queue;
 use lineq::shared::validation::QueueName;
 
-use super::{BenchConfig, bar};
+use super::{BenchConfig, bar, cost};
 
 const QUEUE: &str = "lineq_bench_raw";
 const BATCH: usize = 100;
 
-/// Messages per second through send_batch → read_batch → delete_batch.
-pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<f64> {
+/// One run of the reference.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRun {
+    /// Messages per second through send_batch → read_batch → delete_batch.
+    pub per_second: f64,
+    /// What each message cost.
+    pub cost: cost::PerUnit,
+}
+
+/// Runs the reference once.
+pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<RawRun> {
     let q = QueueName::new(QUEUE)?;
     {
         let mut conn = pool.acquire().await?;
@@ -29,6 +38,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<f64> {
     let total = cfg.executions;
     let pb = bar(cfg, total as u64, "raw PGMQ reference");
     let consumed = Arc::new(AtomicUsize::new(0));
+    let mark = cost::Mark::now(pool).await?;
     let started = Instant::now();
     let mut consumers = Vec::new();
     for _ in 0..2 {
@@ -73,6 +83,10 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<f64> {
         c.await??;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cost = mark.per_unit_since(pool, total).await?;
     pb.finish_and_clear();
-    Ok(total as f64 / secs)
+    Ok(RawRun {
+        per_second: total as f64 / secs,
+        cost,
+    })
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use lineq::{Client, HandlerResult, Orchestrator, StepContext, SubmitRequest, Worker};
 
 use super::memory::Sampler;
-use super::{BenchConfig, ThroughputRow, bar};
+use super::{BenchConfig, ThroughputRow, bar, cost};
 
 async fn noop(_ctx: StepContext, _input: Value) -> HandlerResult {
     Ok(Value::Null)
@@ -80,6 +80,7 @@ pub async fn run(
     let started: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(pool)
         .await?;
+    let mark = cost::Mark::now(pool).await?;
     let submitted = Arc::new(AtomicUsize::new(0));
     let producer = {
         let client = client.clone();
@@ -135,6 +136,7 @@ pub async fn run(
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let cost = mark.per_unit_since(pool, n).await?;
     let seconds: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM max(finished_at) - $2)::float8 FROM lineq.executions
          WHERE workflow_name = $1",
@@ -194,6 +196,9 @@ pub async fn run(
         events,
         peak_rss_mib: peak,
         rss_growth_mib: growth,
+        wal_bytes_per_execution: cost.wal_bytes,
+        cpu_us_per_execution: cost.cpu_us,
+        process_cpu_us_per_execution: cost.own_cpu_us,
         spans_received: None,
         runs: vec![per_second],
     })
