@@ -111,6 +111,19 @@ async fn a_small_bench_runs_every_row_and_checks_its_work() {
     let targets = r["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 6, "{r}");
 
+    // The reference is PGMQ as it ships; lineq's queues leave room on their pages for reads.
+    let options = async |table: &str| -> Option<Vec<String>> {
+        sqlx::query_scalar("SELECT reloptions::text[] FROM pg_class WHERE oid = $1::regclass")
+            .bind(format!("pgmq.{table}"))
+            .fetch_one(&db.pool)
+            .await
+            .expect("reloptions")
+    };
+    assert_eq!(options("q_lineq_bench_raw").await, None);
+    let lineq_queue = Some(vec!["fillfactor=50".to_string()]);
+    assert_eq!(options("q_lineq_results").await, lineq_queue);
+    assert_eq!(options("q_lineq_steps_default").await, lineq_queue);
+
     // Nothing of the throughput rows is left unfinished.
     let unfinished = db
         .count("lineq.executions WHERE status NOT IN ('completed')")

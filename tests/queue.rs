@@ -394,3 +394,66 @@ async fn wakeups_come_from_the_queue_channel_and_the_legacy_one() {
     drop(conn);
     db.drop_db().await;
 }
+
+/// The block each message of `table` is on, in `msg_id` order.
+async fn pages_of(pool: &sqlx::PgPool, table: &str) -> Vec<(i64, i32)> {
+    sqlx::query_as(&format!(
+        "SELECT msg_id, (ctid::text::point)[0]::int FROM pgmq.{table} ORDER BY msg_id"
+    ))
+    .fetch_all(pool)
+    .await
+    .expect("pages")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_keeps_each_message_on_its_page() {
+    let db = TestDb::new().await;
+    let q = QueueName::new("lineq_steps_qpage").expect("name");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    queue::ensure_queue(&mut conn, &q).await.expect("create");
+    // Bodies the size of a step message: a full 8 KB page holds ten of them, so the new
+    // version a read writes would have to go to another page.
+    let bodies: Vec<_> = (0..40)
+        .map(|i| json!({ "n": i, "pad": "x".repeat(600) }))
+        .collect();
+    queue::send_batch(&mut conn, &q, &bodies)
+        .await
+        .expect("send");
+    let before = pages_of(&db.pool, "q_lineq_steps_qpage").await;
+    let read = queue::read(&db.pool, &q, 30, 40).await.expect("read");
+    assert_eq!(read.len(), 40);
+    assert!(read.iter().all(|m| m.read_ct == 1));
+    let after = pages_of(&db.pool, "q_lineq_steps_qpage").await;
+    assert_eq!(
+        after, before,
+        "every message's new version stays on its page"
+    );
+
+    // Queues made before lineq set this get it from the migration.
+    sqlx::query("SELECT pgmq.create('lineq_steps_qold')")
+        .execute(&db.pool)
+        .await
+        .expect("create as PGMQ does");
+    let fillfactor = async || -> Option<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT reloptions::text[] FROM pg_class
+             WHERE oid = 'pgmq.q_lineq_steps_qold'::regclass",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("reloptions")
+    };
+    assert_eq!(fillfactor().await, None);
+    sqlx::raw_sql(include_str!(
+        "../migrations/20261124000010_queue_fillfactor.sql"
+    ))
+    .execute(&db.pool)
+    .await
+    .expect("migration");
+    assert_eq!(
+        fillfactor().await,
+        Some(vec![format!("fillfactor={}", queue::QUEUE_FILLFACTOR)])
+    );
+    drop(conn);
+    db.drop_db().await;
+}

@@ -104,24 +104,46 @@ impl QueuedMessage {
 /// privileges before existence): a least-privilege worker role has neither, and only needs the
 /// queue to be there. A role that may not create a missing queue gets an error that says so.
 pub async fn ensure_queue(conn: &mut PgConnection, queue: &QueueName) -> Result<()> {
+    use sqlx::Connection;
     if queue_exists(&mut *conn, queue).await? {
         return Ok(());
     }
-    match sqlx::query("SELECT pgmq.create($1::text)")
+    // The queue and its page layout in one transaction: no queue is left with full pages.
+    let mut tx = conn.begin().await?;
+    let created = sqlx::query("SELECT pgmq.create($1::text)")
         .bind(queue.as_str())
-        .execute(conn)
-        .await
-    {
-        Ok(_) => Ok(()),
+        .execute(&mut *tx)
+        .await;
+    match created {
+        Ok(_) => {}
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
-            Err(crate::error::Error::InvalidState(format!(
+            return Err(crate::error::Error::InvalidState(format!(
                 "queue {queue} does not exist and this database role may not create it; create it with \
                  `lineq namespace create` (or `lineq migrate`) as an orchestrator role or the schema owner"
-            )))
+            )));
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
     }
+    sqlx::query(&format!(
+        "ALTER TABLE {} SET (fillfactor = {QUEUE_FILLFACTOR})",
+        live_table(queue)
+    ))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
+
+/// How full PostgreSQL fills a queue table's pages (percent), leaving the rest for the row
+/// versions reads make.
+///
+/// A read sets a message's `vt` and `read_ct`, which writes a new version of its row. On a full
+/// page that version goes to another page, and the WAL then carries the whole message again
+/// plus a lock record; on the same page PostgreSQL logs only the bytes that changed. With half
+/// of each page free, an execution's two messages write 1.4 KB less WAL, a tenth of all it
+/// writes (docs/benchmarks.md, "Session 8"). Queue tables hold only the messages in flight, so
+/// the pages left half empty cost little. Migration 000010 sets it on queues made before.
+pub const QUEUE_FILLFACTOR: u8 = 50;
 
 /// True when `queue` exists.
 pub async fn queue_exists(conn: &mut PgConnection, queue: &QueueName) -> Result<bool> {
