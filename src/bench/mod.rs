@@ -178,6 +178,9 @@ pub struct BenchReport {
     pub workflow_in_commits: f64,
     /// The targets, and whether this run met them.
     pub targets: Vec<Target>,
+    /// CPU cores of this machine, for what the CPU figures allow: with every core busy, a row
+    /// costing `c` µs per execution runs at most `cores × 10⁶ / c` executions a second.
+    pub cores: usize,
 }
 
 /// The design floor's figures.
@@ -338,6 +341,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
         workflow_latency_ms: workflow,
         commit_round_trip_ms: commit_round_trip,
         targets,
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
     })
 }
 
@@ -491,18 +495,39 @@ fn cost_table(s: &mut String, r: &BenchReport) {
             ),
         );
     }
-    if let Some((plain, unit)) = r
+    // What the CPU alone allows: executions per second with every core busy.
+    let ceiling = |cpu: Option<f64>| {
+        cpu.filter(|c| *c > 0.0)
+            .map(|c| r.cores as f64 * 1e6 / c)
+            .map(|per_second| {
+                format!(
+                    "{per_second:.0}/s = {:.3}× raw",
+                    per_second / r.raw_pgmq_per_second.max(f64::EPSILON)
+                )
+            })
+    };
+    let plain = r
         .throughput
         .first()
-        .and_then(|t| t.cpu_us_per_execution)
-        .zip(raw.1)
-    {
-        let _ = writeln!(
+        .and_then(|t| ceiling(t.cpu_us_per_execution));
+    let floor = r
+        .design_floor
+        .as_ref()
+        .and_then(|f| ceiling(f.cpu_us_per_execution));
+    if let Some(plain) = plain {
+        let _ = write!(
             s,
-            "  (an execution takes the CPU of {:.1} raw messages: {:.3}× raw where CPU is the limit)",
-            plain / unit,
-            unit / plain
+            "  (with all {} cores busy, the CPU per execution allows at most: lineq {plain}",
+            r.cores
         );
+        match floor {
+            Some(floor) => {
+                let _ = writeln!(s, ";\n   the design floor {floor})");
+            }
+            None => {
+                let _ = writeln!(s, ")");
+            }
+        }
     }
 }
 
