@@ -146,8 +146,9 @@ pub enum Command {
     /// Print the trace of an execution, correlation id or event (its trace id is the root
     /// execution's correlation id) and its Jaeger URL (LINEQ_JAEGER_URL).
     Trace(trace::TraceArgs),
-    /// Measure throughput and latency against raw PGMQ on the same database, in one run
-    /// (DATABASE_URL, or a throwaway PostgreSQL).
+    /// Measure throughput and latency against raw PGMQ on the same database, in one run, and
+    /// what a message and an execution cost in WAL and CPU (DATABASE_URL, or a throwaway
+    /// PostgreSQL).
     Bench(bench::BenchArgs),
     /// Fault injection: run orchestrators and workers as processes, SIGKILL them while they
     /// work, and prove nothing was lost, duplicated or left without lineage.
