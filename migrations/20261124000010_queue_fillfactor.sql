@@ -3,6 +3,8 @@
 -- message and a lock record. Queues created from now on get it from `ensure_queue`
 -- (shared/src/queue.rs, QUEUE_FILLFACTOR); this sets it on the queues that exist already.
 -- Existing rows stay where they are; pages fill to the new limit as messages come and go.
+-- Setting fillfactor takes only a SHARE UPDATE EXCLUSIVE lock: workers and orchestrators of
+-- the earlier version keep sending, reading and archiving while this runs.
 DO $$
 DECLARE
     q text;
