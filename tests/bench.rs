@@ -73,6 +73,8 @@ async fn a_small_bench_runs_every_row_and_checks_its_work() {
         assert!(cpu > 0.0 && own > 0.0 && own <= cpu, "{row}");
     }
     assert!(r["cores"].as_u64() >= Some(1), "{r}");
+    // The tests' server is on this machine, so the CPU figures include its work.
+    assert_eq!(r["database_on_this_machine"], true, "{r}");
     let floor_wal = r["design_floor"]["wal_bytes_per_execution"]
         .as_f64()
         .expect("floor WAL");

@@ -57,6 +57,18 @@ impl Mark {
     }
 }
 
+/// True when the server is on this machine: connected through a Unix socket (no server
+/// address) or a loopback address.
+pub async fn database_on_this_machine(pool: &PgPool) -> anyhow::Result<bool> {
+    let addr: Option<String> = sqlx::query_scalar("SELECT host(inet_server_addr())")
+        .fetch_one(pool)
+        .await?;
+    Ok(addr.is_none_or(|a| {
+        a.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+    }))
+}
+
 /// Seconds every core of this machine has spent busy since boot (Linux), from the first line
 /// of `/proc/stat`: user, nice, system, irq and softirq time. Idle, I/O wait and time stolen by
 /// the hypervisor are not this machine's work; guest time is already counted in user.

@@ -181,6 +181,9 @@ pub struct BenchReport {
     /// CPU cores of this machine, for what the CPU figures allow: with every core busy, a row
     /// costing `c` µs per execution runs at most `cores × 10⁶ / c` executions a second.
     pub cores: usize,
+    /// Whether the server runs on this machine (a Unix socket or a loopback address): only
+    /// then do the CPU figures include the server's work, and say what the CPU allows.
+    pub database_on_this_machine: bool,
 }
 
 /// The design floor's figures.
@@ -342,6 +345,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
         commit_round_trip_ms: commit_round_trip,
         targets,
         cores: std::thread::available_parallelism().map_or(1, usize::from),
+        database_on_this_machine: cost::database_on_this_machine(pool).await?,
     })
 }
 
@@ -514,7 +518,12 @@ fn cost_table(s: &mut String, r: &BenchReport) {
         .design_floor
         .as_ref()
         .and_then(|f| ceiling(f.cpu_us_per_execution));
-    if let Some(plain) = plain {
+    if !r.database_on_this_machine {
+        let _ = writeln!(
+            s,
+            "  (the database runs on another machine: the CPU figures are this machine's only)"
+        );
+    } else if let Some(plain) = plain {
         let _ = write!(
             s,
             "  (with all {} cores busy, the CPU per execution allows at most: lineq {plain}",
@@ -545,4 +554,82 @@ async fn until(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(on_this_machine: bool) -> BenchReport {
+        let ms = Percentiles {
+            p50: 1.0,
+            p95: 2.0,
+            p99: 3.0,
+            n: 10,
+        };
+        let row = ThroughputRow {
+            name: PLAIN.into(),
+            executions: 1000,
+            seconds: 1.0,
+            per_second: 1000.0,
+            ratio_to_raw: 0.1,
+            events: 8000,
+            peak_rss_mib: 90.0,
+            rss_growth_mib: 0.0,
+            wal_bytes_per_execution: 14_000.0,
+            cpu_us_per_execution: Some(500.0),
+            process_cpu_us_per_execution: Some(100.0),
+            spans_received: None,
+            runs: vec![1000.0],
+        };
+        BenchReport {
+            raw_pgmq_per_second: 10_000.0,
+            raw_pgmq_runs: [10_000.0, 10_000.0],
+            raw_pgmq_wal_bytes_per_message: 700.0,
+            raw_pgmq_cpu_us_per_message: Some(50.0),
+            raw_pgmq_process_cpu_us_per_message: Some(5.0),
+            throughput: vec![row],
+            design_floor: Some(FloorRow {
+                per_second: 2000.0,
+                runs: [2000.0, 2000.0],
+                ratio_to_raw: 0.2,
+                lineq_share: 0.5,
+                wal_bytes_per_execution: 13_000.0,
+                cpu_us_per_execution: Some(250.0),
+                process_cpu_us_per_execution: Some(10.0),
+            }),
+            tracing_cost: None,
+            pickup_latency_ms: ms.clone(),
+            workflow_latency_ms: ms.clone(),
+            commit_round_trip_ms: ms,
+            workflow_in_commits: 1.0,
+            targets: Vec::new(),
+            cores: 2,
+            database_on_this_machine: on_this_machine,
+        }
+    }
+
+    #[test]
+    fn the_cost_table_gives_each_unit_as_raw_messages_and_what_the_cpu_allows() {
+        let t = table(&report(true));
+        // 14,000 / 700 bytes = 20 raw messages of WAL; 500 / 50 µs = 10 of CPU.
+        assert!(
+            t.contains("14000       20.0       500         10.0         100"),
+            "{t}"
+        );
+        assert!(
+            t.contains("13000       18.6       250          5.0          10"),
+            "{t}"
+        );
+        // 2 cores × 10⁶ µs / 500 µs = 4,000 executions a second, 0.4× the raw 10,000.
+        assert!(t.contains("lineq 4000/s = 0.400× raw"), "{t}");
+        assert!(t.contains("the design floor 8000/s = 0.800× raw"), "{t}");
+    }
+
+    #[test]
+    fn a_remote_database_gets_no_cpu_ceiling() {
+        let t = table(&report(false));
+        assert!(!t.contains("cores busy"), "{t}");
+        assert!(t.contains("the CPU figures are this machine's only"), "{t}");
+    }
 }
