@@ -53,36 +53,28 @@ async fn a_small_bench_runs_every_row_and_checks_its_work() {
     // What a unit cost: WAL and CPU. An execution writes its messages' rows and more, so it
     // writes more WAL than one raw message does; on Linux the machine's CPU is read too, and
     // this process's share of it is a part of it.
-    let raw_wal = r["raw_pgmq_wal_bytes_per_message"]
-        .as_f64()
-        .expect("raw WAL");
+    let raw_cost = &r["raw_pgmq_cost_per_message"];
+    let raw_wal = raw_cost["wal_bytes"].as_f64().expect("raw WAL");
     assert!(raw_wal > 0.0, "{r}");
-    let raw_cpu = r["raw_pgmq_cpu_us_per_message"].as_f64().expect("raw CPU");
-    let raw_own = r["raw_pgmq_process_cpu_us_per_message"]
-        .as_f64()
-        .expect("raw process CPU");
     // The reference's 300 messages take a few clock ticks at most: present, not compared.
-    assert!(raw_cpu >= 0.0 && raw_own >= 0.0, "{r}");
+    assert!(raw_cost["cpu_us"].as_f64() >= Some(0.0), "{r}");
+    assert!(raw_cost["process_cpu_us"].as_f64() >= Some(0.0), "{r}");
     for row in rows {
-        let wal = row["wal_bytes_per_execution"].as_f64().expect("WAL");
-        assert!(wal > 2.0 * raw_wal, "{row}");
-        let cpu = row["cpu_us_per_execution"].as_f64().expect("CPU");
-        let own = row["process_cpu_us_per_execution"]
-            .as_f64()
-            .expect("process CPU");
+        let cost = &row["cost_per_execution"];
+        assert!(cost["wal_bytes"].as_f64() > Some(2.0 * raw_wal), "{row}");
+        let cpu = cost["cpu_us"].as_f64().expect("CPU");
+        let own = cost["process_cpu_us"].as_f64().expect("process CPU");
         assert!(cpu > 0.0 && own > 0.0 && own <= cpu, "{row}");
     }
     assert!(r["cores"].as_u64() >= Some(1), "{r}");
     // The tests' server is on this machine, so the CPU figures include its work.
     assert_eq!(r["database_on_this_machine"], true, "{r}");
-    let floor_wal = r["design_floor"]["wal_bytes_per_execution"]
-        .as_f64()
-        .expect("floor WAL");
-    assert!(floor_wal > 2.0 * raw_wal, "{r}");
+    let floor_cost = &r["design_floor"]["cost_per_execution"];
     assert!(
-        r["design_floor"]["cpu_us_per_execution"].as_f64() > Some(0.0),
+        floor_cost["wal_bytes"].as_f64() > Some(2.0 * raw_wal),
         "{r}"
     );
+    assert!(floor_cost["cpu_us"].as_f64() > Some(0.0), "{r}");
 
     // Every event of the traced row reached the in-process OTLP receiver as a span.
     assert_eq!(rows[1]["spans_received"], 4800, "{r}");

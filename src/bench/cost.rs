@@ -3,6 +3,7 @@
 //! machine is doing; these hardly do, so they say in every run how many raw messages' worth of
 //! work one execution with its lineage is.
 
+use serde::Serialize;
 use sqlx::PgPool;
 
 /// The WAL position and the busy CPU time of the machine and of this process at one moment.
@@ -13,8 +14,8 @@ pub struct Mark {
     own_cpu: Option<f64>,
 }
 
-/// A row's cost per unit.
-#[derive(Debug, Clone, Copy)]
+/// A row's cost per unit (a raw message, an execution).
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct PerUnit {
     /// WAL bytes the server wrote.
     pub wal_bytes: f64,
@@ -22,9 +23,39 @@ pub struct PerUnit {
     /// and lineq's together when the database runs here, as it does in the bench by default.
     /// `None` where `/proc/stat` cannot be read.
     pub cpu_us: Option<f64>,
-    /// The part of `cpu_us` spent by this process (lineq's orchestrators and workers, or the
-    /// clients of the raw and floor rows); the rest is the server's.
-    pub own_cpu_us: Option<f64>,
+    /// The part of `cpu_us` spent by this process (lineq's orchestrators, workers and
+    /// submitter, or the clients of the raw and floor rows); the rest is the server's.
+    pub process_cpu_us: Option<f64>,
+}
+
+impl PerUnit {
+    /// The mean over several runs, each weighted by its units; a CPU figure only if every run
+    /// has it.
+    pub fn mean(runs: impl IntoIterator<Item = (PerUnit, usize)> + Clone) -> PerUnit {
+        let units: usize = runs.clone().into_iter().map(|(_, n)| n).sum();
+        let of = |f: fn(&PerUnit) -> Option<f64>| {
+            let total = runs
+                .clone()
+                .into_iter()
+                .map(|(c, n)| f(&c).map(|v| v * n as f64))
+                .sum::<Option<f64>>()?;
+            Some(total / units.max(1) as f64)
+        };
+        PerUnit {
+            wal_bytes: of(|c| Some(c.wal_bytes)).unwrap_or_default(),
+            cpu_us: of(|c| c.cpu_us),
+            process_cpu_us: of(|c| c.process_cpu_us),
+        }
+    }
+}
+
+/// One run of a row: its rate and what each unit cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    /// Units (messages, executions) per second.
+    pub per_second: f64,
+    /// What each unit cost.
+    pub cost: PerUnit,
 }
 
 impl Mark {
@@ -52,7 +83,7 @@ impl Mark {
         Ok(PerUnit {
             wal_bytes: (end.wal - self.wal) as f64 / units,
             cpu_us: per_unit(end.cpu, self.cpu),
-            own_cpu_us: per_unit(end.own_cpu, self.own_cpu),
+            process_cpu_us: per_unit(end.own_cpu, self.own_cpu),
         })
     }
 }
@@ -120,6 +151,25 @@ mod tests {
         let stat = "cpu  100 20 30 5000 40 1 2 700 0 0\ncpu0 50 10 15 2500 20 1 1 350 0 0\n";
         // user 100 + nice 20 + system 30 + irq 1 + softirq 2 = 153 ticks.
         assert_eq!(busy_from_stat(stat), Some(1.53));
+    }
+
+    #[test]
+    fn the_mean_weighs_each_run_by_its_units() {
+        let a = PerUnit {
+            wal_bytes: 100.0,
+            cpu_us: Some(10.0),
+            process_cpu_us: Some(1.0),
+        };
+        let b = PerUnit {
+            wal_bytes: 400.0,
+            cpu_us: Some(40.0),
+            process_cpu_us: None,
+        };
+        let m = PerUnit::mean([(a, 2), (b, 1)]);
+        assert_eq!(m.wal_bytes, 200.0);
+        assert_eq!(m.cpu_us, Some(20.0));
+        // One run could not read its own CPU: no figure rather than a wrong one.
+        assert_eq!(m.process_cpu_us, None);
     }
 
     #[test]

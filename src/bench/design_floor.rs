@@ -191,17 +191,13 @@ fn ids(n: usize) -> Vec<Uuid> {
     (0..n).map(|_| Uuid::now_v7()).collect()
 }
 
-/// One run of the floor.
-#[derive(Debug, Clone, Copy)]
-pub struct FloorRun {
-    /// Executions per second through the design's rows alone.
-    pub per_second: f64,
-    /// What each execution cost.
-    pub cost: cost::PerUnit,
-}
-
-/// Runs the design's rows alone, checked: every execution completed with its 8 events.
-pub async fn run(pool: &PgPool, cfg: &BenchConfig, run_name: &str) -> anyhow::Result<FloorRun> {
+/// Runs the design's rows alone, checked (every execution completed with its 8 events):
+/// executions per second, and what each cost.
+pub async fn run(
+    pool: &PgPool,
+    cfg: &BenchConfig,
+    run_name: &str,
+) -> anyhow::Result<cost::Measured> {
     let steps = QueueName::new(STEPS)?;
     let results = QueueName::new(RESULTS)?;
     {
@@ -305,7 +301,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig, run_name: &str) -> anyhow::Re
         "design floor: {done} of {n} executions completed with {events} events (expected {})",
         8 * n
     );
-    Ok(FloorRun {
+    Ok(cost::Measured {
         per_second: n as f64 / seconds,
         cost,
     })

@@ -75,14 +75,9 @@ pub struct ThroughputRow {
     pub peak_rss_mib: f64,
     /// RSS at the end minus RSS after the first tenth of the run (MiB).
     pub rss_growth_mib: f64,
-    /// WAL bytes the server wrote while the row ran, per execution.
-    pub wal_bytes_per_execution: f64,
-    /// Busy CPU time of the whole machine while the row ran, per execution (µs): the server's
-    /// and lineq's when the database runs on this machine. None where it cannot be read.
-    pub cpu_us_per_execution: Option<f64>,
-    /// The part of `cpu_us_per_execution` spent in lineq's process (its orchestrators, workers
-    /// and the submitting client); the rest is the server's.
-    pub process_cpu_us_per_execution: Option<f64>,
+    /// What an execution cost while the row ran: WAL, the machine's busy CPU (the server's
+    /// and lineq's when the database runs on this machine) and lineq's process's part of it.
+    pub cost_per_execution: cost::PerUnit,
     /// For the traced row: spans the receiver got (one per event when none was dropped).
     pub spans_received: Option<usize>,
     /// Executions per second of each run combined into this row, in the order they ran.
@@ -110,33 +105,12 @@ impl ThroughputRow {
                 .iter()
                 .map(|r| r.rss_growth_mib)
                 .fold(f64::MIN, f64::max),
-            wal_bytes_per_execution: weighted(runs, |r| Some(r.wal_bytes_per_execution))
-                .unwrap_or_default(),
-            cpu_us_per_execution: weighted(runs, |r| r.cpu_us_per_execution),
-            process_cpu_us_per_execution: weighted(runs, |r| r.process_cpu_us_per_execution),
+            cost_per_execution: cost::PerUnit::mean(
+                runs.iter().map(|r| (r.cost_per_execution, r.executions)),
+            ),
             spans_received: runs.iter().map(|r| r.spans_received).sum::<Option<usize>>(),
             runs: runs.iter().flat_map(|r| r.runs.iter().copied()).collect(),
         }
-    }
-}
-
-/// The mean of a per-execution figure over runs, weighted by their executions; None when a
-/// run lacks it.
-fn weighted(runs: &[ThroughputRow], f: impl Fn(&ThroughputRow) -> Option<f64>) -> Option<f64> {
-    let executions: usize = runs.iter().map(|r| r.executions).sum();
-    let total = runs
-        .iter()
-        .map(|r| f(r).map(|v| v * r.executions as f64))
-        .sum::<Option<f64>>()?;
-    Some(total / executions.max(1) as f64)
-}
-
-/// The mean of two runs' costs per unit.
-fn mean_cost(a: cost::PerUnit, b: cost::PerUnit) -> cost::PerUnit {
-    cost::PerUnit {
-        wal_bytes: (a.wal_bytes + b.wal_bytes) / 2.0,
-        cpu_us: a.cpu_us.zip(b.cpu_us).map(|(a, b)| (a + b) / 2.0),
-        own_cpu_us: a.own_cpu_us.zip(b.own_cpu_us).map(|(a, b)| (a + b) / 2.0),
     }
 }
 
@@ -149,13 +123,9 @@ pub struct BenchReport {
     /// The raw PGMQ reference, run first and again last, so a machine whose speed drifts
     /// during the bench moves both ends of every ratio.
     pub raw_pgmq_runs: [f64; 2],
-    /// WAL bytes the server wrote per raw message (the mean of the two runs): the unit of
-    /// write work the lineq rows are compared with.
-    pub raw_pgmq_wal_bytes_per_message: f64,
-    /// Busy CPU time of the whole machine per raw message (µs, the mean of the two runs).
-    pub raw_pgmq_cpu_us_per_message: Option<f64>,
-    /// The part of it spent in the bench's process, the reference's client.
-    pub raw_pgmq_process_cpu_us_per_message: Option<f64>,
+    /// What a raw message cost (the mean of the two runs): the unit the lineq rows' costs are
+    /// compared with. The process's part is the reference's client.
+    pub raw_pgmq_cost_per_message: cost::PerUnit,
     /// lineq throughput rows.
     pub throughput: Vec<ThroughputRow>,
     /// The design floor: executions per second when the rows design.md requires of them are
@@ -197,12 +167,9 @@ pub struct FloorRow {
     pub ratio_to_raw: f64,
     /// lineq's throughput as a share of this floor: what lineq's own code leaves of it.
     pub lineq_share: f64,
-    /// WAL bytes written per execution (the mean of the two runs).
-    pub wal_bytes_per_execution: f64,
-    /// Busy CPU time of the whole machine per execution (µs, the mean of the two runs).
-    pub cpu_us_per_execution: Option<f64>,
-    /// The part of it spent in the bench's process, the floor's client.
-    pub process_cpu_us_per_execution: Option<f64>,
+    /// What an execution cost (the mean of the two runs); the process's part is the floor's
+    /// client.
+    pub cost_per_execution: cost::PerUnit,
 }
 
 /// A target from issue 7 and this run's figure.
@@ -268,19 +235,16 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
     };
     let raw_last = raw_pgmq::run(pool, cfg).await?;
     let raw = (raw_first.per_second + raw_last.per_second) / 2.0;
-    let raw_cost = mean_cost(raw_first.cost, raw_last.cost);
+    let raw_cost = cost::PerUnit::mean([(raw_first.cost, 1), (raw_last.cost, 1)]);
     let plain = ThroughputRow::combine(&[plain_a, plain_b], raw);
     let design_floor = floor_first.zip(floor_last).map(|(a, b)| {
         let per_second = (a.per_second + b.per_second) / 2.0;
-        let cost = mean_cost(a.cost, b.cost);
         FloorRow {
             per_second,
             runs: [a.per_second, b.per_second],
             ratio_to_raw: per_second / raw,
             lineq_share: plain.per_second / per_second,
-            wal_bytes_per_execution: cost.wal_bytes,
-            cpu_us_per_execution: cost.cpu_us,
-            process_cpu_us_per_execution: cost.own_cpu_us,
+            cost_per_execution: cost::PerUnit::mean([(a.cost, 1), (b.cost, 1)]),
         }
     });
     let mut rows = vec![plain.clone()];
@@ -333,9 +297,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
     Ok(BenchReport {
         raw_pgmq_per_second: raw,
         raw_pgmq_runs: [raw_first.per_second, raw_last.per_second],
-        raw_pgmq_wal_bytes_per_message: raw_cost.wal_bytes,
-        raw_pgmq_cpu_us_per_message: raw_cost.cpu_us,
-        raw_pgmq_process_cpu_us_per_message: raw_cost.own_cpu_us,
+        raw_pgmq_cost_per_message: raw_cost,
         throughput: rows,
         design_floor,
         tracing_cost,
@@ -450,11 +412,7 @@ pub fn table(r: &BenchReport) -> String {
 /// message's.
 fn cost_table(s: &mut String, r: &BenchReport) {
     use std::fmt::Write;
-    let raw = (
-        r.raw_pgmq_wal_bytes_per_message,
-        r.raw_pgmq_cpu_us_per_message,
-        r.raw_pgmq_process_cpu_us_per_message,
-    );
+    let raw = r.raw_pgmq_cost_per_message;
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
     let times = |v: Option<f64>, unit: Option<f64>| {
         v.zip(unit).map_or("-".to_string(), |(v, unit)| {
@@ -466,38 +424,24 @@ fn cost_table(s: &mut String, r: &BenchReport) {
         "\n{:<34} {:>12} {:>10} {:>9} {:>12} {:>11}",
         "cost per message / execution", "WAL bytes", "× raw", "CPU µs", "× raw", "in-process"
     );
-    let mut line = |name: &str, (wal, cpu, own): (f64, Option<f64>, Option<f64>)| {
+    let mut line = |name: &str, c: &cost::PerUnit| {
         let _ = writeln!(
             s,
             "{:<34} {:>12.0} {:>10} {:>9} {:>12} {:>11}",
             name,
-            wal,
-            times(Some(wal), Some(raw.0)),
-            opt(cpu),
-            times(cpu, raw.1),
-            opt(own)
+            c.wal_bytes,
+            times(Some(c.wal_bytes), Some(raw.wal_bytes)),
+            opt(c.cpu_us),
+            times(c.cpu_us, raw.cpu_us),
+            opt(c.process_cpu_us)
         );
     };
-    line("raw PGMQ (per message)", raw);
+    line("raw PGMQ (per message)", &raw);
     for t in &r.throughput {
-        line(
-            &t.name,
-            (
-                t.wal_bytes_per_execution,
-                t.cpu_us_per_execution,
-                t.process_cpu_us_per_execution,
-            ),
-        );
+        line(&t.name, &t.cost_per_execution);
     }
     if let Some(f) = &r.design_floor {
-        line(
-            "design floor (its SQL alone)",
-            (
-                f.wal_bytes_per_execution,
-                f.cpu_us_per_execution,
-                f.process_cpu_us_per_execution,
-            ),
-        );
+        line("design floor (its SQL alone)", &f.cost_per_execution);
     }
     // What the CPU alone allows: executions per second with every core busy.
     let ceiling = |cpu: Option<f64>| {
@@ -513,11 +457,11 @@ fn cost_table(s: &mut String, r: &BenchReport) {
     let plain = r
         .throughput
         .first()
-        .and_then(|t| ceiling(t.cpu_us_per_execution));
+        .and_then(|t| ceiling(t.cost_per_execution.cpu_us));
     let floor = r
         .design_floor
         .as_ref()
-        .and_then(|f| ceiling(f.cpu_us_per_execution));
+        .and_then(|f| ceiling(f.cost_per_execution.cpu_us));
     if !r.database_on_this_machine {
         let _ = writeln!(
             s,
@@ -576,27 +520,33 @@ mod tests {
             events: 8000,
             peak_rss_mib: 90.0,
             rss_growth_mib: 0.0,
-            wal_bytes_per_execution: 14_000.0,
-            cpu_us_per_execution: Some(500.0),
-            process_cpu_us_per_execution: Some(100.0),
+            cost_per_execution: cost::PerUnit {
+                wal_bytes: 14_000.0,
+                cpu_us: Some(500.0),
+                process_cpu_us: Some(100.0),
+            },
             spans_received: None,
             runs: vec![1000.0],
         };
         BenchReport {
             raw_pgmq_per_second: 10_000.0,
             raw_pgmq_runs: [10_000.0, 10_000.0],
-            raw_pgmq_wal_bytes_per_message: 700.0,
-            raw_pgmq_cpu_us_per_message: Some(50.0),
-            raw_pgmq_process_cpu_us_per_message: Some(5.0),
+            raw_pgmq_cost_per_message: cost::PerUnit {
+                wal_bytes: 700.0,
+                cpu_us: Some(50.0),
+                process_cpu_us: Some(5.0),
+            },
             throughput: vec![row],
             design_floor: Some(FloorRow {
                 per_second: 2000.0,
                 runs: [2000.0, 2000.0],
                 ratio_to_raw: 0.2,
                 lineq_share: 0.5,
-                wal_bytes_per_execution: 13_000.0,
-                cpu_us_per_execution: Some(250.0),
-                process_cpu_us_per_execution: Some(10.0),
+                cost_per_execution: cost::PerUnit {
+                    wal_bytes: 13_000.0,
+                    cpu_us: Some(250.0),
+                    process_cpu_us: Some(10.0),
+                },
             }),
             tracing_cost: None,
             pickup_latency_ms: ms.clone(),

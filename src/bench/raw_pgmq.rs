@@ -15,17 +15,9 @@ use super::{BenchConfig, bar, cost};
 const QUEUE: &str = "lineq_bench_raw";
 const BATCH: usize = 100;
 
-/// One run of the reference.
-#[derive(Debug, Clone, Copy)]
-pub struct RawRun {
-    /// Messages per second through send_batch → read_batch → delete_batch.
-    pub per_second: f64,
-    /// What each message cost.
-    pub cost: cost::PerUnit,
-}
-
-/// Runs the reference once.
-pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<RawRun> {
+/// Runs the reference once: messages per second through send_batch → read_batch →
+/// delete_batch, and what each message cost.
+pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<cost::Measured> {
     let q = QueueName::new(QUEUE)?;
     {
         let mut conn = pool.acquire().await?;
@@ -94,7 +86,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<RawRun> {
     let secs = started.elapsed().as_secs_f64();
     let cost = mark.per_unit_since(pool, total).await?;
     pb.finish_and_clear();
-    Ok(RawRun {
+    Ok(cost::Measured {
         per_second: total as f64 / secs,
         cost,
     })

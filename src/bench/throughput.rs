@@ -196,9 +196,7 @@ pub async fn run(
         events,
         peak_rss_mib: peak,
         rss_growth_mib: growth,
-        wal_bytes_per_execution: cost.wal_bytes,
-        cpu_us_per_execution: cost.cpu_us,
-        process_cpu_us_per_execution: cost.own_cpu_us,
+        cost_per_execution: cost,
         spans_received: None,
         runs: vec![per_second],
     })
