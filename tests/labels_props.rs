@@ -45,7 +45,7 @@ proptest! {
     fn keys_past_the_limit_fail(extra in 1usize..200, c in "[a-z]") {
         let key = c.repeat(MAX_TAG_KEY_LEN + extra);
         let e = check_tag_key(&key).unwrap_err();
-        prop_assert_eq!(e.field, "tags");
+        prop_assert_eq!(&e.field, "tags");
         prop_assert!(e.reason.contains("1 to 64"), "{}", e);
     }
 
@@ -60,7 +60,7 @@ proptest! {
         let key = format!("{prefix}{bad}{suffix}");
         if key.len() <= MAX_TAG_KEY_LEN {
             let e = check_tag_key(&key).unwrap_err();
-            prop_assert_eq!(e.field, "tags");
+            prop_assert_eq!(&e.field, "tags");
         } else {
             prop_assert!(check_tag_key(&key).is_err());
         }
@@ -93,7 +93,7 @@ proptest! {
     fn values_past_the_limit_fail(extra in 1usize..100, c in any::<char>().prop_filter("nl", |c| !matches!(c, '\n' | '\r'))) {
         let value: String = std::iter::repeat_n(c, MAX_TAG_VALUE_LEN + extra).collect();
         let e = check_tag_value("k", &value).unwrap_err();
-        prop_assert_eq!(e.field, "tags");
+        prop_assert_eq!(&e.field, "tags");
         prop_assert!(e.reason.contains("the limit is 256"), "{}", e);
     }
 
@@ -111,7 +111,7 @@ proptest! {
             prop_assert!(r.is_ok());
         } else {
             let e = r.unwrap_err();
-            prop_assert_eq!(e.field, "tags");
+            prop_assert_eq!(&e.field, "tags");
             let expected = format!("{n} tags; the limit is 20");
             prop_assert!(e.reason.contains(&expected), "{}", e);
         }
@@ -155,7 +155,7 @@ proptest! {
             prop_assert!(r.is_ok());
         } else {
             let e = r.unwrap_err();
-            prop_assert_eq!(e.field, "metadata");
+            prop_assert_eq!(&e.field, "metadata");
             prop_assert!(e.reason.contains("the limit is 50"), "{}", e);
         }
     }
@@ -171,7 +171,7 @@ proptest! {
             prop_assert!(r.is_ok(), "{size}");
         } else {
             let e = r.unwrap_err();
-            prop_assert_eq!(e.field, "metadata");
+            prop_assert_eq!(&e.field, "metadata");
             prop_assert!(e.reason.contains("65536"), "{}", e);
         }
     }
@@ -181,7 +181,7 @@ proptest! {
         let mut m = Map::new();
         m.insert(format!("_lineq_{rest}"), json!(1));
         let e = check_metadata(&Value::Object(m)).unwrap_err();
-        prop_assert_eq!(e.field, "metadata");
+        prop_assert_eq!(&e.field, "metadata");
         prop_assert!(e.reason.contains("reserved prefix"), "{}", e);
         // Only the exact prefix is reserved.
         let mut ok = Map::new();
@@ -205,7 +205,7 @@ proptest! {
             prop_assert!(r.is_ok());
         } else {
             let e = r.unwrap_err();
-            prop_assert_eq!(e.field, "limit");
+            prop_assert_eq!(&e.field, "limit");
             prop_assert!(e.reason.contains("1 to 1000"), "{}", e);
         }
     }
@@ -245,10 +245,10 @@ proptest! {
     #[test]
     fn garbage_cursors_and_times_are_refused_not_panics(s in ".{0,120}") {
         if let Err(e) = s.parse::<Cursor>() {
-            prop_assert_eq!(e.field, "cursor");
+            prop_assert_eq!(&e.field, "cursor");
         }
         if let Err(e) = parse_time("since", &s) {
-            prop_assert_eq!(e.field, "since");
+            prop_assert_eq!(&e.field, "since");
         }
     }
 }

@@ -299,7 +299,7 @@ fn at_position(total: usize, i: usize, e: Error) -> Error {
         return e;
     }
     match e {
-        Error::Validation(v) => Error::Validation(ValidationError::new(
+        Error::Validation(v) => Error::Validation(ValidationError::named(
             v.field,
             format!("request {i}: {}", v.reason),
         )),

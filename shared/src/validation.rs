@@ -22,7 +22,7 @@ pub const MAX_QUEUE_NAME_LEN: usize = 47;
 #[error("invalid {field}: {reason}")]
 pub struct ValidationError {
     /// The field (or CLI flag) that broke the rule.
-    pub field: &'static str,
+    pub field: std::borrow::Cow<'static, str>,
     /// The rule, with its limit, and what was given.
     pub reason: String,
 }
@@ -31,7 +31,15 @@ impl ValidationError {
     /// A new error for `field`.
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
         Self {
-            field,
+            field: std::borrow::Cow::Borrowed(field),
+            reason: reason.into(),
+        }
+    }
+
+    /// A new error for a field named at run time (by the database's SQL interface).
+    pub fn named(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: std::borrow::Cow::Owned(field.into()),
             reason: reason.into(),
         }
     }

@@ -105,6 +105,9 @@ impl ApiError {
                 out.detail.current_version = Some(actual);
                 out
             }
+            Error::NotPermitted(_) => {
+                Self::new(StatusCode::FORBIDDEN, "not_permitted", e.to_string())
+            }
             Error::InvalidState(_) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_state",
@@ -131,7 +134,7 @@ impl From<Error> for ApiError {
 
 impl From<ValidationError> for ApiError {
     fn from(v: ValidationError) -> Self {
-        Self::invalid(v.field, v.to_string())
+        Self::invalid(&v.field, v.to_string())
     }
 }
 
