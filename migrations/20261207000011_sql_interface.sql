@@ -17,19 +17,41 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT 1 $$;
 
--- A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits, so ids made here sort by
--- time like the ones lineq's Rust code makes.
+-- A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, 12 bits that count up within a
+-- millisecond, then random bits. Ids made one after the other in a session sort in that order
+-- (RFC 9562's method 1, a counter), as those of lineq's Rust code do: siblings in a lineage tree
+-- are ordered by id.
 CREATE FUNCTION lineq.uuid_v7() RETURNS uuid
-LANGUAGE sql VOLATILE PARALLEL SAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT encode(
-        set_bit(set_bit(set_bit(set_bit(
-            overlay(uuid_send(gen_random_uuid())
-                    PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
-                    FROM 1 FOR 6),
-            52, 1), 53, 1), 54, 1), 55, 0),
-        'hex')::uuid
+DECLARE
+    ms bigint := floor(extract(epoch FROM clock_timestamp()) * 1000);
+    last text := current_setting('lineq.uuid_v7_last', true);
+    last_ms bigint;
+    seq integer;
+BEGIN
+    IF last IS NOT NULL AND last <> '' THEN
+        last_ms := split_part(last, ':', 1)::bigint;
+        seq := split_part(last, ':', 2)::integer;
+    END IF;
+    IF last_ms IS NOT NULL AND ms <= last_ms THEN
+        -- Same millisecond (or the clock went back): count up; past 4095, borrow the next one.
+        ms := last_ms;
+        seq := seq + 1;
+        IF seq > 4095 THEN
+            ms := ms + 1;
+            seq := 0;
+        END IF;
+    ELSE
+        -- A new millisecond starts the counter at a random point of its lower half.
+        seq := floor(random() * 2048)::integer;
+    END IF;
+    PERFORM set_config('lineq.uuid_v7_last', ms || ':' || seq, false);
+    RETURN encode(substring(int8send(ms) FROM 3)
+                  || substring(int4send(28672 | seq) FROM 3)
+                  || substring(uuid_send(gen_random_uuid()) FROM 9), 'hex')::uuid;
+END
 $$;
 
 -- The trace id of a root execution: its correlation id as 32 hex digits (never all zero).

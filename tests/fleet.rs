@@ -21,8 +21,7 @@ fn workers(url: &str, args: &[&str], env: &[(&str, &str)]) -> Vec<Value> {
         }
     });
     assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice::<Value>(&out.stdout)
-        .expect("JSON")
+    serde_json::from_slice::<Value>(&out.stdout).expect("JSON")["workers"]
         .as_array()
         .expect("a list")
         .clone()

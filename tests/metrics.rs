@@ -120,7 +120,10 @@ async fn orchestrator_and_worker_serve_metrics_and_probes() {
         ids.push(s.execution.execution_id);
         correlation.push(s.execution.correlation_id);
     }
-    wait_all_finished(&db.pool, &ids, Duration::from_secs(60)).await;
+    // The step of no_such_handler waits for a worker that serves it; the others finish.
+    let unserved = ids[4];
+    let finishing: Vec<Uuid> = ids.iter().copied().filter(|id| *id != unserved).collect();
+    wait_all_finished(&db.pool, &finishing, Duration::from_secs(60)).await;
 
     // The worker: exact counters per handler. A worker only counts after the outcome is known,
     // so once the executions are finished the counts are final.
@@ -140,7 +143,7 @@ async fn orchestrator_and_worker_serve_metrics_and_probes() {
         ("echo", 3.0, 3.0, 0.0, 0.0),
         ("fail", 1.0, 0.0, 1.0, 0.0),
         ("flaky", 2.0, 1.0, 1.0, 1.0),
-        ("unknown", 1.0, 0.0, 1.0, 0.0),
+        ("unknown", 0.0, 0.0, 0.0, 0.0),
     ] {
         assert_eq!(
             (
@@ -188,26 +191,34 @@ async fn orchestrator_and_worker_serve_metrics_and_probes() {
     let gauge = |name: &str, labels: &[&str]| sample(&body, name, labels);
     assert_eq!(
         gauge("lineq_executions", &[r#"status="failed""#]),
-        Some(2.0)
+        Some(1.0)
     );
     assert_eq!(
         gauge("lineq_executions", &[r#"status="pending""#]),
-        Some(0.0)
+        Some(1.0)
     );
     assert_eq!(
         gauge("lineq_queue_depth", &[r#"queue="lineq_steps_default""#]),
-        Some(0.0)
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge(
+            "lineq_steps_unserved",
+            &[r#"namespace="default""#, r#"handler="no_such_handler""#]
+        ),
+        Some(1.0),
+        "{body}"
     );
     assert_eq!(
         gauge("lineq_queue_depth", &[r#"queue="lineq_results""#]),
         Some(0.0)
     );
-    assert_eq!(
+    assert!(
         gauge(
             "lineq_queue_oldest_message_age_seconds",
             &[r#"queue="lineq_steps_default""#]
-        ),
-        Some(0.0)
+        )
+        .is_some()
     );
     assert_eq!(gauge("lineq_dead_letters", &[]), Some(0.0));
     assert_eq!(gauge("lineq_workers", &[r#"state="alive""#]), Some(1.0));

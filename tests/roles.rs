@@ -6,109 +6,16 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use lineq::DatabaseConfig;
 use lineq::shared::event::events_of_execution;
 use lineq::shared::roles::{Password, scram_sha256_verifier_with};
+use support::roles::*;
 use support::*;
-
-/// A prefix of this test's own, so parallel tests never share roles.
-fn prefix() -> String {
-    format!("t{}", &Uuid::now_v7().simple().to_string()[20..])
-}
-
-/// `url` with another user and password.
-fn url_as(url: &str, user: &str, password: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let host_and_more = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    format!("{scheme}://{user}:{password}@{host_and_more}")
-}
-
-async fn connect(url: &str) -> PgPool {
-    DatabaseConfig::new(url)
-        .max_connections(2)
-        .connect()
-        .await
-        .expect("connect as a login role")
-}
-
-/// Asserts that `sql` (with up to one uuid parameter) is refused for lack of privilege.
-async fn denied(pool: &PgPool, sql: &str, id: Uuid) {
-    let mut q = sqlx::query(sql);
-    if sql.contains("$1") {
-        q = q.bind(id);
-    }
-    match q.execute(pool).await {
-        Err(sqlx::Error::Database(e)) => assert_eq!(
-            e.code().as_deref(),
-            Some("42501"),
-            "{sql}: expected permission denied, got {e}"
-        ),
-        other => panic!("{sql}: expected permission denied, got {other:?}"),
-    }
-}
-
-/// Asserts that `sql` (with up to one uuid parameter) runs.
-async fn allowed(pool: &PgPool, sql: &str, id: Uuid) {
-    let mut q = sqlx::query(sql);
-    if sql.contains("$1") {
-        q = q.bind(id);
-    }
-    if let Err(e) = q.execute(pool).await {
-        panic!("{sql}: expected it to run, got {e}");
-    }
-}
-
-/// A directory of password files, one per role, removed on drop.
-struct Secrets(PathBuf);
-
-impl Secrets {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("lineq-roles-{}", Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("secrets dir");
-        Self(dir)
-    }
-
-    /// Writes a password for `role` (with a trailing newline, as `echo` would) and returns it.
-    fn add(&self, role: &str) -> String {
-        let password = format!("pw-{}", Uuid::now_v7().simple());
-        std::fs::write(self.0.join(role), format!("{password}\n")).expect("password file");
-        password
-    }
-
-    fn dir(&self) -> &str {
-        self.0.to_str().expect("utf-8 temp dir")
-    }
-}
-
-impl Drop for Secrets {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Drops the test's roles once its database is gone (best effort).
-async fn drop_roles(roles: &[String]) {
-    let Ok(admin) = DatabaseConfig::new(admin_url())
-        .max_connections(1)
-        .connect()
-        .await
-    else {
-        return;
-    };
-    for r in roles {
-        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {r}"))
-            .execute(&admin)
-            .await;
-    }
-    admin.close().await;
-}
 
 fn submit(url: &str, args: &[&str]) -> Uuid {
     let mut all = vec!["submit"];
@@ -181,22 +88,19 @@ async fn each_role_does_its_work_and_nothing_else() {
     let read_url = url_as(&db.url, &read, &read_pw);
     let ext_url = url_as(&db.url, &ext_worker, &ext_pw);
 
-    // The orchestrator role creates a namespace; a worker serves it through the default
-    // privileges set for what the orchestrator group creates.
+    // The orchestrator role creates a namespace through lineq.create_queue: its tables are
+    // owned by lineq's owner (who ran the migration), not by the group or the login.
     let out = lineq(&orch_url, &["namespace", "create", "media"]);
     assert!(out.status.success(), "namespace create: {}", stderr(&out));
 
-    let owner: String = sqlx::query_scalar(
-        "SELECT tableowner::text FROM pg_tables WHERE tablename = 'q_lineq_steps_media'",
+    let (owner, lineq_owner): (String, String) = sqlx::query_as(
+        "SELECT tableowner::text, (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'lineq')
+         FROM pg_tables WHERE tablename = 'q_lineq_steps_media'",
     )
     .fetch_one(&db.pool)
     .await
     .expect("owner");
-    assert_eq!(
-        owner,
-        format!("{p}_orchestrator"),
-        "owned by the group, not the login"
-    );
+    assert_eq!(owner, lineq_owner, "owned by lineq's owner");
     let mut orchestrator = Proc::start(&orch_url, "orchestrator", &["orchestrator"]);
     let mut worker = Proc::start(&work_url, "worker", &["worker", "--concurrency", "4"]);
     let mut media_worker = Proc::start(
@@ -241,12 +145,49 @@ async fn each_role_does_its_work_and_nothing_else() {
     }
     let id = ids[0];
 
-    // The worker: appends events, reads step state; changes nothing.
+    // The worker: the worker protocol's functions; no table of its own to write or read.
     for url in [&work_url, &ext_url] {
         let w = connect(url).await;
         allowed(
             &w,
+            "SELECT lineq.worker_cancelled(ARRAY(SELECT $1::uuid))",
+            id,
+        )
+        .await;
+        denied(
+            &w,
             "SELECT step_id, status FROM lineq.steps WHERE execution_id = $1",
+            id,
+        )
+        .await;
+        denied(
+            &w,
+            "INSERT INTO lineq.events (event_id, execution_id, root_execution_id, correlation_id,
+                 event_type, node_name) VALUES ($1, $1, $1, $1, 'x', 'x')",
+            Uuid::now_v7(),
+        )
+        .await;
+        denied(
+            &w,
+            "UPDATE lineq.workers SET last_heartbeat_at = now() - interval '1 hour' WHERE worker_id <> $1::text",
+            id,
+        )
+        .await;
+        denied(
+            &w,
+            "DELETE FROM pgmq.q_lineq_steps_default WHERE msg_id > 0 AND $1::uuid IS NOT NULL",
+            id,
+        )
+        .await;
+        denied(
+            &w,
+            "SELECT pgmq.send('lineq_results', jsonb_build_object('execution_id', $1::uuid))",
+            id,
+        )
+        .await;
+        denied(
+            &w,
+            "SELECT lineq.create_queue('lineq_steps_evil') WHERE $1::uuid IS NOT NULL",
             id,
         )
         .await;
@@ -354,6 +295,20 @@ async fn each_role_does_its_work_and_nothing_else() {
     }
     let out = lineq(&read_url, &["submit", "echo"]);
     assert!(!out.status.success(), "a reader submitted");
+    let r = connect(&read_url).await;
+    denied(
+        &r,
+        "SELECT lineq.create_queue('lineq_steps_evil') WHERE $1::uuid IS NOT NULL",
+        id,
+    )
+    .await;
+    denied(
+        &r,
+        "SELECT lineq.worker_register('evil', '{default}', '{echo}') WHERE $1::uuid IS NOT NULL",
+        id,
+    )
+    .await;
+    r.close().await;
 
     // The orchestrator: all state, but not the schema or the migrations.
     let o = connect(&orch_url).await;
@@ -361,6 +316,20 @@ async fn each_role_does_its_work_and_nothing_else() {
     denied(&o, "CREATE TABLE lineq.mine (i int)", id).await;
     denied(&o, "DELETE FROM lineq._sqlx_migrations", id).await;
     denied(&o, "ALTER TABLE pgmq.q_lineq_results ADD COLUMN x int", id).await;
+    // Nothing of its own in a schema whose objects others run, and no forged queue.
+    denied(
+        &o,
+        "CREATE FUNCTION pgmq.mine() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        id,
+    )
+    .await;
+    denied(&o, "CREATE VIEW pgmq.q_lineq_steps_zz AS SELECT 1 AS x", id).await;
+    denied(
+        &o,
+        "INSERT INTO pgmq.meta (queue_name, is_partitioned, is_unlogged) VALUES ('lineq_steps_zz', false, false)",
+        id,
+    )
+    .await;
     o.close().await;
     // It prunes (DELETE on executions, steps, events and archives).
     sqlx::query(
@@ -420,6 +389,9 @@ async fn privileges(pool: &PgPool) -> Vec<String> {
          SELECT 'default ' || defaclrole::regrole::text || ' ' || defaclnamespace::regnamespace::text
                 || ' ' || defaclobjtype::text || ' ' || defaclacl::text
          FROM pg_default_acl
+       UNION ALL
+         SELECT 'function ' || p.oid::regprocedure::text || ' ' || coalesce(p.proacl::text, '-')
+         FROM pg_proc p WHERE p.pronamespace = 'lineq'::regnamespace
        ORDER BY 1",
     )
     .fetch_all(pool)
@@ -476,10 +448,43 @@ async fn roles_are_idempotent_concurrent_and_reconciled() {
         "each role created exactly once"
     );
     let first = privileges(&db.pool).await;
+    let worker_may = |what: &str| {
+        first
+            .iter()
+            .any(|l| l.starts_with(what) && l.contains(&format!("{p}_worker=")))
+    };
     assert!(
-        first.iter().any(|l| l.contains(&format!("{p}_worker=a/"))),
-        "the worker may append events: {first:#?}"
+        worker_may("function lineq.worker_claim("),
+        "the worker may claim: {first:#?}"
     );
+    assert!(
+        !worker_may("lineq.events "),
+        "the worker writes no table: {first:#?}"
+    );
+    assert!(
+        !worker_may("function lineq.create_queue("),
+        "the worker creates no queue: {first:#?}"
+    );
+    // Functions that act as lineq's owner are nobody's but the groups': not PUBLIC's.
+    let public_definers: Vec<String> = sqlx::query_scalar(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p
+         WHERE p.pronamespace = 'lineq'::regnamespace AND p.prosecdef
+           AND has_function_privilege('public', p.oid, 'EXECUTE')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("definers");
+    assert_eq!(public_definers, Vec::<String>::new());
+    // Every lineq function pins its search_path.
+    let unpinned: Vec<String> = sqlx::query_scalar(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p
+         WHERE p.pronamespace = 'lineq'::regnamespace
+           AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("search paths");
+    assert_eq!(unpinned, Vec::<String>::new());
 
     // Privileges granted by hand are taken back; nothing else changes.
     for g in [

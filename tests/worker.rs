@@ -1,4 +1,4 @@
-//! Worker behaviour with real processes: unknown handlers, malformed messages put into a queue by
+//! Worker behaviour with real processes: steps no worker serves yet, malformed messages put into a queue by
 //! hand, command handlers in another language, panics and timeouts. In each case the worker
 //! keeps serving everything else.
 
@@ -34,32 +34,50 @@ async fn action_failed_error(db: &TestDb, id: Uuid) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_handler_fails_the_step_and_the_worker_keeps_running() {
+async fn a_step_waits_for_a_worker_that_serves_its_handler() {
     let db = TestDb::new().await;
     let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
-    let mut worker = Proc::start(&db.url, "worker", &["worker", "--worker-id", "w-unknown"]);
+    let mut worker = Proc::start(&db.url, "worker", &["worker", "--worker-id", "w-old"]);
     let client = Client::new(db.pool.clone());
 
-    let bad = submit(&client, "no_such_handler", json!({})).await;
-    wait_all_finished(&db.pool, &[bad], Duration::from_secs(30)).await;
-    let e = get_execution(&db.pool, bad).await.expect("execution");
-    assert_eq!(e.status, ExecutionStatus::Failed);
-    let err = action_failed_error(&db, bad).await;
-    assert_eq!(err["kind"], "unknown_handler");
-    let msg = err["message"].as_str().expect("message");
-    assert!(
-        msg.contains("no_such_handler") && msg.contains("w-unknown") && msg.contains("echo"),
-        "{msg}"
-    );
-
+    // A handler no running worker serves (a rolling deploy that adds it): the step is not
+    // failed by the worker that does not know it; it waits, unclaimed.
+    let waiting = submit(&client, "resize", json!({"w": 2})).await;
     let good = submit(&client, "echo", json!({"after": "unknown"})).await;
     wait_all_finished(&db.pool, &[good], Duration::from_secs(30)).await;
-    assert_eq!(
-        get_execution(&db.pool, good).await.expect("e").status,
-        ExecutionStatus::Completed
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let e = get_execution(&db.pool, waiting).await.expect("execution");
+    assert_eq!(e.status, ExecutionStatus::Pending, "{e:?}");
+    let claims = db
+        .count(&format!(
+            "lineq.events WHERE execution_id = '{waiting}' AND event_type = 'action_started'"
+        ))
+        .await;
+    assert_eq!(claims, 0, "no worker claimed a step it cannot run");
+
+    // A worker that serves it arrives and runs it.
+    let spec = r#"resize=python3 -c "import sys, json; print(json.dumps({'w': json.load(sys.stdin)['w'] * 2}))""#;
+    let mut new_worker = Proc::start(
+        &db.url,
+        "new-worker",
+        &["worker", "--worker-id", "w-new", "--command", spec],
+    );
+    wait_all_finished(&db.pool, &[waiting], Duration::from_secs(30)).await;
+    let e = get_execution(&db.pool, waiting).await.expect("execution");
+    assert_eq!(e.status, ExecutionStatus::Completed, "{e:?}");
+    assert_eq!(e.output, Some(json!({"w": 4})));
+    let events = events_of_execution(&db.pool, waiting)
+        .await
+        .expect("events");
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.event_type == "action_started")
+            .all(|e| e.worker_id.as_deref() == Some("w-new")),
+        "only the worker that serves it claimed it"
     );
     assert!(worker.is_running());
-    for p in [&mut worker, &mut orchestrator] {
+    for p in [&mut worker, &mut new_worker, &mut orchestrator] {
         assert!(p.terminate(Duration::from_secs(20)).success());
     }
     db.drop_db().await;
@@ -88,6 +106,22 @@ async fn malformed_messages_are_dead_lettered_with_the_reason() {
         .remove("correlation_id");
     let mut bad_attempt = good.clone();
     bad_attempt["attempt"] = json!(-1);
+    // A step name that would put a line break into logs and LINEQ_STEP.
+    let mut newline_step = good.clone();
+    newline_step["step"] = json!("echo\nFAKE LOG LINE");
+    // Too large to hand to any worker: refused in the database, before a worker reads it.
+    let mut huge = good.clone();
+    huge["input"] = json!("x".repeat(3 * 1024 * 1024));
+    // Nested deeper than the worker's JSON parser goes (PostgreSQL takes it): the worker hands
+    // it back with lineq.worker_reject.
+    let deep_text = {
+        let mut t = good.clone();
+        t["input"] = json!("PLACEHOLDER");
+        t.to_string().replace(
+            "\"PLACEHOLDER\"",
+            &format!("{}1{}", "[".repeat(5000), "]".repeat(5000)),
+        )
+    };
 
     let bodies = [
         (json!("just a string"), "expected a JSON object"),
@@ -96,6 +130,8 @@ async fn malformed_messages_are_dead_lettered_with_the_reason() {
         (bad_meta, "meta.traceparent"),
         (no_corr, "correlation_id"),
         (bad_attempt, "attempt"),
+        (newline_step, "step is not a name"),
+        (huge, "the limit is 2097152"),
     ];
     let mut sent = Vec::new();
     for (body, reason) in &bodies {
@@ -106,6 +142,13 @@ async fn malformed_messages_are_dead_lettered_with_the_reason() {
             .expect("send by hand");
         sent.push((id, *reason));
     }
+    let deep_id: i64 =
+        sqlx::query_scalar("SELECT pgmq.send('lineq_steps_default', $1::text::jsonb)")
+            .bind(&deep_text)
+            .fetch_one(&db.pool)
+            .await
+            .expect("send deep by hand");
+    sent.push((deep_id, "recursion limit"));
     // A NULL body, which no client would send.
     let null_id: i64 = sqlx::query_scalar(
         "INSERT INTO pgmq.q_lineq_steps_default (vt, message) VALUES (clock_timestamp(), NULL) RETURNING msg_id",
@@ -123,7 +166,12 @@ async fn malformed_messages_are_dead_lettered_with_the_reason() {
 
     let letters: Vec<Value> = eventually(Duration::from_secs(30), "dead letters", || async {
         let rows: Vec<Value> =
-            sqlx::query_scalar("SELECT message FROM pgmq.q_lineq_dlq ORDER BY msg_id")
+            // The deep body is kept as it was: too deep for serde_json to hand back here.
+            sqlx::query_scalar(
+                "SELECT CASE WHEN message->>'reason' LIKE '%recursion limit%'
+                             THEN message - 'message' ELSE message END
+                 FROM pgmq.q_lineq_dlq ORDER BY msg_id",
+            )
                 .fetch_all(&db.pool)
                 .await
                 .ok()?;
@@ -143,6 +191,21 @@ async fn malformed_messages_are_dead_lettered_with_the_reason() {
             "msg {msg_id}: {why:?} lacks {reason:?}"
         );
     }
+    // The oversized body is kept only in part.
+    let huge_letter = letters
+        .iter()
+        .find(|l| l["reason"].as_str().is_some_and(|r| r.contains("2097152")))
+        .expect("huge letter");
+    assert_eq!(huge_letter["message_truncated"], json!(true));
+    assert_eq!(huge_letter["message"].as_str().map(str::len), Some(65536));
+    assert_eq!(
+        db.count(
+            "lineq.events WHERE event_type = 'message_dead_lettered' AND payload->>'reason' LIKE '%recursion limit%'"
+        )
+        .await,
+        1,
+        "the worker's rejection is in the lineage"
+    );
     let result_letter = letters
         .iter()
         .find(|l| l["source_queue"] == "lineq_results")

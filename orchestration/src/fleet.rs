@@ -63,8 +63,10 @@ pub struct WorkerInfo {
     pub pid: i32,
     /// The namespaces it serves.
     pub namespaces: Vec<String>,
-    /// The lineq version it runs.
+    /// The version it runs (of lineq, or of the client library it is written with).
     pub version: String,
+    /// The language it is written in (`rust`, `python`, `bash`, ...), as it registered.
+    pub language: String,
     /// The handlers it serves.
     pub handlers: Vec<String>,
     /// When it started.
@@ -89,7 +91,7 @@ pub async fn list_workers(
     silent_after: Duration,
 ) -> Result<Vec<WorkerInfo>> {
     let rows = sqlx::query(
-        "SELECT worker_id, host, pid, namespaces, version, handlers, started_at,
+        "SELECT worker_id, host, pid, namespaces, version, language, handlers, started_at,
                 last_heartbeat_at, stopped_at, released_at,
                 extract(epoch FROM clock_timestamp() - last_heartbeat_at)::float8 AS silent_for
          FROM lineq.workers
@@ -117,6 +119,7 @@ pub async fn list_workers(
                 pid: r.try_get("pid")?,
                 namespaces: r.try_get("namespaces")?,
                 version: r.try_get("version")?,
+                language: r.try_get("language")?,
                 handlers: r.try_get("handlers")?,
                 started_at: r.try_get("started_at")?,
                 last_heartbeat_at: r.try_get("last_heartbeat_at")?,
@@ -127,6 +130,28 @@ pub async fn list_workers(
             })
         })
         .collect()
+}
+
+/// Steps waiting for a handler that no live worker of their namespace serves.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct UnservedSteps {
+    /// The namespace.
+    pub namespace: String,
+    /// The handler nobody serves.
+    pub handler: String,
+    /// How many steps wait for it.
+    pub steps: i64,
+    /// How long the oldest has waited.
+    pub oldest_age_secs: Option<i32>,
+}
+
+/// Steps waiting for a handler no live worker serves (`lineq.unserved_steps`), by namespace and
+/// handler. A worker is live when it has heartbeated within `silent_after`.
+pub async fn unserved_steps(pool: &PgPool, silent_after: Duration) -> Result<Vec<UnservedSteps>> {
+    Ok(sqlx::query_as("SELECT * FROM lineq.unserved_steps($1)")
+        .bind(silent_after.as_secs_f64())
+        .fetch_all(pool)
+        .await?)
 }
 
 /// What one release did.

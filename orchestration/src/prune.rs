@@ -376,14 +376,12 @@ async fn count_trees(pool: &PgPool, cutoff: DateTime<Utc>, report: &mut PruneRep
     Ok(())
 }
 
-/// The archive tables of lineq's queues, as (queue, table). Names come from `pgmq.meta` and are
+/// The archive tables of lineq's queues, as (queue, table). Names come from `lineq.queues()` and are
 /// validated like any queue name before they are used as identifiers.
 async fn archive_tables(pool: &PgPool) -> Result<Vec<(String, String)>> {
     let names: Vec<String> = sqlx::query_scalar(
-        r"SELECT m.queue_name FROM pgmq.meta m
-          WHERE m.queue_name LIKE 'lineq\_%'
-            AND to_regclass(format('pgmq.%I', 'a_' || m.queue_name)) IS NOT NULL
-          ORDER BY 1",
+        // Only queues whose tables are lineq's own plain tables (see lineq.queues()).
+        "SELECT queue_name FROM lineq.queues()",
     )
     .fetch_all(pool)
     .await?;

@@ -132,7 +132,17 @@ impl NewEvent {
         parent: Option<Uuid>,
         node_name: &str,
     ) -> Self {
-        let event_id = new_id();
+        Self::with_id(new_id(), event_type, lineage, parent, node_name)
+    }
+
+    /// [`NewEvent::new`] for an event whose id is already known (one the SQL interface wrote).
+    pub fn with_id(
+        event_id: Uuid,
+        event_type: EventType,
+        lineage: Lineage,
+        parent: Option<Uuid>,
+        node_name: &str,
+    ) -> Self {
         let tc = TraceContext::for_event(lineage.trace_correlation_id, event_id);
         Self {
             event_id,

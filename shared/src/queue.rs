@@ -97,41 +97,29 @@ impl QueuedMessage {
     }
 }
 
-/// Creates `queue` if it does not exist.
+/// Creates `queue` if it does not exist, through `lineq.create_queue` (which validates the
+/// name again and makes PGMQ's tables, owned by lineq's owner, with [`QUEUE_FILLFACTOR`]).
 ///
-/// Looks first, because `pgmq.create` on an existing queue still needs `CREATE` on schema
-/// `pgmq` and ownership of the queue's tables (its `CREATE … IF NOT EXISTS` statements check
-/// privileges before existence): a least-privilege worker role has neither, and only needs the
-/// queue to be there. A role that may not create a missing queue gets an error that says so.
+/// Looks first, so a role that may not create queues (a worker) only needs the queue to be
+/// there; when it is missing, the error says who may create it.
 pub async fn ensure_queue(conn: &mut PgConnection, queue: &QueueName) -> Result<()> {
-    use sqlx::Connection;
     if queue_exists(&mut *conn, queue).await? {
         return Ok(());
     }
-    // The queue and its page layout in one transaction: no queue is left with full pages.
-    let mut tx = conn.begin().await?;
-    let created = sqlx::query("SELECT pgmq.create($1::text)")
+    let created = sqlx::query("SELECT lineq.create_queue($1)")
         .bind(queue.as_str())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await;
     match created {
-        Ok(_) => {}
+        Ok(_) => Ok(()),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
-            return Err(crate::error::Error::InvalidState(format!(
+            Err(crate::error::Error::InvalidState(format!(
                 "queue {queue} does not exist and this database role may not create it; create it with \
                  `lineq namespace create` (or `lineq migrate`) as an orchestrator role or the schema owner"
-            )));
+            )))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e.into()),
     }
-    sqlx::query(&format!(
-        "ALTER TABLE {} SET (fillfactor = {QUEUE_FILLFACTOR})",
-        live_table(queue)
-    ))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 /// How full PostgreSQL fills a queue table's pages (percent), leaving the rest for the row

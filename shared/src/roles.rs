@@ -5,9 +5,14 @@
 //!
 //! | role | may | may not |
 //! | --- | --- | --- |
-//! | orchestrator | read and write every lineq table (`DELETE` for `lineq prune`), use every queue, create queues (`CREATE` on schema `pgmq`) | create or alter tables, run migrations |
-//! | worker | claim, extend, archive and delete messages of the step queues; send to the results and dead-letter queues; append to `lineq.events`; read the id, execution and status of steps (cancellation polling); register and heartbeat in `lineq.workers`; `LISTEN`/`NOTIFY` | change executions or steps, read or change events, read inputs and outputs, create queues |
-//! | reader | `SELECT` every lineq table and view and every queue table (and sequence, for `pgmq.metrics()`), run the lineage functions | write anything, consume messages |
+//! | orchestrator | read and write every lineq table (`DELETE` for `lineq prune`), use every queue, create queues through `lineq.create_queue`, call every lineq function | create objects anywhere (no `CREATE` on schema `pgmq` or `lineq`), write `pgmq.meta`, run migrations |
+//! | worker | call the worker protocol (`lineq.worker_*`: register, heartbeat, claim, extend, report, release, reject, cancellation), which checks that a worker reports only what it holds; see which queues exist; `LISTEN` | write any table, read events, executions or inputs outside its claims, send to any queue, create queues |
+//! | reader | `SELECT` every lineq table and view and every queue table (and sequence, for `pgmq.metrics()`), run the lineage functions | write anything, consume messages, call the functions that write |
+//!
+//! The functions that act with more than the caller's privileges are lineq's `SECURITY
+//! DEFINER` functions (docs/sql-api.md); each is granted to the groups that may call it and
+//! to nobody else. Functions that run with the caller's privileges grant nothing by being
+//! callable, so the reader may call those.
 //!
 //! Login roles join one group each; they are created by the operator (`CREATE ROLE … LOGIN IN
 //! ROLE lineq_worker`) or by [`create_roles`] itself ([`RoleOptions::login`]). A login role made
@@ -54,19 +59,10 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 /// PBKDF2 rounds of the SCRAM verifier (PostgreSQL's default `scram_iterations`).
 const SCRAM_ITERATIONS: u32 = 4096;
 
-/// What the worker group may touch in schema `lineq`, table by table. Keep this in step with the
-/// SQL in `worker/src` and `shared/src/{event,queue,migrate}.rs`: a worker that needs more fails
-/// with "permission denied", which `tests/roles.rs` catches.
-const WORKER_LINEQ_GRANTS: &[(&str, &str)] = &[
-    // `is_migrated`, checked when a worker starts.
-    ("SELECT", "_sqlx_migrations"),
-    // Claims and outcomes are events; nothing else is written to lineq by a worker.
-    ("INSERT", "events"),
-    // Cancellation polling; identifiers and state only, never inputs or outputs.
-    ("SELECT (step_id, execution_id, status)", "steps"),
-    // Registration and heartbeats (`worker/src/registration.rs`: an upsert, then updates).
-    ("SELECT, INSERT, UPDATE", "workers"),
-];
+/// The `SECURITY DEFINER` functions of schema `lineq` each group may call, as patterns of
+/// their names (`LIKE`). Keep this in step with the SQL interface (docs/sql-api.md): a role
+/// that needs more fails with "permission denied", which `tests/roles.rs` catches.
+const WORKER_FUNCTIONS: &[&str] = &["worker\\_%"];
 
 /// One of the three groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -432,6 +428,7 @@ async fn grant_privileges(
     // hand) does not linger.
     for stmt in [
         "REVOKE ALL ON ALL TABLES IN SCHEMA lineq, pgmq FROM %I, %I, %I",
+        "REVOKE ALL ON ALL FUNCTIONS IN SCHEMA lineq, pgmq FROM %I, %I, %I",
         "REVOKE ALL ON ALL SEQUENCES IN SCHEMA lineq, pgmq FROM %I, %I, %I",
         "REVOKE ALL ON SCHEMA lineq, pgmq FROM %I, %I, %I",
         "GRANT USAGE ON SCHEMA lineq, pgmq TO %I, %I, %I",
@@ -446,52 +443,39 @@ async fn grant_privileges(
     )
     .await?;
 
-    // Orchestrator: all state, all queues, queue creation; migrations stay the owner's.
+    // Orchestrator: all state, all queues, queue creation through lineq.create_queue (never
+    // CREATE on a schema whose objects other roles run, nor writes to the queue registry);
+    // migrations stay the owner's.
     for stmt in [
-        "GRANT CREATE ON SCHEMA pgmq TO %I",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA lineq, pgmq TO %I",
-        "REVOKE INSERT, UPDATE, DELETE ON lineq._sqlx_migrations, pgmq.__pgmq_migrations FROM %I",
+        "REVOKE INSERT, UPDATE, DELETE ON lineq._sqlx_migrations, pgmq.__pgmq_migrations, pgmq.meta FROM %I",
         "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA pgmq TO %I",
         "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA lineq, pgmq TO %I",
     ] {
         ddl(tx, stmt, &[o]).await?;
     }
 
-    // Reader: everything readable, the lineage functions, and the queues' sequences, which
-    // `pgmq.metrics()` reads for dashboards (SELECT on a sequence cannot advance it).
+    // Reader: everything readable, the functions that run with the caller's own privileges
+    // (the lineage functions), and the queues' sequences, which `pgmq.metrics()` reads for
+    // dashboards (SELECT on a sequence cannot advance it).
     for stmt in [
         "GRANT SELECT ON ALL TABLES IN SCHEMA lineq, pgmq TO %I",
         "GRANT SELECT ON ALL SEQUENCES IN SCHEMA pgmq TO %I",
-        "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA lineq TO %I",
     ] {
         ddl(tx, stmt, &[r]).await?;
     }
+    grant_functions(tx, r, &[], true).await?;
 
-    // Worker: append events, poll cancellation, consume step queues, send results and dead
-    // letters. PGMQ's functions run as the caller, so the table privileges are the real limit;
-    // `RETURNING msg_id` needs SELECT on that one column.
-    for (privileges, table) in WORKER_LINEQ_GRANTS {
-        let stmt = format!("GRANT {privileges} ON lineq.%I TO %I");
-        ddl(tx, &stmt, &[table, w]).await?;
-    }
+    // Worker: the worker protocol's functions, which do the writing and check what a worker
+    // may do; the migration check at start and the list of queues; nothing that writes.
     for stmt in [
+        "GRANT SELECT ON lineq._sqlx_migrations TO %I",
         "GRANT SELECT ON pgmq.meta TO %I",
-        "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgmq TO %I",
     ] {
         ddl(tx, stmt, &[w]).await?;
     }
-    for q in [
-        crate::queue::results_queue(),
-        crate::queue::dead_letter_queue(),
-    ] {
-        let live = format!("q_{q}");
-        ddl(
-            tx,
-            "GRANT INSERT, SELECT (msg_id) ON pgmq.%I TO %I",
-            &[&live, w],
-        )
-        .await?;
-    }
+    grant_functions(tx, w, WORKER_FUNCTIONS, true).await?;
+
     let names: Vec<String> = sqlx::query_scalar(
         r"SELECT m.queue_name FROM pgmq.meta m
           WHERE m.queue_name LIKE 'lineq\_steps\_%'
@@ -504,23 +488,10 @@ async fn grant_privileges(
     let mut step_queues = Vec::with_capacity(names.len());
     for name in names {
         // Queues lineq did not make (names it would refuse) are not the worker's business.
-        let Ok(q) = QueueName::new(&name) else {
+        if QueueName::new(&name).is_err() {
             tracing::warn!(queue = %name, "skipping a queue with a name lineq would not create");
             continue;
-        };
-        let (live, archive) = (format!("q_{q}"), format!("a_{q}"));
-        ddl(
-            tx,
-            "GRANT SELECT, UPDATE, DELETE ON pgmq.%I TO %I",
-            &[&live, w],
-        )
-        .await?;
-        ddl(
-            tx,
-            "GRANT INSERT, SELECT (msg_id) ON pgmq.%I TO %I",
-            &[&archive, w],
-        )
-        .await?;
+        }
         step_queues.push(name);
     }
 
@@ -536,10 +507,6 @@ async fn grant_privileges(
             ddl(tx, stmt, &[creator, o, w, r]).await?;
         }
         for (stmt, grantees) in [
-            (
-                "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA pgmq GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I",
-                &[w][..],
-            ),
             (
                 "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA pgmq GRANT SELECT ON TABLES TO %I",
                 &[r][..],
@@ -568,6 +535,38 @@ async fn grant_privileges(
     )
     .await?;
     Ok(step_queues)
+}
+
+/// Grants `role` EXECUTE on lineq's `SECURITY DEFINER` functions whose names match one of
+/// `patterns`, and, with `invoker`, on every function that runs with the caller's privileges.
+async fn grant_functions(
+    tx: &mut PgConnection,
+    role: &str,
+    patterns: &[&str],
+    invoker: bool,
+) -> Result<()> {
+    let functions: Vec<String> = sqlx::query_scalar(
+        r"SELECT p.oid::regprocedure::text FROM pg_proc p
+          WHERE p.pronamespace = 'lineq'::regnamespace
+            AND ((p.prosecdef AND p.proname LIKE ANY ($1)) OR (NOT p.prosecdef AND $2))
+          ORDER BY 1",
+    )
+    .bind(patterns)
+    .bind(invoker)
+    .fetch_all(&mut *tx)
+    .await?;
+    for f in functions {
+        // A regprocedure prints as a qualified, quoted signature.
+        let sql: String = sqlx::query_scalar(
+            "SELECT format('GRANT EXECUTE ON FUNCTION %s TO %I', $1::regprocedure, $2::text)",
+        )
+        .bind(&f)
+        .bind(role)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::raw_sql(&sql).execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// Makes `l` a login role of exactly its group, acting as that group in this database.

@@ -65,20 +65,11 @@ pub async fn finished_roots(pool: &PgPool) -> anyhow::Result<i64> {
 }
 
 async fn messages_left(pool: &PgPool) -> anyhow::Result<i64> {
-    let queues: Vec<String> =
-        sqlx::query_scalar("SELECT queue_name FROM pgmq.meta WHERE queue_name LIKE 'lineq\\_%'")
-            .fetch_all(pool)
-            .await?;
-    let mut total = 0;
-    for q in queues {
-        let q = lineq::shared::validation::QueueName::new(&q)?;
-        let m: i64 = sqlx::query_scalar("SELECT queue_length FROM pgmq.metrics($1)")
-            .bind(q.as_str())
-            .fetch_one(pool)
-            .await?;
-        total += m;
-    }
-    Ok(total)
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(sum(queue_length), 0)::bigint FROM lineq.queue_metrics()",
+    )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Waits (bounded) until no lineq queue holds a message.

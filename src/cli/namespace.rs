@@ -36,7 +36,7 @@ pub async fn run(pool: &PgPool, format: Format, cmd: NamespaceCommand) -> anyhow
         }
         NamespaceCommand::List => {
             let names: Vec<String> = sqlx::query_scalar(
-                "SELECT substr(queue_name, length('lineq_steps_') + 1) FROM pgmq.meta
+                "SELECT substr(queue_name, length('lineq_steps_') + 1) FROM lineq.queues()
                  WHERE queue_name LIKE 'lineq\\_steps\\_%' ORDER BY 1",
             )
             .fetch_all(pool)

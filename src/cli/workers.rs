@@ -26,9 +26,24 @@ pub async fn run(pool: &PgPool, g: &GlobalArgs, a: WorkersArgs) -> anyhow::Resul
         .silent_worker_secs
         .unwrap_or(g.effective.orchestrator.silent_worker_secs);
     let workers = fleet::list_workers(pool, a.all, Duration::from_secs(secs)).await?;
+    let unserved = fleet::unserved_steps(pool, Duration::from_secs(secs)).await?;
     match g.format {
-        Format::Json => print_json(&workers)?,
-        Format::Text => print!("{}", table(&workers)),
+        Format::Json => print_json(&serde_json::json!({
+            "workers": workers,
+            "unserved": unserved,
+        }))?,
+        Format::Text => {
+            print!("{}", table(&workers));
+            for u in &unserved {
+                println!(
+                    "waiting: {} step(s) of handler {} in namespace {} (oldest {}): no live worker serves it",
+                    u.steps,
+                    u.handler,
+                    u.namespace,
+                    ago(f64::from(u.oldest_age_secs.unwrap_or(0)))
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -37,18 +52,19 @@ fn table(workers: &[WorkerInfo]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<36} {:<8} {:<20} {:>7} {:<16} {:<8} {:<20} LAST HEARTBEAT",
-        "WORKER", "STATE", "HOST", "PID", "NAMESPACES", "VERSION", "STARTED"
+        "{:<36} {:<8} {:<20} {:>7} {:<16} {:<8} {:<8} {:<20} LAST HEARTBEAT",
+        "WORKER", "STATE", "HOST", "PID", "NAMESPACES", "LANGUAGE", "VERSION", "STARTED"
     );
     for w in workers {
         let _ = writeln!(
             s,
-            "{:<36} {:<8} {:<20} {:>7} {:<16} {:<8} {:<20} {}",
+            "{:<36} {:<8} {:<20} {:>7} {:<16} {:<8} {:<8} {:<20} {}",
             w.worker_id,
             w.state.as_str(),
             w.host,
             w.pid,
             w.namespaces.join(","),
+            w.language,
             w.version,
             w.started_at.format("%Y-%m-%d %H:%M:%S"),
             ago(w.silent_for_secs),

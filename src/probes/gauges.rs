@@ -15,6 +15,10 @@ pub const DEAD_LETTERS: &str = "lineq_dead_letters";
 pub const EXECUTIONS: &str = "lineq_executions";
 /// Registered workers by state (label: state: alive, silent, stopped).
 pub const WORKERS: &str = "lineq_workers";
+/// Steps waiting for a handler no live worker serves (labels: namespace, handler).
+pub const STEPS_UNSERVED: &str = "lineq_steps_unserved";
+/// Most (namespace, handler) series of [`STEPS_UNSERVED`]: handler names come from submissions.
+const MAX_UNSERVED_SERIES: usize = 100;
 /// This process's pool connections (label: state: idle, in_use).
 pub const POOL_CONNECTIONS: &str = "lineq_db_pool_connections";
 /// This process's pool size limit.
@@ -32,12 +36,11 @@ pub fn refresh_pool(pool: &PgPool) {
     metrics::gauge!(POOL_MAX).set(f64::from(pool.options().get_max_connections()));
 }
 
-/// Queue depth and oldest message age per lineq queue (`pgmq.metrics_all()`), dead letters,
+/// Queue depth and oldest message age per lineq queue (`lineq.queue_metrics()`), dead letters,
 /// executions by status (one `GROUP BY`) and workers by state.
 pub async fn refresh_database(pool: &PgPool, silent_worker_after: Duration) -> Result<()> {
     let queues = sqlx::query(
-        "SELECT queue_name, queue_length, oldest_msg_age_sec FROM pgmq.metrics_all()
-         WHERE queue_name LIKE 'lineq\\_%'",
+        "SELECT queue_name, queue_length, oldest_msg_age_sec FROM lineq.queue_metrics()",
     )
     .fetch_all(pool)
     .await?;
@@ -80,6 +83,24 @@ pub async fn refresh_database(pool: &PgPool, silent_worker_after: Duration) -> R
             .find(|(s, _)| s == state)
             .map_or(0, |(_, n)| *n);
         metrics::gauge!(WORKERS, "state" => state).set(n as f64);
+    }
+
+    // Handlers nobody serves now; the series of those served again drop to 0.
+    static SHOWN: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let unserved = lineq_orchestration::fleet::unserved_steps(pool, silent_worker_after).await?;
+    let mut shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+    for (ns, handler) in shown.drain(..) {
+        if !unserved
+            .iter()
+            .any(|u| u.namespace == ns && u.handler == handler)
+        {
+            metrics::gauge!(STEPS_UNSERVED, "namespace" => ns, "handler" => handler).set(0.0);
+        }
+    }
+    for u in unserved.into_iter().take(MAX_UNSERVED_SERIES) {
+        metrics::gauge!(STEPS_UNSERVED, "namespace" => u.namespace.clone(), "handler" => u.handler.clone())
+            .set(u.steps as f64);
+        shown.push((u.namespace, u.handler));
     }
     Ok(())
 }

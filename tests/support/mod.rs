@@ -6,6 +6,8 @@
 //! stopped when the test process exits.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod roles;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;

@@ -1,6 +1,7 @@
-//! Claiming: read a batch of step messages and record `action_started` for every one of them in
-//! the same transaction, so a claim and its evidence commit together. Messages that cannot be
-//! understood are dead-lettered in that transaction, with the reason.
+//! Claiming: `lineq.worker_claim` reads a batch of step messages and records `action_started`
+//! for every one of them in the same transaction, so a claim and its evidence commit together.
+//! Messages that cannot be run are dead-lettered there, with the reason; one that the database
+//! accepted but this worker cannot parse is handed back with `lineq.worker_reject`.
 
 use std::time::SystemTime;
 
@@ -9,11 +10,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use lineq_shared::error::Result;
-use lineq_shared::event::{EventType, Lineage, NewEvent, insert_events};
+use lineq_shared::event::{EventType, Lineage, NewEvent};
 use lineq_shared::message::StepMessage;
-use lineq_shared::queue;
 use lineq_shared::telemetry;
-use lineq_shared::validation::QueueName;
+use lineq_shared::validation::{Namespace, QueueName};
 
 /// A message this worker holds, with its `action_started` event.
 #[derive(Debug, Clone)]
@@ -36,110 +36,116 @@ pub(crate) struct Claimed {
 /// What a claim returned.
 pub(crate) struct ClaimBatch {
     pub claimed: Vec<Claimed>,
+    /// How many messages the claim took, dead letters included.
     pub read: usize,
 }
 
 pub(crate) struct ClaimParams<'a> {
+    pub namespace: &'a Namespace,
     pub queue: &'a QueueName,
     pub visibility_timeout_secs: i32,
     pub qty: i32,
     pub worker_id: &'a str,
+    pub token: &'a str,
     pub node_name: &'a str,
     /// A message read more often than this (workers keep dying on it) is dead-lettered.
     pub max_deliveries: i32,
+    /// The handlers this worker serves: it claims only their steps.
+    pub handlers: &'a [String],
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    msg_id: i64,
+    delivery: i32,
+    enqueued_at: chrono::DateTime<chrono::Utc>,
+    message: String,
+    started_event_id: Uuid,
+    traceparent: String,
 }
 
 pub(crate) async fn claim(pool: &PgPool, p: ClaimParams<'_>) -> Result<ClaimBatch> {
-    let started = telemetry::start();
     let claimed_at = SystemTime::now();
-    let mut tx = pool.begin().await?;
-    let msgs = queue::read(&mut *tx, p.queue, p.visibility_timeout_secs, p.qty).await?;
-    let read = msgs.len();
+    let rows: Vec<Row> =
+        sqlx::query_as("SELECT * FROM lineq.worker_claim($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(p.worker_id)
+            .bind(p.token)
+            .bind(p.namespace.as_str())
+            .bind(p.qty)
+            .bind(p.visibility_timeout_secs)
+            .bind(p.max_deliveries)
+            .bind(p.handlers)
+            .bind(p.node_name)
+            .fetch_all(pool)
+            .await?;
+    // The claim may also have dead-lettered messages: count it as a full read when it returned
+    // fewer than asked only because of those, so the loop looks again at once.
+    let read = rows.len();
     let mut claimed = Vec::with_capacity(read);
-    let mut events = Vec::with_capacity(read);
-    for m in &msgs {
-        let parsed = m
-            .json()
-            .and_then(|body| StepMessage::parse(body.as_ref()))
-            .and_then(|msg| {
-                let tc = msg.meta.check()?;
-                Ok((msg, tc))
-            });
-        let (message, tc) = match parsed {
-            Ok(ok) => ok,
-            Err(e) => {
-                tracing::warn!(queue = %p.queue, msg_id = m.msg_id, reason = %e,
-                    "dead-lettering malformed step message");
-                queue::dead_letter(&mut tx, p.queue, m, &e.to_string(), None).await?;
+    for r in rows {
+        let message = match parse(&r.message) {
+            Ok(m) => m,
+            Err(reason) => {
+                tracing::warn!(queue = %p.queue, msg_id = r.msg_id, %reason,
+                    "dead-lettering a step message this worker cannot parse");
+                sqlx::query("SELECT lineq.worker_reject($1, $2, $3, $4, $5, $6)")
+                    .bind(p.worker_id)
+                    .bind(p.token)
+                    .bind(p.namespace.as_str())
+                    .bind(r.msg_id)
+                    .bind(&reason)
+                    .bind(p.node_name)
+                    .execute(pool)
+                    .await?;
                 continue;
             }
         };
+        let trace = lineq_shared::trace_context::TraceContext::parse(&r.traceparent)
+            .map(|tc| Uuid::from_bytes(tc.trace_id))
+            .unwrap_or(message.meta.correlation_id);
         let lineage = Lineage {
             execution_id: message.execution_id,
             parent_execution_id: message.meta.parent_execution_id,
             root_execution_id: message.meta.root_execution_id,
             correlation_id: message.meta.correlation_id,
             // The trace id is the root's correlation id (see lineq_shared::trace_context).
-            trace_correlation_id: Uuid::from_bytes(tc.trace_id),
+            trace_correlation_id: trace,
         };
-        if m.read_ct > p.max_deliveries {
-            let reason = format!(
-                "delivered {} times without a reported outcome (limit {}): it may crash or hang every worker that runs it",
-                m.read_ct, p.max_deliveries
-            );
-            let event = NewEvent::new(
-                EventType::MessageDeadLettered,
+        let started_event = telemetry::enabled().then(|| {
+            NewEvent::with_id(
+                r.started_event_id,
+                EventType::ActionStarted,
                 lineage,
                 Some(message.meta.parent_event_id),
                 p.node_name,
             )
             .step(message.step_id, message.attempt)
             .worker(p.worker_id)
-            .payload(
-                json!({ "step": message.step, "queue": p.queue.as_str(), "msg_id": m.msg_id,
-                             "reason": reason }),
-            );
-            tracing::warn!(correlation_id = %message.meta.correlation_id,
-                execution_id = %message.execution_id, queue = %p.queue, msg_id = m.msg_id,
-                %reason, "dead-lettering poison message");
-            queue::dead_letter(&mut tx, p.queue, m, &reason, Some(event.event_id)).await?;
-            events.push(event);
-            continue;
-        }
-        let event = NewEvent::new(
-            EventType::ActionStarted,
-            lineage,
-            Some(message.meta.parent_event_id),
-            p.node_name,
-        )
-        .step(message.step_id, message.attempt)
-        .worker(p.worker_id)
-        .payload(json!({
-            "step": message.step, "handler": message.handler, "queue": p.queue.as_str(),
-            "msg_id": m.msg_id, "delivery": m.read_ct,
-        }));
+            .payload(json!({
+                "step": message.step, "handler": message.handler, "queue": p.queue.as_str(),
+                "msg_id": r.msg_id, "delivery": r.delivery,
+            }))
+        });
         claimed.push(Claimed {
-            msg_id: m.msg_id,
-            delivery: m.read_ct,
+            msg_id: r.msg_id,
+            delivery: r.delivery,
             lineage,
-            started_event_id: event.event_id,
-            traceparent: event.traceparent(),
+            started_event_id: r.started_event_id,
+            traceparent: r.traceparent,
             claimed_at,
-            enqueued_at: m.enqueued_at,
-            started_event: telemetry::enabled().then(|| event.clone()),
+            enqueued_at: r.enqueued_at,
+            started_event,
             message,
         });
-        events.push(event);
-    }
-    insert_events(&mut tx, &events).await?;
-    tx.commit().await?;
-    if telemetry::enabled() {
-        // Claims become spans when their outcome is reported; dead letters end here.
-        let dead: Vec<NewEvent> = events
-            .into_iter()
-            .filter(|e| e.event_type == EventType::MessageDeadLettered)
-            .collect();
-        telemetry::export(&dead, started);
     }
     Ok(ClaimBatch { claimed, read })
+}
+
+/// Parses a message the database already checked: what it cannot check (an input nested
+/// deeper than serde's limit, say) fails here.
+fn parse(text: &str) -> std::result::Result<StepMessage, String> {
+    let body: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("message body: {e}"))?;
+    let msg = StepMessage::parse(Some(&body)).map_err(|e| e.to_string())?;
+    Ok(msg)
 }

@@ -1,69 +1,107 @@
-//! The worker's row in `lineq.workers`: written when it starts, heartbeated while it runs,
-//! marked stopped on a clean shutdown. `lineq workers` reads it, and orchestrators release the
-//! steps of a worker whose heartbeat stopped (`lineq_orchestration::fleet`).
+//! The worker's registration in `lineq.workers`, through the SQL interface: registered when it
+//! starts (`lineq.worker_register`, which returns the secret token every later call presents),
+//! heartbeated while it runs, marked stopped on a clean shutdown. `lineq workers` reads it, and
+//! orchestrators release the steps of a worker whose heartbeat stopped
+//! (`lineq_orchestration::fleet`).
 //!
-//! Registration never stops a worker: if the table is missing or the database hiccups, the
-//! worker logs it and goes on serving steps (only the fleet view suffers).
+//! A worker cannot claim without a registration, so registering is part of starting; a
+//! heartbeat that fails is logged and tried again at the next beat.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use lineq_shared::error::{Error, Result};
+
 /// What a worker says about itself.
-pub(crate) struct Identity<'a> {
-    pub worker_id: &'a str,
-    pub host: &'a str,
+#[derive(Clone)]
+pub(crate) struct Identity {
+    pub worker_id: String,
+    pub host: String,
     pub namespaces: Vec<String>,
     pub handlers: Vec<String>,
 }
+
+/// The token a registration got; shared with the claim, report and heartbeat loops, and
+/// replaced when the worker has to register again.
+pub(crate) type Token = Arc<RwLock<String>>;
+
+/// How long a registration must have been silent before the same worker id may register again
+/// (a worker restarted with the id of one that was killed waits this long at most).
+const TAKEOVER_AFTER: Duration = Duration::from_secs(30);
 
 /// A registered worker's heartbeat. Dropping it stops the heartbeat (the row then goes
 /// silent); [`Registration::stop`] also marks the row stopped.
 pub(crate) struct Registration {
     pool: PgPool,
     worker_id: String,
+    token: Token,
     task: JoinHandle<()>,
     stop: Option<DropGuard>,
 }
 
 impl Registration {
-    /// Registers (or re-registers, taking over a row with the same id) and starts the
-    /// heartbeat, every `interval`.
-    pub(crate) async fn start(pool: &PgPool, me: Identity<'_>, interval: Duration) -> Self {
-        let row = Row {
-            worker_id: me.worker_id.to_string(),
-            host: me.host.to_string(),
-            pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
-            namespaces: me.namespaces,
-            handlers: me.handlers,
-        };
-        if let Err(e) = row.upsert(pool).await {
-            tracing::warn!(error = %e, worker_id = %row.worker_id,
-                "cannot register in lineq.workers; serving steps anyway");
+    /// Registers and starts the heartbeat, every `interval`. A worker id whose earlier
+    /// registration is still alive is waited for (until it has been silent long enough), or
+    /// until `shutdown`.
+    pub(crate) async fn start(
+        pool: &PgPool,
+        me: Identity,
+        token: Token,
+        interval: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<Self> {
+        let mut warned = false;
+        loop {
+            match register(pool, &me).await {
+                Ok(t) => {
+                    *write(&token) = t;
+                    break;
+                }
+                Err(Error::NotPermitted(why)) if !shutdown.is_cancelled() => {
+                    if !warned {
+                        tracing::warn!(worker_id = %me.worker_id, %why,
+                            "waiting for the earlier registration of this worker id to go silent");
+                        warned = true;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let token = CancellationToken::new();
-        let task = tokio::spawn(heartbeat(pool.clone(), row, interval, token.clone()));
-        Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(heartbeat(
+            pool.clone(),
+            me.clone(),
+            token.clone(),
+            interval,
+            stop.clone(),
+        ));
+        Ok(Self {
             pool: pool.clone(),
-            worker_id: me.worker_id.to_string(),
+            worker_id: me.worker_id,
+            token,
             task,
-            stop: Some(token.drop_guard()),
-        }
+            stop: Some(stop.drop_guard()),
+        })
     }
 
     /// Stops the heartbeat and marks the worker stopped: a clean exit, not a silent one.
     pub(crate) async fn stop(mut self) {
         drop(self.stop.take());
         let _ = (&mut self.task).await;
-        let stopped = sqlx::query(
-            "UPDATE lineq.workers SET stopped_at = clock_timestamp(), last_heartbeat_at = clock_timestamp()
-             WHERE worker_id = $1",
-        )
-        .bind(&self.worker_id)
-        .execute(&self.pool)
-        .await;
+        let token = read(&self.token);
+        let stopped = sqlx::query("SELECT lineq.worker_stop($1, $2)")
+            .bind(&self.worker_id)
+            .bind(&token)
+            .execute(&self.pool)
+            .await;
         if let Err(e) = stopped {
             tracing::warn!(error = %e, worker_id = %self.worker_id,
                 "cannot mark the worker stopped in lineq.workers");
@@ -71,59 +109,64 @@ impl Registration {
     }
 }
 
-struct Row {
-    worker_id: String,
-    host: String,
-    pid: i32,
-    namespaces: Vec<String>,
-    handlers: Vec<String>,
+/// The token's current value.
+pub(crate) fn read(token: &Token) -> String {
+    token.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-impl Row {
-    async fn upsert(&self, pool: &PgPool) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO lineq.workers (worker_id, host, pid, namespaces, version, handlers)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (worker_id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
-                 namespaces = EXCLUDED.namespaces, version = EXCLUDED.version,
-                 handlers = EXCLUDED.handlers, started_at = clock_timestamp(),
-                 last_heartbeat_at = clock_timestamp(), stopped_at = NULL, released_at = NULL",
-        )
-        .bind(&self.worker_id)
-        .bind(&self.host)
-        .bind(self.pid)
-        .bind(&self.namespaces)
-        .bind(env!("CARGO_PKG_VERSION"))
-        .bind(&self.handlers)
-        .execute(pool)
-        .await?;
-        Ok(())
-    }
+fn write(token: &Token) -> std::sync::RwLockWriteGuard<'_, String> {
+    token.write().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn heartbeat(pool: PgPool, row: Row, interval: Duration, stop: CancellationToken) {
+async fn register(pool: &PgPool, me: &Identity) -> Result<String> {
+    Ok(
+        sqlx::query_scalar("SELECT lineq.worker_register($1, $2, $3, $4, $5, $6, 'rust', $7)")
+            .bind(&me.worker_id)
+            .bind(&me.namespaces)
+            .bind(&me.handlers)
+            .bind(&me.host)
+            .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
+            .bind(env!("CARGO_PKG_VERSION"))
+            .bind(TAKEOVER_AFTER.as_secs_f64())
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+async fn heartbeat(
+    pool: PgPool,
+    me: Identity,
+    token: Token,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        // Clearing released_at: a worker that was released and came back (a partition healed)
-        // is alive again, and must be released again if it goes silent again.
-        let beat = sqlx::query(
-            "UPDATE lineq.workers SET last_heartbeat_at = clock_timestamp(), released_at = NULL
-             WHERE worker_id = $1",
-        )
-        .bind(&row.worker_id)
-        .execute(&pool)
-        .await;
+        // A heartbeat also clears released_at: a worker that was released and came back (a
+        // partition healed) is alive again, and must be released again if it goes silent again.
+        let current = read(&token);
+        let beat = sqlx::query("SELECT lineq.worker_heartbeat($1, $2)")
+            .bind(&me.worker_id)
+            .bind(&current)
+            .execute(&pool)
+            .await
+            .map_err(Error::from);
         let result = match beat {
-            // The row is gone (deleted by hand): write it again.
-            Ok(done) if done.rows_affected() == 0 => row.upsert(&pool).await,
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
+            // The registration is gone (deleted or stopped by hand): register again.
+            Err(Error::NotPermitted(_)) => match register(&pool, &me).await {
+                Ok(t) => {
+                    *write(&token) = t;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            other => other.map(|_| ()),
         };
         if let Err(e) = result {
-            tracing::warn!(error = %e, worker_id = %row.worker_id, "worker heartbeat failed");
+            tracing::warn!(error = %e, worker_id = %me.worker_id, "worker heartbeat failed");
         }
     }
 }

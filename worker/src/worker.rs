@@ -24,7 +24,7 @@ use crate::claim::{ClaimParams, Claimed, claim};
 use crate::command::{CommandHandler, CommandSpec};
 use crate::context::StepContext;
 use crate::handler::{Handler, Handlers};
-use crate::report::{Completion, report};
+use crate::report::{Completion, Reporter, report};
 
 /// Most finished steps reported in one transaction.
 const REPORT_BATCH: usize = 200;
@@ -138,6 +138,7 @@ impl WorkerBuilder {
                 node_name: node,
                 handlers: self.handlers,
                 registration_heartbeat: self.registration_heartbeat,
+                token: Default::default(),
                 in_flight: Mutex::new(HashMap::new()),
             }),
         }
@@ -158,6 +159,8 @@ struct Inner {
     node_name: String,
     handlers: Handlers,
     registration_heartbeat: Duration,
+    /// The registration's secret, presented with every claim, extension and report.
+    token: crate::registration::Token,
     /// Messages held right now (msg id → step and its handler's cancellation), for heartbeats,
     /// cancellation and release on shutdown.
     in_flight: Mutex<HashMap<i64, (uuid::Uuid, CancellationToken)>>,
@@ -204,18 +207,13 @@ impl Worker {
         self.inner.handlers.names()
     }
 
-    fn identity(&self) -> crate::registration::Identity<'_> {
+    fn identity(&self) -> crate::registration::Identity {
         let inner = &self.inner;
         crate::registration::Identity {
-            worker_id: &inner.worker_id,
-            host: &inner.node_name,
+            worker_id: inner.worker_id.clone(),
+            host: inner.node_name.clone(),
             namespaces: vec![inner.namespace.as_str().to_string()],
-            handlers: inner
-                .handlers
-                .names()
-                .iter()
-                .map(|h| h.to_string())
-                .collect(),
+            handlers: inner.handler_names(),
         }
     }
 
@@ -233,14 +231,17 @@ impl Worker {
             shutdown.child_token(),
         )
         .await?;
-        tracing::info!(worker_id = %inner.worker_id, namespace = %inner.namespace,
-            concurrency = inner.concurrency, handlers = ?inner.handlers.names(), "worker started");
         let registration = crate::registration::Registration::start(
             &inner.pool,
             self.identity(),
+            inner.token.clone(),
             inner.registration_heartbeat,
+            &shutdown,
         )
-        .await;
+        .await?;
+        tracing::info!(worker_id = %inner.worker_id, namespace = %inner.namespace,
+            concurrency = inner.concurrency, handlers = ?inner.handlers.names(), "worker started");
+        let handlers = inner.handler_names();
 
         let permits = Arc::new(Semaphore::new(inner.concurrency));
         // Bounded: if reporting stalls, handlers wait instead of piling up results in memory.
@@ -263,15 +264,19 @@ impl Worker {
                 continue;
             }
             let qty = free.min(inner.batch_size);
+            let token = crate::registration::read(&inner.token);
             let batch = claim(
                 &inner.pool,
                 ClaimParams {
+                    namespace: &inner.namespace,
                     queue: &inner.queue,
                     visibility_timeout_secs: inner.visibility_timeout_secs,
                     qty: i32::try_from(qty).unwrap_or(i32::MAX),
                     worker_id: &inner.worker_id,
+                    token: &token,
                     node_name: &inner.node_name,
                     max_deliveries: inner.max_deliveries,
+                    handlers: &handlers,
                 },
             )
             .await;
@@ -335,7 +340,7 @@ impl Worker {
             let held: Vec<i64> = lock(&inner.in_flight).drain().map(|(m, _)| m).collect();
             if !held.is_empty() {
                 // Visible again now, so another worker can run them at once.
-                match queue::extend(&inner.pool, &inner.queue, &held, 0).await {
+                match inner.release(&held).await {
                     Ok(n) => tracing::warn!(released = n, "released unfinished steps"),
                     Err(e) => {
                         tracing::error!(error = %e, "could not release unfinished steps; they reappear after the visibility timeout")
@@ -350,6 +355,37 @@ impl Worker {
         registration.stop().await;
         tracing::info!(worker_id = %inner.worker_id, "worker stopped");
         Ok(())
+    }
+}
+
+impl Inner {
+    /// The handler names, as the claim and the registration take them.
+    fn handler_names(&self) -> Vec<String> {
+        self.handlers
+            .names()
+            .iter()
+            .map(|h| h.to_string())
+            .collect()
+    }
+
+    /// Pushes the visibility timeout of held messages `vt_secs` into the future; returns how
+    /// many this worker still holds.
+    async fn extend(&self, msg_ids: &[i64], vt_secs: i32) -> Result<usize> {
+        let token = crate::registration::read(&self.token);
+        let held: Vec<i64> = sqlx::query_scalar("SELECT lineq.worker_extend($1, $2, $3, $4, $5)")
+            .bind(&self.worker_id)
+            .bind(&token)
+            .bind(self.namespace.as_str())
+            .bind(msg_ids)
+            .bind(vt_secs)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(held.len())
+    }
+
+    /// Makes held messages visible again at once, for other workers.
+    async fn release(&self, msg_ids: &[i64]) -> Result<usize> {
+        self.extend(msg_ids, 0).await
     }
 }
 
@@ -524,15 +560,14 @@ async fn report_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Completion>) {
         }
         let mut backoff = Duration::from_millis(100);
         for attempt in 1..=8 {
-            match report(
-                &inner.pool,
-                &inner.queue,
-                &batch,
-                &inner.worker_id,
-                &inner.node_name,
-            )
-            .await
-            {
+            let token = crate::registration::read(&inner.token);
+            let who = Reporter {
+                worker_id: &inner.worker_id,
+                token: &token,
+                namespace: &inner.namespace,
+                node_name: &inner.node_name,
+            };
+            match report(&inner.pool, &who, &batch).await {
                 Ok(()) => break,
                 Err(e) if attempt < 8 => {
                     tracing::warn!(error = %e, attempt, "reporting failed; retrying");
@@ -575,24 +610,15 @@ async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
         if last_extend.elapsed() >= extend_every {
             last_extend = Instant::now();
             let ids: Vec<i64> = held.iter().map(|(m, _)| *m).collect();
-            if let Err(e) = queue::extend(
-                &inner.pool,
-                &inner.queue,
-                &ids,
-                inner.visibility_timeout_secs,
-            )
-            .await
-            {
+            if let Err(e) = inner.extend(&ids, inner.visibility_timeout_secs).await {
                 tracing::warn!(error = %e, held = ids.len(), "heartbeat failed");
             }
         }
         let steps: Vec<uuid::Uuid> = held.iter().map(|(_, s)| *s).collect();
-        match sqlx::query_scalar::<_, uuid::Uuid>(
-            "SELECT step_id FROM lineq.steps WHERE step_id = ANY($1) AND status = 'cancelled'",
-        )
-        .bind(&steps)
-        .fetch_all(&inner.pool)
-        .await
+        match sqlx::query_scalar::<_, uuid::Uuid>("SELECT lineq.worker_cancelled($1)")
+            .bind(&steps)
+            .fetch_all(&inner.pool)
+            .await
         {
             Ok(cancelled) if !cancelled.is_empty() => {
                 for (_, (step, token)) in lock(&inner.in_flight).iter() {
