@@ -10,6 +10,7 @@
 //! namespace = "media"
 //! concurrency = 16
 //! commands = { resize = "python3 /opt/steps/resize.py" }
+//! pass_env = ["AWS_REGION"]
 //!
 //! [orchestrator]
 //! silent_worker_secs = 30
@@ -99,6 +100,9 @@ pub struct WorkerSection {
     pub worker_id: Option<String>,
     /// Command handlers: name → program and arguments, split like a shell would.
     pub commands: BTreeMap<String, String>,
+    /// Variables of the worker's environment passed on to command handlers, besides `PATH`,
+    /// `HOME`, `LANG`, `LC_*`, `TZ` and `TMPDIR` (never `LINEQ_*` or `DATABASE_URL`).
+    pub pass_env: Vec<String>,
 }
 
 impl Default for WorkerSection {
@@ -114,6 +118,7 @@ impl Default for WorkerSection {
             heartbeat_secs: 5,
             worker_id: None,
             commands: BTreeMap::new(),
+            pass_env: Vec::new(),
         }
     }
 }
@@ -274,7 +279,7 @@ pub const SECTIONS: [&str; 7] = [
 ];
 
 /// The keys each section takes from the environment (`worker.commands`, a table, only from the
-/// file and `--command`).
+/// file and `--command`; `worker.pass_env`, a list, only from the file and `--pass-env`).
 fn env_keys(section: &str) -> &'static [&'static str] {
     match section {
         "database" => &["url", "max_connections"],

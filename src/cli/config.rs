@@ -130,6 +130,15 @@ pub fn resolve_with(
                 let (_, line) = spec.split_once('=').unwrap_or_default();
                 w.commands.insert(parsed.name, line.to_string());
             }
+            // --pass-env adds to the file's list.
+            for name in &a.pass_env {
+                if !w.pass_env.contains(name) {
+                    w.pass_env.push(name.clone());
+                }
+            }
+            for name in &w.pass_env {
+                lineq::worker::command::check_pass_env(name)?;
+            }
             if sub_given("metrics_addr") {
                 config.metrics.addr = a.metrics_addr;
             }
@@ -148,6 +157,7 @@ pub fn resolve_with(
                 .iter()
                 .map(|(name, line)| format!("{name}={line}"))
                 .collect();
+            a.pass_env = w.pass_env.clone();
             a.metrics_addr = config.metrics.addr;
         }
         Command::Orchestrator(a) => {

@@ -45,6 +45,11 @@ pub struct WorkerArgs {
     /// flags can declare commands; a message can never choose what runs.
     #[arg(long = "command", value_name = "NAME=COMMAND")]
     pub commands: Vec<String>,
+    /// Pass this variable of the worker's environment on to command handlers (repeatable).
+    /// They get only PATH, HOME, LANG, LC_*, TZ, TMPDIR, the step's LINEQ_* variables and
+    /// TRACEPARENT otherwise; the worker's DATABASE_URL and LINEQ_* settings are never passed.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pub pass_env: Vec<String>,
     /// Seconds a claimed message stays hidden from other workers (extended while it runs).
     #[arg(long, default_value_t = 30)]
     pub visibility_timeout_secs: u64,
@@ -149,7 +154,7 @@ pub async fn worker(pool: PgPool, a: WorkerArgs, stop: CancellationToken) -> any
         .max_deliveries(a.max_deliveries)
         .registration_heartbeat(Duration::from_secs(a.heartbeat_secs));
     for spec in &a.commands {
-        builder = builder.command(CommandSpec::parse(spec)?);
+        builder = builder.command(CommandSpec::parse(spec)?.pass_env(&a.pass_env)?);
     }
     if let Some(id) = a.worker_id {
         builder = builder.worker_id(id);
