@@ -17,6 +17,10 @@
 //!
 //! [metrics]
 //! addr = "0.0.0.0:9101"
+//! allow_remote = true
+//!
+//! [http]
+//! header_timeout_secs = 10
 //!
 //! [log]
 //! format = "json"
@@ -60,6 +64,8 @@ pub struct Config {
     pub telemetry: TelemetrySection,
     /// The Prometheus and probe endpoint of orchestrators and workers.
     pub metrics: MetricsSection,
+    /// Limits of the HTTP listeners (`lineq serve` and the metrics endpoint).
+    pub http: HttpSection,
     /// Logs on stderr.
     pub log: LogSection,
 }
@@ -200,6 +206,35 @@ pub struct MetricsSection {
     /// Where orchestrators and workers serve `/metrics`, `/healthz` and `/readyz`; unset
     /// serves nothing.
     pub addr: Option<SocketAddr>,
+    /// Allows an `addr` other machines can reach (not loopback); the endpoint has no
+    /// authentication.
+    pub allow_remote: bool,
+}
+
+/// `[http]`: the limits of `lineq serve`'s listener and of the metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Seconds a client gets to send a request's headers (and a kept-alive connection to start
+    /// its next request).
+    pub header_timeout_secs: u64,
+    /// Seconds from a request's headers to its response, the body included (then 408).
+    pub request_timeout_secs: u64,
+    /// Seconds a connection may go with no bytes moving while no request is handled.
+    pub idle_timeout_secs: u64,
+    /// Connections open at once; one more gets 503 and is closed.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 1024,
+        }
+    }
 }
 
 /// `[log]`.
@@ -268,13 +303,14 @@ pub enum ConfigError {
 }
 
 /// The sections, as named in `LINEQ_<SECTION>_<KEY>`.
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 8] = [
     "database",
     "orchestrator",
     "worker",
     "api",
     "telemetry",
     "metrics",
+    "http",
     "log",
 ];
 
@@ -297,7 +333,13 @@ fn env_keys(section: &str) -> &'static [&'static str] {
         "orchestrator" => &["batch_size", "poll_interval_ms", "silent_worker_secs"],
         "api" => &["addr", "token_file", "token"],
         "telemetry" => &["otlp_endpoint", "service_name"],
-        "metrics" => &["addr"],
+        "metrics" => &["addr", "allow_remote"],
+        "http" => &[
+            "header_timeout_secs",
+            "request_timeout_secs",
+            "idle_timeout_secs",
+            "max_connections",
+        ],
         "log" => &["format", "level"],
         _ => &[],
     }
@@ -446,6 +488,21 @@ impl Config {
                     Some(addr(value)?)
                 }
             }
+            ("metrics", "allow_remote") => {
+                self.metrics.allow_remote = match value.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" | "" => false,
+                    _ => {
+                        return Err(SetError::Invalid(format!(
+                            "{value:?} is not a boolean: true or false"
+                        )));
+                    }
+                }
+            }
+            ("http", "header_timeout_secs") => self.http.header_timeout_secs = num(value)?,
+            ("http", "request_timeout_secs") => self.http.request_timeout_secs = num(value)?,
+            ("http", "idle_timeout_secs") => self.http.idle_timeout_secs = num(value)?,
+            ("http", "max_connections") => self.http.max_connections = num(value)?,
             ("log", "format") => {
                 self.log.format = match value.trim().to_ascii_lowercase().as_str() {
                     "text" => LogFormat::Text,

@@ -83,15 +83,14 @@ pub fn router_with_token(pool: PgPool, token: Option<auth::ApiToken>) -> Router 
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then finishes the requests in
-/// flight. With `token`, requests must carry it (see [`router_with_token`]).
+/// Serves the API on `listener` within `limits` until `shutdown` completes, then finishes the
+/// requests in flight. With `token`, requests must carry it (see [`router_with_token`]).
 pub async fn serve(
     listener: TcpListener,
     pool: PgPool,
     token: Option<auth::ApiToken>,
+    limits: crate::http::HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router_with_token(pool, token))
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::http::serve(listener, router_with_token(pool, token), limits, shutdown).await
 }

@@ -142,6 +142,10 @@ pub fn resolve_with(
             if sub_given("metrics_addr") {
                 config.metrics.addr = a.metrics_addr;
             }
+            if sub_given("metrics_allow_remote") {
+                config.metrics.allow_remote = a.metrics_allow_remote;
+            }
+            a.http.resolve(&mut config.http, sub_given);
             let w = &config.worker;
             a.namespace = w.namespace.clone();
             a.concurrency = w.concurrency;
@@ -159,6 +163,7 @@ pub fn resolve_with(
                 .collect();
             a.pass_env = w.pass_env.clone();
             a.metrics_addr = config.metrics.addr;
+            a.metrics_allow_remote = config.metrics.allow_remote;
         }
         Command::Orchestrator(a) => {
             let o = &mut config.orchestrator;
@@ -174,11 +179,16 @@ pub fn resolve_with(
             if sub_given("metrics_addr") {
                 config.metrics.addr = a.metrics_addr;
             }
+            if sub_given("metrics_allow_remote") {
+                config.metrics.allow_remote = a.metrics_allow_remote;
+            }
+            a.http.resolve(&mut config.http, sub_given);
             let o = &config.orchestrator;
             a.batch_size = o.batch_size;
             a.poll_interval_ms = o.poll_interval_ms;
             a.silent_worker_secs = o.silent_worker_secs;
             a.metrics_addr = config.metrics.addr;
+            a.metrics_allow_remote = config.metrics.allow_remote;
         }
         Command::Serve(a) => {
             if sub_given("addr") {
@@ -189,6 +199,7 @@ pub fn resolve_with(
                 config.api.token_file = a.token_file.clone();
             }
             a.token_file = config.api.token_file.clone();
+            a.http.resolve(&mut config.http, sub_given);
         }
         _ => {}
     }
