@@ -14,8 +14,9 @@
 //! | `GET /openapi.json` | this API's OpenAPI 3.1 document |
 //!
 //! Errors are `{"error": {"code", "field", "message"}}` with 400 (invalid input, nothing
-//! written), 401 (no valid bearer token), 404, 409 (conflict) or 412 (stale `If-Match`), 422 (not
-//! allowed in the current state).
+//! written), 401 (no valid bearer token), 404, 405 (method), 408 (request too slow), 409
+//! (conflict) or 412 (stale `If-Match`), 413 (body over 2 MiB), 422 (not allowed in the
+//! current state), 503 (too many connections). Every error the API answers has this shape.
 //!
 //! With a token ([`router_with_token`]), every route but `/healthz` requires
 //! `Authorization: Bearer <token>` (see [`auth`]); `lineq serve` refuses to listen on anything
@@ -67,6 +68,7 @@ pub fn router(pool: PgPool) -> Router {
         .route("/healthz", get(executions::healthz))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .fallback(|| async { error::ApiError::no_route() })
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 
