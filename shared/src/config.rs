@@ -525,7 +525,7 @@ impl Config {
     pub fn masked(&self) -> Self {
         let mut c = self.clone();
         c.api.token = c.api.token.as_ref().map(|_| MASK.to_string());
-        c.database.url = c.database.url.as_deref().map(mask_url);
+        c.database.url = c.database.url.as_deref().map(mask_dsn);
         c.telemetry.otlp_endpoint = c.telemetry.otlp_endpoint.as_deref().map(mask_url);
         c
     }
@@ -540,6 +540,79 @@ impl Config {
 enum SetError {
     UnknownKey,
     Invalid(String),
+}
+
+/// A database connection string with its password masked, in either form libpq takes: a URL
+/// (see [`mask_url`]) or `key=value` pairs (`host=db password='a b'` → `host=db password=****`).
+pub fn mask_dsn(dsn: &str) -> String {
+    if dsn.contains("://") {
+        mask_url(dsn)
+    } else {
+        mask_key_values(dsn)
+    }
+}
+
+/// `key=value` pairs, as libpq reads them (spaces around `=` allowed, values bare or in single
+/// quotes with `\` escapes), with the value of every `password` key replaced by `****`. Text it
+/// cannot read as pairs is kept up to there, and the rest masked if it might hold a password.
+fn mask_key_values(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    loop {
+        let trimmed = rest.trim_start();
+        out.push_str(&rest[..rest.len() - trimmed.len()]);
+        rest = trimmed;
+        if rest.is_empty() {
+            return out;
+        }
+        let key_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        out.push_str(key);
+        rest = &rest[key_end..];
+        let after_ws = rest.trim_start();
+        let Some(value) = after_ws.strip_prefix('=') else {
+            // Not a pair: nothing more can be read safely; keep what cannot be a secret.
+            if !rest.is_empty() {
+                out.push_str(MASK);
+            }
+            return out;
+        };
+        out.push_str(&rest[..rest.len() - after_ws.len()]);
+        out.push('=');
+        let value_start = value.trim_start();
+        out.push_str(&value[..value.len() - value_start.len()]);
+        let (raw, tail) = if value_start.starts_with('\'') {
+            let bytes = value_start.as_bytes();
+            let mut i = 1;
+            let mut end = None;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'\\' => i += 2,
+                    b'\'' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    _ => i += 1,
+                }
+            }
+            // An unterminated quote runs to the end.
+            let end = end.unwrap_or(value_start.len()).min(value_start.len());
+            value_start.split_at(end)
+        } else {
+            let end = value_start
+                .find(char::is_whitespace)
+                .unwrap_or(value_start.len());
+            value_start.split_at(end)
+        };
+        if key.eq_ignore_ascii_case("password") {
+            out.push_str(MASK);
+        } else {
+            out.push_str(raw);
+        }
+        rest = tail;
+    }
 }
 
 /// `scheme://user:secret@host/db?password=secret` → `scheme://user:****@host/db?password=****`.
@@ -642,6 +715,24 @@ mod tests {
             mask_url("postgres:///db?host=/tmp"),
             "postgres:///db?host=/tmp"
         );
+    }
+
+    #[test]
+    fn masks_key_value_passwords() {
+        assert_eq!(
+            mask_dsn("host=db user=u password=hunter2 dbname=x"),
+            "host=db user=u password=**** dbname=x"
+        );
+        assert_eq!(
+            mask_dsn("host=db password = 'a b\\' c' dbname=x"),
+            "host=db password = **** dbname=x"
+        );
+        assert_eq!(mask_dsn("password='unterminated"), "password=****");
+        assert_eq!(mask_dsn("PASSWORD=x"), "PASSWORD=****");
+        assert_eq!(mask_dsn("host=/tmp dbname=x"), "host=/tmp dbname=x");
+        assert_eq!(mask_dsn("password"), "password");
+        assert_eq!(mask_dsn("host=db junk password=x"), "host=db junk****");
+        assert_eq!(mask_dsn("postgres://u:p@h/db"), "postgres://u:****@h/db");
     }
 
     #[test]
