@@ -335,3 +335,311 @@ async fn the_metrics_endpoint_cuts_off_slow_clients_and_holds_its_connection_lim
     assert!(worker.terminate(Duration::from_secs(20)).success());
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_cancel_reason_is_refused_and_nothing_written() {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let id = client
+        .submit(SubmitRequest::new("nobody_serves_this"))
+        .await
+        .expect("submit")
+        .execution
+        .execution_id;
+    let before = (db.count("lineq.events").await, db.written().await);
+    let long = "r".repeat(257);
+
+    let out = lineq(&db.url, &["cancel", &id.to_string(), "--reason", &long]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("reason") && err.contains("256"), "{err}");
+    let out = lineq(
+        &db.url,
+        &["cancel", &id.to_string(), "--reason", "a\nforged line"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    let app = lineq::api::router(db.pool.clone());
+    let (status, body) = call(
+        &app,
+        "POST",
+        &format!("/v1/executions/{id}/cancel"),
+        Some(json!({ "reason": long }).to_string()),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "reason");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("256")
+    );
+
+    let after = (db.count("lineq.events").await, db.written().await);
+    assert_eq!(before, after, "nothing written");
+    assert_eq!(
+        get_execution(&db.pool, id).await.expect("e").status,
+        ExecutionStatus::Pending
+    );
+    // At the limit it is taken.
+    let out = lineq(
+        &db.url,
+        &["cancel", &id.to_string(), "--reason", &"r".repeat(256)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    db.drop_db().await;
+}
+
+/// One request through the router (no socket): status and JSON body. Panics when the body is
+/// not JSON: every answer of the API must be.
+async fn call(app: &axum::Router, method: &str, uri: &str, body: Option<String>) -> (u16, Value) {
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder().method(method).uri(uri);
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(b)),
+        None => req.body(axum::body::Body::empty()),
+    }
+    .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    assert!(
+        ct.starts_with("application/json"),
+        "{uri}: {status} {ct}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    (status, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rest_rejection_is_json_and_an_oversized_body_is_413() {
+    let db = TestDb::new().await;
+    let app = lineq::api::router(db.pool.clone());
+    let id = Uuid::now_v7();
+    let cancel = format!("/v1/executions/{id}/cancel");
+
+    // A cancel body of the wrong shape: 400 in the API's shape (it was 422 text/plain).
+    for bad in [r#"{"reason": 5}"#, r#"{"nope": 1}"#, "not json", "[]"] {
+        let (status, body) = call(&app, "POST", &cancel, Some(bad.to_string())).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_input", "{bad}");
+        assert_eq!(body["error"]["field"], "body", "{bad}");
+    }
+    // No body is still no reason: the execution is simply not there.
+    let (status, _) = call(&app, "POST", &cancel, None).await;
+    assert_eq!(status, 404);
+
+    // 50 MB: 413, for a submit and for a cancel.
+    let huge = format!(r#"{{"target":"echo","input":"{}"}}"#, "x".repeat(50 << 20));
+    let (status, body) = call(&app, "POST", "/v1/executions", Some(huge)).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    let huge = format!(r#"{{"reason":"{}"}}"#, "x".repeat(50 << 20));
+    let (status, body) = call(&app, "POST", &cancel, Some(huge)).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(db.written().await.0, 0, "nothing written");
+
+    // axum's own rejections: a method a route does not take, a path that does not decode.
+    let (status, body) = call(&app, "DELETE", "/v1/executions", None).await;
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    let (status, body) = call(&app, "GET", "/v1/executions/%FF%FE", None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = call(&app, "GET", "/nowhere", None).await;
+    assert_eq!(status, 404, "{body}");
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_nested_5000_deep_is_listed_and_shown() {
+    let db = TestDb::new().await;
+    let depth = 5000;
+    let deep = format!(
+        r#"{{"source_queue":"lineq_steps_default","source_msg_id":7,"reason":"too deep","message":{}{}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let msg_id: i64 = sqlx::query_scalar("SELECT pgmq.send('lineq_dlq', $1::text::jsonb)")
+        .bind(&deep)
+        .fetch_one(&db.pool)
+        .await
+        .expect("send a deep dead letter");
+    // And a plain one next to it, still shown as JSON.
+    sqlx::query("SELECT pgmq.send('lineq_dlq', $1::jsonb)")
+        .bind(json!({"source_queue": "lineq_steps_default", "reason": "plain", "message": {"a": [1]}}))
+        .execute(&db.pool)
+        .await
+        .expect("send");
+
+    for format in ["text", "json"] {
+        let out = lineq(&db.url, &["dlq", "list", "--format", format]);
+        assert!(out.status.success(), "list {format}: {}", stderr(&out));
+        assert!(stdout(&out).contains("too deep"), "{}", stdout(&out));
+        let out = lineq(
+            &db.url,
+            &["dlq", "show", &msg_id.to_string(), "--format", format],
+        );
+        assert!(out.status.success(), "show {format}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains("not readable as JSON"),
+            "{}",
+            stdout(&out)
+        );
+        assert!(stdout(&out).len() < 20_000, "the text shown is truncated");
+    }
+    let out = lineq(&db.url, &["dlq", "list", "--format", "json"]);
+    let letters: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(letters[0]["source_msg_id"], 7);
+    assert_eq!(letters[1]["message"], json!({"a": [1]}));
+    assert!(letters[1].get("message_unparsed").is_none());
+    // Replaying it would send the truncated text: refused, and it stays.
+    let out = lineq(&db.url, &["dlq", "replay", &msg_id.to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot be replayed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(db.count("pgmq.q_lineq_dlq").await, 2);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_roles_at_debug_logs_neither_password_nor_verifier() {
+    let db = TestDb::new().await;
+    let p = format!("s{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let login = format!("{p}_login");
+    let dir = temp_dir("pw");
+    let password = format!("pw-{}", Uuid::now_v7().simple());
+    std::fs::write(dir.join(&login), format!("{password}\n")).expect("password file");
+    let out = lineq_with(
+        &db.url,
+        &[
+            "migrate",
+            "--roles",
+            "--role-prefix",
+            &p,
+            "--login-role",
+            &format!("worker={login}"),
+            "--role-password-dir",
+            &dir.display().to_string(),
+        ],
+        |c| {
+            c.env("RUST_LOG", "debug");
+        },
+    );
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("ALTER ROLE"),
+        "statements are logged at debug: {all}"
+    );
+    assert!(!all.contains(&password), "the password was logged");
+    assert!(
+        !all.contains("SCRAM-SHA-256$"),
+        "the verifier was logged: {all}"
+    );
+    let stored: String = sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+        .bind(&login)
+        .fetch_one(&db.pool)
+        .await
+        .expect("stored");
+    assert!(stored.starts_with("SCRAM-SHA-256$"), "the password was set");
+    let _ = std::fs::remove_dir_all(dir);
+    db.drop_db().await;
+    let admin = lineq::DatabaseConfig::new(admin_url())
+        .max_connections(1)
+        .connect()
+        .await
+        .expect("admin");
+    for r in [
+        login,
+        format!("{p}_orchestrator"),
+        format!("{p}_worker"),
+        format!("{p}_reader"),
+    ] {
+        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {r}"))
+            .execute(&admin)
+            .await;
+    }
+    admin.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_stays_on_loopback_unless_asked() {
+    let db = TestDb::new().await;
+    for cmd in ["worker", "orchestrator"] {
+        let out = lineq(&db.url, &[cmd, "--metrics-addr", "0.0.0.0:0"]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--metrics-allow-remote"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let dir = temp_dir("metrics");
+    let config = dir.join("lineq.toml");
+    std::fs::write(&config, "[metrics]\naddr = \"0.0.0.0:0\"\n").expect("config");
+    let out = lineq(
+        &db.url,
+        &["--config", &config.display().to_string(), "worker"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // Asked for: it serves.
+    let port = free_addr()
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_string())
+        .expect("port");
+    let any = format!("0.0.0.0:{port}");
+    let mut worker = Proc::start(
+        &db.url,
+        "worker",
+        &["worker", "--metrics-addr", &any, "--metrics-allow-remote"],
+    );
+    let local = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&local).await.is_err() {
+        assert!(worker.is_running(), "{}", worker.log_text());
+        assert!(Instant::now() < deadline, "{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&local, "/healthz").await.0, 200);
+    assert!(worker.terminate(Duration::from_secs(20)).success());
+    let _ = std::fs::remove_dir_all(dir);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_show_masks_a_key_value_password() {
+    let secret = "kv-s3cret";
+    for dsn in [
+        format!("host=127.0.0.1 user=postgres password={secret} dbname=x"),
+        format!("host=127.0.0.1 password = '{secret} with space' dbname=x"),
+        format!("postgres://postgres:{secret}@127.0.0.1/x"),
+    ] {
+        for format in ["text", "json"] {
+            let out = lineq(&dsn, &["config", "show", "--format", format]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let text = stdout(&out);
+            assert!(!text.contains(secret), "{dsn}: {text}");
+            assert!(
+                text.contains("****") && text.contains("127.0.0.1"),
+                "{text}"
+            );
+        }
+    }
+}
