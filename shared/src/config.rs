@@ -16,8 +16,7 @@
 //! silent_worker_secs = 30
 //!
 //! [metrics]
-//! addr = "0.0.0.0:9101"
-//! allow_remote = true
+//! addr = "127.0.0.1:9101"
 //!
 //! [http]
 //! header_timeout_secs = 10
