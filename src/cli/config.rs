@@ -315,6 +315,25 @@ mod tests {
             unreachable!()
         };
         assert_eq!(s.addr, d.api.addr);
+        let h = &s.http;
+        assert_eq!(
+            (
+                h.http_header_timeout_secs,
+                h.http_request_timeout_secs,
+                h.http_idle_timeout_secs,
+                h.http_max_connections
+            ),
+            (
+                d.http.header_timeout_secs,
+                d.http.request_timeout_secs,
+                d.http.idle_timeout_secs,
+                d.http.max_connections
+            )
+        );
+        assert_eq!(
+            lineq::http::HttpLimits::default(),
+            h.limits().expect("the defaults are valid")
+        );
     }
 
     #[test]

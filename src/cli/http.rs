@@ -10,19 +10,19 @@ use lineq::shared::validation::ValidationError;
 /// Limits that hold on every connection before any authentication.
 #[derive(Debug, Clone, Args)]
 pub struct HttpArgs {
-    /// HTTP: seconds a client gets to send a request's headers; a kept-alive connection that
+    /// HTTP listener (the REST API, or --metrics-addr): seconds a client gets to send a request's headers; a kept-alive connection that
     /// starts no new request is closed after it too.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub http_header_timeout_secs: u64,
-    /// HTTP: seconds from a request's headers to its response, reading the body included; a
+    /// HTTP listener: seconds from a request's headers to its response, reading the body included; a
     /// slower request gets 408.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub http_request_timeout_secs: u64,
-    /// HTTP: seconds a connection may go with no bytes moving while none of its requests is
+    /// HTTP listener: seconds a connection may go with no bytes moving while none of its requests is
     /// being handled (e.g. a client that stops reading a response).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub http_idle_timeout_secs: u64,
-    /// HTTP: connections open at once; one more gets 503 and is closed.
+    /// HTTP listener: connections open at once; one more gets 503 and is closed.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub http_max_connections: usize,
 }
