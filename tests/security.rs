@@ -259,6 +259,18 @@ async fn slow_clients_are_cut_off(addr: &str) {
     let (text, _) = until_closed(&mut kept, limit).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 
+    // A body the route never reads, stalled: answered, then the connection is closed.
+    let mut unread = TcpStream::connect(addr).await.expect("connect");
+    unread
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\ncontent-length: 100\r\n\r\n0123")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let (text, _) = until_closed(&mut unread, limit).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
     // The connection limit: three held open, the fourth refused at once with 503.
     let mut held = Vec::new();
     for _ in 0..3 {
