@@ -16,7 +16,7 @@
 //! Errors are `{"error": {"code", "field", "message"}}` with 400 (invalid input, nothing
 //! written), 401 (no valid bearer token), 404, 405 (method), 408 (request too slow), 409
 //! (conflict) or 412 (stale `If-Match`), 413 (body over 2 MiB), 422 (not allowed in the
-//! current state), 503 (too many connections). Every error the API answers has this shape.
+//! current state), 503 (too many connections). Every error the API answers to an HTTP request has this shape.
 //!
 //! With a token ([`router_with_token`]), every route but `/healthz` requires
 //! `Authorization: Bearer <token>` (see [`auth`]); `lineq serve` refuses to listen on anything
