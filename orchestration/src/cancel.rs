@@ -13,7 +13,7 @@ use lineq_shared::error::{Error, Result};
 use lineq_shared::event::{EventType, NewEvent, insert_events, latest_event};
 use lineq_shared::ids::node_name;
 use lineq_shared::telemetry;
-use lineq_shared::validation::QueueName;
+use lineq_shared::validation::{QueueName, ValidationError};
 
 use crate::settle::{ExecState, Work, carry_to_parent, lock_executions, settle};
 
@@ -39,8 +39,33 @@ pub(crate) struct CancelOutcome {
     pub report: CancelReport,
 }
 
-/// Cancels `execution_id` and everything below it.
+/// The longest cancellation reason: it is copied into the events of every execution of the
+/// tree, so its size is multiplied by the tree's.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Checks a cancellation reason: at most [`MAX_REASON_LEN`] characters, no control characters
+/// (it is shown in text output and logs).
+pub fn check_reason(reason: &str) -> std::result::Result<(), ValidationError> {
+    let n = reason.chars().count();
+    if n > MAX_REASON_LEN {
+        return Err(ValidationError::new(
+            "reason",
+            format!("it is {n} characters; the limit is {MAX_REASON_LEN}"),
+        ));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            "reason",
+            "it must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Cancels `execution_id` and everything below it. A `reason` that breaks [`check_reason`] is
+/// refused with [`Error::Validation`] before anything is read or written.
 pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<CancelReport> {
+    check_reason(reason)?;
     let node = node_name();
     let started = telemetry::start();
     let mut tx = pool.begin().await?;

@@ -31,51 +31,89 @@ pub struct DeadLetter {
     pub reason: String,
     /// The `message_dead_lettered` event, when one could be written.
     pub event_id: Option<Uuid>,
-    /// The original body.
+    /// The original body; when it cannot be read as JSON (see `message_unparsed`), the start
+    /// of its text as a string.
     pub message: Value,
+    /// Why the original body is shown as text instead of JSON, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_unparsed: Option<String>,
 }
 
+/// How much of a body that cannot be read as JSON is shown.
+const UNPARSED_SHOWN_BYTES: usize = 4096;
+
+/// A dead letter's columns: its fields picked out by PostgreSQL and the original body as text,
+/// so that a body serde_json refuses (nested past its recursion limit: anyone who can write
+/// to a queue can make one) is still listed and shown, never failing the whole read.
+const COLUMNS: &str = "msg_id, enqueued_at, message->>'source_queue', message->>'source_msg_id',
+    message->>'read_ct', message->>'reason', message->>'event_id', (message->'message')::text";
+
+type DeadLetterRow = (
+    i64,
+    DateTime<Utc>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 impl DeadLetter {
-    fn from_row(msg_id: i64, at: DateTime<Utc>, body: Option<Value>) -> Self {
-        let body = body.unwrap_or(Value::Null);
+    fn from_row(row: DeadLetterRow) -> Self {
+        let (msg_id, at, source_queue, source_msg_id, read_ct, reason, event_id, original) = row;
+        let (message, message_unparsed) = match original.as_deref().map(serde_json::from_str) {
+            None => (Value::Null, None),
+            Some(Ok(v)) => (v, None),
+            Some(Err(e)) => {
+                let text = original.as_deref().unwrap_or_default();
+                let mut end = text.len().min(UNPARSED_SHOWN_BYTES);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                (
+                    Value::String(text[..end].to_string()),
+                    Some(format!(
+                        "not readable as JSON ({e}); the first {end} of {} bytes shown as text",
+                        text.len()
+                    )),
+                )
+            }
+        };
         Self {
             msg_id,
             dead_lettered_at: at,
-            source_queue: body["source_queue"].as_str().unwrap_or("").to_string(),
-            source_msg_id: body["source_msg_id"].as_i64(),
-            read_ct: body["read_ct"].as_i64(),
-            reason: body["reason"].as_str().unwrap_or("").to_string(),
-            event_id: body["event_id"]
-                .as_str()
-                .and_then(|s| Uuid::parse_str(s).ok()),
-            message: body["message"].clone(),
+            source_queue: source_queue.unwrap_or_default(),
+            source_msg_id: source_msg_id.and_then(|s| s.parse().ok()),
+            read_ct: read_ct.and_then(|s| s.parse().ok()),
+            reason: reason.unwrap_or_default(),
+            event_id: event_id.and_then(|s| Uuid::parse_str(&s).ok()),
+            message,
+            message_unparsed,
         }
     }
 }
 
 /// The oldest `limit` dead letters.
 pub async fn list(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>> {
-    let rows: Vec<(i64, DateTime<Utc>, Option<Value>)> = sqlx::query_as(
-        "SELECT msg_id, enqueued_at, message FROM pgmq.q_lineq_dlq ORDER BY msg_id LIMIT $1",
-    )
+    let rows: Vec<DeadLetterRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM pgmq.q_lineq_dlq ORDER BY msg_id LIMIT $1"
+    ))
     .bind(limit.clamp(1, 10_000))
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, at, body)| DeadLetter::from_row(id, at, body))
-        .collect())
+    Ok(rows.into_iter().map(DeadLetter::from_row).collect())
 }
 
 /// One dead letter.
 pub async fn show(pool: &PgPool, msg_id: i64) -> Result<DeadLetter> {
-    let row: Option<(i64, DateTime<Utc>, Option<Value>)> = sqlx::query_as(
-        "SELECT msg_id, enqueued_at, message FROM pgmq.q_lineq_dlq WHERE msg_id = $1",
-    )
+    let row: Option<DeadLetterRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM pgmq.q_lineq_dlq WHERE msg_id = $1"
+    ))
     .bind(msg_id)
     .fetch_optional(pool)
     .await?;
-    row.map(|(id, at, body)| DeadLetter::from_row(id, at, body))
+    row.map(DeadLetter::from_row)
         .ok_or_else(|| Error::NotFound {
             what: "dead letter",
             id: msg_id.to_string(),
@@ -110,19 +148,24 @@ pub async fn replay(pool: &PgPool, msg_id: i64) -> Result<Replayed> {
     let started = telemetry::start();
     let mut written = Vec::new();
     let mut tx = pool.begin().await?;
-    let row: Option<(i64, DateTime<Utc>, Option<Value>)> = sqlx::query_as(
-        "SELECT msg_id, enqueued_at, message FROM pgmq.q_lineq_dlq WHERE msg_id = $1 FOR UPDATE",
-    )
+    let row: Option<DeadLetterRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM pgmq.q_lineq_dlq WHERE msg_id = $1 FOR UPDATE"
+    ))
     .bind(msg_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((id, at, body)) = row else {
+    let Some(row) = row else {
         return Err(Error::NotFound {
             what: "dead letter",
             id: msg_id.to_string(),
         });
     };
-    let letter = DeadLetter::from_row(id, at, body);
+    let letter = DeadLetter::from_row(row);
+    if let Some(why) = &letter.message_unparsed {
+        return Err(Error::InvalidState(format!(
+            "dead letter {msg_id} cannot be replayed: its body is {why}"
+        )));
+    }
     let q = QueueName::new(&letter.source_queue).map_err(|e| {
         Error::InvalidState(format!(
             "dead letter {msg_id} has no usable source queue: {e}"

@@ -10,12 +10,16 @@
 //! namespace = "media"
 //! concurrency = 16
 //! commands = { resize = "python3 /opt/steps/resize.py" }
+//! pass_env = ["AWS_REGION"]
 //!
 //! [orchestrator]
 //! silent_worker_secs = 30
 //!
 //! [metrics]
-//! addr = "0.0.0.0:9101"
+//! addr = "127.0.0.1:9101"
+//!
+//! [http]
+//! header_timeout_secs = 10
 //!
 //! [log]
 //! format = "json"
@@ -59,6 +63,8 @@ pub struct Config {
     pub telemetry: TelemetrySection,
     /// The Prometheus and probe endpoint of orchestrators and workers.
     pub metrics: MetricsSection,
+    /// Limits of the HTTP listeners (`lineq serve` and the metrics endpoint).
+    pub http: HttpSection,
     /// Logs on stderr.
     pub log: LogSection,
 }
@@ -99,6 +105,9 @@ pub struct WorkerSection {
     pub worker_id: Option<String>,
     /// Command handlers: name → program and arguments, split like a shell would.
     pub commands: BTreeMap<String, String>,
+    /// Variables of the worker's environment passed on to command handlers, besides `PATH`,
+    /// `HOME`, `LANG`, `LC_*`, `TZ` and `TMPDIR` (never `LINEQ_*` or `DATABASE_URL`).
+    pub pass_env: Vec<String>,
 }
 
 impl Default for WorkerSection {
@@ -114,6 +123,7 @@ impl Default for WorkerSection {
             heartbeat_secs: 5,
             worker_id: None,
             commands: BTreeMap::new(),
+            pass_env: Vec::new(),
         }
     }
 }
@@ -195,6 +205,35 @@ pub struct MetricsSection {
     /// Where orchestrators and workers serve `/metrics`, `/healthz` and `/readyz`; unset
     /// serves nothing.
     pub addr: Option<SocketAddr>,
+    /// Allows an `addr` other machines can reach (not loopback); the endpoint has no
+    /// authentication.
+    pub allow_remote: bool,
+}
+
+/// `[http]`: the limits of `lineq serve`'s listener and of the metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Seconds a client gets to send a request's headers (and a kept-alive connection to start
+    /// its next request).
+    pub header_timeout_secs: u64,
+    /// Seconds from a request's headers to its response, the body included (then 408).
+    pub request_timeout_secs: u64,
+    /// Seconds a connection may go with no bytes moving while no request is handled.
+    pub idle_timeout_secs: u64,
+    /// Connections open at once; one more gets 503 and is closed.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 1024,
+        }
+    }
 }
 
 /// `[log]`.
@@ -263,18 +302,19 @@ pub enum ConfigError {
 }
 
 /// The sections, as named in `LINEQ_<SECTION>_<KEY>`.
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 8] = [
     "database",
     "orchestrator",
     "worker",
     "api",
     "telemetry",
     "metrics",
+    "http",
     "log",
 ];
 
 /// The keys each section takes from the environment (`worker.commands`, a table, only from the
-/// file and `--command`).
+/// file and `--command`; `worker.pass_env`, a list, only from the file and `--pass-env`).
 fn env_keys(section: &str) -> &'static [&'static str] {
     match section {
         "database" => &["url", "max_connections"],
@@ -292,7 +332,13 @@ fn env_keys(section: &str) -> &'static [&'static str] {
         "orchestrator" => &["batch_size", "poll_interval_ms", "silent_worker_secs"],
         "api" => &["addr", "token_file", "token"],
         "telemetry" => &["otlp_endpoint", "service_name"],
-        "metrics" => &["addr"],
+        "metrics" => &["addr", "allow_remote"],
+        "http" => &[
+            "header_timeout_secs",
+            "request_timeout_secs",
+            "idle_timeout_secs",
+            "max_connections",
+        ],
         "log" => &["format", "level"],
         _ => &[],
     }
@@ -441,6 +487,21 @@ impl Config {
                     Some(addr(value)?)
                 }
             }
+            ("metrics", "allow_remote") => {
+                self.metrics.allow_remote = match value.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" | "" => false,
+                    _ => {
+                        return Err(SetError::Invalid(format!(
+                            "{value:?} is not a boolean: true or false"
+                        )));
+                    }
+                }
+            }
+            ("http", "header_timeout_secs") => self.http.header_timeout_secs = num(value)?,
+            ("http", "request_timeout_secs") => self.http.request_timeout_secs = num(value)?,
+            ("http", "idle_timeout_secs") => self.http.idle_timeout_secs = num(value)?,
+            ("http", "max_connections") => self.http.max_connections = num(value)?,
             ("log", "format") => {
                 self.log.format = match value.trim().to_ascii_lowercase().as_str() {
                     "text" => LogFormat::Text,
@@ -463,7 +524,7 @@ impl Config {
     pub fn masked(&self) -> Self {
         let mut c = self.clone();
         c.api.token = c.api.token.as_ref().map(|_| MASK.to_string());
-        c.database.url = c.database.url.as_deref().map(mask_url);
+        c.database.url = c.database.url.as_deref().map(mask_dsn);
         c.telemetry.otlp_endpoint = c.telemetry.otlp_endpoint.as_deref().map(mask_url);
         c
     }
@@ -478,6 +539,79 @@ impl Config {
 enum SetError {
     UnknownKey,
     Invalid(String),
+}
+
+/// A database connection string with its password masked, in either form libpq takes: a URL
+/// (see [`mask_url`]) or `key=value` pairs (`host=db password='a b'` → `host=db password=****`).
+pub fn mask_dsn(dsn: &str) -> String {
+    if dsn.contains("://") {
+        mask_url(dsn)
+    } else {
+        mask_key_values(dsn)
+    }
+}
+
+/// `key=value` pairs, as libpq reads them (spaces around `=` allowed, values bare or in single
+/// quotes with `\` escapes), with the value of every `password` key replaced by `****`. Text it
+/// cannot read as pairs is kept up to there, and the rest masked if it might hold a password.
+fn mask_key_values(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    loop {
+        let trimmed = rest.trim_start();
+        out.push_str(&rest[..rest.len() - trimmed.len()]);
+        rest = trimmed;
+        if rest.is_empty() {
+            return out;
+        }
+        let key_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        out.push_str(key);
+        rest = &rest[key_end..];
+        let after_ws = rest.trim_start();
+        let Some(value) = after_ws.strip_prefix('=') else {
+            // Not a pair: nothing more can be read safely; keep what cannot be a secret.
+            if !rest.is_empty() {
+                out.push_str(MASK);
+            }
+            return out;
+        };
+        out.push_str(&rest[..rest.len() - after_ws.len()]);
+        out.push('=');
+        let value_start = value.trim_start();
+        out.push_str(&value[..value.len() - value_start.len()]);
+        let (raw, tail) = if value_start.starts_with('\'') {
+            let bytes = value_start.as_bytes();
+            let mut i = 1;
+            let mut end = None;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'\\' => i += 2,
+                    b'\'' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    _ => i += 1,
+                }
+            }
+            // An unterminated quote runs to the end.
+            let end = end.unwrap_or(value_start.len()).min(value_start.len());
+            value_start.split_at(end)
+        } else {
+            let end = value_start
+                .find(char::is_whitespace)
+                .unwrap_or(value_start.len());
+            value_start.split_at(end)
+        };
+        if key.eq_ignore_ascii_case("password") {
+            out.push_str(MASK);
+        } else {
+            out.push_str(raw);
+        }
+        rest = tail;
+    }
 }
 
 /// `scheme://user:secret@host/db?password=secret` → `scheme://user:****@host/db?password=****`.
@@ -580,6 +714,24 @@ mod tests {
             mask_url("postgres:///db?host=/tmp"),
             "postgres:///db?host=/tmp"
         );
+    }
+
+    #[test]
+    fn masks_key_value_passwords() {
+        assert_eq!(
+            mask_dsn("host=db user=u password=hunter2 dbname=x"),
+            "host=db user=u password=**** dbname=x"
+        );
+        assert_eq!(
+            mask_dsn("host=db password = 'a b\\' c' dbname=x"),
+            "host=db password = **** dbname=x"
+        );
+        assert_eq!(mask_dsn("password='unterminated"), "password=****");
+        assert_eq!(mask_dsn("PASSWORD=x"), "PASSWORD=****");
+        assert_eq!(mask_dsn("host=/tmp dbname=x"), "host=/tmp dbname=x");
+        assert_eq!(mask_dsn("password"), "password");
+        assert_eq!(mask_dsn("host=db junk password=x"), "host=db junk****");
+        assert_eq!(mask_dsn("postgres://u:p@h/db"), "postgres://u:****@h/db");
     }
 
     #[test]

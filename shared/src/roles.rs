@@ -598,7 +598,26 @@ async fn configure_login(
             // Only the verifier reaches the server, so the password never appears in its logs
             // (log_statement) or in pg_stat_activity.
             let verifier = scram_sha256_verifier(p)?;
-            ddl(tx, "ALTER ROLE %I PASSWORD %L", &[name, &verifier]).await?;
+            // Bound and read back inside the server, never spliced into a statement's text:
+            // sqlx logs statements at debug, and the verifier must not reach a log.
+            sqlx::query(
+                "SELECT set_config('lineq.login_role', $1, true),
+                        set_config('lineq.verifier', $2, true)",
+            )
+            .bind(name)
+            .bind(&verifier)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::raw_sql(
+                "DO $$ BEGIN
+                   EXECUTE format('ALTER ROLE %I PASSWORD %L',
+                                  current_setting('lineq.login_role'),
+                                  current_setting('lineq.verifier'));
+                   PERFORM set_config('lineq.verifier', '', true);
+                 END $$",
+            )
+            .execute(&mut *tx)
+            .await?;
             true
         }
         None => false,

@@ -2,7 +2,9 @@
 //! "message"}}`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -21,7 +23,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable, machine-readable code: `invalid_input` (400), `unauthorized` (401),
-    /// `not_found` (404), `conflict` (409), `precondition_failed` (412), `invalid_state` (422),
+    /// `not_found` (404), `method_not_allowed` (405), `request_timeout` (408), `conflict`
+    /// (409), `precondition_failed` (412), `payload_too_large` (413), `invalid_state` (422),
     /// `unavailable` (503) or `internal` (500).
     #[schema(example = "invalid_input")]
     pub code: String,
@@ -70,6 +73,11 @@ impl ApiError {
         let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_input", message);
         e.detail.field = Some(field.to_string());
         e
+    }
+
+    /// A 413 naming `field`: the body is over the size limit.
+    pub fn too_large(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message).with_field(field)
     }
 
     /// A 404 for a path that names nothing.
@@ -142,4 +150,51 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(ErrorBody { error: self.detail })).into_response()
     }
+}
+
+/// Most of a plain-text rejection kept as the message.
+const MAX_REJECTION_TEXT: usize = 1024;
+
+/// Turns any error response that is not JSON into the API's error shape, so a client never has
+/// to parse anything else: axum's own rejections (a method a route does not take, a path that
+/// does not decode, ...) are plain text or empty.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_input",
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    // Headers such as Allow (405) still say what to do instead.
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }

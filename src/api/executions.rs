@@ -459,8 +459,16 @@ fn parse_execution_id(s: &str) -> Result<Uuid, ApiError> {
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(t)| t)
-        .map_err(|e| ApiError::invalid("body", e.body_text()))
+    b.map(|Json(t)| t).map_err(rejected_body)
+}
+
+/// A body the JSON extractor refused: 413 when it is over the size limit, else 400.
+fn rejected_body(e: JsonRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large("body", e.body_text())
+    } else {
+        ApiError::invalid("body", e.body_text())
+    }
 }
 
 /// The strong ETag of an execution version.
@@ -739,11 +747,21 @@ pub async fn delete_tag(
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    b: Option<Json<CancelBody>>,
+    headers: HeaderMap,
+    b: Result<Json<CancelBody>, JsonRejection>,
 ) -> Result<Json<CancelView>, ApiError> {
     let id = parse_execution_id(&id)?;
+    let b = match b {
+        // The body is optional: without a Content-Type there is none, as before.
+        Err(JsonRejection::MissingJsonContentType(_))
+            if !headers.contains_key(header::CONTENT_TYPE) =>
+        {
+            None
+        }
+        other => Some(body(other)?),
+    };
     let reason = b
-        .and_then(|Json(b)| b.reason)
+        .and_then(|b| b.reason)
         .unwrap_or_else(|| "cancelled through the REST API".into());
     let report = lineq_orchestration::cancel::cancel(state.client.pool(), id, &reason).await?;
     Ok(Json(report.into()))

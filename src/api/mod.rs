@@ -14,8 +14,9 @@
 //! | `GET /openapi.json` | this API's OpenAPI 3.1 document |
 //!
 //! Errors are `{"error": {"code", "field", "message"}}` with 400 (invalid input, nothing
-//! written), 401 (no valid bearer token), 404, 409 (conflict) or 412 (stale `If-Match`), 422 (not
-//! allowed in the current state).
+//! written), 401 (no valid bearer token), 404, 405 (method), 408 (request too slow), 409
+//! (conflict) or 412 (stale `If-Match`), 413 (body over 2 MiB), 422 (not allowed in the
+//! current state), 503 (too many connections). Every error the API answers to an HTTP request has this shape.
 //!
 //! With a token ([`router_with_token`]), every route but `/healthz` requires
 //! `Authorization: Bearer <token>` (see [`auth`]); `lineq serve` refuses to listen on anything
@@ -67,6 +68,7 @@ pub fn router(pool: PgPool) -> Router {
         .route("/healthz", get(executions::healthz))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .fallback(|| async { error::ApiError::no_route() })
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 
@@ -83,15 +85,14 @@ pub fn router_with_token(pool: PgPool, token: Option<auth::ApiToken>) -> Router 
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then finishes the requests in
-/// flight. With `token`, requests must carry it (see [`router_with_token`]).
+/// Serves the API on `listener` within `limits` until `shutdown` completes, then finishes the
+/// requests in flight. With `token`, requests must carry it (see [`router_with_token`]).
 pub async fn serve(
     listener: TcpListener,
     pool: PgPool,
     token: Option<auth::ApiToken>,
+    limits: crate::http::HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router_with_token(pool, token))
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::http::serve(listener, router_with_token(pool, token), limits, shutdown).await
 }

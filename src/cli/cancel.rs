@@ -11,7 +11,8 @@ use super::{Format, parse_id, print_json};
 pub struct CancelArgs {
     /// Execution id; its unfinished descendants are cancelled too.
     pub id: String,
-    /// Why, recorded in the cancellation events.
+    /// Why, recorded in the cancellation events of every execution cancelled (at most 256
+    /// characters, no control characters).
     #[arg(long, default_value = "cancelled by user")]
     pub reason: String,
 }

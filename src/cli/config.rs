@@ -130,9 +130,22 @@ pub fn resolve_with(
                 let (_, line) = spec.split_once('=').unwrap_or_default();
                 w.commands.insert(parsed.name, line.to_string());
             }
+            // --pass-env adds to the file's list.
+            for name in &a.pass_env {
+                if !w.pass_env.contains(name) {
+                    w.pass_env.push(name.clone());
+                }
+            }
+            for name in &w.pass_env {
+                lineq::worker::command::check_pass_env(name)?;
+            }
             if sub_given("metrics_addr") {
                 config.metrics.addr = a.metrics_addr;
             }
+            if sub_given("metrics_allow_remote") {
+                config.metrics.allow_remote = a.metrics_allow_remote;
+            }
+            a.http.resolve(&mut config.http, sub_given);
             let w = &config.worker;
             a.namespace = w.namespace.clone();
             a.concurrency = w.concurrency;
@@ -148,7 +161,9 @@ pub fn resolve_with(
                 .iter()
                 .map(|(name, line)| format!("{name}={line}"))
                 .collect();
+            a.pass_env = w.pass_env.clone();
             a.metrics_addr = config.metrics.addr;
+            a.metrics_allow_remote = config.metrics.allow_remote;
         }
         Command::Orchestrator(a) => {
             let o = &mut config.orchestrator;
@@ -164,11 +179,16 @@ pub fn resolve_with(
             if sub_given("metrics_addr") {
                 config.metrics.addr = a.metrics_addr;
             }
+            if sub_given("metrics_allow_remote") {
+                config.metrics.allow_remote = a.metrics_allow_remote;
+            }
+            a.http.resolve(&mut config.http, sub_given);
             let o = &config.orchestrator;
             a.batch_size = o.batch_size;
             a.poll_interval_ms = o.poll_interval_ms;
             a.silent_worker_secs = o.silent_worker_secs;
             a.metrics_addr = config.metrics.addr;
+            a.metrics_allow_remote = config.metrics.allow_remote;
         }
         Command::Serve(a) => {
             if sub_given("addr") {
@@ -179,6 +199,7 @@ pub fn resolve_with(
                 config.api.token_file = a.token_file.clone();
             }
             a.token_file = config.api.token_file.clone();
+            a.http.resolve(&mut config.http, sub_given);
         }
         _ => {}
     }
@@ -294,6 +315,25 @@ mod tests {
             unreachable!()
         };
         assert_eq!(s.addr, d.api.addr);
+        let h = &s.http;
+        assert_eq!(
+            (
+                h.http_header_timeout_secs,
+                h.http_request_timeout_secs,
+                h.http_idle_timeout_secs,
+                h.http_max_connections
+            ),
+            (
+                d.http.header_timeout_secs,
+                d.http.request_timeout_secs,
+                d.http.idle_timeout_secs,
+                d.http.max_connections
+            )
+        );
+        assert_eq!(
+            lineq::http::HttpLimits::default(),
+            h.limits().expect("the defaults are valid")
+        );
     }
 
     #[test]

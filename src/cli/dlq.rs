@@ -63,7 +63,12 @@ pub async fn run(pool: &PgPool, format: Format, cmd: DlqCommand) -> anyhow::Resu
                     if let Some(e) = l.event_id {
                         println!("event   {e}");
                     }
-                    println!("message {}", serde_json::to_string_pretty(&l.message)?);
+                    match (&l.message_unparsed, &l.message) {
+                        (Some(why), serde_json::Value::String(text)) => {
+                            println!("message {why}:\n{text}");
+                        }
+                        _ => println!("message {}", serde_json::to_string_pretty(&l.message)?),
+                    }
                 }
             }
         }

@@ -6,6 +6,7 @@ mod chaos;
 pub mod config;
 mod demo;
 mod dlq;
+mod http;
 mod inspect;
 pub mod lineage;
 mod list;

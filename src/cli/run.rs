@@ -9,7 +9,9 @@ use clap::Args;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use lineq::http::HttpLimits;
 use lineq::probes::{self, Role};
+use lineq::shared::validation::ValidationError;
 use lineq::{CommandSpec, Orchestrator, Worker};
 
 #[derive(Debug, Args)]
@@ -25,8 +27,17 @@ pub struct OrchestratorArgs {
     #[arg(long, default_value_t = 30)]
     pub silent_worker_secs: u64,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9100.
+    /// No authentication: anyone who reaches it reads the queue, execution and worker counts
+    /// (and the handler and namespace names in their labels). Anything but loopback needs
+    /// --metrics-allow-remote.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Allow a --metrics-addr other machines can reach (e.g. 0.0.0.0:9100 for a Prometheus
+    /// scraping from elsewhere); restrict who reaches it with a firewall or network policy.
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    #[command(flatten)]
+    pub http: super::http::HttpArgs,
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +56,11 @@ pub struct WorkerArgs {
     /// flags can declare commands; a message can never choose what runs.
     #[arg(long = "command", value_name = "NAME=COMMAND")]
     pub commands: Vec<String>,
+    /// Pass this variable of the worker's environment on to command handlers (repeatable).
+    /// They get only PATH, HOME, LANG, LC_*, TZ, TMPDIR, the step's LINEQ_* variables and
+    /// TRACEPARENT otherwise; the worker's DATABASE_URL and LINEQ_* settings are never passed.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pub pass_env: Vec<String>,
     /// Seconds a claimed message stays hidden from other workers (extended while it runs).
     #[arg(long, default_value_t = 30)]
     pub visibility_timeout_secs: u64,
@@ -65,8 +81,17 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 5)]
     pub heartbeat_secs: u64,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9101.
+    /// No authentication: anyone who reaches it reads the worker's counters (and the handler
+    /// and namespace names in their labels). Anything but loopback needs
+    /// --metrics-allow-remote.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Allow a --metrics-addr other machines can reach (e.g. 0.0.0.0:9101 for a Prometheus
+    /// scraping from elsewhere); restrict who reaches it with a firewall or network policy.
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    #[command(flatten)]
+    pub http: super::http::HttpArgs,
 }
 
 impl WorkerArgs {
@@ -112,8 +137,9 @@ pub async fn orchestrator(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let silent_worker_after = Duration::from_secs(a.silent_worker_secs);
+    let metrics = MetricsListener::new(a.metrics_addr, a.metrics_allow_remote, &a.http)?;
     let probes = Probes::start(
-        a.metrics_addr,
+        metrics,
         &pool,
         Role::Orchestrator {
             silent_worker_after,
@@ -135,7 +161,8 @@ pub async fn orchestrator(
 }
 
 pub async fn worker(pool: PgPool, a: WorkerArgs, stop: CancellationToken) -> anyhow::Result<()> {
-    let probes = Probes::start(a.metrics_addr, &pool, Role::Worker).await?;
+    let metrics = MetricsListener::new(a.metrics_addr, a.metrics_allow_remote, &a.http)?;
+    let probes = Probes::start(metrics, &pool, Role::Worker).await?;
     if !ensure_migrated(&pool, probes.is_some(), &stop).await? {
         return Probes::stop(probes).await;
     }
@@ -149,7 +176,7 @@ pub async fn worker(pool: PgPool, a: WorkerArgs, stop: CancellationToken) -> any
         .max_deliveries(a.max_deliveries)
         .registration_heartbeat(Duration::from_secs(a.heartbeat_secs));
     for spec in &a.commands {
-        builder = builder.command(CommandSpec::parse(spec)?);
+        builder = builder.command(CommandSpec::parse(spec)?.pass_env(&a.pass_env)?);
     }
     if let Some(id) = a.worker_id {
         builder = builder.worker_id(id);
@@ -189,6 +216,45 @@ async fn ensure_migrated(
     }
 }
 
+/// Where and within which limits the metrics endpoint listens, checked before anything
+/// connects.
+struct MetricsListener {
+    addr: SocketAddr,
+    limits: HttpLimits,
+}
+
+impl MetricsListener {
+    fn new(
+        addr: Option<SocketAddr>,
+        allow_remote: bool,
+        http: &super::http::HttpArgs,
+    ) -> Result<Option<Self>, ValidationError> {
+        let Some(addr) = addr else {
+            return Ok(None);
+        };
+        refuse_open_metrics(addr, allow_remote)?;
+        Ok(Some(Self {
+            addr,
+            limits: http.limits()?,
+        }))
+    }
+}
+
+/// Refuses a metrics address other machines can reach unless it was asked for: the endpoint
+/// has no authentication.
+fn refuse_open_metrics(addr: SocketAddr, allow_remote: bool) -> Result<(), ValidationError> {
+    if allow_remote || addr.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    Err(ValidationError::new(
+        "metrics_addr",
+        format!(
+            "refusing to serve metrics on {addr}: the endpoint has no authentication and anyone who can reach it reads this process's metrics. \
+             Listen on 127.0.0.1, or pass --metrics-allow-remote (metrics.allow_remote) and restrict access in the network"
+        ),
+    ))
+}
+
 /// The /metrics, /healthz and /readyz server of a running orchestrator or worker.
 struct Probes {
     stop: CancellationToken,
@@ -198,11 +264,11 @@ struct Probes {
 impl Probes {
     /// Binds `addr` (an error when it is taken, before any work starts) and serves there.
     async fn start(
-        addr: Option<SocketAddr>,
+        listen: Option<MetricsListener>,
         pool: &PgPool,
         role: Role,
     ) -> anyhow::Result<Option<Self>> {
-        let Some(addr) = addr else {
+        let Some(MetricsListener { addr, limits }) = listen else {
             return Ok(None);
         };
         let listener = tokio::net::TcpListener::bind(addr)
@@ -212,9 +278,13 @@ impl Probes {
         tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
         let stop = CancellationToken::new();
         let until = stop.clone();
-        let task = tokio::spawn(probes::serve(listener, pool.clone(), role, async move {
-            until.cancelled().await
-        }));
+        let task = tokio::spawn(probes::serve(
+            listener,
+            pool.clone(),
+            role,
+            limits,
+            async move { until.cancelled().await },
+        ));
         Ok(Some(Self { stop, task }))
     }
 

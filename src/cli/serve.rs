@@ -24,6 +24,8 @@ pub struct ServeArgs {
     /// LINEQ_API_TOKEN variable is used; give one or the other.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub http: super::http::HttpArgs,
 }
 
 pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
@@ -32,6 +34,7 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
     let env_token = g.effective.api.token.clone().filter(|t| !t.is_empty());
     let token = load_token(a.token_file.as_deref(), env_token)?;
     refuse_open_network(a.addr, token.is_some())?;
+    let limits = a.http.limits()?;
     let pool = super::connect_sized(g, 10).await?;
     let listener = tokio::net::TcpListener::bind(a.addr)
         .await
@@ -45,7 +48,7 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
         "none (loopback only)"
     };
     tracing::info!(addr = %local, auth, "REST API listening");
-    lineq::api::serve(listener, pool, token, stop_signal()).await?;
+    lineq::api::serve(listener, pool, token, limits, stop_signal()).await?;
     tracing::info!("REST API stopped");
     Ok(())
 }

@@ -118,20 +118,19 @@ pub async fn readiness(pool: &PgPool) -> Result<(), String> {
     }
 }
 
-/// Serves the endpoints on `listener` until `shutdown` completes. For an orchestrator, also
-/// refreshes the database gauges every 5 s meanwhile.
+/// Serves the endpoints on `listener` within `limits` until `shutdown` completes. For an
+/// orchestrator, also refreshes the database gauges every 5 s meanwhile.
 pub async fn serve(
     listener: TcpListener,
     pool: PgPool,
     role: Role,
+    limits: crate::http::HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let handle = install_recorder().map_err(std::io::Error::other)?;
     let stop = CancellationToken::new();
     let upkeep = tokio::spawn(upkeep(pool.clone(), handle.clone(), role, stop.clone()));
-    let served = axum::serve(listener, router(pool, handle))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = crate::http::serve(listener, router(pool, handle), limits, shutdown).await;
     stop.cancel();
     let _ = upkeep.await;
     served

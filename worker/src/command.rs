@@ -6,7 +6,13 @@
 //! `LINEQ_ATTEMPT`, `LINEQ_IDEMPOTENCY_KEY` and `TRACEPARENT` in its environment; its stdout,
 //! parsed as JSON, is the output (empty stdout is `null`). A non-zero exit fails the attempt
 //! with the tail of stderr.
+//!
+//! The program does not inherit the worker's environment, which holds the worker's database
+//! URL and tokens: it gets `PATH`, `HOME`, `LANG`, `LC_*`, `TZ` and `TMPDIR` from the worker,
+//! the variables the worker was told to pass ([`CommandSpec::pass_env`]) and the per-step ones
+//! above, nothing else.
 
+use std::ffi::OsString;
 use std::process::Stdio;
 
 use futures::future::BoxFuture;
@@ -21,6 +27,10 @@ use crate::handler::{Handler, HandlerError, HandlerResult};
 /// How much of stderr a failure keeps.
 const STDERR_TAIL_BYTES: usize = 4096;
 
+/// Variables a command gets from the worker's environment without being asked for: what a
+/// program needs to find its tools and format text, never a credential.
+const BASE_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
+
 /// A declared command: the handler name and the program with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandSpec {
@@ -28,6 +38,9 @@ pub struct CommandSpec {
     pub name: String,
     /// Program and arguments (no shell is involved).
     pub argv: Vec<String>,
+    /// Variables of the worker's environment passed on to the program, besides the base ones
+    /// (checked by [`check_pass_env`]).
+    pub pass_env: Vec<String>,
 }
 
 impl CommandSpec {
@@ -53,35 +66,106 @@ impl CommandSpec {
         Ok(Self {
             name: name.to_string(),
             argv,
+            pass_env: Vec::new(),
         })
     }
+
+    /// Passes these variables of the worker's environment on to the program too.
+    pub fn pass_env<S: AsRef<str>>(mut self, names: &[S]) -> Result<Self, ValidationError> {
+        for name in names {
+            let name = name.as_ref();
+            check_pass_env(name)?;
+            if !self.pass_env.iter().any(|n| n == name) {
+                self.pass_env.push(name.to_string());
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Checks a `--pass-env` name: a plain variable name (letters, digits and `_`, not starting
+/// with a digit), and not one of lineq's own: `LINEQ_*` (its configuration, tokens included,
+/// and the per-step variables it sets itself) and `DATABASE_URL` (the worker's credentials).
+pub fn check_pass_env(name: &str) -> Result<(), ValidationError> {
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !plain {
+        return Err(ValidationError::new(
+            "pass_env",
+            format!("{name:?} is not a variable name (letters, digits and '_')"),
+        ));
+    }
+    let upper = name.to_ascii_uppercase();
+    if upper.starts_with("LINEQ_") || upper == "DATABASE_URL" {
+        return Err(ValidationError::new(
+            "pass_env",
+            format!(
+                "{name} is lineq's own configuration (it can hold the worker's credentials) and is never passed to commands"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs a [`CommandSpec`] as a handler.
 #[derive(Debug, Clone)]
 pub struct CommandHandler {
     spec: CommandSpec,
+    /// The variables passed on, read from the worker's environment once, when declared.
+    env: Vec<(OsString, OsString)>,
 }
 
 impl CommandHandler {
     /// A handler for `spec`.
     pub fn new(spec: CommandSpec) -> Self {
-        Self { spec }
+        let env = inherited_env(std::env::vars_os(), &spec.pass_env);
+        Self { spec, env }
     }
+}
+
+/// The part of `vars` a command gets: the base variables, `LC_*`, and `pass_env`.
+fn inherited_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    pass_env: &[String],
+) -> Vec<(OsString, OsString)> {
+    vars.into_iter()
+        .filter(|(k, _)| {
+            k.to_str().is_some_and(|k| {
+                BASE_ENV.contains(&k) || k.starts_with("LC_") || pass_env.iter().any(|p| p == k)
+            })
+        })
+        .collect()
 }
 
 impl Handler for CommandHandler {
     fn call(&self, ctx: StepContext, input: Value) -> BoxFuture<'static, HandlerResult> {
         let spec = self.spec.clone();
-        Box::pin(async move { run(spec, ctx, input).await })
+        let env = self.env.clone();
+        Box::pin(async move { run(spec, env, ctx, input).await })
     }
 }
 
-async fn run(spec: CommandSpec, ctx: StepContext, input: Value) -> HandlerResult {
+async fn run(
+    spec: CommandSpec,
+    env: Vec<(OsString, OsString)>,
+    ctx: StepContext,
+    input: Value,
+) -> HandlerResult {
+    // Names go into the program's environment: a message that carries a newline or a control
+    // character in one is refused, not passed on.
+    for (field, value) in [("step", &ctx.step), ("handler", &ctx.handler)] {
+        check_name(field, value).map_err(|e| {
+            HandlerError::permanent(format!("command {}: {e}", spec.name)).kind("invalid_step")
+        })?;
+    }
     let stdin_json = serde_json::to_vec(&input)
         .map_err(|e| HandlerError::permanent(format!("input is not serializable: {e}")))?;
     let mut child = tokio::process::Command::new(&spec.argv[0])
         .args(&spec.argv[1..])
+        .env_clear()
+        .envs(env)
         .env("LINEQ_CORRELATION_ID", ctx.correlation_id.to_string())
         .env("LINEQ_EXECUTION_ID", ctx.execution_id.to_string())
         .env("LINEQ_ROOT_EXECUTION_ID", ctx.root_execution_id.to_string())
@@ -187,5 +271,90 @@ mod tests {
         assert!(CommandSpec::parse("x=").is_err());
         assert!(CommandSpec::parse("bad name=ls").is_err());
         assert!(CommandSpec::parse("q='unterminated").is_err());
+    }
+
+    fn context(step: &str) -> StepContext {
+        let id = uuid::Uuid::now_v7();
+        StepContext {
+            step_id: id,
+            step: step.to_string(),
+            handler: "cmd".to_string(),
+            attempt: 1,
+            delivery: 1,
+            execution_id: id,
+            parent_execution_id: None,
+            root_execution_id: id,
+            correlation_id: id,
+            workflow: "cmd".to_string(),
+            tags: Default::default(),
+            metadata: Value::Null,
+            parent_step: None,
+            worker_id: "w".to_string(),
+            traceparent: format!("00-{}-0000000000000001-01", id.simple()),
+            event_id: id,
+            cancellation: Default::default(),
+            children: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_name_with_a_newline_never_reaches_the_program() {
+        let marker = std::env::temp_dir().join(format!("lineq-cmd-{}", uuid::Uuid::now_v7()));
+        let spec = CommandSpec {
+            name: "cmd".into(),
+            argv: vec!["touch".into(), marker.display().to_string()],
+            pass_env: Vec::new(),
+        };
+        let handler = CommandHandler::new(spec);
+        for bad in ["a\nLINEQ_STEP=forged", "tab\tname", "esc\u{1b}[31m"] {
+            let e = handler.call(context(bad), Value::Null).await.unwrap_err();
+            assert_eq!(e.kind, "invalid_step", "{bad:?}");
+            assert!(!e.retryable);
+            assert!(!e.message.contains('\n') && !e.message.contains('\u{1b}'));
+            assert!(!marker.exists(), "the program ran for {bad:?}");
+        }
+        handler.call(context("ok_step"), Value::Null).await.unwrap();
+        assert!(marker.exists());
+        let _ = std::fs::remove_file(marker);
+    }
+
+    #[test]
+    fn pass_env_names_are_plain_and_never_lineqs_own() {
+        let s = CommandSpec::parse("a=ls").unwrap();
+        let s = s.pass_env(&["AWS_REGION", "x_1", "AWS_REGION"]).unwrap();
+        assert_eq!(s.pass_env, vec!["AWS_REGION", "x_1"]);
+        for bad in [
+            "",
+            "1A",
+            "A=B",
+            "A B",
+            "A\nB",
+            "LINEQ_DATABASE_URL",
+            "lineq_api_token",
+            "DATABASE_URL",
+        ] {
+            let e = CommandSpec::parse("a=ls")
+                .unwrap()
+                .pass_env(&[bad])
+                .unwrap_err();
+            assert_eq!(e.field, "pass_env", "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_base_variables_and_the_named_ones_are_inherited() {
+        let vars = [
+            ("PATH", "/bin"),
+            ("LC_ALL", "C"),
+            ("DATABASE_URL", "postgres://u:secret@h/db"),
+            ("LINEQ_API_TOKEN", "secret"),
+            ("LINEQ_STEP", "from-the-worker"),
+            ("TRACESTATE", "worker=1"),
+            ("AWS_REGION", "eu"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let got = inherited_env(vars, &["AWS_REGION".to_string()]);
+        let names: Vec<_> = got.iter().map(|(k, _)| k.to_str().unwrap()).collect();
+        assert_eq!(names, vec!["PATH", "LC_ALL", "AWS_REGION"]);
     }
 }
