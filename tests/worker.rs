@@ -54,6 +54,19 @@ async fn a_step_waits_for_a_worker_that_serves_its_handler() {
         ))
         .await;
     assert_eq!(claims, 0, "no worker claimed a step it cannot run");
+    // And it says so.
+    let get = stdout(&lineq(&db.url, &["get", &waiting.to_string()]));
+    assert!(
+        get.contains(
+            "step resize needs handler resize in namespace default, and no live worker serves it"
+        ),
+        "{get}"
+    );
+    let workers = stdout(&lineq(&db.url, &["workers"]));
+    assert!(
+        workers.contains("1 step(s) of handler resize in namespace default"),
+        "{workers}"
+    );
 
     // A worker that serves it arrives and runs it.
     let spec = r#"resize=python3 -c "import sys, json; print(json.dumps({'w': json.load(sys.stdin)['w'] * 2}))""#;

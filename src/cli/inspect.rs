@@ -3,7 +3,10 @@
 use clap::Args;
 use sqlx::PgPool;
 
+use std::time::Duration;
+
 use lineq::Client;
+use lineq::orchestration::fleet;
 
 use super::render;
 use super::{Format, parse_id, print_json};
@@ -23,15 +26,48 @@ pub struct EventsArgs {
     pub tree: bool,
 }
 
-pub async fn get(pool: &PgPool, format: Format, a: GetArgs) -> anyhow::Result<()> {
+pub async fn get(
+    pool: &PgPool,
+    format: Format,
+    a: GetArgs,
+    silent_worker_secs: u64,
+) -> anyhow::Result<()> {
     let id = parse_id("execution_id", &a.id)?;
     let client = Client::new(pool.clone());
     let execution = client.execution(id).await?;
     let steps = client.steps(id).await?;
+    // Enqueued steps whose handler no live worker of their namespace serves: they wait.
+    let unserved: Vec<&lineq::shared::execution::Step> = if steps
+        .iter()
+        .any(|s| s.status == lineq::shared::execution::StepStatus::Enqueued)
+    {
+        let waiting = fleet::unserved_steps(pool, Duration::from_secs(silent_worker_secs)).await?;
+        steps
+            .iter()
+            .filter(|s| {
+                s.status == lineq::shared::execution::StepStatus::Enqueued
+                    && waiting
+                        .iter()
+                        .any(|u| u.namespace == s.namespace && u.handler == s.handler)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     match format {
-        Format::Json => print_json(&serde_json::json!({ "execution": execution, "steps": steps })),
+        Format::Json => print_json(&serde_json::json!({
+            "execution": execution,
+            "steps": steps,
+            "unserved_steps": unserved.iter().map(|s| &s.name).collect::<Vec<_>>(),
+        })),
         Format::Text => {
             print!("{}", render::execution(&execution, &steps));
+            for s in unserved {
+                println!(
+                    "waiting: step {} needs handler {} in namespace {}, and no live worker serves it",
+                    s.name, s.handler, s.namespace
+                );
+            }
             Ok(())
         }
     }

@@ -181,7 +181,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate(a) => migrate::run(&connect(g).await?, g.format, a).await,
         Command::Submit(a) => submit::run(&connect(g).await?, g.format, a).await,
-        Command::Get(a) => inspect::get(&connect(g).await?, g.format, a).await,
+        Command::Get(a) => {
+            let silent = g.effective.orchestrator.silent_worker_secs;
+            inspect::get(&connect(g).await?, g.format, a, silent).await
+        }
         Command::Events(a) => inspect::events(&connect(g).await?, g.format, a).await,
         Command::Lineage(a) => lineage::run(&connect(g).await?, g.format, a).await,
         Command::List(a) => list::run(&connect(g).await?, g.format, a).await,
