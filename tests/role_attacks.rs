@@ -67,6 +67,7 @@ impl Fleet {
             self.work,
             format!("{p}_orchestrator"),
             format!("{p}_worker"),
+            format!("{p}_submitter"),
             format!("{p}_reader"),
         ])
         .await;

@@ -370,6 +370,7 @@ async fn each_role_does_its_work_and_nothing_else() {
         ext_worker,
         format!("{p}_orchestrator"),
         format!("{p}_worker"),
+        format!("{p}_submitter"),
         format!("{p}_reader"),
     ])
     .await;
@@ -443,6 +444,7 @@ async fn roles_are_idempotent_concurrent_and_reconciled() {
         vec![
             Value::from(format!("{p}_orchestrator")),
             Value::from(format!("{p}_reader")),
+            Value::from(format!("{p}_submitter")),
             Value::from(format!("{p}_worker")),
         ],
         "each role created exactly once"
@@ -518,6 +520,7 @@ async fn roles_are_idempotent_concurrent_and_reconciled() {
     drop_roles(&[
         format!("{p}_orchestrator"),
         format!("{p}_worker"),
+        format!("{p}_submitter"),
         format!("{p}_reader"),
     ])
     .await;
@@ -653,6 +656,7 @@ async fn login_passwords_are_scram_verifiers_and_bad_input_is_refused() {
         format!("{p}_su"),
         format!("{p}_orchestrator"),
         format!("{p}_worker"),
+        format!("{p}_submitter"),
         format!("{p}_reader"),
     ])
     .await;

@@ -1,12 +1,13 @@
 //! Least-privilege PostgreSQL roles (`lineq migrate --roles`).
 //!
-//! Three group roles (`NOLOGIN`), named `<prefix>_orchestrator`, `<prefix>_worker` and
-//! `<prefix>_reader` (prefix `lineq` by default):
+//! Four group roles (`NOLOGIN`), named `<prefix>_orchestrator`, `<prefix>_worker`,
+//! `<prefix>_submitter` and `<prefix>_reader` (prefix `lineq` by default):
 //!
 //! | role | may | may not |
 //! | --- | --- | --- |
 //! | orchestrator | read and write every lineq table (`DELETE` for `lineq prune`), use every queue, create queues through `lineq.create_queue`, call every lineq function | create objects anywhere (no `CREATE` on schema `pgmq` or `lineq`), write `pgmq.meta`, run migrations |
 //! | worker | call the worker protocol (`lineq.worker_*`: register, heartbeat, claim, extend, report, release, reject, cancellation), which checks that a worker reports only what it holds; see which queues exist; `LISTEN` | write any table, read events, executions or inputs outside its claims, send to any queue, create queues |
+//! | submitter | submit executions (`lineq.submit*`), tag and cancel them, read executions, steps, events and workflows | write any table, use a queue, run or report steps |
 //! | reader | `SELECT` every lineq table and view and every queue table (and sequence, for `pgmq.metrics()`), run the lineage functions | write anything, consume messages, call the functions that write |
 //!
 //! The functions that act with more than the caller's privileges are lineq's `SECURITY
@@ -63,6 +64,10 @@ const SCRAM_ITERATIONS: u32 = 4096;
 /// their names (`LIKE`). Keep this in step with the SQL interface (docs/sql-api.md): a role
 /// that needs more fails with "permission denied", which `tests/roles.rs` catches.
 const WORKER_FUNCTIONS: &[&str] = &["worker\\_%"];
+/// What an application that submits work may call: submit, tag, cancel.
+const SUBMITTER_FUNCTIONS: &[&str] = &["submit%", "update\\_tags", "cancel"];
+/// What a submitting application may read: its executions and their story.
+const SUBMITTER_TABLES: &[&str] = &["executions", "steps", "events", "workflows"];
 
 /// One of the three groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -72,24 +77,32 @@ pub enum RoleKind {
     Orchestrator,
     /// Workers.
     Worker,
+    /// Applications that submit work (in their own transactions), tag and cancel it.
+    Submitter,
     /// Lineage queries and dashboards.
     Reader,
 }
 
 impl RoleKind {
     /// Every kind, in the order roles are created.
-    pub const ALL: [RoleKind; 3] = [Self::Orchestrator, Self::Worker, Self::Reader];
+    pub const ALL: [RoleKind; 4] = [
+        Self::Orchestrator,
+        Self::Worker,
+        Self::Submitter,
+        Self::Reader,
+    ];
 
     /// The kind's name, which is also the suffix of its group role.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Orchestrator => "orchestrator",
             Self::Worker => "worker",
+            Self::Submitter => "submitter",
             Self::Reader => "reader",
         }
     }
 
-    /// Parses `orchestrator`, `worker` or `reader`.
+    /// Parses `orchestrator`, `worker`, `submitter` or `reader`.
     pub fn parse(s: &str) -> std::result::Result<Self, ValidationError> {
         Self::ALL
             .into_iter()
@@ -97,7 +110,9 @@ impl RoleKind {
             .ok_or_else(|| {
                 ValidationError::new(
                     "role_kind",
-                    format!("{s:?} is not a role kind; use orchestrator, worker or reader"),
+                    format!(
+                        "{s:?} is not a role kind; use orchestrator, worker, submitter or reader"
+                    ),
                 )
             })
     }
@@ -291,6 +306,8 @@ pub struct RoleReport {
     pub orchestrator: String,
     /// The worker group.
     pub worker: String,
+    /// The submitter group.
+    pub submitter: String,
     /// The reader group.
     pub reader: String,
     /// Roles (groups and logins) this run created; the others existed.
@@ -324,8 +341,9 @@ pub async fn create_roles(pool: &PgPool, options: &RoleOptions) -> Result<RoleRe
 async fn create_roles_locked(conn: &mut PgConnection, o: &RoleOptions) -> Result<RoleReport> {
     let orchestrator = o.group(RoleKind::Orchestrator);
     let worker = o.group(RoleKind::Worker);
+    let submitter = o.group(RoleKind::Submitter);
     let reader = o.group(RoleKind::Reader);
-    let groups = [&orchestrator, &worker, &reader];
+    let groups = [&orchestrator, &worker, &submitter, &reader];
 
     let (owner, superuser): (String, bool) = sqlx::query_as(
         "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
@@ -392,7 +410,12 @@ async fn create_roles_locked(conn: &mut PgConnection, o: &RoleOptions) -> Result
             ddl(&mut tx, "GRANT %I TO %I", &[orchestrator.as_str(), &owner]).await?;
         }
     }
-    let step_queues = grant_privileges(&mut tx, &owner, &orchestrator, &worker, &reader).await?;
+    let step_queues = grant_privileges(
+        &mut tx,
+        &owner,
+        [&orchestrator, &worker, &submitter, &reader],
+    )
+    .await?;
     let mut login_reports = Vec::new();
     for (l, was_created) in logins {
         login_reports.push(configure_login(&mut tx, o, l, was_created).await?);
@@ -403,6 +426,7 @@ async fn create_roles_locked(conn: &mut PgConnection, o: &RoleOptions) -> Result
         owner,
         orchestrator: orchestrator.0,
         worker: worker.0,
+        submitter: submitter.0,
         reader: reader.0,
         created,
         logins: login_reports,
@@ -415,11 +439,9 @@ async fn create_roles_locked(conn: &mut PgConnection, o: &RoleOptions) -> Result
 async fn grant_privileges(
     tx: &mut PgConnection,
     owner: &str,
-    o: &RoleName,
-    w: &RoleName,
-    r: &RoleName,
+    [o, w, s, r]: [&RoleName; 4],
 ) -> Result<Vec<String>> {
-    let (o, w, r) = (o.as_str(), w.as_str(), r.as_str());
+    let (o, w, s, r) = (o.as_str(), w.as_str(), s.as_str(), r.as_str());
     let database: String = sqlx::query_scalar("SELECT current_database()::text")
         .fetch_one(&mut *tx)
         .await?;
@@ -427,19 +449,19 @@ async fn grant_privileges(
     // Start from nothing on both schemas, so a privilege dropped from the set (or granted by
     // hand) does not linger.
     for stmt in [
-        "REVOKE ALL ON ALL TABLES IN SCHEMA lineq, pgmq FROM %I, %I, %I",
-        "REVOKE ALL ON ALL FUNCTIONS IN SCHEMA lineq, pgmq FROM %I, %I, %I",
-        "REVOKE ALL ON ALL SEQUENCES IN SCHEMA lineq, pgmq FROM %I, %I, %I",
-        "REVOKE ALL ON SCHEMA lineq, pgmq FROM %I, %I, %I",
-        "GRANT USAGE ON SCHEMA lineq, pgmq TO %I, %I, %I",
+        "REVOKE ALL ON ALL TABLES IN SCHEMA lineq, pgmq FROM %I, %I, %I, %I",
+        "REVOKE ALL ON ALL FUNCTIONS IN SCHEMA lineq, pgmq FROM %I, %I, %I, %I",
+        "REVOKE ALL ON ALL SEQUENCES IN SCHEMA lineq, pgmq FROM %I, %I, %I, %I",
+        "REVOKE ALL ON SCHEMA lineq, pgmq FROM %I, %I, %I, %I",
+        "GRANT USAGE ON SCHEMA lineq, pgmq TO %I, %I, %I, %I",
     ] {
-        ddl(tx, stmt, &[o, w, r]).await?;
+        ddl(tx, stmt, &[o, w, s, r]).await?;
     }
     // Explicit, in case PUBLIC's default CONNECT was revoked.
     ddl(
         tx,
-        "GRANT CONNECT ON DATABASE %I TO %I, %I, %I",
-        &[&database, o, w, r],
+        "GRANT CONNECT ON DATABASE %I TO %I, %I, %I, %I",
+        &[&database, o, w, s, r],
     )
     .await?;
 
@@ -476,6 +498,14 @@ async fn grant_privileges(
     }
     grant_functions(tx, w, WORKER_FUNCTIONS, true).await?;
 
+    // Submitter: submit, tag and cancel through the functions that check them; read the
+    // executions and their story. (`pgmq.meta`, to say which namespaces exist.)
+    for table in SUBMITTER_TABLES {
+        ddl(tx, "GRANT SELECT ON lineq.%I TO %I", &[table, s]).await?;
+    }
+    ddl(tx, "GRANT SELECT ON pgmq.meta TO %I", &[s]).await?;
+    grant_functions(tx, s, SUBMITTER_FUNCTIONS, true).await?;
+
     let names: Vec<String> = sqlx::query_scalar(
         r"SELECT m.queue_name FROM pgmq.meta m
           WHERE m.queue_name LIKE 'lineq\_steps\_%'
@@ -501,10 +531,10 @@ async fn grant_privileges(
         // Reconciled like the rest: what is not granted below does not linger. (Per-schema
         // defaults only add to the global ones, so this never takes an owner's own rights.)
         for stmt in [
-            "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA lineq, pgmq REVOKE ALL ON TABLES FROM %I, %I, %I",
-            "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA lineq, pgmq REVOKE ALL ON SEQUENCES FROM %I, %I, %I",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA lineq, pgmq REVOKE ALL ON TABLES FROM %I, %I, %I, %I",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA lineq, pgmq REVOKE ALL ON SEQUENCES FROM %I, %I, %I, %I",
         ] {
-            ddl(tx, stmt, &[creator, o, w, r]).await?;
+            ddl(tx, stmt, &[creator, o, w, s, r]).await?;
         }
         for (stmt, grantees) in [
             (

@@ -22,8 +22,8 @@ pub struct MigrateArgs {
     /// two deployments in one cluster apart).
     #[arg(long, value_name = "PREFIX", default_value = roles::DEFAULT_ROLE_PREFIX, requires = "roles")]
     pub role_prefix: String,
-    /// Create (or update) a LOGIN role in one group: KIND=NAME, KIND being orchestrator, worker
-    /// or reader (repeatable). Its sessions act as the group in this database.
+    /// Create (or update) a LOGIN role in one group: KIND=NAME, KIND being orchestrator, worker,
+    /// submitter or reader (repeatable). Its sessions act as the group in this database.
     #[arg(long = "login-role", value_name = "KIND=NAME", requires = "roles")]
     pub login_roles: Vec<String>,
     /// Set each login role's password from the file DIR/NAME (one line; the layout of Docker
@@ -65,9 +65,10 @@ pub async fn run(pool: &PgPool, format: Format, a: MigrateArgs) -> anyhow::Resul
                     r.created.join(", ")
                 };
                 println!(
-                    "roles: {}, {}, {} (created now: {created}); the worker may consume {} step queue(s); default privileges cover objects {} creates",
+                    "roles: {}, {}, {}, {} (created now: {created}); the worker may consume {} step queue(s); default privileges cover objects {} creates",
                     r.orchestrator,
                     r.worker,
+                    r.submitter,
                     r.reader,
                     r.step_queues.len(),
                     r.owner
