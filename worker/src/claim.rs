@@ -36,7 +36,7 @@ pub(crate) struct Claimed {
 /// What a claim returned.
 pub(crate) struct ClaimBatch {
     pub claimed: Vec<Claimed>,
-    /// How many messages the claim took, dead letters included.
+    /// How many messages the claim returned (what it dead-lettered is not among them).
     pub read: usize,
 }
 
@@ -78,8 +78,8 @@ pub(crate) async fn claim(pool: &PgPool, p: ClaimParams<'_>) -> Result<ClaimBatc
             .bind(p.node_name)
             .fetch_all(pool)
             .await?;
-    // The claim may also have dead-lettered messages: count it as a full read when it returned
-    // fewer than asked only because of those, so the loop looks again at once.
+    // Messages the claim dead-lettered are not counted: a claim of only those looks like an
+    // empty queue, and the loop waits for the next wake-up or poll.
     let read = rows.len();
     let mut claimed = Vec::with_capacity(read);
     for r in rows {
