@@ -172,7 +172,8 @@ async fn tags_changed_event(
     conn: &mut sqlx::PgConnection,
     e: &Execution,
 ) -> Result<Option<NewEvent>> {
-    let row: Option<(Uuid, Option<Uuid>, String, Option<String>, Value)> = sqlx::query_as(
+    type Row = (Uuid, Option<Uuid>, String, Option<String>, Value);
+    let row: Option<Row> = sqlx::query_as(
         "SELECT event_id, parent_event_id, node_name, trace_id, payload FROM lineq.events
          WHERE execution_id = $1 AND event_type = 'tags_changed'
            AND (payload ->> 'version')::bigint = $2
