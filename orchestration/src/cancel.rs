@@ -3,19 +3,16 @@
 //! worker polls for cancelled steps it holds), and every cancellation is an event whose parent
 //! is the cancellation that caused it.
 
-use std::collections::{BTreeMap, HashMap};
-
-use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use lineq_shared::error::{Error, Result};
-use lineq_shared::event::{EventType, NewEvent, insert_events, latest_event};
+use lineq_shared::event::{EventType, Lineage, NewEvent, insert_events};
 use lineq_shared::ids::node_name;
 use lineq_shared::telemetry;
-use lineq_shared::validation::{QueueName, ValidationError};
+use lineq_shared::validation::ValidationError;
 
-use crate::settle::{ExecState, Work, carry_to_parent, lock_executions, settle};
+use crate::settle::{Work, carry_to_parent, lock_executions, settle};
 
 /// What a cancel did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -64,45 +61,46 @@ pub fn check_reason(reason: &str) -> std::result::Result<(), ValidationError> {
 
 /// Cancels `execution_id` and everything below it. A `reason` that breaks [`check_reason`] is
 /// refused with [`Error::Validation`] before anything is read or written.
+///
+/// The cancellation itself is `lineq._cancel` (the body of `lineq.cancel`, migration
+/// `20261207000014_operations.sql`); what it leaves to this caller is carrying the cancellation
+/// to a parent step that waits for the execution, and settling that parent.
 pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<CancelReport> {
     check_reason(reason)?;
     let node = node_name();
     let started = telemetry::start();
     let mut tx = pool.begin().await?;
-    let target = lock_executions(&mut tx, &[execution_id]).await?;
-    let Some(target) = target.into_iter().next() else {
-        return Err(Error::NotFound {
-            what: "execution",
-            id: execution_id.to_string(),
-        });
-    };
-    if target.is_terminal() {
-        return Err(Error::InvalidState(format!(
-            "execution {execution_id} is already {}; only unfinished executions can be cancelled",
-            target.status
-        )));
-    }
-    let latest = latest_event(&mut *tx, execution_id).await?;
-    let mut out = cancel_tree(&mut tx, execution_id, latest, &node, reason, true).await?;
-    let ending = out
-        .events
-        .iter()
-        .find(|e| e.event_type == EventType::ExecutionCancelled)
-        .map(|e| e.event_id);
+    let row: CancelRow = sqlx::query_as(
+        "SELECT execution_id, executions, steps, messages_deleted, cancelled, ending_event_id,
+                events
+         FROM lineq._cancel($1, $2, $3, true, false)",
+    )
+    .bind(execution_id)
+    .bind(reason)
+    .bind(&node)
+    .fetch_one(&mut *tx)
+    .await?;
+    let ending = row.ending_event_id;
+    let mut out = row.outcome()?;
 
     // A cancelled child that its parent's step waits for ends that step (as failed).
     let mut work = Work::new(&node);
     if let Some(ending) = ending {
-        let mut t = target.clone();
-        t.status = "cancelled".into();
-        work.execs.insert(t.execution_id, t.clone());
-        if carry_to_parent(&mut tx, &mut work, &t, ending)
+        if let Some(mut t) = lock_executions(&mut tx, &[execution_id])
             .await?
-            .is_some()
+            .into_iter()
+            .next()
         {
-            let parent = t.parent_execution_id;
-            work.touched.extend(parent);
-            settle(&mut tx, &mut work).await?;
+            t.status = "cancelled".into();
+            work.execs.insert(t.execution_id, t.clone());
+            if carry_to_parent(&mut tx, &mut work, &t, ending)
+                .await?
+                .is_some()
+            {
+                let parent = t.parent_execution_id;
+                work.touched.extend(parent);
+                settle(&mut tx, &mut work).await?;
+            }
         }
     }
     out.events.extend(work.events);
@@ -116,7 +114,9 @@ pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<C
     Ok(out.report)
 }
 
-/// Cancels the unfinished descendants of `execution_id` (not itself), under `cause`.
+/// Cancels the unfinished descendants of `execution_id` (not itself), under `cause`, through
+/// `lineq._cancel_tree`. The events are returned, not written: the caller writes them with the
+/// rest of its transaction's.
 pub(crate) async fn cancel_below(
     conn: &mut PgConnection,
     execution_id: Uuid,
@@ -124,118 +124,92 @@ pub(crate) async fn cancel_below(
     node: &str,
     reason: &str,
 ) -> Result<CancelOutcome> {
-    cancel_tree(conn, execution_id, Some(cause), node, reason, false).await
-}
-
-async fn cancel_tree(
-    conn: &mut PgConnection,
-    execution_id: Uuid,
-    cause: Option<Uuid>,
-    node: &str,
-    reason: &str,
-    include_self: bool,
-) -> Result<CancelOutcome> {
-    let tree: Vec<(Uuid, i32)> = sqlx::query_as(
-        r#"
-        WITH RECURSIVE t(execution_id, depth) AS (
-            SELECT $1::uuid, 0
-            UNION ALL
-            SELECT c.execution_id, t.depth + 1
-            FROM lineq.executions c JOIN t ON c.parent_execution_id = t.execution_id
-            WHERE t.depth < 1000
-        )
-        SELECT execution_id, depth FROM t ORDER BY depth, execution_id
-        "#,
+    let row: CancelRow = sqlx::query_as(
+        "SELECT $1::uuid AS execution_id, executions, steps, messages_deleted, cancelled,
+                NULL::uuid AS ending_event_id, events
+         FROM lineq._cancel_tree($1, $2, $3, $4, false, false)",
     )
     .bind(execution_id)
-    .fetch_all(&mut *conn)
+    .bind(cause)
+    .bind(reason)
+    .bind(node)
+    .fetch_one(&mut *conn)
     .await?;
-    let ids: Vec<Uuid> = tree
-        .iter()
-        .filter(|(id, _)| include_self || *id != execution_id)
-        .map(|(id, _)| *id)
-        .collect();
-    let locked: HashMap<Uuid, ExecState> = lock_executions(conn, &ids)
-        .await?
-        .into_iter()
-        .map(|e| (e.execution_id, e))
-        .collect();
+    row.outcome()
+}
 
-    let mut out = CancelOutcome::default();
-    // The cancellation event of each execution, so a child's hangs off its parent's.
-    let mut cancelled_event: HashMap<Uuid, Uuid> = HashMap::new();
-    if let Some(c) = cause {
-        cancelled_event.insert(execution_id, c);
-    }
-    let mut by_queue: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for (id, _) in &tree {
-        let Some(exec) = locked.get(id) else { continue };
-        if exec.is_terminal() {
-            continue;
-        }
-        let parent_event = match exec
-            .parent_execution_id
-            .and_then(|p| cancelled_event.get(&p))
-        {
-            Some(e) if *id != execution_id => Some(*e),
-            _ if *id == execution_id => cause,
-            _ => latest_event(&mut *conn, *id).await?,
-        };
-        let ev = NewEvent::new(
-            EventType::ExecutionCancelled,
-            exec.lineage(),
-            parent_event,
-            node,
-        )
-        .payload(json!({ "status": "cancelled", "reason": reason }));
-        cancelled_event.insert(*id, ev.event_id);
-        sqlx::query(
-            "UPDATE lineq.executions SET status = 'cancelled', version = version + 1,
-                 error = $2, updated_at = clock_timestamp(), finished_at = clock_timestamp()
-             WHERE execution_id = $1 AND status IN ('pending', 'running')",
-        )
-        .bind(id)
-        .bind(json!({ "kind": "cancelled", "message": reason }))
-        .execute(&mut *conn)
-        .await?;
-        let steps: Vec<(Uuid, String, String, String, Option<i64>, i32)> = sqlx::query_as(
-            "UPDATE lineq.steps s SET status = 'cancelled', updated_at = clock_timestamp(),
-                 finished_at = clock_timestamp()
-             FROM (SELECT step_id, status AS was FROM lineq.steps
-                   WHERE execution_id = $1 AND status IN ('pending', 'enqueued', 'waiting')
-                   FOR UPDATE) old
-             WHERE s.step_id = old.step_id
-             RETURNING s.step_id, s.name, old.was, s.queue, s.msg_id, s.attempts",
-        )
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
-        let cancel_event = ev.event_id;
-        out.events.push(ev);
-        out.report.executions += 1;
-        out.report.cancelled.push(*id);
-        for (step_id, name, was, queue, msg_id, attempts) in steps {
-            if let (Some(m), "enqueued") = (msg_id, was.as_str()) {
-                by_queue.entry(queue).or_default().push(m);
+/// What `lineq._cancel` and `lineq._cancel_tree` return.
+#[derive(sqlx::FromRow)]
+struct CancelRow {
+    execution_id: Uuid,
+    executions: i32,
+    steps: i32,
+    messages_deleted: i32,
+    cancelled: Vec<Uuid>,
+    ending_event_id: Option<Uuid>,
+    events: sqlx::types::Json<Vec<SqlEvent>>,
+}
+
+/// An event a cancellation function made, as it returns it.
+#[derive(serde::Deserialize)]
+struct SqlEvent {
+    event_id: Uuid,
+    parent_event_id: Option<Uuid>,
+    event_type: String,
+    execution_id: Uuid,
+    parent_execution_id: Option<Uuid>,
+    root_execution_id: Uuid,
+    correlation_id: Uuid,
+    trace_correlation_id: Uuid,
+    step_id: Option<Uuid>,
+    attempt: Option<i32>,
+    node_name: String,
+    payload: serde_json::Value,
+}
+
+impl CancelRow {
+    fn outcome(self) -> Result<CancelOutcome> {
+        let mut events = Vec::with_capacity(self.events.0.len());
+        for e in self.events.0 {
+            let event_type = match e.event_type.as_str() {
+                "execution_cancelled" => EventType::ExecutionCancelled,
+                "step_cancelled" => EventType::StepCancelled,
+                other => {
+                    return Err(Error::InvalidState(format!(
+                        "lineq._cancel_tree returned an event of type {other:?}"
+                    )));
+                }
+            };
+            let lineage = Lineage {
+                execution_id: e.execution_id,
+                parent_execution_id: e.parent_execution_id,
+                root_execution_id: e.root_execution_id,
+                correlation_id: e.correlation_id,
+                trace_correlation_id: e.trace_correlation_id,
+            };
+            let mut ev = NewEvent::with_id(
+                e.event_id,
+                event_type,
+                lineage,
+                e.parent_event_id,
+                &e.node_name,
+            )
+            .payload(e.payload);
+            if let Some(step_id) = e.step_id {
+                ev = ev.step(step_id, e.attempt.unwrap_or(1));
             }
-            out.events.push(
-                NewEvent::new(
-                    EventType::StepCancelled,
-                    exec.lineage(),
-                    Some(cancel_event),
-                    node,
-                )
-                .step(step_id, attempts.max(1))
-                .payload(json!({ "step": name, "was": was })),
-            );
-            out.report.steps += 1;
+            events.push(ev);
         }
+        let count = |n: i32| usize::try_from(n).unwrap_or_default();
+        Ok(CancelOutcome {
+            events,
+            report: CancelReport {
+                execution_id: self.execution_id,
+                executions: count(self.executions),
+                steps: count(self.steps),
+                messages_deleted: count(self.messages_deleted),
+                cancelled: self.cancelled,
+            },
+        })
     }
-    for (q, msgs) in by_queue {
-        out.report.messages_deleted +=
-            lineq_shared::queue::delete(conn, &QueueName::new(&q)?, &msgs)
-                .await?
-                .len();
-    }
-    Ok(out)
 }

@@ -9,15 +9,15 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use lineq_shared::error::{Error, Result};
-use lineq_shared::event::{EventRow, EventType, NewEvent, events_of_execution, insert_events};
-use lineq_shared::execution::{Execution, ExecutionStatus, get_execution};
+use lineq_shared::error::Result;
+use lineq_shared::event::{EventRow, EventType, NewEvent, events_of_execution};
+use lineq_shared::execution::{Execution, get_execution};
 use lineq_shared::ids::node_name;
-use lineq_shared::labels::{Tags, check_tag_key, check_tag_value, check_tags};
+use lineq_shared::labels::{Tags, check_tag_key, check_tag_value};
 use lineq_shared::validation::ValidationError;
 
 /// The longest cause recorded with a change.
@@ -128,6 +128,10 @@ pub async fn update_tags(
 }
 
 /// [`update_tags`], with the event's `node_name` given.
+///
+/// The change is made by `lineq.update_tags` (migration `20261207000014_operations.sql`), which
+/// checks it again and is the authority; it is checked here first only for the better error
+/// without a round trip.
 pub async fn update_tags_as(
     pool: &PgPool,
     node_name: &str,
@@ -140,120 +144,62 @@ pub async fn update_tags_as(
     check_cause(cause)?;
     let span_start = lineq_shared::telemetry::start();
     let mut tx = pool.begin().await?;
-    match change_in(&mut tx, node_name, id, change, expected_version, cause).await {
-        Ok(Some((updated, event))) => {
-            tx.commit().await?;
-            lineq_shared::telemetry::export(std::slice::from_ref(&event), span_start);
-            Ok(updated)
-        }
-        Ok(None) => {
-            tx.rollback().await?;
-            get_execution(pool, id).await
-        }
-        Err(e) => {
-            // Release the row lock now, not whenever the pool gets round to it.
-            let _ = tx.rollback().await;
-            Err(e)
-        }
+    let updated: Execution =
+        sqlx::query_as("SELECT * FROM lineq.update_tags($1, $2, $3, $4, $5, $6)")
+            .bind(id)
+            .bind(sqlx::types::Json(&change.set))
+            .bind(&change.remove)
+            .bind(expected_version)
+            .bind(cause)
+            .bind(node_name)
+            .fetch_one(&mut *tx)
+            .await?;
+    // The event, for its span: written by the function when the change changed something.
+    let event = if lineq_shared::telemetry::enabled() {
+        tags_changed_event(&mut tx, &updated).await?
+    } else {
+        None
+    };
+    tx.commit().await?;
+    if let Some(event) = event {
+        lineq_shared::telemetry::export(std::slice::from_ref(&event), span_start);
     }
+    Ok(updated)
 }
 
-/// The change inside `tx`: the updated execution and its event, or `None` when the change
-/// leaves the tags as they are.
-async fn change_in(
-    tx: &mut sqlx::PgConnection,
-    node_name: &str,
-    id: Uuid,
-    change: &TagChange,
-    expected_version: Option<i64>,
-    cause: &str,
-) -> Result<Option<(Execution, NewEvent)>> {
-    // The lock orders this change after any concurrent one (and after the orchestrator's status
-    // changes, which lock the same row), so `before` below is what the row holds when we write.
-    let current = sqlx::query_as::<_, Execution>(
-        "SELECT * FROM lineq.executions WHERE execution_id = $1 FOR UPDATE",
+/// The `tags_changed` event that brought `e` to its version, if one did.
+async fn tags_changed_event(
+    conn: &mut sqlx::PgConnection,
+    e: &Execution,
+) -> Result<Option<NewEvent>> {
+    type Row = (Uuid, Option<Uuid>, String, Option<String>, Value);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT event_id, parent_event_id, node_name, trace_id, payload FROM lineq.events
+         WHERE execution_id = $1 AND event_type = 'tags_changed'
+           AND (payload ->> 'version')::bigint = $2
+         ORDER BY created_at DESC, event_id DESC LIMIT 1",
     )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| Error::NotFound {
-        what: "execution",
-        id: id.to_string(),
-    })?;
-    if let Some(expected) = expected_version {
-        if expected != current.version {
-            return Err(Error::Conflict {
-                what: format!("execution {id}"),
-                expected,
-                actual: current.version,
-            });
-        }
-    }
-    if current.status != ExecutionStatus::Pending {
-        return Err(Error::InvalidState(format!(
-            "execution {id} is {}; tags can change only while it is pending",
-            current.status
-        )));
-    }
-    let before: Tags = serde_json::from_value(current.tags.clone()).map_err(|e| {
-        Error::InvalidState(format!(
-            "execution {id} has tags that are not a string map ({e}); fix them in SQL first"
-        ))
-    })?;
-    let after = change.apply(&before);
-    check_tags(&after)?;
-    if after == before {
-        return Ok(None);
-    }
-
-    let updated = sqlx::query_as::<_, Execution>(
-        r#"
-        UPDATE lineq.executions
-        SET tags = $2, version = version + 1, updated_at = clock_timestamp()
-        WHERE execution_id = $1 AND version = $3 AND status = 'pending'
-        RETURNING *
-        "#,
-    )
-    .bind(id)
-    .bind(sqlx::types::Json(&after))
-    .bind(current.version)
-    .fetch_optional(&mut *tx)
-    .await?
-    // The row is locked, so this cannot happen; if it ever did, say so rather than lose it.
-    .ok_or_else(|| Error::Conflict {
-        what: format!("execution {id}"),
-        expected: current.version,
-        actual: current.version + 1,
-    })?;
-
-    let (started, trace_correlation_id): (Option<Uuid>, Uuid) = sqlx::query_as(
-        r#"
-        SELECT (SELECT ev.event_id FROM lineq.events ev
-                WHERE ev.execution_id = $1 AND ev.event_type = 'execution_started'
-                ORDER BY ev.created_at, ev.event_id LIMIT 1),
-               r.correlation_id
-        FROM lineq.executions e
-        JOIN lineq.executions r ON r.execution_id = e.root_execution_id
-        WHERE e.execution_id = $1
-        "#,
-    )
-    .bind(id)
-    .fetch_one(&mut *tx)
+    .bind(e.execution_id)
+    .bind(e.version)
+    .fetch_optional(&mut *conn)
     .await?;
-    let event = NewEvent::new(
-        EventType::TagsChanged,
-        updated.lineage(trace_correlation_id),
-        started,
-        node_name,
-    )
-    .payload(json!({
-        "before": before,
-        "after": after,
-        "version": updated.version,
-        "cause": cause,
-    }));
-    insert_events(tx, std::slice::from_ref(&event)).await?;
-    Ok(Some((updated, event)))
+    let Some((event_id, parent, node, trace_id, payload)) = row else {
+        return Ok(None);
+    };
+    let trace_correlation_id = trace_id
+        .as_deref()
+        .and_then(|t| Uuid::try_parse(t).ok())
+        .unwrap_or(e.correlation_id);
+    Ok(Some(
+        NewEvent::with_id(
+            event_id,
+            EventType::TagsChanged,
+            e.lineage(trace_correlation_id),
+            parent,
+            &node,
+        )
+        .payload(payload),
+    ))
 }
 
 /// What a history entry records.
@@ -419,6 +365,7 @@ fn describe_error(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn tags(pairs: &[(&str, &str)]) -> Tags {
         pairs

@@ -132,7 +132,14 @@ impl From<sqlx::Error> for Error {
                 id: detail("id").unwrap_or(message),
             },
             sqlstate::CONFLICT => Error::Conflict {
-                what: detail("what").unwrap_or_else(|| "execution".into()),
+                // "execution 0190…": what, and which one when the detail names it.
+                what: {
+                    let what = detail("what").unwrap_or_else(|| "execution".into());
+                    match detail("id") {
+                        Some(id) => format!("{what} {id}"),
+                        None => what,
+                    }
+                },
                 expected: detail("expected")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_default(),

@@ -219,14 +219,13 @@ pub async fn get_execution<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     execution_id: Uuid,
 ) -> Result<Execution> {
-    sqlx::query_as::<_, Execution>("SELECT * FROM lineq.executions WHERE execution_id = $1")
-        .bind(execution_id)
-        .fetch_optional(executor)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            what: "execution",
-            id: execution_id.to_string(),
-        })
+    // `lineq.get_execution` raises LQ002 (NotFound) when there is none.
+    Ok(
+        sqlx::query_as::<_, Execution>("SELECT * FROM lineq.get_execution($1)")
+            .bind(execution_id)
+            .fetch_one(executor)
+            .await?,
+    )
 }
 
 /// Reads the steps of an execution, in creation order.
