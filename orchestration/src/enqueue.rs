@@ -1,6 +1,7 @@
 //! Enqueueing ready steps: one `step_enqueued` event and one message per step, the step rows
-//! moved to `enqueued`, in the caller's transaction. Used by submission (first steps), result
-//! processing (dependents, retries) and child creation.
+//! moved to `enqueued`, in the caller's transaction. Used by result processing (dependents,
+//! retries) and cancellation. A new execution's first steps are sent by the SQL function
+//! `lineq._enqueue_steps` (migration 000013), which builds the same message.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -114,37 +115,6 @@ pub(crate) async fn enqueue(
     }
     fill_payloads(&ready, &mut events, &msg_ids);
     Ok(events)
-}
-
-/// Sends the messages of `ready` (one batch per queue; delayed ones one by one) and builds
-/// their `step_enqueued` events. Returns the events and each step's message id, in order; the
-/// caller records the ids in the insert of the new steps.
-pub(crate) async fn send_ready(
-    conn: &mut PgConnection,
-    ready: &[ReadyStep],
-    node_name: &str,
-) -> Result<(Vec<NewEvent>, Vec<i64>)> {
-    let (mut events, mut bodies) = prepare(ready, node_name)?;
-    let mut msg_ids: Vec<i64> = vec![0; ready.len()];
-    for (q, idx) in by_queue(ready).into_values() {
-        let mut now = Vec::new();
-        let mut now_bodies = Vec::new();
-        for i in idx {
-            if ready[i].delay.is_zero() {
-                now.push(i);
-                // Moved, not cloned: each body is sent once (submit_many sends thousands).
-                now_bodies.push(std::mem::take(&mut bodies[i]));
-            } else {
-                msg_ids[i] = queue::send(conn, q, &bodies[i], ready[i].delay).await?;
-            }
-        }
-        let sent = queue::send_batch(conn, q, &now_bodies).await?;
-        for (i, id) in now.into_iter().zip(sent) {
-            msg_ids[i] = id;
-        }
-    }
-    fill_payloads(ready, &mut events, &msg_ids);
-    Ok((events, msg_ids))
 }
 
 /// The `step_enqueued` event and the message of each step of `ready`, in order; the message
