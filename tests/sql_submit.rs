@@ -55,13 +55,15 @@ async fn a_submit_in_the_callers_transaction_exists_exactly_when_it_commits() {
         .unwrap();
     assert_eq!(inside, 1);
     tx.rollback().await.unwrap();
-    assert_eq!(db.written().await, (0, 0, 0, 0), "a rollback leaves nothing");
+    assert_eq!(
+        db.written().await,
+        (0, 0, 0, 0),
+        "a rollback leaves nothing"
+    );
     assert_eq!(db.count("public.shop_orders").await, 0);
     assert_eq!(
-        db.count(&format!(
-            "lineq.executions WHERE execution_id = '{id}'"
-        ))
-        .await,
+        db.count(&format!("lineq.executions WHERE execution_id = '{id}'"))
+            .await,
         0
     );
 
@@ -91,7 +93,11 @@ async fn a_submit_in_the_callers_transaction_exists_exactly_when_it_commits() {
     .await
     .unwrap();
     let msg = StepMessage::parse(Some(&body)).expect("a worker parses it");
-    assert_eq!(serde_json::to_value(&msg).unwrap(), body, "same shape as Rust's");
+    assert_eq!(
+        serde_json::to_value(&msg).unwrap(),
+        body,
+        "same shape as Rust's"
+    );
     assert_eq!(msg.meta.parent_event_id, parent_event);
     assert_eq!(
         msg.meta.traceparent,
@@ -147,7 +153,11 @@ async fn submit_in_follows_the_sqlx_transaction_it_is_given() {
     .unwrap();
     assert_eq!(many.len(), 2);
     tx.rollback().await.unwrap();
-    assert_eq!(db.written().await, (0, 0, 0, 0), "a rollback leaves nothing");
+    assert_eq!(
+        db.written().await,
+        (0, 0, 0, 0),
+        "a rollback leaves nothing"
+    );
 
     let mut tx = db.pool.begin().await.unwrap();
     let s = submit_in(&mut tx, "test", SubmitRequest::new("echo"))
@@ -155,13 +165,12 @@ async fn submit_in_follows_the_sqlx_transaction_it_is_given() {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(db.written().await, (1, 1, 3, 1));
-    let node: String = sqlx::query_scalar(
-        "SELECT node_name FROM lineq.events WHERE execution_id = $1 LIMIT 1",
-    )
-    .bind(s.execution.execution_id)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let node: String =
+        sqlx::query_scalar("SELECT node_name FROM lineq.events WHERE execution_id = $1 LIMIT 1")
+            .bind(s.execution.execution_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(node, "test");
     db.drop_db().await;
 }
@@ -214,7 +223,11 @@ async fn concurrent_submits_with_one_idempotency_key_make_one_execution() {
     assert_eq!(first.len(), 1, "every submit got the one execution");
     let created = results.iter().filter(|s| s.created).count() + usize::from(sql_created);
     assert_eq!(created, 1, "exactly one submit created it");
-    assert_eq!(db.written().await, (1, 1, 3, 1), "one execution's rows, once");
+    assert_eq!(
+        db.written().await,
+        (1, 1, 3, 1),
+        "one execution's rows, once"
+    );
 
     // In one batch, the second request with a key gets the first's execution.
     let out = Client::new(db.pool.clone())
@@ -317,11 +330,7 @@ async fn every_rule_is_lq001_naming_the_field_and_the_limit_and_writes_nothing()
             "workflow",
             &["\"wf@latest\"", "whole number from 1"],
         ),
-        (
-            "lineq.submit('wf@0')",
-            "workflow",
-            &["whole number from 1"],
-        ),
+        ("lineq.submit('wf@0')", "workflow", &["whole number from 1"]),
         (
             "lineq.submit('rm -rf /')",
             "handler",
