@@ -80,15 +80,19 @@ $$;
 
 -- Sends step messages: for each step, its `step_enqueued` event (parent: what made it ready)
 -- and its message on its queue, whose meta names that event; one statement per queue, and one
--- pg_notify(<queue>, <queue>) per queue (delivered on commit). Writes no step row: the caller
--- inserts or updates its steps with the returned message ids.
+-- pg_notify(<queue>, <queue>) per queue (delivered on commit). With p_mark_steps the existing
+-- step rows are moved to `enqueued` with their message, attempt and input in the same statement
+-- (the orchestrator's dependents and retries); without, no step row is touched and the caller
+-- writes its new steps with the returned message ids (submission).
 --
 -- p_steps is a JSON array of objects: execution_id, parent_execution_id, root_execution_id,
 -- correlation_id, trace_correlation_id, step_id, step (name), handler, queue, attempt, input,
 -- timeout_ms, parent_event_id, delay_ms, retry_reason, context (the message's `context` object,
--- or null). Their events are stamped after p_not_before. The message is shared/src/message.rs StepMessage as serde_json writes it.
+-- or null). Their events are stamped after p_not_before, or when it is NULL after their parent
+-- events as stored. The message is shared/src/message.rs StepMessage as serde_json writes it.
 CREATE FUNCTION lineq._enqueue_steps(p_steps jsonb, p_node_name text,
-                                     p_not_before timestamptz DEFAULT NULL)
+                                     p_not_before timestamptz DEFAULT NULL,
+                                     p_mark_steps boolean DEFAULT false)
 RETURNS TABLE (step_id uuid, msg_id bigint, event_id uuid)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, lineq, pgmq, pg_temp
@@ -171,16 +175,28 @@ BEGIN
                        jsonb_build_object('step', s.step, 'handler', s.handler, 'queue', $2,
                                           'msg_id', sent.msg_id, 'delay_ms', s.delay_ms,
                                           'retry_reason', s.retry_reason),
-                       -- increasing in array order, and after $4 (the events that made the
-                       -- steps ready), so time order follows causality
-                       greatest(clock_timestamp(), $4) + make_interval(secs => s.ord * 0.000001)
+                       -- increasing in array order and after the event that made the step
+                       -- ready, so time order follows causality: after $4 when the caller
+                       -- knows when its events were stamped, else after the parent as stored
+                       CASE WHEN $4 IS NOT NULL
+                            THEN greatest(clock_timestamp(), $4) + make_interval(secs => s.ord * 0.000001)
+                            ELSE greatest(clock_timestamp() + make_interval(secs => s.ord * 0.000001),
+                                          (SELECT p.created_at + interval '1 microsecond'
+                                           FROM lineq.events p WHERE p.event_id = s.parent_event_id))
+                       END
                 FROM s JOIN sent ON sent.step_id = s.step_id
-                ORDER BY s.ord)
+                ORDER BY s.ord),
+            marked AS (
+                UPDATE lineq.steps st
+                SET status = 'enqueued', msg_id = sent.msg_id, attempts = s.attempt,
+                    input = s.input, updated_at = clock_timestamp()
+                FROM s JOIN sent ON sent.step_id = s.step_id
+                WHERE $5 AND st.step_id = s.step_id)
             SELECT s.step_id, sent.msg_id, s.event_id
             FROM s JOIN sent ON sent.step_id = s.step_id
             ORDER BY s.ord
             $q$, 'q_' || v_queue)
-        USING p_steps, v_queue, p_node_name, p_not_before;
+        USING p_steps, v_queue, p_node_name, p_not_before, p_mark_steps;
     END LOOP;
 END
 $fn$;
@@ -666,7 +682,7 @@ AS $$
 $$;
 
 REVOKE ALL ON FUNCTION lineq._json_size(jsonb, bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION lineq._enqueue_steps(jsonb, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lineq._enqueue_steps(jsonb, text, timestamptz, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lineq._create_executions(jsonb, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lineq.submit_many(jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lineq.submit(text, jsonb, text, uuid, text, jsonb, jsonb, uuid, bigint, integer, text) FROM PUBLIC;
@@ -675,7 +691,7 @@ COMMENT ON FUNCTION lineq.submit_many(jsonb, text) IS
     'Submits a JSON array of requests in the caller''s transaction; one row per request, in order (docs/sql-api.md).';
 COMMENT ON FUNCTION lineq.submit(text, jsonb, text, uuid, text, jsonb, jsonb, uuid, bigint, integer, text) IS
     'Submits one execution in the caller''s transaction (docs/sql-api.md).';
-COMMENT ON FUNCTION lineq._enqueue_steps(jsonb, text, timestamptz) IS
+COMMENT ON FUNCTION lineq._enqueue_steps(jsonb, text, timestamptz, boolean) IS
     'Internal: sends step messages with their step_enqueued events and wake-ups.';
 COMMENT ON FUNCTION lineq._create_executions(jsonb, text, boolean) IS
     'Internal: the code path behind lineq.submit_many and the orchestrator''s child executions.';

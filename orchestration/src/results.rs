@@ -273,8 +273,10 @@ pub async fn process_batch(
 
     let ready = std::mem::take(&mut work.ready);
     let mut events = work.events;
-    events.extend(enqueue(&mut tx, ready, node_name).await?);
+    // The outcome events first: the `step_enqueued` events of what they made ready are stamped
+    // after them.
     queue::archive_with_events(&mut tx, &results_queue, &archive_ids, &events).await?;
+    events.extend(enqueue(&mut tx, ready, node_name).await?);
     tx.commit().await?;
     // The children's events were written by lineq._create_executions; only their spans remain.
     events.extend(child_events);
