@@ -465,3 +465,76 @@ async fn unknown_namespaces_and_finished_trees_are_refused() {
     assert_eq!(db.written().await, written, "nothing was grafted");
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_message_from_sql_is_the_rust_step_message() {
+    let db = TestDb::new().await;
+    let (exec, step, parent, corr, root_corr) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    let root = Uuid::now_v7();
+    let steps = json!([{
+        "execution_id": exec, "parent_execution_id": root, "root_execution_id": root,
+        "correlation_id": corr, "trace_correlation_id": root_corr, "step_id": step,
+        "step": "charge", "handler": "payments.charge", "queue": "lineq_steps_default",
+        "attempt": 2, "input": {"amount": 5}, "timeout_ms": 1500, "parent_event_id": parent,
+        "delay_ms": 0, "retry_reason": "handler_error: boom",
+        "context": {"workflow": "order", "parent_step": "spawn"}
+    }]);
+    let (step_id, msg_id, event_id): (Uuid, i64, Uuid) =
+        sqlx::query_as("SELECT * FROM lineq._enqueue_steps($1, 'test')")
+            .bind(&steps)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(step_id, step);
+    let body: Value =
+        sqlx::query_scalar("SELECT message FROM pgmq.q_lineq_steps_default WHERE msg_id = $1")
+            .bind(msg_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let msg = StepMessage::parse(Some(&body)).expect("a worker parses it");
+    assert_eq!(
+        serde_json::to_value(&msg).unwrap(),
+        body,
+        "same shape as Rust's"
+    );
+    assert_eq!(msg.meta.attempt, Some(2));
+    assert_eq!(
+        msg.meta.retry_reason.as_deref(),
+        Some("handler_error: boom")
+    );
+    assert_eq!(msg.meta.parent_event_id, event_id);
+    assert_eq!(msg.meta.parent_execution_id, Some(root));
+    assert_eq!(
+        msg.meta.traceparent,
+        TraceContext::for_event(root_corr, event_id).to_string()
+    );
+    assert_eq!(msg.timeout_ms, Some(1500));
+    let (parent_event_id, attempt, payload): (Option<Uuid>, Option<i32>, Value) = sqlx::query_as(
+        "SELECT parent_event_id, attempt, payload FROM lineq.events WHERE event_id = $1",
+    )
+    .bind(event_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(parent_event_id, Some(parent));
+    assert_eq!(attempt, Some(2));
+    assert_eq!(payload["msg_id"], json!(msg_id));
+    assert_eq!(payload["queue"], json!("lineq_steps_default"));
+
+    // Queue names are checked before they become table names.
+    let bad = json!([{"queue": "x\"; DROP TABLE lineq.events; --", "step_id": step}]);
+    let err = sqlx::query("SELECT * FROM lineq._enqueue_steps($1, 'test')")
+        .bind(&bad)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(pg_error(&err).0, "LQ001");
+    db.drop_db().await;
+}
