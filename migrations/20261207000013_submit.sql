@@ -7,6 +7,11 @@
 -- LQ001 with the field in COLUMN and the rule (with its limit, and what was given) in the
 -- message, and nothing is written.
 
+-- Ids and trace context are computed by the expressions of lineq.uuid_v7(), lineq.trace_id(),
+-- lineq.span_id() and lineq.traceparent() (migration 000011) written out inline: a call of a
+-- function with a pinned search_path costs 10-50 µs, and a batch of 500 executions makes
+-- thousands of them (tests/sql_submit.rs holds the results to Rust's TraceContext).
+
 -- An execution about to be created: a request, validated and resolved.
 CREATE TYPE lineq._new_execution AS (
     ord                   integer,
@@ -100,6 +105,7 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     v_queue text;
+    v_extra jsonb;
 BEGIN
     FOR v_queue IN
         SELECT DISTINCT s->>'queue' FROM jsonb_array_elements(p_steps) AS s ORDER BY 1
@@ -115,45 +121,51 @@ BEGIN
                 DETAIL = format('namespace=%s', regexp_replace(v_queue, '^lineq_steps_', ''));
         END IF;
         PERFORM pg_notify(v_queue, v_queue);
+        -- What the message does not say about each step, by step id: no statement below
+        -- joins two row sets (their sizes are unknown to the planner, which would pair them
+        -- row by row).
+        SELECT jsonb_object_agg(e.j->>'step_id', jsonb_build_object(
+                   'parent', e.j->'parent_event_id', 'delay', coalesce(e.j->'delay_ms', '0'),
+                   'ord', e.ord))
+        INTO v_extra
+        FROM jsonb_array_elements(p_steps) WITH ORDINALITY AS e(j, ord)
+        WHERE e.j->>'queue' = v_queue;
         RETURN QUERY EXECUTE format($q$
             WITH s AS MATERIALIZED (
-                SELECT e.ord,
+                SELECT e.ord, e.j,
                        (e.j->>'step_id')::uuid AS step_id,
-                       (e.j->>'execution_id')::uuid AS execution_id,
-                       (e.j->>'parent_execution_id')::uuid AS parent_execution_id,
-                       (e.j->>'root_execution_id')::uuid AS root_execution_id,
-                       (e.j->>'correlation_id')::uuid AS correlation_id,
-                       (e.j->>'trace_correlation_id')::uuid AS trace_correlation_id,
-                       (e.j->>'parent_event_id')::uuid AS parent_event_id,
-                       e.j->>'step' AS step, e.j->>'handler' AS handler,
                        (e.j->>'attempt')::integer AS attempt,
-                       coalesce(e.j->'input', 'null'::jsonb) AS input,
                        (e.j->>'timeout_ms')::bigint AS timeout_ms,
                        coalesce((e.j->>'delay_ms')::bigint, 0) AS delay_ms,
-                       e.j->>'retry_reason' AS retry_reason,
                        nullif(e.j->'context', 'null'::jsonb) AS context,
-                       lineq.uuid_v7() AS event_id
+                       -- lineq.trace_id, lineq.span_id and lineq.traceparent, inlined
+                       '00-' || CASE WHEN (e.j->>'trace_correlation_id')::uuid = '00000000-0000-0000-0000-000000000000' THEN '00000000000000000000000000000001' ELSE replace((e.j->>'trace_correlation_id')::uuid::text, '-', '') END
+                       || '-' || CASE WHEN right(replace(id.event_id::text, '-', ''), 16) = '0000000000000000' THEN '0000000000000001' ELSE right(replace(id.event_id::text, '-', ''), 16) END || '-01' AS traceparent,
+                       id.event_id
                 FROM jsonb_array_elements($1) WITH ORDINALITY AS e(j, ord)
+                -- lineq.uuid_v7(), inlined (OFFSET 0: computed once per row)
+                CROSS JOIN LATERAL (SELECT encode(set_bit(set_bit(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 54, 1), 55, 0), 'hex')::uuid AS event_id OFFSET 0) AS id
                 WHERE e.j->>'queue' = $2),
             sent AS (
                 INSERT INTO pgmq.%I (vt, message)
                 SELECT clock_timestamp() + make_interval(secs => s.delay_ms / 1000.0),
                        jsonb_build_object(
-                           'step_id', s.step_id, 'execution_id', s.execution_id,
-                           'step', s.step, 'handler', s.handler, 'attempt', s.attempt,
-                           'input', s.input,
+                           'step_id', s.step_id, 'execution_id', (s.j->>'execution_id')::uuid,
+                           'step', s.j->>'step', 'handler', s.j->>'handler',
+                           'attempt', s.attempt,
+                           'input', coalesce(s.j->'input', 'null'::jsonb),
                            'meta', jsonb_build_object(
-                               'correlation_id', s.correlation_id,
+                               'correlation_id', (s.j->>'correlation_id')::uuid,
                                'parent_event_id', s.event_id,
-                               'parent_execution_id', s.parent_execution_id,
-                               'root_execution_id', s.root_execution_id,
-                               'traceparent', lineq.traceparent(s.trace_correlation_id, s.event_id),
+                               'parent_execution_id', (s.j->>'parent_execution_id')::uuid,
+                               'root_execution_id', (s.j->>'root_execution_id')::uuid,
+                               'traceparent', s.traceparent,
                                'tracestate', '')
                                || CASE WHEN s.attempt > 1
                                        THEN jsonb_build_object('attempt', s.attempt)
                                        ELSE '{}'::jsonb END
-                               || CASE WHEN s.retry_reason IS NOT NULL
-                                       THEN jsonb_build_object('retry_reason', s.retry_reason)
+                               || CASE WHEN s.j->>'retry_reason' IS NOT NULL
+                                       THEN jsonb_build_object('retry_reason', s.j->>'retry_reason')
                                        ELSE '{}'::jsonb END)
                        || CASE WHEN s.timeout_ms IS NOT NULL
                                THEN jsonb_build_object('timeout_ms', s.timeout_ms)
@@ -163,40 +175,50 @@ BEGIN
                                ELSE '{}'::jsonb END
                 FROM s
                 ORDER BY s.ord
-                RETURNING msg_id, (message->>'step_id')::uuid AS step_id),
+                RETURNING msg_id, message),
+            x AS MATERIALIZED (
+                SELECT sent.msg_id, sent.message, sent.message->'meta' AS meta,
+                       (sent.message->>'step_id')::uuid AS step_id,
+                       (sent.message->'meta'->>'parent_event_id')::uuid AS event_id,
+                       $6->(sent.message->>'step_id') AS extra
+                FROM sent),
             ev AS (
                 INSERT INTO lineq.events (event_id, parent_event_id, execution_id, step_id,
                     parent_execution_id, root_execution_id, correlation_id, event_type,
                     node_name, worker_id, attempt, trace_id, span_id, payload, created_at)
-                SELECT s.event_id, s.parent_event_id, s.execution_id, s.step_id,
-                       s.parent_execution_id, s.root_execution_id, s.correlation_id,
-                       'step_enqueued', $3, NULL, s.attempt,
-                       lineq.trace_id(s.trace_correlation_id), lineq.span_id(s.event_id),
-                       jsonb_build_object('step', s.step, 'handler', s.handler, 'queue', $2,
-                                          'msg_id', sent.msg_id, 'delay_ms', s.delay_ms,
-                                          'retry_reason', s.retry_reason),
+                SELECT x.event_id, (x.extra->>'parent')::uuid, (x.message->>'execution_id')::uuid,
+                       x.step_id, (x.meta->>'parent_execution_id')::uuid,
+                       (x.meta->>'root_execution_id')::uuid, (x.meta->>'correlation_id')::uuid,
+                       'step_enqueued', $3, NULL, (x.message->>'attempt')::integer,
+                       substr(x.meta->>'traceparent', 4, 32), substr(x.meta->>'traceparent', 37, 16),
+                       jsonb_build_object('step', x.message->'step', 'handler', x.message->'handler',
+                                          'queue', $2, 'msg_id', x.msg_id,
+                                          'delay_ms', x.extra->'delay',
+                                          'retry_reason', x.meta->'retry_reason'),
                        -- increasing in array order and after the event that made the step
                        -- ready, so time order follows causality: after $4 when the caller
                        -- knows when its events were stamped, else after the parent as stored
                        CASE WHEN $4 IS NOT NULL
-                            THEN greatest(clock_timestamp(), $4) + make_interval(secs => s.ord * 0.000001)
-                            ELSE greatest(clock_timestamp() + make_interval(secs => s.ord * 0.000001),
+                            THEN greatest(clock_timestamp(), $4)
+                                 + make_interval(secs => (x.extra->>'ord')::bigint * 0.000001)
+                            ELSE greatest(clock_timestamp()
+                                          + make_interval(secs => (x.extra->>'ord')::bigint * 0.000001),
                                           (SELECT p.created_at + interval '1 microsecond'
-                                           FROM lineq.events p WHERE p.event_id = s.parent_event_id))
+                                           FROM lineq.events p
+                                           WHERE p.event_id = (x.extra->>'parent')::uuid))
                        END
-                FROM s JOIN sent ON sent.step_id = s.step_id
-                ORDER BY s.ord),
+                FROM x
+                ORDER BY (x.extra->>'ord')::bigint),
             marked AS (
                 UPDATE lineq.steps st
-                SET status = 'enqueued', msg_id = sent.msg_id, attempts = s.attempt,
-                    input = s.input, updated_at = clock_timestamp()
-                FROM s JOIN sent ON sent.step_id = s.step_id
-                WHERE $5 AND st.step_id = s.step_id)
-            SELECT s.step_id, sent.msg_id, s.event_id
-            FROM s JOIN sent ON sent.step_id = s.step_id
-            ORDER BY s.ord
+                SET status = 'enqueued', msg_id = x.msg_id,
+                    attempts = (x.message->>'attempt')::integer, input = x.message->'input',
+                    updated_at = clock_timestamp()
+                FROM x
+                WHERE $5 AND st.step_id = x.step_id)
+            SELECT x.step_id, x.msg_id, x.event_id FROM x ORDER BY x.msg_id
             $q$, 'q_' || v_queue)
-        USING p_steps, v_queue, p_node_name, p_not_before, p_mark_steps;
+        USING p_steps, v_queue, p_node_name, p_not_before, p_mark_steps, v_extra;
     END LOOP;
 END
 $fn$;
@@ -290,6 +312,7 @@ BEGIN
                     (SELECT to_jsonb(k)::text FROM jsonb_object_keys(q.req->'metadata') k
                      WHERE k LIKE '\_lineq\_%' ORDER BY k COLLATE "C" LIMIT 1))]
             WHEN jsonb_typeof(q.req->'metadata') = 'object'
+                 AND octet_length((q.req->'metadata')::text) > 65536
                  AND lineq._json_size(q.req->'metadata', 65536) > 65536 THEN
                 ARRAY['metadata', format('it is %s bytes serialized; the limit is 65536 bytes',
                                          lineq._json_size(q.req->'metadata', 65536))]
@@ -310,7 +333,8 @@ BEGIN
                     END,
                     to_jsonb(q.req->>'namespace')::text)]
             -- input
-            WHEN lineq._json_size(q.req->'input', 1048576) > 1048576 THEN
+            WHEN octet_length((q.req->'input')::text) > 1048576
+                 AND lineq._json_size(q.req->'input', 1048576) > 1048576 THEN
                 ARRAY['input', format('it is %s bytes serialized; the limit is 1048576 bytes',
                                       lineq._json_size(q.req->'input', 1048576))]
             -- idempotency key
@@ -414,27 +438,35 @@ BEGIN
                CASE WHEN p_internal THEN q.req->>'parent_step' END,
                CASE WHEN p_internal THEN (q.req->>'parent_step_id')::uuid END,
                CASE WHEN p_internal THEN coalesce((q.req->>'parent_waits')::boolean, false) ELSE false END,
-               lineq.uuid_v7(), lineq.uuid_v7()
+               encode(set_bit(set_bit(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 54, 1), 55, 0), 'hex')::uuid, encode(set_bit(set_bit(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 54, 1), 55, 0), 'hex')::uuid
            )::lineq._new_execution ORDER BY q.ord)
     INTO v_specs
     FROM (
         SELECT a.ord::integer AS ord, a.req,
                CASE WHEN p_internal AND a.req ? 'execution_id' THEN (a.req->>'execution_id')::uuid
-                    ELSE lineq.uuid_v7() END AS execution_id,
+                    ELSE encode(set_bit(set_bit(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 54, 1), 55, 0), 'hex')::uuid END AS execution_id,
                split_part(a.req->>'target', '@', 1) AS name,
                CASE WHEN strpos(a.req->>'target', '@') > 0
                     THEN substr(a.req->>'target', strpos(a.req->>'target', '@') + 1)::integer END AS version,
                coalesce(a.req->>'namespace', 'default') AS namespace,
                (a.req->>'parent_execution_id')::uuid AS parent_id,
-               coalesce((a.req->>'correlation_id')::uuid, lineq.uuid_v7()) AS correlation_id
+               coalesce((a.req->>'correlation_id')::uuid, encode(set_bit(set_bit(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 54, 1), 55, 0), 'hex')::uuid) AS correlation_id
         FROM jsonb_array_elements(p_requests) WITH ORDINALITY AS a(req, ord)
         OFFSET 0  -- each request's generated ids are computed once
     ) AS q
-    LEFT JOIN LATERAL (
-        SELECT wf.name, wf.version, wf.definition FROM lineq.workflows wf
-        WHERE wf.name = q.name AND (q.version IS NULL OR wf.version = q.version)
-        ORDER BY wf.version DESC LIMIT 1
-    ) AS w ON true
+    -- one registry lookup per distinct target, not per request
+    LEFT JOIN (
+        SELECT t.name AS target_name, t.version AS target_version, wf.*
+        FROM (SELECT DISTINCT split_part(a.req->>'target', '@', 1) AS name,
+                     CASE WHEN strpos(a.req->>'target', '@') > 0
+                          THEN substr(a.req->>'target', strpos(a.req->>'target', '@') + 1)::integer
+                          ELSE 0 END AS version
+              FROM jsonb_array_elements(p_requests) AS a(req)) AS t
+        CROSS JOIN LATERAL (
+            SELECT w1.name, w1.version, w1.definition FROM lineq.workflows w1
+            WHERE w1.name = t.name AND (t.version = 0 OR w1.version = t.version)
+            ORDER BY w1.version DESC LIMIT 1) AS wf
+    ) AS w ON w.target_name = q.name AND w.target_version = coalesce(q.version, 0)
     LEFT JOIN LATERAL (
         SELECT px.correlation_id, px.root_execution_id, px.status,
                rx.correlation_id AS trace_correlation_id, rx.status AS root_status,
@@ -528,7 +560,8 @@ BEGIN
             worker_id, attempt, trace_id, span_id, payload, created_at)
         SELECT ev.event_id, ev.parent_event_id, s.execution_id, NULL, s.parent_execution_id,
                s.root_execution_id, s.correlation_id, ev.event_type, v_node, NULL, NULL,
-               lineq.trace_id(s.trace_correlation_id), lineq.span_id(ev.event_id), ev.payload,
+               CASE WHEN s.trace_correlation_id = '00000000-0000-0000-0000-000000000000' THEN '00000000000000000000000000000001' ELSE replace(s.trace_correlation_id::text, '-', '') END,
+               CASE WHEN right(replace(ev.event_id::text, '-', ''), 16) = '0000000000000000' THEN '0000000000000001' ELSE right(replace(ev.event_id::text, '-', ''), 16) END, ev.payload,
                v_t0 + make_interval(secs => (2 * s.ord + ev.n) * 0.000001)
         FROM unnest(v_specs) AS s
         JOIN unnest(v_rows) AS x ON x.execution_id = s.execution_id
@@ -544,7 +577,7 @@ BEGIN
         ORDER BY s.ord, ev.n;
 
         -- 5. The step rows to write; the first steps (no dependencies) get their input.
-        SELECT array_agg(ROW(s.ord, s.execution_id, lineq.uuid_v7(), st.j->>'name',
+        SELECT array_agg(ROW(s.ord, s.execution_id, encode(set_bit(set_bit(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 54, 1), 55, 0), 'hex')::uuid, st.j->>'name',
                    st.j->>'handler', st.ns, 'lineq_steps_' || st.ns,
                    ARRAY(SELECT jsonb_array_elements_text(coalesce(st.j->'depends_on', '[]'))),
                    coalesce((st.retry->>'max_attempts')::integer, 1),
@@ -569,9 +602,8 @@ BEGIN
             FROM jsonb_array_elements(s.steps) WITH ORDINALITY AS e(j, i)
         ) AS st;
 
-        IF EXISTS (SELECT 1 FROM unnest(v_rows) AS x
-                   WHERE NOT EXISTS (SELECT 1 FROM unnest(v_steps) AS st
-                                     WHERE st.execution_id = x.execution_id AND st.input IS NOT NULL)) THEN
+        IF (SELECT count(DISTINCT st.execution_id) FROM unnest(v_steps) AS st
+            WHERE st.input IS NOT NULL) <> cardinality(v_rows) THEN
             RAISE EXCEPTION USING ERRCODE = 'LQ004',
                 MESSAGE = 'a workflow has no step without dependencies';
         END IF;
@@ -610,24 +642,26 @@ BEGIN
         FROM unnest(v_steps) AS st;
     END IF;
 
-    -- 8. One row per request, in order: the new execution, or the one holding its key.
+    -- 8. One row per request, in order: the new execution, or the one holding its key (a
+    --    request that created its row finds itself by its key, and is left out of the second
+    --    half).
     RETURN QUERY
     SELECT e.execution_id, e.workflow_name, e.workflow_version, e.namespace, e.status, e.input,
            e.output, e.error, e.correlation_id, e.parent_correlation_id, e.parent_execution_id,
            e.root_execution_id, e.parent_event_id, e.parent_step, e.tags, e.metadata,
            e.idempotency_key, e.priority, e.version, e.created_at, e.updated_at, e.finished_at,
            e.kind, e.parent_step_id, e.parent_waits, e.created
-    FROM unnest(v_specs) AS s
-    CROSS JOIN LATERAL (
-        SELECT x.*, true AS created FROM unnest(v_rows) AS x
-        WHERE x.execution_id = s.execution_id
+    FROM (
+        SELECT s.ord, x.*, true AS created
+        FROM unnest(v_specs) AS s JOIN unnest(v_rows) AS x ON x.execution_id = s.execution_id
         UNION ALL
-        SELECT x.*, false FROM lineq.executions AS x
-        WHERE s.idempotency_key IS NOT NULL AND x.idempotency_key = s.idempotency_key
+        SELECT s.ord, x.*, false
+        FROM unnest(v_specs) AS s
+        JOIN lineq.executions AS x ON x.idempotency_key = s.idempotency_key
+        WHERE s.idempotency_key IS NOT NULL AND x.idempotency_key IS NOT NULL
           AND x.execution_id <> s.execution_id
-        LIMIT 1
     ) AS e
-    ORDER BY s.ord;
+    ORDER BY e.ord;
 END
 $fn$;
 
