@@ -105,7 +105,6 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     v_queue text;
-    v_extra jsonb;
 BEGIN
     FOR v_queue IN
         SELECT DISTINCT s->>'queue' FROM jsonb_array_elements(p_steps) AS s ORDER BY 1
@@ -121,15 +120,9 @@ BEGIN
                 DETAIL = format('namespace=%s', regexp_replace(v_queue, '^lineq_steps_', ''));
         END IF;
         PERFORM pg_notify(v_queue, v_queue);
-        -- What the message does not say about each step, by step id: no statement below
-        -- joins two row sets (their sizes are unknown to the planner, which would pair them
-        -- row by row).
-        SELECT jsonb_object_agg(e.j->>'step_id', jsonb_build_object(
-                   'parent', e.j->'parent_event_id', 'delay', coalesce(e.j->'delay_ms', '0'),
-                   'ord', e.ord))
-        INTO v_extra
-        FROM jsonb_array_elements(p_steps) WITH ORDINALITY AS e(j, ord)
-        WHERE e.j->>'queue' = v_queue;
+        -- Each message's id is taken from the queue's own sequence up front (in array order,
+        -- as the identity column would take it), so the message, its event and its step row
+        -- are all written from one row set: nothing below joins two row sets.
         RETURN QUERY EXECUTE format($q$
             WITH s AS MATERIALIZED (
                 SELECT e.ord, e.j,
@@ -138,28 +131,32 @@ BEGIN
                        (e.j->>'timeout_ms')::bigint AS timeout_ms,
                        coalesce((e.j->>'delay_ms')::bigint, 0) AS delay_ms,
                        nullif(e.j->'context', 'null'::jsonb) AS context,
-                       -- lineq.trace_id, lineq.span_id and lineq.traceparent, inlined
-                       '00-' || CASE WHEN (e.j->>'trace_correlation_id')::uuid = '00000000-0000-0000-0000-000000000000' THEN '00000000000000000000000000000001' ELSE replace((e.j->>'trace_correlation_id')::uuid::text, '-', '') END
-                       || '-' || CASE WHEN right(replace(id.event_id::text, '-', ''), 16) = '0000000000000000' THEN '0000000000000001' ELSE right(replace(id.event_id::text, '-', ''), 16) END || '-01' AS traceparent,
-                       id.event_id
+                       -- lineq.trace_id and lineq.span_id, inlined
+                       CASE WHEN (e.j->>'trace_correlation_id')::uuid = '00000000-0000-0000-0000-000000000000' THEN '00000000000000000000000000000001' ELSE replace((e.j->>'trace_correlation_id')::uuid::text, '-', '') END AS trace_id,
+                       CASE WHEN right(replace(id.event_id::text, '-', ''), 16) = '0000000000000000' THEN '0000000000000001' ELSE right(replace(id.event_id::text, '-', ''), 16) END AS span_id,
+                       id.event_id,
+                       nextval(%L::regclass) AS msg_id
                 FROM jsonb_array_elements($1) WITH ORDINALITY AS e(j, ord)
                 -- lineq.uuid_v7(), inlined (OFFSET 0: computed once per row)
                 CROSS JOIN LATERAL (SELECT encode(set_bit(set_bit(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 54, 1), 55, 0), 'hex')::uuid AS event_id OFFSET 0) AS id
                 WHERE e.j->>'queue' = $2),
             sent AS (
-                INSERT INTO pgmq.%I (vt, message)
-                SELECT clock_timestamp() + make_interval(secs => s.delay_ms / 1000.0),
+                INSERT INTO pgmq.%I (msg_id, vt, message) OVERRIDING SYSTEM VALUE
+                SELECT s.msg_id, clock_timestamp() + make_interval(secs => s.delay_ms / 1000.0),
+                       -- ids pass through as the caller's JSON strings (lowercase, hyphenated:
+                       -- PostgreSQL's and serde's form alike)
                        jsonb_build_object(
-                           'step_id', s.step_id, 'execution_id', (s.j->>'execution_id')::uuid,
-                           'step', s.j->>'step', 'handler', s.j->>'handler',
+                           'step_id', s.j->'step_id', 'execution_id', s.j->'execution_id',
+                           'step', s.j->'step', 'handler', s.j->'handler',
                            'attempt', s.attempt,
                            'input', coalesce(s.j->'input', 'null'::jsonb),
                            'meta', jsonb_build_object(
-                               'correlation_id', (s.j->>'correlation_id')::uuid,
+                               'correlation_id', s.j->'correlation_id',
                                'parent_event_id', s.event_id,
-                               'parent_execution_id', (s.j->>'parent_execution_id')::uuid,
-                               'root_execution_id', (s.j->>'root_execution_id')::uuid,
-                               'traceparent', s.traceparent,
+                               'parent_execution_id', coalesce(s.j->'parent_execution_id', 'null'::jsonb),
+                               'root_execution_id', s.j->'root_execution_id',
+                               -- lineq.traceparent, inlined
+                               'traceparent', '00-' || s.trace_id || '-' || s.span_id || '-01',
                                'tracestate', '')
                                || CASE WHEN s.attempt > 1
                                        THEN jsonb_build_object('attempt', s.attempt)
@@ -174,51 +171,41 @@ BEGIN
                                THEN jsonb_build_object('context', s.context)
                                ELSE '{}'::jsonb END
                 FROM s
-                ORDER BY s.ord
-                RETURNING msg_id, message),
-            x AS MATERIALIZED (
-                SELECT sent.msg_id, sent.message, sent.message->'meta' AS meta,
-                       (sent.message->>'step_id')::uuid AS step_id,
-                       (sent.message->'meta'->>'parent_event_id')::uuid AS event_id,
-                       $6->(sent.message->>'step_id') AS extra
-                FROM sent),
+                ORDER BY s.ord),
             ev AS (
                 INSERT INTO lineq.events (event_id, parent_event_id, execution_id, step_id,
                     parent_execution_id, root_execution_id, correlation_id, event_type,
                     node_name, worker_id, attempt, trace_id, span_id, payload, created_at)
-                SELECT x.event_id, (x.extra->>'parent')::uuid, (x.message->>'execution_id')::uuid,
-                       x.step_id, (x.meta->>'parent_execution_id')::uuid,
-                       (x.meta->>'root_execution_id')::uuid, (x.meta->>'correlation_id')::uuid,
-                       'step_enqueued', $3, NULL, (x.message->>'attempt')::integer,
-                       substr(x.meta->>'traceparent', 4, 32), substr(x.meta->>'traceparent', 37, 16),
-                       jsonb_build_object('step', x.message->'step', 'handler', x.message->'handler',
-                                          'queue', $2, 'msg_id', x.msg_id,
-                                          'delay_ms', x.extra->'delay',
-                                          'retry_reason', x.meta->'retry_reason'),
+                SELECT s.event_id, (s.j->>'parent_event_id')::uuid, (s.j->>'execution_id')::uuid,
+                       s.step_id, (s.j->>'parent_execution_id')::uuid,
+                       (s.j->>'root_execution_id')::uuid, (s.j->>'correlation_id')::uuid,
+                       'step_enqueued', $3, NULL, s.attempt, s.trace_id, s.span_id,
+                       jsonb_build_object('step', s.j->'step', 'handler', s.j->'handler',
+                                          'queue', $2, 'msg_id', s.msg_id,
+                                          'delay_ms', s.delay_ms,
+                                          'retry_reason', s.j->'retry_reason'),
                        -- increasing in array order and after the event that made the step
                        -- ready, so time order follows causality: after $4 when the caller
                        -- knows when its events were stamped, else after the parent as stored
                        CASE WHEN $4 IS NOT NULL
                             THEN greatest(clock_timestamp(), $4)
-                                 + make_interval(secs => (x.extra->>'ord')::bigint * 0.000001)
-                            ELSE greatest(clock_timestamp()
-                                          + make_interval(secs => (x.extra->>'ord')::bigint * 0.000001),
+                                 + make_interval(secs => s.ord * 0.000001)
+                            ELSE greatest(clock_timestamp() + make_interval(secs => s.ord * 0.000001),
                                           (SELECT p.created_at + interval '1 microsecond'
                                            FROM lineq.events p
-                                           WHERE p.event_id = (x.extra->>'parent')::uuid))
+                                           WHERE p.event_id = (s.j->>'parent_event_id')::uuid))
                        END
-                FROM x
-                ORDER BY (x.extra->>'ord')::bigint),
+                FROM s
+                ORDER BY s.ord),
             marked AS (
                 UPDATE lineq.steps st
-                SET status = 'enqueued', msg_id = x.msg_id,
-                    attempts = (x.message->>'attempt')::integer, input = x.message->'input',
-                    updated_at = clock_timestamp()
-                FROM x
-                WHERE $5 AND st.step_id = x.step_id)
-            SELECT x.step_id, x.msg_id, x.event_id FROM x ORDER BY x.msg_id
-            $q$, 'q_' || v_queue)
-        USING p_steps, v_queue, p_node_name, p_not_before, p_mark_steps, v_extra;
+                SET status = 'enqueued', msg_id = s.msg_id, attempts = s.attempt,
+                    input = coalesce(s.j->'input', 'null'::jsonb), updated_at = clock_timestamp()
+                FROM s
+                WHERE $5 AND st.step_id = s.step_id)
+            SELECT s.step_id, s.msg_id, s.event_id FROM s ORDER BY s.ord
+            $q$, pg_get_serial_sequence(format('pgmq.%I', 'q_' || v_queue), 'msg_id'), 'q_' || v_queue)
+        USING p_steps, v_queue, p_node_name, p_not_before, p_mark_steps;
     END LOOP;
 END
 $fn$;
@@ -277,9 +264,8 @@ BEGIN
         SELECT q.ord, CASE
             WHEN jsonb_typeof(q.req) <> 'object' THEN
                 ARRAY['request', format('it must be a JSON object (got %s)', jsonb_typeof(q.req))]
-            WHEN (SELECT k FROM jsonb_object_keys(q.req) k
-                  WHERE k <> ALL (v_fields) AND (NOT p_internal OR k <> ALL (v_internal_fields))
-                  LIMIT 1) IS NOT NULL THEN
+            WHEN (q.req - v_fields - CASE WHEN p_internal THEN v_internal_fields
+                                          ELSE '{}'::text[] END) <> '{}'::jsonb THEN
                 ARRAY['request', format('unknown field %s; a request has %s',
                     to_jsonb((SELECT k FROM jsonb_object_keys(q.req) k
                               WHERE k <> ALL (v_fields)
@@ -293,7 +279,7 @@ BEGIN
             WHEN jsonb_typeof(coalesce(q.req->'tags', '{}')) NOT IN ('object', 'null') THEN
                 ARRAY['tags', format('it must be a JSON object of string values (got %s)',
                                      jsonb_typeof(q.req->'tags'))]
-            WHEN jsonb_typeof(q.req->'tags') = 'object'
+            WHEN jsonb_typeof(q.req->'tags') = 'object' AND q.req->'tags' <> '{}'::jsonb
                  AND (SELECT count(*) FROM jsonb_object_keys(q.req->'tags')) > 20 THEN
                 ARRAY['tags', format('%s tags; the limit is 20',
                                      (SELECT count(*) FROM jsonb_object_keys(q.req->'tags')))]
@@ -301,11 +287,11 @@ BEGIN
             -- metadata
             WHEN jsonb_typeof(coalesce(q.req->'metadata', '{}')) NOT IN ('object', 'null') THEN
                 ARRAY['metadata', format('it must be a JSON object (got %s)', jsonb_typeof(q.req->'metadata'))]
-            WHEN jsonb_typeof(q.req->'metadata') = 'object'
+            WHEN jsonb_typeof(q.req->'metadata') = 'object' AND q.req->'metadata' <> '{}'::jsonb
                  AND (SELECT count(*) FROM jsonb_object_keys(q.req->'metadata')) > 50 THEN
                 ARRAY['metadata', format('%s top-level keys; the limit is 50',
                                          (SELECT count(*) FROM jsonb_object_keys(q.req->'metadata')))]
-            WHEN jsonb_typeof(q.req->'metadata') = 'object'
+            WHEN jsonb_typeof(q.req->'metadata') = 'object' AND q.req->'metadata' <> '{}'::jsonb
                  AND EXISTS (SELECT 1 FROM jsonb_object_keys(q.req->'metadata') k
                              WHERE k LIKE '\_lineq\_%') THEN
                 ARRAY['metadata', format('key %s starts with the reserved prefix "_lineq_"',
@@ -376,7 +362,8 @@ BEGIN
                 ARRAY['request', 'execution_id, parent_event_id and parent_step_id must be UUIDs']
             END AS err
         FROM jsonb_array_elements(p_requests) WITH ORDINALITY AS q(req, ord)
-        CROSS JOIN LATERAL (SELECT (
+        CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(q.req->'tags') = 'object'
+                                             AND q.req->'tags' <> '{}'::jsonb THEN (
             SELECT x.reason
             FROM jsonb_each(CASE WHEN jsonb_typeof(q.req->'tags') = 'object' THEN q.req->'tags'
                                  ELSE '{}'::jsonb END) AS t(k, v),
@@ -401,7 +388,7 @@ BEGIN
                 END AS reason) AS x
             WHERE x.reason IS NOT NULL
             ORDER BY t.k COLLATE "C"
-            LIMIT 1) AS tag_error) AS o
+            LIMIT 1) END AS tag_error) AS o
     ) AS r
     WHERE r.err IS NOT NULL
     ORDER BY r.ord
