@@ -20,8 +20,10 @@ struct Fleet {
     prefix: String,
     orch: String,
     work: String,
+    sub: String,
     orch_url: String,
     work_url: String,
+    sub_url: String,
     _secrets: Secrets,
 }
 
@@ -29,9 +31,14 @@ impl Fleet {
     async fn new() -> Self {
         let db = TestDb::new().await;
         let prefix = prefix();
-        let (orch, work) = (format!("{prefix}_o_login"), format!("{prefix}_w_login"));
+        let (orch, work, sub) = (
+            format!("{prefix}_o_login"),
+            format!("{prefix}_w_login"),
+            format!("{prefix}_s_login"),
+        );
         let secrets = Secrets::new();
-        let (orch_pw, work_pw) = (secrets.add(&orch), secrets.add(&work));
+        let (orch_pw, work_pw, sub_pw) =
+            (secrets.add(&orch), secrets.add(&work), secrets.add(&sub));
         let out = lineq(
             &db.url,
             &[
@@ -43,6 +50,8 @@ impl Fleet {
                 &format!("orchestrator={orch}"),
                 "--login-role",
                 &format!("worker={work}"),
+                "--login-role",
+                &format!("submitter={sub}"),
                 "--role-password-dir",
                 secrets.dir(),
             ],
@@ -51,10 +60,12 @@ impl Fleet {
         Self {
             orch_url: url_as(&db.url, &orch, &orch_pw),
             work_url: url_as(&db.url, &work, &work_pw),
+            sub_url: url_as(&db.url, &sub, &sub_pw),
             db,
             prefix,
             orch,
             work,
+            sub,
             _secrets: secrets,
         }
     }
@@ -65,6 +76,7 @@ impl Fleet {
         drop_roles(&[
             self.orch,
             self.work,
+            self.sub,
             format!("{p}_orchestrator"),
             format!("{p}_worker"),
             format!("{p}_submitter"),
@@ -323,5 +335,80 @@ async fn the_worker_role_reaches_no_further_than_its_own_claims() {
     assert_eq!(e.output, Some(json!({"honest": true})));
     assert_eq!(f.db.count("lineq.executions").await, 1, "no forged child");
     assert!(orchestrator.terminate(Duration::from_secs(20)).success());
+    f.drop().await;
+}
+
+/// An application's credential: it submits in its own transaction, tags and cancels through
+/// lineq's functions, reads its executions; it writes no table and touches no queue. And a
+/// worker's credential cannot submit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_submitter_role_submits_tags_and_cancels_and_nothing_else() {
+    let f = Fleet::new().await;
+    let s = connect(&f.sub_url).await;
+
+    // In its own transaction: rolled back, nothing exists.
+    let mut tx = s.begin().await.expect("begin");
+    let id: Uuid = sqlx::query_scalar(
+        "SELECT execution_id FROM lineq.submit('echo', '{\"n\": 1}', p_tags => '{\"team\": \"a\"}')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("submit as submitter");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(f.db.count("lineq.executions").await, 0);
+    assert_eq!(f.db.count("pgmq.q_lineq_steps_default").await, 0);
+
+    // Committed, it exists; the submitter reads it, tags it and cancels it.
+    let id2: Uuid =
+        sqlx::query_scalar("SELECT execution_id FROM lineq.submit('echo', '{\"n\": 2}')")
+            .fetch_one(&s)
+            .await
+            .expect("submit");
+    assert_ne!(id, id2);
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM lineq.executions WHERE execution_id = $1")
+            .bind(id2)
+            .fetch_one(&s)
+            .await
+            .expect("read its execution");
+    assert_eq!(status, "pending");
+    sqlx::query("SELECT lineq.update_tags($1, '{\"team\": \"b\"}')")
+        .bind(id2)
+        .execute(&s)
+        .await
+        .expect("tag");
+    sqlx::query("SELECT * FROM lineq.cancel($1, 'not needed')")
+        .bind(id2)
+        .execute(&s)
+        .await
+        .expect("cancel");
+    let e = get_execution(&f.db.pool, id2).await.expect("execution");
+    assert_eq!(e.status, ExecutionStatus::Cancelled);
+
+    // Nothing directly.
+    for sql in [
+        "UPDATE lineq.executions SET status = 'completed'",
+        "DELETE FROM lineq.events",
+        "INSERT INTO lineq.events (event_id, execution_id, root_execution_id, correlation_id, event_type, node_name) VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'x', 'x')",
+        "SELECT * FROM pgmq.q_lineq_steps_default",
+        "SELECT pgmq.send('lineq_steps_default', '{}')",
+        "SELECT lineq.create_queue('lineq_steps_x')",
+        "SELECT lineq.worker_register('w', '{default}', '{echo}')",
+    ] {
+        assert_eq!(refused_with(&s, sql, &[]).await, "42501", "{sql}");
+    }
+    s.close().await;
+
+    // A worker's credential cannot submit.
+    let w = connect(&f.work_url).await;
+    assert_eq!(
+        refused_with(&w, "SELECT * FROM lineq.submit('echo')", &[]).await,
+        "42501"
+    );
+    assert_eq!(
+        refused_with(&w, "SELECT * FROM lineq.cancel(gen_random_uuid())", &[]).await,
+        "42501"
+    );
+    w.close().await;
     f.drop().await;
 }

@@ -106,8 +106,9 @@ pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<C
     out.events.extend(work.events);
     let mut events = out.events;
     let ready = std::mem::take(&mut work.ready);
-    events.extend(crate::enqueue::enqueue(&mut tx, ready, &node).await?);
+    // The causes first: the `step_enqueued` events of what they made ready are stamped after.
     insert_events(&mut tx, &events).await?;
+    events.extend(crate::enqueue::enqueue(&mut tx, ready, &node).await?);
     tx.commit().await?;
     telemetry::export(&events, started);
     out.report.execution_id = execution_id;

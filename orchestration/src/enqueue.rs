@@ -1,8 +1,9 @@
 //! Enqueueing ready steps: one `step_enqueued` event and one message per step, the step rows
-//! moved to `enqueued`, in the caller's transaction. Used by submission (first steps), result
-//! processing (dependents, retries) and child creation.
+//! moved to `enqueued`, in the caller's transaction. Used by result processing (dependents,
+//! retries) and cancellation. The message is built by the SQL function `lineq._enqueue_steps`
+//! (migration 000013), which also sends a new execution's first steps: one copy of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -11,8 +12,9 @@ use uuid::Uuid;
 
 use lineq_shared::error::Result;
 use lineq_shared::event::{EventType, Lineage, NewEvent};
-use lineq_shared::message::{ExecutionContext, Meta, StepMessage};
-use lineq_shared::queue;
+use lineq_shared::message::ExecutionContext;
+use lineq_shared::telemetry;
+use lineq_shared::trace_context::TraceContext;
 use lineq_shared::validation::QueueName;
 
 /// A step about to be sent to its queue.
@@ -59,152 +61,102 @@ pub(crate) fn step_input(
     Value::Object(m)
 }
 
-/// Sends `ready` and marks the steps enqueued: one statement per queue does both (and wakes
-/// the queue's consumers), so a result batch that makes steps ready pays one round trip for
-/// them. Returns the `step_enqueued` events for the caller to insert with the rest of its
-/// transaction's events.
+/// Sends `ready` and marks the steps enqueued through `lineq._enqueue_steps` (migration 000013,
+/// the code that also sends a new execution's first steps): per queue, one statement writes the
+/// `step_enqueued` events, sends the messages, moves the step rows to `enqueued` and wakes the
+/// queue's consumers, so a result batch that makes steps ready pays one round trip for them.
+///
+/// The events are written here, stamped after everything written so far in the transaction:
+/// callers write the events that made the steps ready first. The returned events are what was
+/// written, for exporting spans after commit; they must not be inserted again.
 pub(crate) async fn enqueue(
     conn: &mut PgConnection,
     ready: Vec<ReadyStep>,
     node_name: &str,
 ) -> Result<Vec<NewEvent>> {
-    let (mut events, bodies) = prepare(&ready, node_name)?;
-    let mut msg_ids: Vec<i64> = vec![0; ready.len()];
-    for (q, idx) in by_queue(&ready).into_values() {
-        let batch_bodies: Vec<&Value> = idx.iter().map(|&i| &bodies[i]).collect();
-        let delays: Vec<f64> = idx.iter().map(|&i| ready[i].delay.as_secs_f64()).collect();
-        let step_ids: Vec<Uuid> = idx.iter().map(|&i| ready[i].step_id).collect();
-        let attempts: Vec<i32> = idx.iter().map(|&i| ready[i].attempt).collect();
-        let inputs: Vec<&Value> = idx.iter().map(|&i| &ready[i].input).collect();
-        // Identity values are taken in the order the ordered SELECT yields the rows, so the ids
-        // by msg_id are in the order of `idx`; the step rows find their message by its step id.
-        let sent: Vec<i64> = sqlx::query_scalar(&format!(
-            r#"
-            WITH wake AS MATERIALIZED (SELECT pg_notify($1, $2)),
-                 sent AS (
-                     INSERT INTO {live} (vt, message)
-                     SELECT clock_timestamp() + make_interval(secs => m.delay), m.body
-                     FROM unnest($3::jsonb[], $4::float8[]) WITH ORDINALITY AS m(body, delay, ord)
-                     ORDER BY m.ord
-                     RETURNING msg_id, message),
-                 marked AS (
-                     UPDATE lineq.steps s
-                     SET status = 'enqueued', msg_id = sent.msg_id, attempts = u.attempt,
-                         input = u.input, updated_at = clock_timestamp()
-                     FROM unnest($5::uuid[], $6::int[], $7::jsonb[]) AS u(step_id, attempt, input),
-                          sent
-                     WHERE s.step_id = u.step_id
-                       AND (sent.message->>'step_id')::uuid = u.step_id)
-            SELECT sent.msg_id FROM sent, wake ORDER BY sent.msg_id
-            "#,
-            live = queue::live_table(q),
-        ))
-        .bind(queue::wake_channel(q))
-        .bind(q.as_str())
-        .bind(&batch_bodies)
-        .bind(&delays)
-        .bind(&step_ids)
-        .bind(&attempts)
-        .bind(&inputs)
-        .fetch_all(&mut *conn)
-        .await?;
-        for (i, id) in idx.into_iter().zip(sent) {
-            msg_ids[i] = id;
-        }
+    if ready.is_empty() {
+        return Ok(Vec::new());
     }
-    fill_payloads(&ready, &mut events, &msg_ids);
-    Ok(events)
-}
-
-/// Sends the messages of `ready` (one batch per queue; delayed ones one by one) and builds
-/// their `step_enqueued` events. Returns the events and each step's message id, in order; the
-/// caller records the ids in the insert of the new steps.
-pub(crate) async fn send_ready(
-    conn: &mut PgConnection,
-    ready: &[ReadyStep],
-    node_name: &str,
-) -> Result<(Vec<NewEvent>, Vec<i64>)> {
-    let (mut events, mut bodies) = prepare(ready, node_name)?;
-    let mut msg_ids: Vec<i64> = vec![0; ready.len()];
-    for (q, idx) in by_queue(ready).into_values() {
-        let mut now = Vec::new();
-        let mut now_bodies = Vec::new();
-        for i in idx {
-            if ready[i].delay.is_zero() {
-                now.push(i);
-                // Moved, not cloned: each body is sent once (submit_many sends thousands).
-                now_bodies.push(std::mem::take(&mut bodies[i]));
-            } else {
-                msg_ids[i] = queue::send(conn, q, &bodies[i], ready[i].delay).await?;
-            }
-        }
-        let sent = queue::send_batch(conn, q, &now_bodies).await?;
-        for (i, id) in now.into_iter().zip(sent) {
-            msg_ids[i] = id;
-        }
-    }
-    fill_payloads(ready, &mut events, &msg_ids);
-    Ok((events, msg_ids))
-}
-
-/// The `step_enqueued` event and the message of each step of `ready`, in order; the message
-/// names its event as its parent.
-fn prepare(ready: &[ReadyStep], node_name: &str) -> Result<(Vec<NewEvent>, Vec<Value>)> {
-    let mut events = Vec::with_capacity(ready.len());
-    let mut bodies = Vec::with_capacity(ready.len());
-    for r in ready {
-        let event = NewEvent::new(
-            EventType::StepEnqueued,
-            r.lineage,
-            Some(r.parent_event),
-            node_name,
-        )
-        .step(r.step_id, r.attempt);
-        let message = StepMessage {
-            step_id: r.step_id,
+    let wire: Vec<WireStep<'_>> = ready
+        .iter()
+        .map(|r| WireStep {
             execution_id: r.lineage.execution_id,
-            step: r.name.clone(),
-            handler: r.handler.clone(),
+            parent_execution_id: r.lineage.parent_execution_id,
+            root_execution_id: r.lineage.root_execution_id,
+            correlation_id: r.lineage.correlation_id,
+            trace_correlation_id: r.lineage.trace_correlation_id,
+            step_id: r.step_id,
+            step: &r.name,
+            handler: &r.handler,
+            queue: r.queue.as_str(),
             attempt: r.attempt,
-            input: r.input.clone(),
+            input: &r.input,
             timeout_ms: r.timeout_ms,
-            context: Some(r.context.clone()),
-            meta: Meta {
-                correlation_id: r.lineage.correlation_id,
-                parent_event_id: event.event_id,
-                parent_execution_id: r.lineage.parent_execution_id,
-                root_execution_id: r.lineage.root_execution_id,
-                traceparent: event.traceparent(),
-                tracestate: String::new(),
-                attempt: (r.attempt > 1).then_some(r.attempt),
-                retry_reason: r.retry_reason.clone(),
-            },
-        };
-        bodies.push(serde_json::to_value(&message)?);
-        events.push(event);
+            parent_event_id: r.parent_event,
+            delay_ms: delay_ms(r.delay),
+            retry_reason: r.retry_reason.as_deref(),
+            context: &r.context,
+        })
+        .collect();
+    let sent: Vec<(Uuid, i64, Uuid)> = sqlx::query_as(
+        "SELECT step_id, msg_id, event_id FROM lineq._enqueue_steps($1, $2, NULL, true)",
+    )
+    .bind(sqlx::types::Json(&wire))
+    .bind(node_name)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !telemetry::enabled() {
+        return Ok(Vec::new());
     }
-    Ok((events, bodies))
+    let by_step: HashMap<Uuid, (i64, Uuid)> = sent
+        .into_iter()
+        .map(|(step, msg, event)| (step, (msg, event)))
+        .collect();
+    Ok(ready
+        .iter()
+        .filter_map(|r| {
+            let (msg_id, event_id) = by_step.get(&r.step_id).copied()?;
+            let tc = TraceContext::for_event(r.lineage.trace_correlation_id, event_id);
+            let mut e = NewEvent::new(
+                EventType::StepEnqueued,
+                r.lineage,
+                Some(r.parent_event),
+                node_name,
+            )
+            .step(r.step_id, r.attempt)
+            .payload(json!({
+                "step": r.name, "handler": r.handler, "queue": r.queue.as_str(),
+                "msg_id": msg_id, "delay_ms": delay_ms(r.delay), "retry_reason": r.retry_reason,
+            }));
+            e.event_id = event_id;
+            e.trace_id = tc.trace_id_hex();
+            e.span_id = tc.span_id_hex();
+            Some(e)
+        })
+        .collect())
 }
 
-/// The indexes into `ready` of each queue's steps, queues in name order.
-fn by_queue(ready: &[ReadyStep]) -> BTreeMap<&str, (&QueueName, Vec<usize>)> {
-    let mut m: BTreeMap<&str, (&QueueName, Vec<usize>)> = BTreeMap::new();
-    for (i, r) in ready.iter().enumerate() {
-        m.entry(r.queue.as_str())
-            .or_insert_with(|| (&r.queue, Vec::new()))
-            .1
-            .push(i);
-    }
-    m
+fn delay_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// What the `step_enqueued` events say once the messages are sent.
-fn fill_payloads(ready: &[ReadyStep], events: &mut [NewEvent], msg_ids: &[i64]) {
-    for ((r, e), msg_id) in ready.iter().zip(events.iter_mut()).zip(msg_ids) {
-        e.payload = json!({
-            "step": r.name, "handler": r.handler, "queue": r.queue.as_str(), "msg_id": msg_id,
-            "delay_ms": u64::try_from(r.delay.as_millis()).unwrap_or(u64::MAX),
-            "retry_reason": r.retry_reason,
-        });
-    }
+/// A ready step as `lineq._enqueue_steps` reads it.
+#[derive(serde::Serialize)]
+struct WireStep<'a> {
+    execution_id: Uuid,
+    parent_execution_id: Option<Uuid>,
+    root_execution_id: Uuid,
+    correlation_id: Uuid,
+    trace_correlation_id: Uuid,
+    step_id: Uuid,
+    step: &'a str,
+    handler: &'a str,
+    queue: &'a str,
+    attempt: i32,
+    input: &'a Value,
+    timeout_ms: Option<u64>,
+    parent_event_id: Uuid,
+    delay_ms: u64,
+    retry_reason: Option<&'a str>,
+    context: &'a ExecutionContext,
 }

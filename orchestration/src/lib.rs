@@ -10,7 +10,6 @@
 
 pub mod cancel;
 pub mod client;
-mod create;
 pub mod dead_letters;
 mod enqueue;
 pub mod fleet;

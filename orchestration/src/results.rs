@@ -21,7 +21,6 @@ use lineq_shared::queue::{self, QueuedMessage};
 use lineq_shared::telemetry;
 use lineq_shared::validation::{Namespace, check_name};
 
-use crate::create::{NewExecution, ParentLink, create_execution, missing_namespace};
 use crate::enqueue::{ReadyStep, enqueue};
 use crate::settle::{ExecState, StepRow, Work, lock_executions, read_steps, settle};
 use crate::workflow::{RetryPolicy, WorkflowDefinition, store};
@@ -267,15 +266,20 @@ pub async fn process_batch(
             row.error = u.error.clone();
         }
     }
-    report.children = create_children(&mut tx, &mut work, children).await?;
+    let (created_children, child_events) = create_children(&mut tx, &work, children).await?;
+    report.children = created_children;
     settle(&mut tx, &mut work).await?;
     report.finished = work.finished;
 
     let ready = std::mem::take(&mut work.ready);
     let mut events = work.events;
-    events.extend(enqueue(&mut tx, ready, node_name).await?);
+    // The outcome events first: the `step_enqueued` events of what they made ready are stamped
+    // after them.
     queue::archive_with_events(&mut tx, &results_queue, &archive_ids, &events).await?;
+    events.extend(enqueue(&mut tx, ready, node_name).await?);
     tx.commit().await?;
+    // The children's events were written by lineq._create_executions; only their spans remain.
+    events.extend(child_events);
     telemetry::export_linked(&events, started, |e| match e.event_type {
         EventType::StepCompleted
         | EventType::StepFailed
@@ -318,17 +322,27 @@ async fn apply_step_updates(conn: &mut PgConnection, updates: &[StepUpdate]) -> 
     Ok(())
 }
 
-/// Checks what a handler asked to spawn; `Ok(Err(reason))` turns the step into a failure.
+/// Checks what a handler asked to spawn; `Ok(Err(reason))` turns the step into a failure. What
+/// passes here, `lineq._create_executions` accepts (so a bad request fails its step instead of
+/// the whole result batch, again and again).
 async fn check_children(
     conn: &mut PgConnection,
     parent: &ExecState,
     children: &[ChildRequest],
 ) -> Result<std::result::Result<(), String>> {
     for c in children {
-        let name = c
-            .target
-            .split_once('@')
-            .map_or(c.target.as_str(), |(n, _)| n);
+        let (name, version) = match c.target.split_once('@') {
+            None => (c.target.as_str(), None),
+            Some((n, v)) => match v.parse::<i32>().ok().filter(|v| *v >= 1) {
+                Some(v) => (n, Some(v)),
+                None => {
+                    return Ok(Err(format!(
+                        "child {}: the version after @ must be a whole number from 1",
+                        c.target
+                    )));
+                }
+            },
+        };
         if let Err(e) = check_name("child target", name) {
             return Ok(Err(e.to_string()));
         }
@@ -340,67 +354,97 @@ async fn check_children(
         if !queue::queue_exists(conn, &queue::step_queue(&ns)).await? {
             return Ok(Err(format!("child {}: unknown namespace {ns}", c.target)));
         }
+        match store::get(&mut *conn, name, version).await? {
+            Some(stored) => {
+                if let Some(missing) = missing_namespace(conn, &stored.definition).await? {
+                    return Ok(Err(format!(
+                        "child {}: unknown namespace {missing}",
+                        c.target
+                    )));
+                }
+            }
+            None if version.is_some() => {
+                return Ok(Err(format!("child {}: workflow not found", c.target)));
+            }
+            None => {}
+        }
     }
     Ok(Ok(()))
 }
 
-async fn create_children(
+/// The first namespace of `workflow` that has no step queue, if any.
+async fn missing_namespace(
     conn: &mut PgConnection,
-    work: &mut Work,
-    requests: Vec<(ExecState, String, ResultMessage)>,
-) -> Result<usize> {
-    let mut created = 0;
-    for (parent, step_name, r) in requests {
-        for c in &r.children {
-            let (name, version) = match c.target.split_once('@') {
-                Some((n, v)) => (n.to_string(), v.parse().ok()),
-                None => (c.target.clone(), None),
-            };
-            let ns = c
-                .namespace
-                .clone()
-                .unwrap_or_else(|| parent.namespace.clone());
-            let (workflow, version, kind) = match store::get(&mut *conn, &name, version).await? {
-                Some(s) => (s.definition, s.version, "workflow"),
-                None => (WorkflowDefinition::single_step(&name, &ns, None), 1, "task"),
-            };
-            if let Some(missing) = missing_namespace(conn, &workflow).await? {
-                tracing::warn!(child = %c.execution_id, namespace = %missing,
-                    "child workflow names a namespace without a queue; its steps wait for one");
-            }
-            let spec = NewExecution {
-                execution_id: c.execution_id,
-                workflow,
-                version,
-                kind,
-                input: c.input.clone(),
-                correlation_id: lineq_shared::ids::new_id(),
-                idempotency_key: None,
-                priority: 0,
-                tags: Default::default(),
-                metadata: Value::Object(Default::default()),
-                parent: Some(ParentLink {
-                    execution_id: parent.execution_id,
-                    root_execution_id: parent.root_execution_id,
-                    correlation_id: parent.correlation_id,
-                    trace_correlation_id: parent.trace_correlation_id,
-                    // The worker's report of the step that asked for it.
-                    event_id: r.meta.parent_event_id,
-                    step_name: Some(step_name.clone()),
-                    step_id: Some(r.step_id),
-                    waits: c.wait,
-                }),
-            };
-            if let Some(crate::create::Created {
-                execution: exec,
-                events,
-            }) = create_execution(conn, spec, &work.node_name).await?
-            {
-                tracing::debug!(child = %exec.execution_id, parent = %parent.execution_id, "child created");
-                work.events.extend(events);
-                created += 1;
-            }
+    workflow: &WorkflowDefinition,
+) -> Result<Option<String>> {
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &workflow.steps {
+        seen.insert(workflow.step_namespace(s).to_string());
+    }
+    for ns in seen {
+        let q = queue::step_queue(&Namespace::new(&ns)?);
+        if !queue::queue_exists(conn, &q).await? {
+            return Ok(Some(ns));
         }
     }
-    Ok(created)
+    Ok(None)
+}
+
+/// A child as `lineq._create_executions` reads it (its internal form: the id the worker chose
+/// and the link to the step that asked for it).
+#[derive(serde::Serialize)]
+struct WireChild<'a> {
+    target: &'a str,
+    input: &'a Value,
+    namespace: &'a str,
+    execution_id: Uuid,
+    parent_execution_id: Uuid,
+    parent_event_id: Uuid,
+    parent_step: &'a str,
+    parent_step_id: Uuid,
+    parent_waits: bool,
+}
+
+/// Creates the children of the batch with one call of the SQL code submission uses. Returns
+/// how many were created (a replayed child whose id exists is not created twice) and, when
+/// tracing is on, their events for export after commit.
+async fn create_children(
+    conn: &mut PgConnection,
+    work: &Work,
+    requests: Vec<(ExecState, String, ResultMessage)>,
+) -> Result<(usize, Vec<NewEvent>)> {
+    let mut wire = Vec::new();
+    for (parent, step_name, r) in &requests {
+        for c in &r.children {
+            wire.push(WireChild {
+                target: &c.target,
+                input: &c.input,
+                namespace: c.namespace.as_deref().unwrap_or(&parent.namespace),
+                execution_id: c.execution_id,
+                parent_execution_id: parent.execution_id,
+                // The worker's report of the step that asked for it.
+                parent_event_id: r.meta.parent_event_id,
+                parent_step: step_name,
+                parent_step_id: r.step_id,
+                parent_waits: c.wait,
+            });
+        }
+    }
+    if wire.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let created: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT execution_id FROM lineq._create_executions($1, $2, true) WHERE created",
+    )
+    .bind(sqlx::types::Json(&wire))
+    .bind(&work.node_name)
+    .fetch_all(&mut *conn)
+    .await?;
+    tracing::debug!(children = created.len(), "children created");
+    let events = if telemetry::enabled() {
+        lineq_shared::event::load_new_events(conn, &created).await?
+    } else {
+        Vec::new()
+    };
+    Ok((created.len(), events))
 }

@@ -1,26 +1,25 @@
 //! Submission: an execution, its step, its first events and its first message, in one
 //! transaction. A retried submit with the same idempotency key returns the first execution and
 //! writes nothing.
+//!
+//! The work is done by the SQL function `lineq.submit_many` (migration 000013, docs/sql-api.md),
+//! the same code any client in any language calls; this module checks requests client-side (a
+//! fast path for bad input), makes the one call and, when tracing is on, exports the spans of
+//! what committed. [`submit_in`] and [`submit_many_in`] submit inside the caller's transaction.
 
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use lineq_shared::error::{Error, Result};
-use lineq_shared::event::insert_events;
+use lineq_shared::event::load_new_events;
 use lineq_shared::execution::Execution;
-use lineq_shared::ids::new_id;
 use lineq_shared::labels::{Tags, check_metadata, check_tags};
 use lineq_shared::telemetry;
 use lineq_shared::validation::{
     MAX_INPUT_BYTES, Namespace, ValidationError, check_idempotency_key, check_json_size,
     check_name, check_no_nul,
 };
-
-use std::collections::{HashMap, HashSet};
-
-use crate::create::{NewExecution, ParentLink, create_executions};
-use crate::workflow::{WorkflowDefinition, store};
 
 /// What to run. Build one with [`SubmitRequest::new`] and its setters.
 #[derive(Debug, Clone)]
@@ -159,139 +158,162 @@ pub struct Submitted {
 /// Submits `req`: validates it, resolves the target (a registered workflow, else a handler run
 /// as one step), then writes the execution, its steps, `execution_started`,
 /// `workflow_initialized`, the first steps' `step_enqueued` and their messages, all in one
-/// transaction.
+/// transaction. The work is done by the SQL function `lineq.submit_many` (docs/sql-api.md).
 pub async fn submit(pool: &PgPool, node_name: &str, req: SubmitRequest) -> Result<Submitted> {
     let mut out = submit_many(pool, node_name, vec![req]).await?;
     out.pop()
         .ok_or_else(|| Error::InvalidState("submit produced no execution".into()))
 }
 
-/// Submits many executions in ONE transaction with a fixed number of statements: all are
-/// written or none is. Every request is validated first; an error names the request by its
-/// position. Results come back in request order.
+/// Submits many executions in ONE transaction with one statement: all are written or none is.
+/// Every request is validated first; an error names the request by its position (from 0).
+/// Results come back in request order.
 pub async fn submit_many(
     pool: &PgPool,
     node_name: &str,
     reqs: Vec<SubmitRequest>,
 ) -> Result<Vec<Submitted>> {
     let started = telemetry::start();
-    let mut namespaces = Vec::with_capacity(reqs.len());
-    for (i, r) in reqs.iter().enumerate() {
-        namespaces.push(r.validate().map_err(|e| at_position(reqs.len(), i, e))?);
-    }
+    check_all(&reqs)?;
     let mut tx = pool.begin().await?;
-    let mut resolved: HashMap<String, (WorkflowDefinition, i32, &'static str)> = HashMap::new();
-    let mut checked_namespaces: HashSet<String> = HashSet::new();
-    let mut specs = Vec::with_capacity(reqs.len());
-    for (i, (req, namespace)) in reqs.iter().zip(&namespaces).enumerate() {
-        let cache_key = format!("{}\u{0}{}\u{0}{:?}", req.target, namespace, req.timeout_ms);
-        let (workflow, version, kind) = match resolved.get(&cache_key) {
-            Some(r) => r.clone(),
-            None => {
-                let r = resolve(&mut tx, req, namespace)
-                    .await
-                    .map_err(|e| at_position(reqs.len(), i, e))?;
-                for ns in r.0.steps.iter().map(|s| r.0.step_namespace(s).to_string()) {
-                    if checked_namespaces.insert(ns.clone()) {
-                        let q = lineq_shared::queue::step_queue(&Namespace::new(&ns)?);
-                        if !lineq_shared::queue::queue_exists(&mut tx, &q).await? {
-                            return Err(at_position(
-                                reqs.len(),
-                                i,
-                                Error::UnknownNamespace { namespace: ns },
-                            ));
-                        }
-                    }
-                }
-                resolved.insert(cache_key, r.clone());
-                r
-            }
-        };
-        let parent = match req.parent_execution_id {
-            Some(id) => Some(
-                explicit_parent(&mut tx, id)
-                    .await
-                    .map_err(|e| at_position(reqs.len(), i, e))?,
-            ),
-            None => None,
-        };
-        specs.push(NewExecution {
-            execution_id: new_id(),
-            workflow,
-            version,
-            kind,
-            input: req.input.clone(),
-            correlation_id: req.correlation_id.unwrap_or_else(new_id),
-            idempotency_key: req.idempotency_key.clone(),
-            priority: req.priority,
-            tags: req.tags.clone(),
-            metadata: req.metadata.clone(),
-            parent,
-        });
-    }
-    let ids: Vec<Uuid> = specs.iter().map(|s| s.execution_id).collect();
-    let mut created = create_executions(&mut tx, specs, node_name).await?;
-
-    // Requests whose idempotency key was taken get the first execution with that key (the
-    // insert waited for it to commit, so it is visible).
-    let taken: Vec<String> = ids
-        .iter()
-        .zip(&reqs)
-        .filter(|(id, _)| !created.contains_key(id))
-        .filter_map(|(_, r)| r.idempotency_key.clone())
-        .collect();
-    let existing: HashMap<String, Execution> = if taken.is_empty() {
-        HashMap::new()
+    let out = call_submit_many(&mut tx, node_name, &reqs).await?;
+    // Spans only for what committed: read back (in the transaction) only when tracing is on.
+    let events = if telemetry::enabled() {
+        let created: Vec<Uuid> = out
+            .iter()
+            .filter(|s| s.created)
+            .map(|s| s.execution.execution_id)
+            .collect();
+        load_new_events(&mut tx, &created).await?
     } else {
-        sqlx::query_as::<_, Execution>(
-            // The IS NOT NULL lets the planner use the partial unique index.
-            "SELECT * FROM lineq.executions
-             WHERE idempotency_key = ANY($1) AND idempotency_key IS NOT NULL",
-        )
-        .bind(&taken)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .filter_map(|e| e.idempotency_key.clone().map(|k| (k, e)))
-        .collect()
+        Vec::new()
     };
-
-    let mut events = Vec::new();
-    let mut out = Vec::with_capacity(reqs.len());
-    for (id, req) in ids.iter().zip(&reqs) {
-        if let Some(c) = created.remove(id) {
-            events.extend(c.events);
-            out.push(Submitted {
-                execution: c.execution,
-                created: true,
-            });
-        } else {
-            let first = req
-                .idempotency_key
-                .as_ref()
-                .and_then(|k| existing.get(k))
-                .cloned()
-                // Another request of this very batch took the key first.
-                .or_else(|| {
-                    out.iter()
-                        .find(|s: &&Submitted| {
-                            s.execution.idempotency_key.is_some()
-                                && s.execution.idempotency_key == req.idempotency_key
-                        })
-                        .map(|s| s.execution.clone())
-                })
-                .ok_or_else(|| Error::InvalidState(format!("execution {id} was not created")))?;
-            out.push(Submitted {
-                execution: first,
-                created: false,
-            });
-        }
-    }
-    insert_events(&mut tx, &events).await?;
     tx.commit().await?;
-    // Spans only for what committed.
     telemetry::export(&events, started);
     Ok(out)
+}
+
+/// Submits `req` inside the caller's transaction (or on a bare connection, where the statement
+/// commits at once): the execution exists exactly when that transaction commits, and a
+/// rollback leaves no execution, event or message behind.
+///
+/// ```no_run
+/// # async fn f(pool: sqlx::PgPool) -> lineq_shared::error::Result<()> {
+/// use lineq_orchestration::submit::{SubmitRequest, submit_in};
+/// let mut tx = pool.begin().await?;
+/// sqlx::query("INSERT INTO orders (id) VALUES (42)").execute(&mut *tx).await?;
+/// let s = submit_in(&mut tx, "shop", SubmitRequest::new("ship_order")).await?;
+/// tx.commit().await?;
+/// # let _ = s; Ok(()) }
+/// ```
+///
+/// Spans of the events it writes are not exported (only the caller knows whether they
+/// commit); the execution's later spans are, under the same trace.
+pub async fn submit_in(
+    conn: &mut PgConnection,
+    node_name: &str,
+    req: SubmitRequest,
+) -> Result<Submitted> {
+    let mut out = submit_many_in(conn, node_name, vec![req]).await?;
+    out.pop()
+        .ok_or_else(|| Error::InvalidState("submit produced no execution".into()))
+}
+
+/// [`submit_many`] inside the caller's transaction (see [`submit_in`]).
+pub async fn submit_many_in(
+    conn: &mut PgConnection,
+    node_name: &str,
+    reqs: Vec<SubmitRequest>,
+) -> Result<Vec<Submitted>> {
+    check_all(&reqs)?;
+    call_submit_many(conn, node_name, &reqs).await
+}
+
+/// The client-side checks: a fast path that saves a round trip for bad input. The SQL function
+/// checks the same rules again and is the authority.
+fn check_all(reqs: &[SubmitRequest]) -> Result<()> {
+    for (i, r) in reqs.iter().enumerate() {
+        r.validate().map_err(|e| at_position(reqs.len(), i, e))?;
+    }
+    Ok(())
+}
+
+/// A request as `lineq.submit_many` reads it.
+#[derive(serde::Serialize)]
+struct WireRequest<'a> {
+    target: &'a str,
+    input: &'a Value,
+    namespace: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_zero")]
+    priority: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    tags: &'a Tags,
+    metadata: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_execution_id: Option<Uuid>,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
+}
+
+/// A row of `lineq.submit_many`: the execution and whether this call created it.
+#[derive(sqlx::FromRow)]
+struct SubmittedRow {
+    #[sqlx(flatten)]
+    execution: Execution,
+    created: bool,
+}
+
+/// One statement: `lineq.submit_many` does the checks, the resolution and the writes.
+async fn call_submit_many(
+    conn: &mut PgConnection,
+    node_name: &str,
+    reqs: &[SubmitRequest],
+) -> Result<Vec<Submitted>> {
+    if reqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wire: Vec<WireRequest<'_>> = reqs
+        .iter()
+        .map(|r| WireRequest {
+            target: &r.target,
+            input: &r.input,
+            namespace: &r.namespace,
+            correlation_id: r.correlation_id,
+            idempotency_key: r.idempotency_key.as_deref(),
+            priority: r.priority,
+            timeout_ms: r.timeout_ms,
+            tags: &r.tags,
+            metadata: &r.metadata,
+            parent_execution_id: r.parent_execution_id,
+        })
+        .collect();
+    let rows = sqlx::query_as::<_, SubmittedRow>("SELECT * FROM lineq.submit_many($1, $2)")
+        .bind(sqlx::types::Json(&wire))
+        .bind(node_name)
+        .fetch_all(&mut *conn)
+        .await?;
+    if rows.len() != reqs.len() {
+        return Err(Error::InvalidState(format!(
+            "lineq.submit_many returned {} rows for {} requests",
+            rows.len(),
+            reqs.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| Submitted {
+            execution: r.execution,
+            created: r.created,
+        })
+        .collect())
 }
 
 fn at_position(total: usize, i: usize, e: Error) -> Error {
@@ -305,75 +327,4 @@ fn at_position(total: usize, i: usize, e: Error) -> Error {
         )),
         other => other,
     }
-}
-
-/// The workflow a request runs: a registered one, else its handler as one step.
-async fn resolve(
-    conn: &mut sqlx::PgConnection,
-    req: &SubmitRequest,
-    namespace: &Namespace,
-) -> Result<(WorkflowDefinition, i32, &'static str)> {
-    let (name, version) = parse_target(&req.target)?;
-    match store::get(&mut *conn, &name, version).await? {
-        Some(stored) => Ok((stored.definition, stored.version, "workflow")),
-        None if version.is_some() => Err(Error::NotFound {
-            what: "workflow",
-            id: req.target.clone(),
-        }),
-        None => Ok((
-            WorkflowDefinition::single_step(&name, namespace.as_str(), req.timeout_ms),
-            1,
-            "task",
-        )),
-    }
-}
-
-/// `NAME` or `NAME@VERSION`.
-fn parse_target(target: &str) -> Result<(String, Option<i32>)> {
-    match target.split_once('@') {
-        None => Ok((target.to_string(), None)),
-        Some((name, v)) => {
-            let v: i32 = v.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
-                ValidationError::new(
-                    "workflow",
-                    format!("{target:?}: the version after @ must be a whole number from 1"),
-                )
-            })?;
-            Ok((name.to_string(), Some(v)))
-        }
-    }
-}
-
-/// The link for a client-chosen parent: it must exist; the new execution joins its tree under
-/// the parent's latest event.
-async fn explicit_parent(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<ParentLink> {
-    let row: Option<(Uuid, Uuid, Uuid, Option<Uuid>)> = sqlx::query_as(
-        r#"
-        SELECT p.root_execution_id, p.correlation_id, r.correlation_id,
-               (SELECT e.event_id FROM lineq.events e WHERE e.execution_id = p.execution_id
-                ORDER BY e.created_at DESC, e.event_id DESC LIMIT 1)
-        FROM lineq.executions p JOIN lineq.executions r ON r.execution_id = p.root_execution_id
-        WHERE p.execution_id = $1
-        "#,
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((root, correlation, trace_correlation, Some(event))) = row else {
-        return Err(ValidationError::new(
-            "parent",
-            format!("parent execution {id} does not exist"),
-        )
-        .into());
-    };
-    Ok(ParentLink {
-        execution_id: id,
-        root_execution_id: root,
-        correlation_id: correlation,
-        trace_correlation_id: trace_correlation,
-        event_id: event,
-        step_name: None,
-        step_id: None,
-        waits: false,
-    })
 }

@@ -78,6 +78,31 @@ impl EventType {
             Self::TagsChanged => "tags_changed",
         }
     }
+
+    /// The event type stored as `name`, if lineq knows it.
+    pub fn parse(name: &str) -> Option<Self> {
+        const ALL: [EventType; 18] = [
+            EventType::ExecutionStarted,
+            EventType::WorkflowInitialized,
+            EventType::StepEnqueued,
+            EventType::ActionStarted,
+            EventType::ActionCompleted,
+            EventType::ActionFailed,
+            EventType::StepResult,
+            EventType::StepCompleted,
+            EventType::StepFailed,
+            EventType::StepAttemptFailed,
+            EventType::StepWaiting,
+            EventType::StepCancelled,
+            EventType::ExecutionCompleted,
+            EventType::ExecutionFailed,
+            EventType::ExecutionCancelled,
+            EventType::MessageDeadLettered,
+            EventType::MessageReplayed,
+            EventType::TagsChanged,
+        ];
+        ALL.into_iter().find(|t| t.as_str() == name)
+    }
 }
 
 /// The identity of an execution that every one of its events carries.
@@ -312,6 +337,71 @@ impl<'a> EventColumns<'a> {
             .bind(&self.span)
             .bind(&self.payload)
     }
+}
+
+/// The events of `execution_ids` as written (by SQL functions such as `lineq.submit_many`), in
+/// the order they were written, rebuilt as [`NewEvent`]s so their spans can be exported after
+/// the transaction commits. The trace comes from each row's `trace_id`.
+pub async fn load_new_events(
+    conn: &mut PgConnection,
+    execution_ids: &[Uuid],
+) -> Result<Vec<NewEvent>> {
+    if execution_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    type Row = (
+        Uuid,
+        Option<Uuid>,
+        Uuid,
+        Option<Uuid>,
+        Option<Uuid>,
+        Uuid,
+        Uuid,
+        String,
+        String,
+        Option<String>,
+        Option<i32>,
+        Option<String>,
+        Option<String>,
+        Value,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT event_id, parent_event_id, execution_id, step_id, parent_execution_id,
+                root_execution_id, correlation_id, event_type, node_name, worker_id, attempt,
+                trace_id, span_id, payload
+         FROM lineq.events WHERE execution_id = ANY($1)
+         ORDER BY created_at, event_id",
+    )
+    .bind(execution_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let event_type = EventType::parse(&r.7)?;
+            let trace = r.11.unwrap_or_default();
+            let trace_correlation_id = Uuid::try_parse(&trace).unwrap_or(r.6);
+            Some(NewEvent {
+                event_id: r.0,
+                parent_event_id: r.1,
+                event_type,
+                lineage: Lineage {
+                    execution_id: r.2,
+                    parent_execution_id: r.4,
+                    root_execution_id: r.5,
+                    correlation_id: r.6,
+                    trace_correlation_id,
+                },
+                step_id: r.3,
+                node_name: r.8,
+                worker_id: r.9,
+                attempt: r.10,
+                trace_id: trace,
+                span_id: r.12.unwrap_or_default(),
+                payload: r.13,
+            })
+        })
+        .collect())
 }
 
 /// The latest event of an execution: the parent of an event that the execution's own events did
