@@ -139,7 +139,7 @@ BEGIN
                 FROM jsonb_array_elements($1) WITH ORDINALITY AS e(j, ord)
                 -- a UUIDv7 whose counter bits are the row's position, so the events of one
                 -- call (siblings, often) sort in the order they were given (OFFSET 0: once per row)
-                CROSS JOIN LATERAL (SELECT encode(substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) || substring(int4send(28672 | ((e.ord) % 4096)::integer) FROM 3) || substring(uuid_send(gen_random_uuid()) FROM 9), 'hex')::uuid AS event_id OFFSET 0) AS id
+                CROSS JOIN LATERAL (SELECT encode(substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) || substring(int4send(28672 | mod(e.ord, 4096)::integer) FROM 3) || substring(uuid_send(gen_random_uuid()) FROM 9), 'hex')::uuid AS event_id OFFSET 0) AS id
                 WHERE e.j->>'queue' = $2),
             sent AS (
                 INSERT INTO pgmq.%I (msg_id, vt, message) OVERRIDING SYSTEM VALUE
@@ -432,7 +432,7 @@ BEGIN
     FROM (
         SELECT a.ord::integer AS ord, a.req,
                CASE WHEN p_internal AND a.req ? 'execution_id' THEN (a.req->>'execution_id')::uuid
-                    ELSE encode(substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) || substring(int4send(28672 | ((a.ord) % 4096)::integer) FROM 3) || substring(uuid_send(gen_random_uuid()) FROM 9), 'hex')::uuid END AS execution_id,
+                    ELSE encode(substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) || substring(int4send(28672 | mod(a.ord, 4096)::integer) FROM 3) || substring(uuid_send(gen_random_uuid()) FROM 9), 'hex')::uuid END AS execution_id,
                split_part(a.req->>'target', '@', 1) AS name,
                CASE WHEN strpos(a.req->>'target', '@') > 0
                     THEN substr(a.req->>'target', strpos(a.req->>'target', '@') + 1)::integer END AS version,

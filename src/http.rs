@@ -38,7 +38,7 @@ pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 
 /// What a connection over the limit gets before it is closed: the request is not read.
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\nconnection: close\r\ncontent-length: 92\r\n\r\n\
+content-type: application/json\r\nconnection: close\r\ncontent-length: 89\r\n\r\n\
 {\"error\":{\"code\":\"unavailable\",\"field\":null,\"message\":\"too many connections; try again\"}}";
 
 /// The limits of one listener.
