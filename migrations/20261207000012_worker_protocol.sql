@@ -16,23 +16,33 @@
 -- ---------------------------------------------------------------------------------------------
 
 -- The owner of lineq's objects: the role that owns schema lineq.
+-- (PL/pgSQL, here and below, where a function is called on every claim or report: it keeps its
+-- plans across calls, where an SQL function with a pinned search_path is planned at each call.)
 CREATE FUNCTION lineq._owner() RETURNS oid
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT nspowner FROM pg_namespace WHERE nspname = 'lineq' $$;
+AS $$
+BEGIN
+    RETURN (SELECT nspowner FROM pg_namespace WHERE nspname = 'lineq');
+END
+$$;
 
 -- The queue's live and archive tables, when both are plain tables owned by lineq's owner (so
 -- reading them runs nobody's code); NULL otherwise.
 CREATE FUNCTION lineq._queue_tables(p_queue text, OUT live regclass, OUT archive regclass)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT q.oid::regclass, a.oid::regclass
+DECLARE
+    owner oid := (SELECT nspowner FROM pg_namespace WHERE nspname = 'lineq');
+BEGIN
+    SELECT q.oid::regclass, a.oid::regclass INTO live, archive
     FROM pg_class q, pg_class a
     WHERE q.oid = to_regclass(format('pgmq.%I', 'q_' || p_queue))
       AND a.oid = to_regclass(format('pgmq.%I', 'a_' || p_queue))
       AND q.relkind IN ('r', 'p') AND a.relkind IN ('r', 'p')
-      AND q.relowner = lineq._owner() AND a.relowner = lineq._owner()
+      AND q.relowner = owner AND a.relowner = owner;
+END
 $$;
 
 -- Creates a queue (PGMQ's tables, with half of each page free for the row versions reads
@@ -350,52 +360,67 @@ $$;
 
 -- Why a step message cannot be run, or NULL when it can: a step message is an object with
 -- step_id, execution_id, step, handler, attempt >= 1, input, and a meta whose ids are UUIDs and
--- whose traceparent is W3C. `p_bytes` is its size as text.
-CREATE FUNCTION lineq.step_message_problem(p_body jsonb, p_bytes bigint) RETURNS text
+-- whose traceparent is W3C. The check is an SQL expression over the body and its size, kept
+-- here once: lineq._step_message_problem_sql returns it for an expression of the body and one of
+-- its size (a claim puts it into its own statement, so it costs no function call per message),
+-- and lineq.step_message_problem(body, bytes) evaluates it.
+CREATE FUNCTION lineq._step_message_problem_sql(p_body text, p_bytes text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT CASE
-        WHEN p_bytes > 2097152 THEN format('message is %s bytes; the limit is 2097152', p_bytes)
-        WHEN p_body IS NULL OR jsonb_typeof(p_body) <> 'object'
-            THEN format('expected a JSON object, got %s', coalesce(jsonb_typeof(p_body), 'null'))
-        WHEN NOT coalesce(p_body ->> 'step_id' ~* u AND jsonb_typeof(p_body -> 'step_id') = 'string', false)
+AS $fn$
+    SELECT replace(replace($sql$CASE
+        WHEN {bytes} > 2097152 THEN format('message is %s bytes; the limit is 2097152', {bytes})
+        WHEN {body} IS NULL OR jsonb_typeof({body}) <> 'object'
+            THEN format('expected a JSON object, got %s', coalesce(jsonb_typeof({body}), 'null'))
+        WHEN NOT coalesce({body} ->> 'step_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' AND jsonb_typeof({body} -> 'step_id') = 'string', false)
             THEN 'step message: step_id is not a UUID'
-        WHEN NOT coalesce(p_body ->> 'execution_id' ~* u AND jsonb_typeof(p_body -> 'execution_id') = 'string', false)
+        WHEN NOT coalesce({body} ->> 'execution_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' AND jsonb_typeof({body} -> 'execution_id') = 'string', false)
             THEN 'step message: execution_id is not a UUID'
-        WHEN jsonb_typeof(p_body -> 'step') IS DISTINCT FROM 'string'
-             OR NOT coalesce(p_body ->> 'step' ~ '^[A-Za-z0-9_.:-]{1,128}$', false)
+        WHEN jsonb_typeof({body} -> 'step') IS DISTINCT FROM 'string'
+             OR NOT coalesce({body} ->> 'step' ~ '^[A-Za-z0-9_.:-]{1,128}$', false)
             THEN 'step message: step is not a name (1 to 128 characters of letters, digits, ''_'', ''.'', '':'' and ''-'')'
-        WHEN jsonb_typeof(p_body -> 'handler') IS DISTINCT FROM 'string'
-             OR NOT coalesce(p_body ->> 'handler' ~ '^[A-Za-z0-9_.:-]{1,128}$', false)
+        WHEN jsonb_typeof({body} -> 'handler') IS DISTINCT FROM 'string'
+             OR NOT coalesce({body} ->> 'handler' ~ '^[A-Za-z0-9_.:-]{1,128}$', false)
             THEN 'step message: handler is not a name (1 to 128 characters of letters, digits, ''_'', ''.'', '':'' and ''-'')'
-        WHEN jsonb_typeof(p_body -> 'attempt') IS DISTINCT FROM 'number'
-             OR NOT coalesce(p_body ->> 'attempt' ~ '^[0-9]{1,9}$', false)
-             OR (CASE WHEN p_body ->> 'attempt' ~ '^[0-9]{1,9}$' THEN (p_body ->> 'attempt')::integer END) < 1
+        WHEN jsonb_typeof({body} -> 'attempt') IS DISTINCT FROM 'number'
+             OR NOT coalesce({body} ->> 'attempt' ~ '^[0-9]{1,9}$', false)
+             OR (CASE WHEN {body} ->> 'attempt' ~ '^[0-9]{1,9}$' THEN ({body} ->> 'attempt')::integer END) < 1
             THEN 'step message: attempt must be a whole number of at least 1'
-        WHEN NOT (p_body ? 'input') THEN 'step message: missing field `input`'
-        WHEN jsonb_typeof(p_body -> 'meta') IS DISTINCT FROM 'object' THEN 'step message: meta is not an object'
-        WHEN NOT coalesce(p_body -> 'meta' ->> 'correlation_id' ~* u, false)
+        WHEN NOT ({body} ? 'input') THEN 'step message: missing field `input`'
+        WHEN jsonb_typeof({body} -> 'meta') IS DISTINCT FROM 'object' THEN 'step message: meta is not an object'
+        WHEN NOT coalesce({body} -> 'meta' ->> 'correlation_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', false)
             THEN 'step message: meta.correlation_id is not a UUID'
-        WHEN NOT coalesce(p_body -> 'meta' ->> 'parent_event_id' ~* u, false)
+        WHEN NOT coalesce({body} -> 'meta' ->> 'parent_event_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', false)
             THEN 'step message: meta.parent_event_id is not a UUID'
-        WHEN NOT coalesce(p_body -> 'meta' ->> 'root_execution_id' ~* u, false)
+        WHEN NOT coalesce({body} -> 'meta' ->> 'root_execution_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', false)
             THEN 'step message: meta.root_execution_id is not a UUID'
-        WHEN coalesce(jsonb_typeof(p_body -> 'meta' -> 'parent_execution_id'), 'null') <> 'null'
-             AND NOT coalesce(p_body -> 'meta' ->> 'parent_execution_id' ~* u, false)
+        WHEN coalesce(jsonb_typeof({body} -> 'meta' -> 'parent_execution_id'), 'null') <> 'null'
+             AND NOT coalesce({body} -> 'meta' ->> 'parent_execution_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', false)
             THEN 'step message: meta.parent_execution_id is not a UUID'
-        WHEN NOT coalesce(p_body -> 'meta' ->> 'traceparent'
+        WHEN NOT coalesce({body} -> 'meta' ->> 'traceparent'
                           ~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$', false)
-             OR substr(p_body -> 'meta' ->> 'traceparent', 1, 2) = 'ff'
-             OR substr(p_body -> 'meta' ->> 'traceparent', 4, 32) = repeat('0', 32)
-             OR substr(p_body -> 'meta' ->> 'traceparent', 37, 16) = repeat('0', 16)
+             OR substr({body} -> 'meta' ->> 'traceparent', 1, 2) = 'ff'
+             OR substr({body} -> 'meta' ->> 'traceparent', 4, 32) = repeat('0', 32)
+             OR substr({body} -> 'meta' ->> 'traceparent', 37, 16) = repeat('0', 16)
             THEN 'meta.traceparent: not a W3C traceparent'
-        WHEN p_body -> 'meta' ? 'tracestate'
-             AND jsonb_typeof(p_body -> 'meta' -> 'tracestate') <> 'string'
+        WHEN {body} -> 'meta' ? 'tracestate'
+             AND jsonb_typeof({body} -> 'meta' -> 'tracestate') <> 'string'
             THEN 'step message: meta.tracestate is not a string'
-    END
-    FROM (VALUES ('^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')) AS c(u)
-$$;
+    END$sql$, '{body}', '(' || p_body || ')'), '{bytes}', '(' || p_bytes || ')')
+$fn$;
+
+CREATE FUNCTION lineq.step_message_problem(p_body jsonb, p_bytes bigint) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    problem text;
+BEGIN
+    EXECUTE 'SELECT ' || lineq._step_message_problem_sql('$1', '$2') INTO problem
+        USING p_body, p_bytes;
+    RETURN problem;
+END
+$fn$;
 
 -- Dead-letters held messages of a queue: each goes to lineq_dlq with its reason (the body as it
 -- was, or its first 64 KiB when it is over the 2 MiB message limit) and is archived from its
@@ -504,22 +529,28 @@ BEGIN
             SET last_read_at = clock_timestamp(),
                 vt = clock_timestamp() + make_interval(secs => $2::integer),
                 read_ct = m.read_ct + 1,
+                -- the event id: a UUIDv7 (lineq.uuid_v7's layout, inline: no call per row)
                 headers = coalesce(m.headers, '{}'::jsonb) || jsonb_build_object('lineq_claim',
                     jsonb_build_object('worker', $4::text, 'delivery', m.read_ct + 1,
-                                       'event', lineq.uuid_v7()))
+                        'event', encode(substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                                        || substring(int4send(28672 | floor(random() * 4096)::integer) FROM 3)
+                                        || substring(uuid_send(gen_random_uuid()) FROM 9), 'hex')::uuid))
             WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM cte))
             RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.headers, m.message)
         SELECT coalesce(jsonb_agg(jsonb_build_object(
                    'msg_id', g.msg_id, 'delivery', g.read_ct, 'enqueued_at', g.enqueued_at,
                    'event_id', g.headers -> 'lineq_claim' -> 'event',
-                   'problem', lineq.step_message_problem(g.message,
-                        CASE WHEN pg_column_size(g.message) > 2097152 THEN pg_column_size(g.message)
-                             ELSE octet_length(g.message::text) END),
+                   'problem', %2$s,
                    'head', CASE WHEN jsonb_typeof(g.message) = 'object'
                                 THEN g.message - 'input' - 'context' END)
                  ORDER BY g.msg_id), '[]'::jsonb)
         FROM got g
-    $q$, q.live) INTO v_batch USING p_qty, p_vt_secs, p_handlers, p_worker_id;
+    $q$, q.live, lineq._step_message_problem_sql('g.message',
+            -- a body stored uncompressed (small) by its stored size; a compressed one, which
+            -- may be any size, measured as text
+            'CASE WHEN pg_column_compression(g.message) IS NULL THEN pg_column_size(g.message)
+                  ELSE octet_length(g.message::text) END'))
+    INTO v_batch USING p_qty, p_vt_secs, p_handlers, p_worker_id;
 
     IF jsonb_array_length(v_batch) = 0 THEN
         RETURN;
@@ -544,7 +575,8 @@ BEGIN
            (b.head -> 'meta' ->> 'correlation_id')::uuid,
            CASE WHEN b.poison THEN 'message_dead_lettered' ELSE 'action_started' END,
            v_node, p_worker_id, (b.head ->> 'attempt')::integer,
-           substr(b.head -> 'meta' ->> 'traceparent', 4, 32), lineq.span_id(b.event_id),
+           -- the span id: the event id's last 8 bytes (lineq.span_id, inline)
+           substr(b.head -> 'meta' ->> 'traceparent', 4, 32), right(replace(b.event_id::text, '-', ''), 16),
            CASE WHEN b.poison
                 THEN jsonb_build_object('step', b.head ->> 'step', 'queue', q.queue,
                          'msg_id', b.msg_id,
@@ -564,13 +596,15 @@ BEGIN
     INTO v_letters
     FROM jsonb_to_recordset(v_batch) AS x(msg_id bigint, delivery integer, event_id uuid, problem text)
     WHERE x.problem IS NOT NULL OR x.delivery > p_max_deliveries;
-    PERFORM lineq._dead_letter(q.queue, q.live, q.archive, v_letters);
+    IF jsonb_array_length(v_letters) > 0 THEN
+        PERFORM lineq._dead_letter(q.queue, q.live, q.archive, v_letters);
+    END IF;
 
     RETURN QUERY EXECUTE format($q$
         SELECT m.msg_id, m.read_ct, m.enqueued_at, m.message::text,
                (m.headers -> 'lineq_claim' ->> 'event')::uuid,
                '00-' || substr(m.message -> 'meta' ->> 'traceparent', 4, 32) || '-'
-                     || lineq.span_id((m.headers -> 'lineq_claim' ->> 'event')::uuid) || '-01'
+                     || right(replace(m.headers -> 'lineq_claim' ->> 'event', '-', ''), 16) || '-01'
         FROM %1$s m
         WHERE m.msg_id = ANY ($1)
         ORDER BY m.msg_id
@@ -702,7 +736,14 @@ BEGIN
     RETURN QUERY
     WITH o AS (
         SELECT o.*, h.head, h.msg_id IS NOT NULL AS held,
-               lineq.uuid_v7() AS action_id, lineq.uuid_v7() AS result_id
+               -- UUIDv7s (lineq.uuid_v7's layout, inline) whose counter bits put the action
+               -- event before its sibling step_result
+               encode(substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                      || substring(int4send(28672 | mod(o.ord * 2, 4096)::integer) FROM 3)
+                      || substring(uuid_send(gen_random_uuid()) FROM 9), 'hex')::uuid AS action_id,
+               encode(substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                      || substring(int4send(28672 | mod(o.ord * 2 + 1, 4096)::integer) FROM 3)
+                      || substring(uuid_send(gen_random_uuid()) FROM 9), 'hex')::uuid AS result_id
         FROM ROWS FROM (jsonb_to_recordset(p_outcomes)
                         AS (msg_id bigint, delivery integer, started_event_id uuid, outcome text,
                             output jsonb, error jsonb, children jsonb, duration_ms bigint))
@@ -728,7 +769,7 @@ BEGIN
             worker_id, attempt, trace_id, span_id, payload, created_at)
         SELECT e.event_id, l.started_event_id, l.execution_id, l.step_id, l.parent_execution_id,
                l.root_execution_id, l.correlation_id, e.event_type, v_node, p_worker_id,
-               l.attempt, l.trace_id, lineq.span_id(e.event_id), e.payload,
+               l.attempt, l.trace_id, right(replace(e.event_id::text, '-', ''), 16), e.payload,
                clock_timestamp() + make_interval(secs => (l.ord * 2 + e.n) * 0.000001)
         FROM l, LATERAL (VALUES
             (0, l.action_id,
@@ -755,7 +796,7 @@ BEGIN
                        'correlation_id', l.correlation_id, 'parent_event_id', l.result_id,
                        'parent_execution_id', l.parent_execution_id,
                        'root_execution_id', l.root_execution_id,
-                       'traceparent', '00-' || l.trace_id || '-' || lineq.span_id(l.result_id) || '-01',
+                       'traceparent', '00-' || l.trace_id || '-' || right(replace(l.result_id::text, '-', ''), 16) || '-01',
                        'tracestate', coalesce(l.head -> 'meta' ->> 'tracestate', '')))
                || CASE WHEN l.outcome = 'completed' AND jsonb_typeof(l.children) = 'array'
                             AND jsonb_array_length(l.children) > 0
