@@ -6,24 +6,24 @@ ALTER TABLE lineq.workers
     ADD COLUMN exports_spans boolean NOT NULL DEFAULT false;
 UPDATE lineq.workers SET service_name = 'lineq-worker-' || language, exports_spans = language = 'rust';
 
-DROP FUNCTION lineq.worker_register(text, text[], text[], text, integer, text, text, double precision);
-
 -- Registers a worker and returns the secret token its later calls present. A worker id whose
 -- registration is still alive (heartbeat within p_takeover_after_secs, not stopped) cannot be
 -- taken over: that would let one worker silence another and have its steps released.
--- p_service_name names the service of its spans (default lineq-worker-<language>);
--- p_exports_spans says whether it exports them itself (default: only lineq's Rust worker does).
+-- p_service_name names the service of its spans (NULL: lineq-worker-<language>);
+-- p_exports_spans says whether it exports them itself (NULL: only lineq's Rust worker does).
+-- Every argument is given: the 8-argument form (below) stays for workers of the release before,
+-- and an overload with defaults would make its calls ambiguous.
 CREATE FUNCTION lineq.worker_register(
     p_worker_id text,
     p_namespaces text[],
     p_handlers text[],
-    p_host text DEFAULT NULL,
-    p_pid integer DEFAULT NULL,
-    p_version text DEFAULT NULL,
-    p_language text DEFAULT 'rust',
-    p_takeover_after_secs double precision DEFAULT 30,
-    p_service_name text DEFAULT NULL,
-    p_exports_spans boolean DEFAULT NULL
+    p_host text,
+    p_pid integer,
+    p_version text,
+    p_language text,
+    p_takeover_after_secs double precision,
+    p_service_name text,
+    p_exports_spans boolean
 ) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -101,3 +101,22 @@ REVOKE ALL ON FUNCTION lineq.worker_register(text, text[], text[], text, integer
 
 COMMENT ON FUNCTION lineq.worker_register(text, text[], text[], text, integer, text, text, double precision, text, boolean) IS
     'Registers a worker; returns the secret token its other calls present (docs/sql-api.md).';
+
+-- The 8-argument form: the 10-argument one with the defaults for what it does not name.
+CREATE OR REPLACE FUNCTION lineq.worker_register(
+    p_worker_id text,
+    p_namespaces text[],
+    p_handlers text[],
+    p_host text DEFAULT NULL,
+    p_pid integer DEFAULT NULL,
+    p_version text DEFAULT NULL,
+    p_language text DEFAULT 'rust',
+    p_takeover_after_secs double precision DEFAULT 30
+) RETURNS text
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT lineq.worker_register(p_worker_id, p_namespaces, p_handlers, p_host, p_pid, p_version,
+                                 coalesce(p_language, 'rust'), coalesce(p_takeover_after_secs, 30),
+                                 NULL::text, NULL::boolean)
+$$;

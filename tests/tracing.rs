@@ -793,8 +793,8 @@ async fn the_spans_of_a_worker_that_exports_none_are_exported_for_it() {
 
     // The worker: registered as a SQL worker of service billing-sql, which exports nothing.
     let token: String = sqlx::query_scalar(
-        "SELECT lineq.worker_register('sql-1', '{default}', '{echo}', 'host', 1, '1', 'sql',
-                                      p_service_name => 'billing-sql')",
+        "SELECT lineq.worker_register('sql-1', '{default}', '{echo}', 'host', 1, '1', 'sql', 30,
+                                      'billing-sql', NULL)",
     )
     .fetch_one(&db.pool)
     .await
