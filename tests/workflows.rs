@@ -538,6 +538,60 @@ async fn a_handler_past_its_timeout_fails_the_attempt() {
     sys.stop().await;
 }
 
+/// `lineq.cancel` from plain SQL, on the last child a step of a running parent waits for: the
+/// child is cancelled at once, and an orchestrator settles the parent (told by the
+/// `child_finished` message that commits with the cancellation): the waiting step fails with
+/// `child_failed`, so the parent fails, its lineage whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_waited_for_child_from_sql_settles_its_parent() {
+    let sys = System::start(&[&["--concurrency", "4"]]).await;
+    let input = json!({"children": [{"target": "sleep", "input": {"ms": 30_000}}], "wait": true});
+    let root = sys.submit("spawn", input).await;
+    let child: Uuid = eventually(Duration::from_secs(30), "the child running", || async {
+        sqlx::query_scalar(
+            "SELECT execution_id FROM lineq.events WHERE root_execution_id = $1
+             AND execution_id <> $1 AND event_type = 'action_started'",
+        )
+        .bind(root)
+        .fetch_optional(&sys.db.pool)
+        .await
+        .ok()?
+    })
+    .await;
+    let (executions, cancelled): (i32, Vec<Uuid>) =
+        sqlx::query_as("SELECT executions, cancelled FROM lineq.cancel($1, 'not needed')")
+            .bind(child)
+            .fetch_one(&sys.db.pool)
+            .await
+            .expect("cancel from SQL");
+    assert_eq!((executions, cancelled), (1, vec![child]));
+    sys.finish(&[root]).await;
+    let (status, error): (String, Value) =
+        sqlx::query_as("SELECT status, error FROM lineq.executions WHERE execution_id = $1")
+            .bind(root)
+            .fetch_one(&sys.db.pool)
+            .await
+            .expect("root");
+    assert_eq!(status, "failed");
+    assert_eq!(error["error"]["kind"], "child_failed", "{error}");
+    let step_failed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lineq.events WHERE execution_id = $1 AND event_type = 'step_failed'",
+    )
+    .bind(root)
+    .fetch_one(&sys.db.pool)
+    .await
+    .expect("events");
+    assert_eq!(step_failed, 1);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.q_lineq_results")
+        .fetch_one(&sys.db.pool)
+        .await
+        .expect("results queue");
+    assert_eq!(left, 0, "the child_finished message was taken");
+    let check = lineq(&sys.db.url, &["lineage", "check", &root.to_string()]);
+    assert!(check.status.success(), "{}", stdout(&check));
+    sys.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_mid_run_with_running_children() {
     let sys = System::start(&[&["--concurrency", "4"]]).await;

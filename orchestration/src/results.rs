@@ -23,7 +23,9 @@ use lineq_shared::telemetry;
 use lineq_shared::validation::{Namespace, check_name};
 
 use crate::enqueue::{ReadyStep, enqueue};
-use crate::settle::{ExecState, StepRow, Work, lock_executions, read_steps, settle};
+use crate::settle::{
+    ExecState, StepRow, Work, carry_to_parent, lock_executions, read_steps, settle,
+};
 use crate::workflow::{RetryPolicy, WorkflowDefinition, store};
 
 /// What one batch did.
@@ -43,6 +45,37 @@ pub struct BatchReport {
     pub children: usize,
     /// Executions finished by this batch.
     pub finished: usize,
+}
+
+/// `{"kind": "child_finished", "execution_id", "ending_event_id"}`: `lineq.cancel` (SQL)
+/// ended a child execution that a step of a running parent waits for; settling the parent is
+/// left to the orchestrator.
+struct ChildFinished {
+    execution_id: Uuid,
+    ending_event_id: Uuid,
+}
+
+impl ChildFinished {
+    fn parse(m: &QueuedMessage) -> Option<Self> {
+        // A look at the text first: results are most of what this queue holds, and parsing
+        // each twice would cost more than this.
+        if !m.body.as_deref()?.contains("\"child_finished\"") {
+            return None;
+        }
+        let body = m.json().ok()??;
+        if body.get("kind").and_then(Value::as_str) != Some("child_finished") {
+            return None;
+        }
+        let id = |key: &str| {
+            body.get(key)
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::parse_str(s).ok())
+        };
+        Some(Self {
+            execution_id: id("execution_id")?,
+            ending_event_id: id("ending_event_id")?,
+        })
+    }
 }
 
 struct StepUpdate {
@@ -81,7 +114,12 @@ pub async fn process_batch(
     }
 
     let mut parsed: Vec<(&QueuedMessage, ResultMessage)> = Vec::with_capacity(msgs.len());
+    let mut finished_children: Vec<(&QueuedMessage, ChildFinished)> = Vec::new();
     for m in &msgs {
+        if let Some(c) = ChildFinished::parse(m) {
+            finished_children.push((m, c));
+            continue;
+        }
         match m
             .json()
             .and_then(|body| ResultMessage::parse(body.as_ref()))
@@ -110,6 +148,7 @@ pub async fn process_batch(
     let execution_ids: Vec<Uuid> = parsed
         .iter()
         .map(|(_, r)| r.execution_id)
+        .chain(finished_children.iter().map(|(_, c)| c.execution_id))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -270,6 +309,25 @@ pub async fn process_batch(
     let (created_children, child_events) = create_children(&mut tx, &work, children).await?;
     report.children = created_children;
     settle(&mut tx, &mut work).await?;
+    // Children cancelled from SQL whose parents' steps wait for them: carry each outcome up
+    // and settle the parents, as `lineq cancel` does in its own transaction.
+    let mut parents = Vec::new();
+    for (m, c) in &finished_children {
+        archive_ids.push(m.msg_id);
+        let Some(child) = work.execs.get(&c.execution_id).cloned() else {
+            continue;
+        };
+        if !child.is_terminal() {
+            continue;
+        }
+        if let Some(p) = carry_to_parent(&mut tx, &mut work, &child, c.ending_event_id).await? {
+            parents.push(p);
+        }
+    }
+    if !parents.is_empty() {
+        work.touched.extend(parents);
+        settle(&mut tx, &mut work).await?;
+    }
     report.finished = work.finished;
 
     let ready = std::mem::take(&mut work.ready);
