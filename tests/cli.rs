@@ -363,3 +363,65 @@ async fn demo_starts_its_own_postgres_when_none_is_configured() {
         .collect();
     assert_eq!(statuses, ["completed", "failed", "completed"]);
 }
+
+#[tokio::test]
+async fn output_for_scripts() {
+    let db = TestDb::new().await;
+    // --format json: errors are JSON on stderr, with the same exit codes.
+    let out = lineq(
+        &db.url,
+        &["submit", "echo", "--input", "{bad", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let e: Value = serde_json::from_str(stderr(&out).trim()).expect("a JSON error");
+    assert_eq!(e["error"]["code"], "invalid_input");
+    assert_eq!(e["error"]["field"], "input");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not valid JSON")),
+        "{e}"
+    );
+    let out = lineq(
+        &db.url,
+        &["get", &Uuid::now_v7().to_string(), "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let e: Value = serde_json::from_str(stderr(&out).trim()).expect("a JSON error");
+    assert_eq!(e["error"]["code"], "not_found");
+
+    // A reader that goes away (`lineq list | head`) is not a crash.
+    for _ in 0..3 {
+        assert!(lineq(&db.url, &["submit", "echo"]).status.success());
+    }
+    let mut child = std::process::Command::new(lineq_bin())
+        .args(["list"])
+        .env("DATABASE_URL", &db.url)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+
+    // Logs to a file or a pipe carry no colour codes.
+    let out = lineq(
+        &db.url,
+        &[
+            "-v",
+            "submit",
+            "echo",
+            "--otlp-endpoint",
+            "http://127.0.0.1:1",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("exporting spans over OTLP"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
+    db.drop_db().await;
+}

@@ -1,5 +1,6 @@
 //! `lineq demo`: the whole system once, in-process, on DATABASE_URL or a throwaway PostgreSQL.
 
+use super::output::{out, outln};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -141,17 +142,20 @@ async fn run_on(pool: &PgPool, format: Format, a: &DemoArgs) -> anyhow::Result<(
         let events = client.events(e.execution_id).await?;
         match format {
             Format::Text => {
-                println!(
+                outln!(
                     "\n== {} ({}) → {}   correlation {}",
-                    e.execution_id, e.workflow_name, e.status, e.correlation_id
+                    e.execution_id,
+                    e.workflow_name,
+                    e.status,
+                    e.correlation_id
                 );
                 if let Some(o) = &e.output {
-                    println!("   output: {o}");
+                    outln!("   output: {o}");
                 }
                 if let Some(err) = &e.error {
-                    println!("   error:  {err}");
+                    outln!("   error:  {err}");
                 }
-                print!("{}", render::event_tree(&events));
+                out!("{}", render::event_tree(&events));
             }
             Format::Json => report.push(json!({ "execution": e, "events": events })),
         }

@@ -1,5 +1,6 @@
 //! `lineq list`: find executions by tags, metadata, status, workflow, lineage and time.
 
+use super::output::out;
 use std::fmt::Write;
 
 use clap::Args;
@@ -112,7 +113,7 @@ pub async fn run(pool: &PgPool, format: Format, a: ListArgs) -> anyhow::Result<(
     match format {
         Format::Json => print_json(&page),
         Format::Text => {
-            print!("{}", render(&page));
+            out!("{}", render(&page));
             Ok(())
         }
     }

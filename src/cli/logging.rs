@@ -1,5 +1,7 @@
 //! Log setup: structured, to stderr, `--log-format json` for log shippers.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use super::{Cli, LogFormat};
@@ -23,9 +25,16 @@ pub fn init(cli: &Cli) {
         .unwrap_or_else(|| EnvFilter::new(format!("{default},sqlx=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(std::io::stderr);
     let _ = match global.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.compact().try_init(),
     };
+}
+
+/// Colour codes only for a person at a terminal: not in a file, a pipe or a log shipper, and
+/// never with `NO_COLOR` set (https://no-color.org).
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -13,6 +13,7 @@ mod list;
 pub mod logging;
 mod migrate;
 mod namespace;
+pub mod output;
 mod prune;
 mod render;
 mod run;
@@ -30,6 +31,7 @@ use sqlx::PgPool;
 
 use lineq::DatabaseConfig;
 use lineq::shared::validation::ValidationError;
+use output::outln;
 
 /// lineq — a distributed worker runtime on PostgreSQL message queues (PGMQ), with lineage you
 /// can query.
@@ -262,7 +264,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 /// Prints `value` as pretty JSON.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

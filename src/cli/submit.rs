@@ -1,5 +1,6 @@
 //! `lineq submit`.
 
+use super::output::outln;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -127,8 +128,8 @@ pub async fn run(pool: &PgPool, format: Format, a: SubmitArgs) -> anyhow::Result
     }
     match format {
         Format::Json => print_json(&execution)?,
-        Format::Text if a.wait => println!("{} {}", execution.execution_id, execution.status),
-        Format::Text => println!("{}", execution.execution_id),
+        Format::Text if a.wait => outln!("{} {}", execution.execution_id, execution.status),
+        Format::Text => outln!("{}", execution.execution_id),
     }
     if a.wait && execution.status != lineq::shared::execution::ExecutionStatus::Completed {
         anyhow::bail!("execution {} {}", execution.execution_id, execution.status);

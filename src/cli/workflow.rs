@@ -1,5 +1,6 @@
 //! `lineq workflow register|list|show`: the workflow registry.
 
+use super::output::{out, outln};
 use std::fmt::Write as _;
 use std::io::Read;
 
@@ -90,9 +91,9 @@ async fn register(pool: &PgPool, format: Format, files: &[String]) -> anyhow::Re
             .with_context(|| label.clone())?;
         if format == Format::Text {
             if r.created {
-                println!("registered {} v{}", r.name, r.version);
+                outln!("registered {} v{}", r.name, r.version);
             } else {
-                println!("{} v{} already registered (unchanged)", r.name, r.version);
+                outln!("{} v{} already registered (unchanged)", r.name, r.version);
             }
         }
         done.push(r);
@@ -114,12 +115,15 @@ async fn list(pool: &PgPool, format: Format) -> anyhow::Result<()> {
                 .max()
                 .unwrap_or(0)
                 .max("NAME".len());
-            println!(
+            outln!(
                 "{:<width$}  {:>6}  {:>8}  {:>5}  UPDATED",
-                "NAME", "LATEST", "VERSIONS", "STEPS"
+                "NAME",
+                "LATEST",
+                "VERSIONS",
+                "STEPS"
             );
             for w in &workflows {
-                println!(
+                outln!(
                     "{:<width$}  {:>6}  {:>8}  {:>5}  {}",
                     w.name,
                     format!("v{}", w.latest_version),
@@ -142,7 +146,7 @@ async fn show(pool: &PgPool, format: Format, reference: &str, yaml: bool) -> any
             id: reference.to_string(),
         })?;
     if yaml {
-        print!("{}", wf.definition.to_yaml()?);
+        out!("{}", wf.definition.to_yaml()?);
         return Ok(());
     }
     match format {
@@ -153,7 +157,7 @@ async fn show(pool: &PgPool, format: Format, reference: &str, yaml: bool) -> any
                 .iter()
                 .map(|v| v.version)
                 .collect();
-            print!("{}", render(&wf, &all));
+            out!("{}", render(&wf, &all));
         }
     }
     Ok(())
