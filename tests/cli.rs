@@ -425,3 +425,24 @@ async fn output_for_scripts() {
     assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn submit_wait_says_when_no_live_worker_serves_the_namespace() {
+    let db = TestDb::new().await;
+    let out = lineq(
+        &db.url,
+        &["submit", "echo", "--wait", "--wait-timeout-secs", "3"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("still pending after 3 s: no live worker serves namespace 'default'"),
+        "{err}"
+    );
+    // Said while waiting too, not only at the end.
+    assert!(
+        err.contains("note: no live worker serves namespace"),
+        "{err}"
+    );
+    db.drop_db().await;
+}

@@ -182,7 +182,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     match cli.command {
         Command::Migrate(a) => migrate::run(&connect(g).await?, g.format, a).await,
-        Command::Submit(a) => submit::run(&connect(g).await?, g.format, a).await,
+        Command::Submit(a) => {
+            let silent = g.effective.orchestrator.silent_worker_secs as f64;
+            submit::run(&connect(g).await?, g.format, a, silent).await
+        }
         Command::Get(a) => {
             let silent = g.effective.orchestrator.silent_worker_secs;
             inspect::get(&connect(g).await?, g.format, a, silent).await
