@@ -365,6 +365,53 @@ async fn demo_starts_its_own_postgres_when_none_is_configured() {
 }
 
 #[tokio::test]
+async fn database_errors_say_what_failed_once() {
+    // Nothing listens on port 1: refused at once, and said so (not "pool timed out").
+    let out = lineq("postgres://nobody:secret@127.0.0.1:1/lineq", &["list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot connect to PostgreSQL at 127.0.0.1:1")
+            && err.to_lowercase().contains("connection refused"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("timed out") && !err.contains("secret"),
+        "{err}"
+    );
+
+    // The server's reason, once.
+    let db = TestDb::empty().await;
+    let missing = db.url.replace(&db.name, "lineq_no_such_database");
+    let out = lineq(&missing, &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("\"lineq_no_such_database\" does not exist")
+            .count(),
+        1,
+        "{err}"
+    );
+
+    // A database without lineq's schema: every command that needs it says what to do.
+    for args in [
+        vec!["list"],
+        vec!["submit", "echo"],
+        vec!["get", "01a2504e-f487-7001-9fc8-8ba569374709"],
+        vec!["workflow", "list"],
+    ] {
+        let out = lineq(&db.url, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("not migrated: run `lineq migrate` first") && !err.contains("relation"),
+            "{args:?}: {err}"
+        );
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn output_for_scripts() {
     let db = TestDb::new().await;
     // --format json: errors are JSON on stderr, with the same exit codes.

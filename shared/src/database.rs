@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::error::{Error, Result};
 use crate::validation::ValidationError;
@@ -79,12 +79,34 @@ impl DatabaseConfig {
 
     /// Opens the pool and checks that the server answers.
     ///
+    /// The check is one connection opened directly (then closed), so a server that refuses
+    /// (wrong port, wrong password, no such database) fails at once with PostgreSQL's or the
+    /// operating system's own reason. A pool's first connect would instead retry such errors
+    /// until its acquire timeout and then report only that it timed out. A server that does not
+    /// answer at all fails after [`DatabaseConfig::acquire_timeout`].
+    ///
     /// A connection handed out is pinged first only if it sat idle for a second or more
     /// ([`PING_IDLE_AFTER`]). sqlx pings on every acquire by default, a round trip on the
     /// critical path of every claim, report and result batch; a connection in use by a busy
     /// loop was working milliseconds ago. sqlx also pings a connection when it comes back to the
     /// pool (off that path) and drops it if it is broken.
     pub async fn connect(&self) -> Result<PgPool> {
+        let opts = self.connect_options()?;
+        let first = tokio::time::timeout(self.acquire_timeout, PgConnection::connect_with(&opts))
+            .await
+            .map_err(|_| {
+                Error::Database(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer from {}:{} within {} s",
+                        opts.get_host(),
+                        opts.get_port(),
+                        self.acquire_timeout.as_secs_f64()
+                    ),
+                )))
+            })??;
+        // Closing politely keeps the server's log free of "unexpected EOF".
+        let _ = first.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
@@ -97,8 +119,7 @@ impl DatabaseConfig {
                     Ok(true)
                 })
             })
-            .connect_with(self.connect_options()?)
-            .await?;
+            .connect_lazy_with(opts);
         Ok(pool)
     }
 }

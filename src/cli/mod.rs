@@ -181,7 +181,7 @@ impl Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     match cli.command {
-        Command::Migrate(a) => migrate::run(&connect(g).await?, g.format, a).await,
+        Command::Migrate(a) => migrate::run(&connect_sized(g, 5).await?, g.format, a).await,
         Command::Submit(a) => {
             let silent = g.effective.orchestrator.silent_worker_secs as f64;
             submit::run(&connect(g).await?, g.format, a, silent).await
@@ -199,7 +199,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(g, a).await,
         Command::Orchestrator(a) => {
             let stop = run::shutdown_on_signal();
-            run::orchestrator(connect(g).await?, a, stop).await
+            run::orchestrator(connect_sized(g, 5).await?, a, stop).await
         }
         Command::Worker(a) => {
             let stop = run::shutdown_on_signal();
@@ -222,8 +222,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A pool for a command that reads or writes lineq's schema: refused with "run `lineq migrate`
+/// first" when the database has none (instead of PostgreSQL's `relation ... does not exist`).
 async fn connect(g: &GlobalArgs) -> anyhow::Result<PgPool> {
-    connect_sized(g, 5).await
+    let pool = connect_sized(g, 5).await?;
+    require_schema(&pool).await?;
+    Ok(pool)
+}
+
+/// Fails unless lineq's migrations have been applied to the database. Needs no privilege on
+/// lineq's tables, so it works for every role.
+async fn require_schema(pool: &PgPool) -> anyhow::Result<()> {
+    let migrated: bool = sqlx::query_scalar(
+        "SELECT to_regclass('lineq._sqlx_migrations') IS NOT NULL
+            AND to_regclass('lineq.executions') IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(lineq::Error::from)?;
+    if !migrated {
+        anyhow::bail!("the database is not migrated: run `lineq migrate` first");
+    }
+    Ok(())
 }
 
 async fn connect_sized(g: &GlobalArgs, size: u32) -> anyhow::Result<PgPool> {
@@ -233,11 +253,20 @@ async fn connect_sized(g: &GlobalArgs, size: u32) -> anyhow::Result<PgPool> {
             "DATABASE_URL is not set; export it or pass --database-url",
         )
     })?;
-    DatabaseConfig::new(url)
-        .max_connections(g.effective.database.max_connections.unwrap_or(size))
+    let config = DatabaseConfig::new(url)
+        .max_connections(g.effective.database.max_connections.unwrap_or(size));
+    // Where it tried, so "connection refused" says to what (never the password).
+    let target = config
+        .connect_options()
+        .map(|o| match o.get_socket() {
+            Some(socket) => format!(" at {}", socket.display()),
+            None => format!(" at {}:{}", o.get_host(), o.get_port()),
+        })
+        .unwrap_or_default();
+    config
         .connect()
         .await
-        .context("cannot connect to PostgreSQL")
+        .with_context(|| format!("cannot connect to PostgreSQL{target}"))
 }
 
 /// Maps an error to the exit code promised in `--help`.
