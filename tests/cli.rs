@@ -223,7 +223,17 @@ async fn submit_prints_the_row_as_json_and_keeps_correlation_ids() {
 async fn get_and_events_show_the_lineage() {
     let db = TestDb::new().await;
     let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
-    let mut worker = Proc::start(&db.url, "worker", &["worker", "--worker-id", "w-get"]);
+    let mut worker = Proc::start(
+        &db.url,
+        "worker",
+        &[
+            "worker",
+            "--worker-id",
+            "w-get",
+            "--command",
+            r#"noisy=sh -c 'echo "careful: disk almost full" >&2; echo 7'"#,
+        ],
+    );
     let out = lineq(
         &db.url,
         &["submit", "echo", "--input", r#"{"k":"v"}"#, "--wait"],
@@ -234,7 +244,49 @@ async fn get_and_events_show_the_lineage() {
         .next()
         .expect("id")
         .to_string();
-    assert!(stdout(&out).contains("completed"));
+    // --wait shows the status and the output.
+    assert_eq!(
+        stdout(&out),
+        format!("{id} completed\noutput {{\"k\":\"v\"}}\n")
+    );
+
+    // A failure says why, on stdout and in the error.
+    let failed = lineq(
+        &db.url,
+        &[
+            "submit",
+            "fail",
+            "--input",
+            r#"{"message":"card declined"}"#,
+            "--wait",
+        ],
+    );
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(
+        stdout(&failed).contains(" failed\nerror  ") && stdout(&failed).contains("card declined"),
+        "{}",
+        stdout(&failed)
+    );
+    assert!(
+        stderr(&failed).contains("failed: ") && stderr(&failed).contains("card declined"),
+        "{}",
+        stderr(&failed)
+    );
+
+    // A command that succeeds keeps what it wrote on stderr: in the worker's log, with the
+    // step's ids.
+    let noisy = lineq(&db.url, &["submit", "noisy", "--wait", "--format", "json"]);
+    assert!(noisy.status.success(), "{}", stderr(&noisy));
+    let row: Value = serde_json::from_str(&stdout(&noisy)).expect("json");
+    assert_eq!(row["output"], 7);
+    let noisy_id = row["execution_id"].as_str().expect("id").to_string();
+    let log = worker.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("careful: disk almost full"))
+        .unwrap_or_else(|| panic!("the command's stderr is not in the worker's log:\n{log}"));
+    assert!(line.contains(&noisy_id), "{line}");
+    assert!(line.contains("step_id="), "{line}");
 
     let get = lineq(&db.url, &["get", &id]);
     assert!(get.status.success());
@@ -470,6 +522,25 @@ async fn output_for_scripts() {
     let err = stderr(&out);
     assert!(err.contains("exporting spans over OTLP"), "{err}");
     assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_span_export_that_fails_says_so() {
+    let db = TestDb::new().await;
+    // Nothing listens on port 1.
+    let out = lineq(
+        &db.url,
+        &["submit", "echo", "--otlp-endpoint", "http://127.0.0.1:1"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("WARN") && err.contains("exporting spans to http://127.0.0.1:1 failed"),
+        "{err}"
+    );
+    // Said once, by lineq, not again per batch by the SDK.
+    assert!(!err.contains("BatchSpanProcessor.ExportError"), "{err}");
     db.drop_db().await;
 }
 
