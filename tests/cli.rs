@@ -406,6 +406,13 @@ async fn demo_starts_its_own_postgres_when_none_is_configured() {
         .expect("run demo");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("throwaway PostgreSQL"));
+    // Every connection is closed before the cluster stops: no warning about a connection the
+    // server terminated.
+    assert!(
+        !stderr(&out).contains("terminating connection"),
+        "{}",
+        stderr(&out)
+    );
     let report: Value = serde_json::from_str(&stdout(&out)).expect("json");
     let statuses: Vec<&str> = report
         .as_array()

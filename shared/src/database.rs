@@ -123,3 +123,17 @@ impl DatabaseConfig {
         Ok(pool)
     }
 }
+
+/// Closes `pool` and waits, at most `within`, until none of its connections is open.
+///
+/// `PgPool::close` can return while a connection is still on its way back to the pool (a
+/// query future dropped mid-flight, a `LISTEN` connection being released): sqlx then pings it
+/// on release. Before the server stops (a throwaway cluster at the end of a run), waiting for
+/// it keeps that ping from meeting a server that is terminating its connections.
+pub async fn close(pool: &PgPool, within: Duration) {
+    pool.close().await;
+    let deadline = tokio::time::Instant::now() + within;
+    while pool.size() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -32,7 +32,9 @@ pub struct DemoArgs {
 pub async fn run(url: Option<String>, format: Format, a: DemoArgs) -> anyhow::Result<()> {
     let (pool, local) = database(url).await?;
     let result = run_on(&pool, format, &a).await;
-    pool.close().await;
+    // Every connection closed before the server goes: one still on its way back to the pool
+    // would be pinged while the server terminates it, and sqlx would warn about that.
+    lineq::shared::database::close(&pool, Duration::from_secs(5)).await;
     if let Some(pg) = local {
         eprintln!("stopping the throwaway PostgreSQL");
         pg.stop()
