@@ -55,6 +55,12 @@ pub async fn run(pool: &PgPool, url: &str, format: Format, a: ChaosArgs) -> anyh
         Format::Json => print_json(&v)?,
         Format::Text => {
             outln!(
+                "run {}  namespace {}  (its executions are tagged chaos_run={})",
+                v.run_id,
+                v.namespace,
+                v.run_id
+            );
+            outln!(
                 "executions {}  completed {}  children {}  retries {}",
                 v.executions,
                 v.completed,

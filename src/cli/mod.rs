@@ -155,6 +155,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Fault injection: run orchestrators and workers as processes, SIGKILL them while they
     /// work, and prove nothing was lost, duplicated or left without lineage.
+    ///
+    /// Needs a database it may migrate (DATABASE_URL), nothing else; it may be one in use. Its
+    /// steps run in a namespace of its own (chaos_<run id>, served only by its workers), its
+    /// executions carry the tag chaos_run=<run id>, and only they are judged.
     Chaos(chaos::ChaosArgs),
     /// The configuration: `config show` prints the effective one, secrets masked.
     #[command(subcommand)]
