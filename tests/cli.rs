@@ -571,3 +571,21 @@ async fn submit_wait_says_when_no_live_worker_serves_the_namespace() {
     );
     db.drop_db().await;
 }
+
+#[test]
+fn help_lists_every_exit_code() {
+    let out = std::process::Command::new(lineq_bin())
+        .arg("--help")
+        .output()
+        .expect("run");
+    let help = stdout(&out);
+    for code in [
+        "0 success",
+        "1 failure",
+        "2 invalid input",
+        "3 not found",
+        "4 conflict",
+    ] {
+        assert!(help.contains(code), "--help lacks {code:?}:\n{help}");
+    }
+}

@@ -5,7 +5,8 @@
 //! input as JSON on stdin and `LINEQ_CORRELATION_ID`, `LINEQ_EXECUTION_ID`, `LINEQ_STEP`,
 //! `LINEQ_ATTEMPT`, `LINEQ_IDEMPOTENCY_KEY` and `TRACEPARENT` in its environment; its stdout,
 //! parsed as JSON, is the output (empty stdout is `null`). A non-zero exit fails the attempt
-//! with the tail of stderr.
+//! with the tail of stderr; on success the tail of stderr, if any, is logged at info level with
+//! the step's ids.
 //!
 //! The program does not inherit the worker's environment, which holds the worker's database
 //! URL and tokens: it gets `PATH`, `HOME`, `LANG`, `LC_*`, `TZ` and `TMPDIR` from the worker,
