@@ -589,3 +589,49 @@ fn help_lists_every_exit_code() {
         assert!(help.contains(code), "--help lacks {code:?}:\n{help}");
     }
 }
+
+#[tokio::test]
+async fn list_pages_newest_first() {
+    let db = TestDb::new().await;
+    let mut submitted = Vec::new();
+    for i in 0..3 {
+        let out = lineq(&db.url, &["submit", "echo", "--input", &i.to_string()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        submitted.push(stdout(&out).trim().to_string());
+    }
+    let ids = |out: &std::process::Output| -> (Vec<String>, Option<String>) {
+        assert!(out.status.success(), "{}", stderr(out));
+        let page: Value = serde_json::from_str(&stdout(out)).expect("json");
+        let ids = page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|e| e["execution_id"].as_str().expect("id").to_string())
+            .collect();
+        (ids, page["next_cursor"].as_str().map(str::to_string))
+    };
+    let (oldest_first, _) = ids(&lineq(&db.url, &["list", "--format", "json"]));
+    assert_eq!(oldest_first, submitted);
+    let (first, cursor) = ids(&lineq(
+        &db.url,
+        &["list", "--newest-first", "--limit", "2", "--format", "json"],
+    ));
+    assert_eq!(first, [submitted[2].clone(), submitted[1].clone()]);
+    let cursor = cursor.expect("a next page");
+    let (rest, more) = ids(&lineq(
+        &db.url,
+        &[
+            "list",
+            "--newest-first",
+            "--limit",
+            "2",
+            "--cursor",
+            &cursor,
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(rest, [submitted[0].clone()]);
+    assert_eq!(more, None);
+    db.drop_db().await;
+}

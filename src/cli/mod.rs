@@ -114,7 +114,7 @@ pub enum Command {
     /// Mermaid; `lineage check ID` proves the tree is whole.
     Lineage(lineage::LineageArgs),
     /// Find executions by tags, metadata, status, workflow, lineage and time (filters combine
-    /// with AND), oldest first, one page at a time.
+    /// with AND), oldest first (or --newest-first), one page at a time.
     List(list::ListArgs),
     /// Set tags on a pending execution (KEY=VALUE...). A concurrent change makes it fail with a
     /// conflict instead of being lost.
