@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -32,15 +32,13 @@ pub fn init(cli: &Cli) {
         .with_writer(std::io::stderr);
     // The SDK's own line for every failed export is left out: lineq's exporter says it once
     // per interval, with the endpoint and what was lost (shared::telemetry).
-    let filter = filter.and(filter_fn(|m| !REPLACED_OTEL_EVENTS.contains(&m.name())));
-    let registry = tracing_subscriber::registry();
+    let quiet = filter_fn(|m| !REPLACED_OTEL_EVENTS.contains(&m.name()));
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match global.log_format {
         LogFormat::Json => registry
-            .with(layer.json().flatten_event(true).with_filter(filter))
+            .with(layer.json().flatten_event(true).with_filter(quiet))
             .try_init(),
-        LogFormat::Text => registry
-            .with(layer.compact().with_filter(filter))
-            .try_init(),
+        LogFormat::Text => registry.with(layer.compact().with_filter(quiet)).try_init(),
     };
 }
 
