@@ -24,9 +24,9 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => e.exit(),
     };
+    let format = args.global.format;
     if let Err(e) = cli::config::resolve(&mut args, &matches) {
-        eprintln!("error: {e:#}");
-        return ExitCode::from(cli::exit_code(&e));
+        return report(&e, format);
     }
     cli::logging::init(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -39,11 +39,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::telemetry::run(args)) {
+    let result = runtime.block_on(cli::telemetry::run(args));
+    // A reader that went away (`lineq list | head`) is not an error; any other failure to
+    // write the result is.
+    let result = result.and_then(|()| match cli::output::write_error() {
+        Some(e) => Err(anyhow::anyhow!("cannot write the result to stdout: {e}")),
+        None => Ok(()),
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(cli::exit_code(&e))
-        }
+        Err(e) => report(&e, format),
     }
+}
+
+/// Prints the error on stderr (as JSON with `--format json`) and returns its exit code.
+fn report(e: &anyhow::Error, format: cli::Format) -> ExitCode {
+    let code = cli::exit_code(e);
+    eprintln!("{}", cli::output::render_error(e, format, code));
+    ExitCode::from(code)
 }

@@ -223,7 +223,17 @@ async fn submit_prints_the_row_as_json_and_keeps_correlation_ids() {
 async fn get_and_events_show_the_lineage() {
     let db = TestDb::new().await;
     let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
-    let mut worker = Proc::start(&db.url, "worker", &["worker", "--worker-id", "w-get"]);
+    let mut worker = Proc::start(
+        &db.url,
+        "worker",
+        &[
+            "worker",
+            "--worker-id",
+            "w-get",
+            "--command",
+            r#"noisy=sh -c 'echo "careful: disk almost full" >&2; echo 7'"#,
+        ],
+    );
     let out = lineq(
         &db.url,
         &["submit", "echo", "--input", r#"{"k":"v"}"#, "--wait"],
@@ -234,7 +244,49 @@ async fn get_and_events_show_the_lineage() {
         .next()
         .expect("id")
         .to_string();
-    assert!(stdout(&out).contains("completed"));
+    // --wait shows the status and the output.
+    assert_eq!(
+        stdout(&out),
+        format!("{id} completed\noutput {{\"k\":\"v\"}}\n")
+    );
+
+    // A failure says why, on stdout and in the error.
+    let failed = lineq(
+        &db.url,
+        &[
+            "submit",
+            "fail",
+            "--input",
+            r#"{"message":"card declined"}"#,
+            "--wait",
+        ],
+    );
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(
+        stdout(&failed).contains(" failed\nerror  ") && stdout(&failed).contains("card declined"),
+        "{}",
+        stdout(&failed)
+    );
+    assert!(
+        stderr(&failed).contains("failed: ") && stderr(&failed).contains("card declined"),
+        "{}",
+        stderr(&failed)
+    );
+
+    // A command that succeeds keeps what it wrote on stderr: in the worker's log, with the
+    // step's ids.
+    let noisy = lineq(&db.url, &["submit", "noisy", "--wait", "--format", "json"]);
+    assert!(noisy.status.success(), "{}", stderr(&noisy));
+    let row: Value = serde_json::from_str(&stdout(&noisy)).expect("json");
+    assert_eq!(row["output"], 7);
+    let noisy_id = row["execution_id"].as_str().expect("id").to_string();
+    let log = worker.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("careful: disk almost full"))
+        .unwrap_or_else(|| panic!("the command's stderr is not in the worker's log:\n{log}"));
+    assert!(line.contains(&noisy_id), "{line}");
+    assert!(line.contains("step_id="), "{line}");
 
     let get = lineq(&db.url, &["get", &id]);
     assert!(get.status.success());
@@ -354,6 +406,13 @@ async fn demo_starts_its_own_postgres_when_none_is_configured() {
         .expect("run demo");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("throwaway PostgreSQL"));
+    // Every connection is closed before the cluster stops: no warning about a connection the
+    // server terminated.
+    assert!(
+        !stderr(&out).contains("terminating connection"),
+        "{}",
+        stderr(&out)
+    );
     let report: Value = serde_json::from_str(&stdout(&out)).expect("json");
     let statuses: Vec<&str> = report
         .as_array()
@@ -362,4 +421,217 @@ async fn demo_starts_its_own_postgres_when_none_is_configured() {
         .map(|r| r["execution"]["status"].as_str().expect("status"))
         .collect();
     assert_eq!(statuses, ["completed", "failed", "completed"]);
+}
+
+#[tokio::test]
+async fn database_errors_say_what_failed_once() {
+    // Nothing listens on port 1: refused at once, and said so (not "pool timed out").
+    let out = lineq("postgres://nobody:secret@127.0.0.1:1/lineq", &["list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot connect to PostgreSQL at 127.0.0.1:1")
+            && err.to_lowercase().contains("connection refused"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("timed out") && !err.contains("secret"),
+        "{err}"
+    );
+
+    // The server's reason, once.
+    let db = TestDb::empty().await;
+    let missing = db.url.replace(&db.name, "lineq_no_such_database");
+    let out = lineq(&missing, &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("\"lineq_no_such_database\" does not exist")
+            .count(),
+        1,
+        "{err}"
+    );
+
+    // A database without lineq's schema: every command that needs it says what to do.
+    for args in [
+        vec!["list"],
+        vec!["submit", "echo"],
+        vec!["get", "01a2504e-f487-7001-9fc8-8ba569374709"],
+        vec!["workflow", "list"],
+    ] {
+        let out = lineq(&db.url, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("not migrated: run `lineq migrate` first") && !err.contains("relation"),
+            "{args:?}: {err}"
+        );
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn output_for_scripts() {
+    let db = TestDb::new().await;
+    // --format json: errors are JSON on stderr, with the same exit codes.
+    let out = lineq(
+        &db.url,
+        &["submit", "echo", "--input", "{bad", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let e: Value = serde_json::from_str(stderr(&out).trim()).expect("a JSON error");
+    assert_eq!(e["error"]["code"], "invalid_input");
+    assert_eq!(e["error"]["field"], "input");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not valid JSON")),
+        "{e}"
+    );
+    let out = lineq(
+        &db.url,
+        &["get", &Uuid::now_v7().to_string(), "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let e: Value = serde_json::from_str(stderr(&out).trim()).expect("a JSON error");
+    assert_eq!(e["error"]["code"], "not_found");
+
+    // A reader that goes away (`lineq list | head`) is not a crash.
+    for _ in 0..3 {
+        assert!(lineq(&db.url, &["submit", "echo"]).status.success());
+    }
+    let mut child = std::process::Command::new(lineq_bin())
+        .args(["list"])
+        .env("DATABASE_URL", &db.url)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+
+    // Logs to a file or a pipe carry no colour codes.
+    let out = lineq(
+        &db.url,
+        &[
+            "-v",
+            "submit",
+            "echo",
+            "--otlp-endpoint",
+            "http://127.0.0.1:1",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("exporting spans over OTLP"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_span_export_that_fails_says_so() {
+    let db = TestDb::new().await;
+    // Nothing listens on port 1.
+    let out = lineq(
+        &db.url,
+        &["submit", "echo", "--otlp-endpoint", "http://127.0.0.1:1"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("WARN") && err.contains("exporting spans to http://127.0.0.1:1 failed"),
+        "{err}"
+    );
+    // Said once, by lineq, not again per batch by the SDK.
+    assert!(!err.contains("BatchSpanProcessor.ExportError"), "{err}");
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn submit_wait_says_when_no_live_worker_serves_the_namespace() {
+    let db = TestDb::new().await;
+    let out = lineq(
+        &db.url,
+        &["submit", "echo", "--wait", "--wait-timeout-secs", "3"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("still pending after 3 s: no live worker serves namespace 'default'"),
+        "{err}"
+    );
+    // Said while waiting too, not only at the end.
+    assert!(
+        err.contains("note: no live worker serves namespace"),
+        "{err}"
+    );
+    db.drop_db().await;
+}
+
+#[test]
+fn help_lists_every_exit_code() {
+    let out = std::process::Command::new(lineq_bin())
+        .arg("--help")
+        .output()
+        .expect("run");
+    let help = stdout(&out);
+    for code in [
+        "0 success",
+        "1 failure",
+        "2 invalid input",
+        "3 not found",
+        "4 conflict",
+    ] {
+        assert!(help.contains(code), "--help lacks {code:?}:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn list_pages_newest_first() {
+    let db = TestDb::new().await;
+    let mut submitted = Vec::new();
+    for i in 0..3 {
+        let out = lineq(&db.url, &["submit", "echo", "--input", &i.to_string()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        submitted.push(stdout(&out).trim().to_string());
+    }
+    let ids = |out: &std::process::Output| -> (Vec<String>, Option<String>) {
+        assert!(out.status.success(), "{}", stderr(out));
+        let page: Value = serde_json::from_str(&stdout(out)).expect("json");
+        let ids = page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|e| e["execution_id"].as_str().expect("id").to_string())
+            .collect();
+        (ids, page["next_cursor"].as_str().map(str::to_string))
+    };
+    let (oldest_first, _) = ids(&lineq(&db.url, &["list", "--format", "json"]));
+    assert_eq!(oldest_first, submitted);
+    let (first, cursor) = ids(&lineq(
+        &db.url,
+        &["list", "--newest-first", "--limit", "2", "--format", "json"],
+    ));
+    assert_eq!(first, [submitted[2].clone(), submitted[1].clone()]);
+    let cursor = cursor.expect("a next page");
+    let (rest, more) = ids(&lineq(
+        &db.url,
+        &[
+            "list",
+            "--newest-first",
+            "--limit",
+            "2",
+            "--cursor",
+            &cursor,
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(rest, [submitted[0].clone()]);
+    assert_eq!(more, None);
+    db.drop_db().await;
 }

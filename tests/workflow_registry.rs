@@ -67,8 +67,26 @@ async fn register_list_and_show_a_diamond() {
     let file = yaml_file(DIAMOND);
     let path = file.to_str().expect("utf-8 path");
 
-    let out = run_ok(&db.url, &["workflow", "register", path], 0);
+    // Step c runs in namespace media, which has no step queue yet: refused, naming both, and
+    // nothing registered.
+    let out = lineq(&db.url, &["workflow", "register", path]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            r#"step "c" of workflow "diamond" runs in namespace 'media', which has no step queue"#
+        ) && err.contains("lineq namespace create media"),
+        "{err}"
+    );
+    assert_eq!(db.count("lineq.workflows").await, 0);
+    // --create-namespaces creates it (as `lineq namespace create` would).
+    let out = run_ok(
+        &db.url,
+        &["workflow", "register", "--create-namespaces", path],
+        0,
+    );
     assert_eq!(out.trim(), "registered diamond v1");
+    assert!(run_ok(&db.url, &["namespace", "list"], 0).contains("media"));
 
     // list: text table and JSON
     let out = run_ok(&db.url, &["workflow", "list"], 0);

@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::error::{Error, Result};
 use crate::validation::ValidationError;
@@ -79,12 +79,34 @@ impl DatabaseConfig {
 
     /// Opens the pool and checks that the server answers.
     ///
+    /// The check is one connection opened directly (then closed), so a server that refuses
+    /// (wrong port, wrong password, no such database) fails at once with PostgreSQL's or the
+    /// operating system's own reason. A pool's first connect would instead retry such errors
+    /// until its acquire timeout and then report only that it timed out. A server that does not
+    /// answer at all fails after [`DatabaseConfig::acquire_timeout`].
+    ///
     /// A connection handed out is pinged first only if it sat idle for a second or more
     /// ([`PING_IDLE_AFTER`]). sqlx pings on every acquire by default, a round trip on the
     /// critical path of every claim, report and result batch; a connection in use by a busy
     /// loop was working milliseconds ago. sqlx also pings a connection when it comes back to the
     /// pool (off that path) and drops it if it is broken.
     pub async fn connect(&self) -> Result<PgPool> {
+        let opts = self.connect_options()?;
+        let first = tokio::time::timeout(self.acquire_timeout, PgConnection::connect_with(&opts))
+            .await
+            .map_err(|_| {
+                Error::Database(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer from {}:{} within {} s",
+                        opts.get_host(),
+                        opts.get_port(),
+                        self.acquire_timeout.as_secs_f64()
+                    ),
+                )))
+            })??;
+        // Closing politely keeps the server's log free of "unexpected EOF".
+        let _ = first.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
@@ -97,8 +119,21 @@ impl DatabaseConfig {
                     Ok(true)
                 })
             })
-            .connect_with(self.connect_options()?)
-            .await?;
+            .connect_lazy_with(opts);
         Ok(pool)
+    }
+}
+
+/// Closes `pool` and waits, at most `within`, until none of its connections is open.
+///
+/// `PgPool::close` can return while a connection is still on its way back to the pool (a
+/// query future dropped mid-flight, a `LISTEN` connection being released): sqlx then pings it
+/// on release. Before the server stops (a throwaway cluster at the end of a run), waiting for
+/// it keeps that ping from meeting a server that is terminating its connections.
+pub async fn close(pool: &PgPool, within: Duration) {
+    pool.close().await;
+    let deadline = tokio::time::Instant::now() + within;
+    while pool.size() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

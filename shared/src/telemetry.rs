@@ -174,7 +174,11 @@ pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
         return Ok(off);
     };
     let transport = transport_from_env()?;
-    let exporter = build_exporter(transport, explicit.as_deref())?;
+    let exporter = Reporting::new(
+        build_exporter(transport, explicit.as_deref())?,
+        endpoint.clone(),
+        EXPORT_WARN_EVERY,
+    );
     let resource = resource(&config.service_name);
     let service_name = resource
         .get(&opentelemetry::Key::new("service.name"))
@@ -189,9 +193,15 @@ pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
         .with_resource(resource)
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
+    let sink_endpoint = endpoint.clone();
     let make_sink: SinkMaker = Box::new(move |service: &str| {
         let exporter = match build_exporter(transport, explicit.as_deref()) {
-            Ok(e) => e,
+            // Each sink warns on its own, naming the service it exports for.
+            Ok(e) => Reporting::new(
+                e,
+                format!("{sink_endpoint} (for {service})"),
+                EXPORT_WARN_EVERY,
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, service, "cannot export spans on behalf of a worker");
                 return None;
@@ -823,6 +833,102 @@ fn http_traces_url(url: &str) -> String {
     }
 }
 
+/// At most one warning about failed span exports per this interval.
+const EXPORT_WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// An exporter that says when exports fail: a collector that is down or refuses would
+/// otherwise lose every span in silence. One warning, with the reason, the endpoint and how
+/// many batches and spans failed since the last one, at most every `every`; and one
+/// line at info when exports succeed again.
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    endpoint: String,
+    every: Duration,
+    state: std::sync::Mutex<ExportFailures>,
+}
+
+#[derive(Debug, Default)]
+struct ExportFailures {
+    /// When the last warning was logged.
+    warned_at: Option<std::time::Instant>,
+    /// Failed batches and their spans not yet reported.
+    batches: u64,
+    spans: u64,
+    /// True from the first failure until an export succeeds.
+    failing: bool,
+}
+
+impl<E> Reporting<E> {
+    fn new(inner: E, endpoint: String, every: Duration) -> Self {
+        Self {
+            inner,
+            endpoint,
+            every,
+            state: std::sync::Mutex::new(ExportFailures::default()),
+        }
+    }
+
+    /// Records one export's result; returns the warning to log now, if one is due.
+    fn record(&self, spans: usize, result: &OTelSdkResult) -> Option<String> {
+        let mut st = match self.state.lock() {
+            Ok(st) => st,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Err(e) = result else {
+            if std::mem::take(&mut st.failing) {
+                tracing::info!(endpoint = %self.endpoint, "exporting spans works again");
+            }
+            return None;
+        };
+        st.failing = true;
+        st.batches += 1;
+        st.spans += spans as u64;
+        let now = std::time::Instant::now();
+        if st
+            .warned_at
+            .is_some_and(|at| now.duration_since(at) < self.every)
+        {
+            return None;
+        }
+        st.warned_at = Some(now);
+        let (batches, spans) = (
+            std::mem::take(&mut st.batches),
+            std::mem::take(&mut st.spans),
+        );
+        Some(format!(
+            "exporting spans to {} failed ({batches} batch(es), {spans} span(s) lost since the last warning; next warning in {} s at the earliest): {e}",
+            self.endpoint,
+            self.every.as_secs()
+        ))
+    }
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for Reporting<E>
+{
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        if let Some(warning) = self.record(spans, &result) {
+            tracing::warn!("{warning}");
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
 /// The batch processor, shared between the global tracer provider and lineq's own spans.
 #[derive(Debug)]
 struct SharedProcessor(Arc<dyn SpanProcessor>);
@@ -1016,6 +1122,29 @@ mod tests {
             start(),
         );
         assert!(start().0.is_none());
+    }
+
+    #[test]
+    fn failed_exports_warn_at_most_once_per_interval_and_count_what_was_lost() {
+        let r = Reporting::new((), "http://127.0.0.1:1".into(), Duration::from_secs(3600));
+        let fail: OTelSdkResult = Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+            "connection refused".into(),
+        ));
+        let first = r.record(3, &fail).expect("the first failure warns");
+        assert!(
+            first.contains("http://127.0.0.1:1") && first.contains("connection refused"),
+            "{first}"
+        );
+        assert!(first.contains("1 batch(es), 3 span(s)"), "{first}");
+        assert_eq!(r.record(5, &fail), None, "rate-limited");
+        assert_eq!(r.record(2, &Ok(())), None);
+        // Counted while quiet: the next warning (here forced by a zero interval) says so.
+        let r = Reporting::new((), "e".into(), Duration::ZERO);
+        assert!(r.record(1, &fail).is_some());
+        assert!(
+            r.record(4, &fail)
+                .is_some_and(|w| w.contains("1 batch(es), 4 span(s)"))
+        );
     }
 
     #[test]

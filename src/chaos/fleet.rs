@@ -20,6 +20,7 @@ pub struct Fleet {
     exe: PathBuf,
     url: String,
     worker_args: Vec<String>,
+    worker_prefix: String,
     log_dir: PathBuf,
     members: Vec<Member>,
     spawned: usize,
@@ -29,13 +30,16 @@ pub struct Fleet {
 
 impl Fleet {
     /// Starts the configured number of orchestrators and workers.
-    pub fn start(cfg: &ChaosConfig) -> anyhow::Result<Self> {
+    /// Workers serve `namespace` only.
+    pub fn start(cfg: &ChaosConfig, namespace: &str) -> anyhow::Result<Self> {
         let log_dir = std::env::temp_dir().join(format!("lineq-chaos-{}", std::process::id()));
         std::fs::create_dir_all(&log_dir).context("creating the log directory")?;
         let mut fleet = Self {
             exe: std::env::current_exe().context("finding the lineq binary")?,
             url: cfg.database_url.clone(),
             worker_args: vec![
+                "--namespace".into(),
+                namespace.to_string(),
                 "--visibility-timeout-secs".into(),
                 cfg.visibility_timeout_secs.to_string(),
                 "--poll-interval-ms".into(),
@@ -45,6 +49,8 @@ impl Fleet {
                 "--shutdown-grace-secs".into(),
                 "10".into(),
             ],
+            // Unique to the run: two runs on one database must not share worker ids.
+            worker_prefix: format!("{namespace}-worker"),
             log_dir,
             members: Vec::new(),
             spawned: 0,
@@ -73,8 +79,10 @@ impl Fleet {
             .stdout(out)
             .stderr(err);
         if role == "worker" {
-            cmd.args(&self.worker_args)
-                .args(["--worker-id", &format!("chaos-worker-{}", self.spawned)]);
+            cmd.args(&self.worker_args).args([
+                "--worker-id",
+                &format!("{}-{}", self.worker_prefix, self.spawned),
+            ]);
         } else {
             cmd.args(["--poll-interval-ms", "250"]);
         }

@@ -4,6 +4,12 @@
 //! orchestrator once), starts replacements, and then proves nothing was lost: every execution
 //! completed, each step has exactly one recorded success, every lineage tree is whole, and no
 //! message is left in any queue.
+//!
+//! A run needs only a database it may migrate; it may be one in use. Its steps run in a
+//! namespace of its own, `chaos_<run id>`, which only its workers serve, and it judges only the
+//! executions it submitted (and their children): earlier failures, other work and workers
+//! already running elsewhere do not count and take no part. Orchestrators already running on
+//! the database do take part, as any orchestrator would; killing its own ones is still a test.
 
 mod fleet;
 mod verify;
@@ -15,12 +21,46 @@ use sqlx::PgPool;
 
 use lineq::orchestration::workflow::{RetryPolicy, StepDefinition, WorkflowDefinition, store};
 use lineq::orchestration::{Client, SubmitRequest};
+use lineq::shared::queue;
+use lineq::shared::validation::Namespace;
+use uuid::Uuid;
 
 pub use fleet::Fleet;
 pub use verify::Verdict;
 
-/// The workflow every chaos execution runs.
+/// The workflow every chaos execution runs (a version per run, in the run's namespace).
 pub const WORKFLOW: &str = "lineq_chaos";
+
+/// The tag every execution of a run carries: `chaos_run=<run id>`.
+pub const RUN_TAG: &str = "chaos_run";
+
+/// One chaos run: its id and the namespace its steps run in.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// 12 hex digits, random.
+    pub id: String,
+    /// `chaos_<id>`: served by this run's workers only.
+    pub namespace: String,
+}
+
+impl Run {
+    /// A new run with a fresh id.
+    pub fn new() -> Self {
+        // The last 12 hex digits of a UUIDv7 are random.
+        let hex = Uuid::now_v7().simple().to_string();
+        let id = hex[hex.len() - 12..].to_string();
+        Self {
+            namespace: format!("chaos_{id}"),
+            id,
+        }
+    }
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// How hard to shake the system.
 #[derive(Debug, Clone)]
@@ -45,9 +85,9 @@ pub struct ChaosConfig {
     pub visibility_timeout_secs: u64,
 }
 
-/// Registers the chaos workflow: fan → {flaky (retried once), spawn (waits for a child),
-/// sleep} → join.
-pub async fn register_workflow(pool: &PgPool) -> lineq::shared::Result<()> {
+/// Registers the chaos workflow with every step (and the child) in `namespace`: fan → {flaky
+/// (retried once), spawn (waits for a child), sleep} → join. Returns its version.
+pub async fn register_workflow(pool: &PgPool, namespace: &str) -> lineq::shared::Result<i32> {
     let retry = RetryPolicy {
         max_attempts: 3,
         backoff_ms: 50,
@@ -65,7 +105,7 @@ pub async fn register_workflow(pool: &PgPool) -> lineq::shared::Result<()> {
         .step(
             StepDefinition::new("child", "spawn")
                 .depends_on(["fan"])
-                .params(json!({"children": [{"target": "echo", "input": {"from": "chaos"}}], "wait": true})),
+                .params(json!({"children": [{"target": "echo", "input": {"from": "chaos"}, "namespace": namespace}], "wait": true})),
         )
         .step(
             StepDefinition::new("nap", "sleep")
@@ -73,16 +113,26 @@ pub async fn register_workflow(pool: &PgPool) -> lineq::shared::Result<()> {
                 .params(json!({"ms": 30})),
         )
         .step(StepDefinition::new("join", "echo").depends_on(["flaky", "child", "nap"]));
-    store::register(pool, &wf).await?;
-    Ok(())
+    let mut wf = wf;
+    wf.namespace = namespace.to_string();
+    Ok(store::register(pool, &wf).await?.version)
 }
 
 /// Runs the suite and returns its verdict.
 pub async fn run(pool: &PgPool, cfg: &ChaosConfig) -> anyhow::Result<Verdict> {
     lineq::shared::migrate::migrate(pool).await?;
-    register_workflow(pool).await?;
+    let run = Run::new();
+    let ns = Namespace::new(&run.namespace)?;
+    queue::ensure_queue(&mut *pool.acquire().await?, &queue::step_queue(&ns)).await?;
+    let version = register_workflow(pool, &run.namespace).await?;
+    let target = format!("{WORKFLOW}@{version}");
+    eprintln!(
+        "chaos: run {} in namespace {} (workflow {target}, tag {RUN_TAG}={})",
+        run.id, run.namespace, run.id
+    );
     let started = Instant::now();
-    let mut fleet = Fleet::start(cfg)?;
+    let mut fleet = Fleet::start(cfg, &run.namespace)?;
+    let mut ids: Vec<Uuid> = Vec::new();
     let client = Client::new(pool.clone());
     let mut submitted = 0usize;
     let mut last_kill = Instant::now();
@@ -104,9 +154,15 @@ pub async fn run(pool: &PgPool, cfg: &ChaosConfig) -> anyhow::Result<Verdict> {
                 cfg.executions - submitted
             };
             for _ in 0..n {
-                client
-                    .submit(SubmitRequest::new(WORKFLOW).input(json!({"n": submitted})))
+                let s = client
+                    .submit(
+                        SubmitRequest::new(target.as_str())
+                            .namespace(run.namespace.as_str())
+                            .tag(RUN_TAG, run.id.as_str())
+                            .input(json!({"n": submitted})),
+                    )
                     .await?;
+                ids.push(s.execution.execution_id);
                 submitted += 1;
                 if last_kill.elapsed() >= cfg.kill_every {
                     fleet.kill_random_worker()?;
@@ -119,7 +175,7 @@ pub async fn run(pool: &PgPool, cfg: &ChaosConfig) -> anyhow::Result<Verdict> {
             fleet.kill_random_worker()?;
             last_kill = Instant::now();
         }
-        let finished = verify::finished_roots(pool).await?;
+        let finished = verify::finished_roots(pool, &ids).await?;
         if cfg.kill_orchestrator
             && !fleet.orchestrator_killed()
             && finished >= orchestrator_kill_at as i64
@@ -147,7 +203,7 @@ pub async fn run(pool: &PgPool, cfg: &ChaosConfig) -> anyhow::Result<Verdict> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Let the last results drain before the fleet goes.
-    verify::wait_for_empty_queues(pool, Duration::from_secs(30)).await?;
+    verify::wait_for_empty_queues(pool, &run, &ids, Duration::from_secs(30)).await?;
     let unclean = fleet.stop(Duration::from_secs(30))?;
-    verify::verdict(pool, submitted, &fleet, unclean, started.elapsed()).await
+    verify::verdict(pool, &run, &ids, &fleet, unclean, started.elapsed()).await
 }

@@ -5,16 +5,20 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::Fleet;
+use super::{Fleet, Run};
 
 /// What a chaos run found. `passed()` is the suite's result.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Verdict {
+    /// The run's id (its executions carry the tag `chaos_run=<id>`).
+    pub run_id: String,
+    /// The namespace its steps ran in.
+    pub namespace: String,
     /// Root executions submitted.
     pub executions: usize,
     /// Of them, completed.
     pub completed: i64,
-    /// Executions (roots and children) not completed: lost work.
+    /// Of the run's executions (roots and children), those not completed: lost work.
     pub lost: i64,
     /// Steps with other than exactly one recorded success.
     pub duplicated_outcomes: i64,
@@ -32,7 +36,8 @@ pub struct Verdict {
     pub orchestrator_kills: usize,
     /// Roots whose lineage check found a fault.
     pub lineage_faults: usize,
-    /// Messages left in any lineq queue (dead letters included).
+    /// Messages of the run left in a queue: its namespace's queue, and results and dead letters
+    /// of its executions.
     pub messages_left: i64,
     /// Processes that did not exit 0 on SIGTERM at the end.
     pub unclean_exits: usize,
@@ -53,29 +58,55 @@ impl Verdict {
     }
 }
 
-/// Root executions of the chaos workflow that have finished.
-pub async fn finished_roots(pool: &PgPool) -> anyhow::Result<i64> {
+/// Of the run's root executions (`ids`), those that have finished.
+pub async fn finished_roots(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM lineq.executions WHERE workflow_name = $1
-         AND parent_execution_id IS NULL AND status IN ('completed', 'failed', 'cancelled')",
+        "SELECT count(*) FROM lineq.executions WHERE execution_id = ANY($1)
+         AND status IN ('completed', 'failed', 'cancelled')",
     )
-    .bind(super::WORKFLOW)
+    .bind(ids)
     .fetch_one(pool)
     .await?)
 }
 
-async fn messages_left(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce(sum(queue_length), 0)::bigint FROM lineq.queue_metrics()",
+/// The run's messages still in a queue: everything in its own namespace's queue, and the
+/// results and dead letters that belong to its executions (those queues are shared).
+async fn messages_left(pool: &PgPool, run: &Run, roots: &[Uuid]) -> anyhow::Result<i64> {
+    let ns = lineq::shared::validation::Namespace::new(&run.namespace)?;
+    let q = lineq::shared::queue::step_queue(&ns);
+    // The name is validated and lineq's own (`lineq_steps_chaos_<hex>`); tables cannot be bound.
+    let own: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM pgmq.q_{q}"))
+        .fetch_one(pool)
+        .await?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT execution_id::text FROM lineq.executions WHERE root_execution_id = ANY($1)",
     )
+    .bind(roots)
+    .fetch_all(pool)
+    .await?;
+    let shared: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pgmq.q_lineq_results
+                 WHERE message ->> 'execution_id' = ANY($1))
+              + (SELECT count(*) FROM pgmq.q_lineq_dlq
+                 WHERE message ->> 'source_queue' = $2
+                    OR message -> 'message' ->> 'execution_id' = ANY($1))",
+    )
+    .bind(&ids)
+    .bind(q.as_str())
     .fetch_one(pool)
-    .await?)
+    .await?;
+    Ok(own + shared)
 }
 
-/// Waits (bounded) until no lineq queue holds a message.
-pub async fn wait_for_empty_queues(pool: &PgPool, within: Duration) -> anyhow::Result<()> {
+/// Waits (bounded) until none of the run's messages is in a queue.
+pub async fn wait_for_empty_queues(
+    pool: &PgPool,
+    run: &Run,
+    roots: &[Uuid],
+    within: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
-    while messages_left(pool).await? > 0 && Instant::now() < deadline {
+    while messages_left(pool, run, roots).await? > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
@@ -84,63 +115,74 @@ pub async fn wait_for_empty_queues(pool: &PgPool, within: Duration) -> anyhow::R
 /// Everything the suite asserts, counted.
 pub async fn verdict(
     pool: &PgPool,
-    submitted: usize,
+    run: &Run,
+    roots: &[Uuid],
     fleet: &Fleet,
     unclean_exits: usize,
     elapsed: Duration,
 ) -> anyhow::Result<Verdict> {
+    // Everything below counts the run's executions only: its roots and their descendants.
     let completed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM lineq.executions WHERE workflow_name = $1
-         AND parent_execution_id IS NULL AND status = 'completed'",
+        "SELECT count(*) FROM lineq.executions WHERE execution_id = ANY($1)
+         AND status = 'completed'",
     )
-    .bind(super::WORKFLOW)
+    .bind(roots)
     .fetch_one(pool)
     .await?;
-    let lost: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM lineq.executions WHERE status <> 'completed'")
-            .fetch_one(pool)
-            .await?;
+    let lost: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lineq.executions WHERE root_execution_id = ANY($1)
+         AND status <> 'completed'",
+    )
+    .bind(roots)
+    .fetch_one(pool)
+    .await?;
     // Exactly one step_completed per step, and no other final outcome.
     let duplicated_outcomes: i64 = sqlx::query_scalar(
         r#"SELECT count(*) FROM (
              SELECT s.step_id
-             FROM lineq.steps s LEFT JOIN lineq.events e
+             FROM lineq.executions x
+             JOIN lineq.steps s ON s.execution_id = x.execution_id
+             LEFT JOIN lineq.events e
                ON e.step_id = s.step_id AND e.event_type IN ('step_completed', 'step_failed')
+             WHERE x.root_execution_id = ANY($1)
              GROUP BY s.step_id HAVING count(e.event_id) <> 1) d"#,
     )
+    .bind(roots)
     .fetch_one(pool)
     .await?;
     let duplicated_results: i64 = sqlx::query_scalar(
         r#"SELECT count(*) FROM (
-             SELECT step_id, attempt FROM lineq.events WHERE event_type = 'step_result'
+             SELECT step_id, attempt FROM lineq.events
+             WHERE root_execution_id = ANY($1) AND event_type = 'step_result'
              GROUP BY step_id, attempt HAVING count(*) > 1) d"#,
     )
+    .bind(roots)
     .fetch_one(pool)
     .await?;
     let redeliveries: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM lineq.events WHERE event_type = 'action_started'
-         AND (payload->>'delivery')::int > 1",
+        "SELECT count(*) FROM lineq.events WHERE root_execution_id = ANY($1)
+         AND event_type = 'action_started' AND (payload->>'delivery')::int > 1",
     )
+    .bind(roots)
     .fetch_one(pool)
     .await?;
     let retries: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM lineq.events WHERE event_type = 'step_attempt_failed'",
+        "SELECT count(*) FROM lineq.events WHERE root_execution_id = ANY($1)
+         AND event_type = 'step_attempt_failed'",
     )
+    .bind(roots)
     .fetch_one(pool)
     .await?;
     let children: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM lineq.executions WHERE parent_execution_id IS NOT NULL",
+        "SELECT count(*) FROM lineq.executions WHERE root_execution_id = ANY($1)
+         AND parent_execution_id IS NOT NULL",
     )
+    .bind(roots)
     .fetch_one(pool)
-    .await?;
-    let roots: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT execution_id FROM lineq.executions WHERE parent_execution_id IS NULL",
-    )
-    .fetch_all(pool)
     .await?;
     let mut lineage_faults = 0;
     for root in roots {
-        let report = lineq::orchestration::lineage::check::check_root(pool, root).await?;
+        let report = lineq::orchestration::lineage::check::check_root(pool, *root).await?;
         if !report.is_whole() {
             lineage_faults += 1;
             if lineage_faults <= 3 {
@@ -149,7 +191,9 @@ pub async fn verdict(
         }
     }
     Ok(Verdict {
-        executions: submitted,
+        run_id: run.id.clone(),
+        namespace: run.namespace.clone(),
+        executions: roots.len(),
         completed,
         lost,
         duplicated_outcomes,
@@ -160,7 +204,7 @@ pub async fn verdict(
         worker_kills: fleet.worker_kills(),
         orchestrator_kills: fleet.orchestrator_kills(),
         lineage_faults,
-        messages_left: messages_left(pool).await?,
+        messages_left: messages_left(pool, run, roots).await?,
         unclean_exits,
         seconds: elapsed.as_secs_f64(),
     })

@@ -1,5 +1,6 @@
 //! `lineq bench`.
 
+use super::output::out;
 use clap::Args;
 
 use crate::bench::{BenchConfig, run as run_bench, table};
@@ -65,7 +66,7 @@ pub async fn run(url: Option<String>, format: Format, a: BenchArgs) -> anyhow::R
     let report = result?;
     match format {
         Format::Json => print_json(&report)?,
-        Format::Text => print!("{}", table(&report)),
+        Format::Text => out!("{}", table(&report)),
     }
     Ok(())
 }

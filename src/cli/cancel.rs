@@ -1,5 +1,6 @@
 //! `lineq cancel`.
 
+use super::output::outln;
 use clap::Args;
 use sqlx::PgPool;
 
@@ -22,9 +23,11 @@ pub async fn run(pool: &PgPool, format: Format, a: CancelArgs) -> anyhow::Result
     let report = cancel(pool, id, &a.reason).await?;
     match format {
         Format::Json => print_json(&report)?,
-        Format::Text => println!(
+        Format::Text => outln!(
             "cancelled {} execution(s) and {} step(s) ({} queued message(s) deleted)",
-            report.executions, report.steps, report.messages_deleted
+            report.executions,
+            report.steps,
+            report.messages_deleted
         ),
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! `lineq chaos`.
 
+use super::output::outln;
 use std::time::Duration;
 
 use clap::Args;
@@ -53,15 +54,26 @@ pub async fn run(pool: &PgPool, url: &str, format: Format, a: ChaosArgs) -> anyh
     match format {
         Format::Json => print_json(&v)?,
         Format::Text => {
-            println!(
+            outln!(
+                "run {}  namespace {}  (its executions are tagged chaos_run={})",
+                v.run_id,
+                v.namespace,
+                v.run_id
+            );
+            outln!(
                 "executions {}  completed {}  children {}  retries {}",
-                v.executions, v.completed, v.children, v.retries
+                v.executions,
+                v.completed,
+                v.children,
+                v.retries
             );
-            println!(
+            outln!(
                 "kills: workers {}  orchestrators {}  redeliveries {}",
-                v.worker_kills, v.orchestrator_kills, v.redeliveries
+                v.worker_kills,
+                v.orchestrator_kills,
+                v.redeliveries
             );
-            println!(
+            outln!(
                 "lost = {}  duplicated outcomes = {}  duplicated results = {}  lineage faults = {}  messages left = {}  unclean exits = {}",
                 v.lost,
                 v.duplicated_outcomes,
@@ -70,7 +82,7 @@ pub async fn run(pool: &PgPool, url: &str, format: Format, a: ChaosArgs) -> anyh
                 v.messages_left,
                 v.unclean_exits
             );
-            println!(
+            outln!(
                 "{:.1} s — {}",
                 v.seconds,
                 if v.passed() { "PASSED" } else { "FAILED" }

@@ -7,6 +7,7 @@
 //! only `ValueSource::CommandLine` beats the environment and the file. The defaults shown in
 //! `--help` are the config defaults (a test checks they agree).
 
+use super::output::out;
 use std::ffi::OsString;
 
 use clap::parser::ValueSource;
@@ -28,7 +29,7 @@ pub fn show(cli_config: &Config, format: Format) -> anyhow::Result<()> {
     let masked = cli_config.masked();
     match format {
         Format::Json => print_json(&masked)?,
-        Format::Text => print!("{}", masked.to_toml()),
+        Format::Text => out!("{}", masked.to_toml()),
     }
     Ok(())
 }

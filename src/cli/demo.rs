@@ -1,5 +1,6 @@
 //! `lineq demo`: the whole system once, in-process, on DATABASE_URL or a throwaway PostgreSQL.
 
+use super::output::{out, outln};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -31,7 +32,9 @@ pub struct DemoArgs {
 pub async fn run(url: Option<String>, format: Format, a: DemoArgs) -> anyhow::Result<()> {
     let (pool, local) = database(url).await?;
     let result = run_on(&pool, format, &a).await;
-    pool.close().await;
+    // Every connection closed before the server goes: one still on its way back to the pool
+    // would be pinged while the server terminates it, and sqlx would warn about that.
+    lineq::shared::database::close(&pool, Duration::from_secs(5)).await;
     if let Some(pg) = local {
         eprintln!("stopping the throwaway PostgreSQL");
         pg.stop()
@@ -141,17 +144,20 @@ async fn run_on(pool: &PgPool, format: Format, a: &DemoArgs) -> anyhow::Result<(
         let events = client.events(e.execution_id).await?;
         match format {
             Format::Text => {
-                println!(
+                outln!(
                     "\n== {} ({}) → {}   correlation {}",
-                    e.execution_id, e.workflow_name, e.status, e.correlation_id
+                    e.execution_id,
+                    e.workflow_name,
+                    e.status,
+                    e.correlation_id
                 );
                 if let Some(o) = &e.output {
-                    println!("   output: {o}");
+                    outln!("   output: {o}");
                 }
                 if let Some(err) = &e.error {
-                    println!("   error:  {err}");
+                    outln!("   error:  {err}");
                 }
-                print!("{}", render::event_tree(&events));
+                out!("{}", render::event_tree(&events));
             }
             Format::Json => report.push(json!({ "execution": e, "events": events })),
         }

@@ -1,5 +1,6 @@
 //! `lineq dlq list|show|replay`.
 
+use super::output::outln;
 use clap::Subcommand;
 use sqlx::PgPool;
 
@@ -34,12 +35,14 @@ pub async fn run(pool: &PgPool, format: Format, cmd: DlqCommand) -> anyhow::Resu
             match format {
                 Format::Json => print_json(&letters)?,
                 Format::Text => {
-                    println!(
+                    outln!(
                         "{:>8}  {:<25}  {:<22}  REASON",
-                        "ID", "DEAD-LETTERED", "FROM"
+                        "ID",
+                        "DEAD-LETTERED",
+                        "FROM"
                     );
                     for l in letters {
-                        println!(
+                        outln!(
                             "{:>8}  {:<25}  {:<22}  {}",
                             l.msg_id,
                             l.dead_lettered_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
@@ -55,19 +58,21 @@ pub async fn run(pool: &PgPool, format: Format, cmd: DlqCommand) -> anyhow::Resu
             match format {
                 Format::Json => print_json(&l)?,
                 Format::Text => {
-                    println!(
+                    outln!(
                         "dead letter {} from {} (message {:?})",
-                        l.msg_id, l.source_queue, l.source_msg_id
+                        l.msg_id,
+                        l.source_queue,
+                        l.source_msg_id
                     );
-                    println!("reason  {}", l.reason);
+                    outln!("reason  {}", l.reason);
                     if let Some(e) = l.event_id {
-                        println!("event   {e}");
+                        outln!("event   {e}");
                     }
                     match (&l.message_unparsed, &l.message) {
                         (Some(why), serde_json::Value::String(text)) => {
-                            println!("message {why}:\n{text}");
+                            outln!("message {why}:\n{text}");
                         }
-                        _ => println!("message {}", serde_json::to_string_pretty(&l.message)?),
+                        _ => outln!("message {}", serde_json::to_string_pretty(&l.message)?),
                     }
                 }
             }
@@ -76,9 +81,11 @@ pub async fn run(pool: &PgPool, format: Format, cmd: DlqCommand) -> anyhow::Resu
             let r = dead_letters::replay(pool, id).await?;
             match format {
                 Format::Json => print_json(&r)?,
-                Format::Text => println!(
+                Format::Text => outln!(
                     "replayed dead letter {} to {} as message {}",
-                    r.dead_letter, r.queue, r.msg_id
+                    r.dead_letter,
+                    r.queue,
+                    r.msg_id
                 ),
             }
         }

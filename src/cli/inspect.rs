@@ -1,5 +1,6 @@
 //! `lineq get` and `lineq events`.
 
+use super::output::{out, outln};
 use clap::Args;
 use sqlx::PgPool;
 
@@ -61,11 +62,13 @@ pub async fn get(
             "unserved_steps": unserved.iter().map(|s| &s.name).collect::<Vec<_>>(),
         })),
         Format::Text => {
-            print!("{}", render::execution(&execution, &steps));
+            out!("{}", render::execution(&execution, &steps));
             for s in unserved {
-                println!(
+                outln!(
                     "waiting: step {} needs handler {} in namespace {}, and no live worker serves it",
-                    s.name, s.handler, s.namespace
+                    s.name,
+                    s.handler,
+                    s.namespace
                 );
             }
             Ok(())
@@ -79,11 +82,11 @@ pub async fn events(pool: &PgPool, format: Format, a: EventsArgs) -> anyhow::Res
     match format {
         Format::Json => print_json(&events),
         Format::Text if a.tree => {
-            print!("{}", render::event_tree(&events));
+            out!("{}", render::event_tree(&events));
             Ok(())
         }
         Format::Text => {
-            print!("{}", render::event_list(&events));
+            out!("{}", render::event_list(&events));
             Ok(())
         }
     }

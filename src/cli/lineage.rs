@@ -1,6 +1,7 @@
 //! `lineq lineage ID` (draw the tree of an execution, event or correlation id) and
 //! `lineq lineage check ID` (prove it is whole).
 
+use super::output::{out, outln};
 use std::fmt::Write;
 
 use anyhow::bail;
@@ -84,10 +85,10 @@ pub async fn run(pool: &PgPool, format: Format, a: LineageArgs) -> anyhow::Resul
     let id = parse_id("id", a.id.as_deref().unwrap_or_default())?;
     let tree = lineage::lineage(pool, id).await?;
     match (a.graph, format) {
-        (Some(Graph::Dot), _) => print!("{}", render::to_dot(&tree)),
-        (Some(Graph::Mermaid), _) => print!("{}", render::to_mermaid(&tree)),
+        (Some(Graph::Dot), _) => out!("{}", render::to_dot(&tree)),
+        (Some(Graph::Mermaid), _) => out!("{}", render::to_mermaid(&tree)),
         (None, Format::Json) => print_json(&tree)?,
-        (None, Format::Text) => print!("{}", text(&tree)),
+        (None, Format::Text) => out!("{}", text(&tree)),
     }
     Ok(())
 }
@@ -99,7 +100,7 @@ async fn check(pool: &PgPool, format: Format, a: CheckArgs) -> anyhow::Result<()
         Format::Json => print_json(&report)?,
         Format::Text => {
             let roots: Vec<String> = report.roots.iter().map(ToString::to_string).collect();
-            println!(
+            outln!(
                 "checked root {}: {} executions, {} events, {} messages, {} dead letters",
                 roots.join(", "),
                 report.executions,
@@ -108,10 +109,10 @@ async fn check(pool: &PgPool, format: Format, a: CheckArgs) -> anyhow::Result<()
                 report.dead_letters
             );
             for f in &report.faults {
-                println!("FAULT {f}");
+                outln!("FAULT {f}");
             }
             if report.is_whole() {
-                println!(
+                outln!(
                     "whole: one root, every parent present and in the same tree, no cycles, every message's meta equal to its event"
                 );
             }

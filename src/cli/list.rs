@@ -1,5 +1,6 @@
 //! `lineq list`: find executions by tags, metadata, status, workflow, lineage and time.
 
+use super::output::out;
 use std::fmt::Write;
 
 use clap::Args;
@@ -51,9 +52,14 @@ pub struct ListArgs {
     /// Executions per page (1 to 1000).
     #[arg(long, default_value_t = lineq::orchestration::query::DEFAULT_LIMIT)]
     pub limit: u32,
-    /// Continue after a previous page (its `next_cursor`).
+    /// Continue after a previous page (its `next_cursor`); give the same --newest-first as for
+    /// that page.
     #[arg(long)]
     pub cursor: Option<String>,
+    /// Newest first (by creation time) instead of oldest first; the next page then holds older
+    /// executions.
+    #[arg(long)]
+    pub newest_first: bool,
 }
 
 impl ListArgs {
@@ -101,6 +107,9 @@ impl ListArgs {
         if let Some(c) = &self.cursor {
             f = f.cursor(c.clone());
         }
+        if self.newest_first {
+            f = f.newest_first();
+        }
         f.validate()?;
         Ok(f)
     }
@@ -112,7 +121,7 @@ pub async fn run(pool: &PgPool, format: Format, a: ListArgs) -> anyhow::Result<(
     match format {
         Format::Json => print_json(&page),
         Format::Text => {
-            print!("{}", render(&page));
+            out!("{}", render(&page));
             Ok(())
         }
     }

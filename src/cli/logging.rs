@@ -1,6 +1,12 @@
 //! Log setup: structured, to stderr, `--log-format json` for log shippers.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use super::{Cli, LogFormat};
 
@@ -21,11 +27,28 @@ pub fn init(cli: &Cli) {
         .as_deref()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| EnvFilter::new(format!("{default},sqlx=warn")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(colour())
         .with_writer(std::io::stderr);
+    // The SDK's own line for every failed export is left out: lineq's exporter says it once
+    // per interval, with the endpoint and what was lost (shared::telemetry).
+    let quiet = filter_fn(|m| !REPLACED_OTEL_EVENTS.contains(&m.name()));
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match global.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.compact().try_init(),
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_filter(quiet))
+            .try_init(),
+        LogFormat::Text => registry.with(layer.compact().with_filter(quiet)).try_init(),
     };
+}
+
+/// OpenTelemetry's internal log events about failed exports, one per batch: replaced by the
+/// rate-limited warning of lineq's exporter.
+const REPLACED_OTEL_EVENTS: [&str; 2] =
+    ["BatchSpanProcessor.ExportError", "Export.Failed.Exhausted"];
+
+/// Colour codes only for a person at a terminal: not in a file, a pipe or a log shipper, and
+/// never with `NO_COLOR` set (https://no-color.org).
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -1,5 +1,6 @@
 //! `lineq migrate [--roles ...]`.
 
+use super::output::outln;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -52,7 +53,7 @@ pub async fn run(pool: &PgPool, format: Format, a: MigrateArgs) -> anyhow::Resul
             "roles": role_report,
         }))?,
         Format::Text => {
-            println!(
+            outln!(
                 "migrated: PGMQ {}, {} lineq migration(s) applied now, {} in total",
                 report.pgmq_version.as_deref().unwrap_or("?"),
                 report.applied.len(),
@@ -64,7 +65,7 @@ pub async fn run(pool: &PgPool, format: Format, a: MigrateArgs) -> anyhow::Resul
                 } else {
                     r.created.join(", ")
                 };
-                println!(
+                outln!(
                     "roles: {}, {}, {}, {} (created now: {created}); the worker may consume {} step queue(s); default privileges cover objects {} creates",
                     r.orchestrator,
                     r.worker,
@@ -74,7 +75,7 @@ pub async fn run(pool: &PgPool, format: Format, a: MigrateArgs) -> anyhow::Resul
                     r.owner
                 );
                 for l in r.logins {
-                    println!(
+                    outln!(
                         "login role {} in {}{}{}",
                         l.name,
                         l.group,

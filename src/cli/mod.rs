@@ -13,6 +13,7 @@ mod list;
 pub mod logging;
 mod migrate;
 mod namespace;
+pub mod output;
 mod prune;
 mod render;
 mod run;
@@ -30,6 +31,7 @@ use sqlx::PgPool;
 
 use lineq::DatabaseConfig;
 use lineq::shared::validation::ValidationError;
+use output::outln;
 
 /// lineq — a distributed worker runtime on PostgreSQL message queues (PGMQ), with lineage you
 /// can query.
@@ -112,7 +114,7 @@ pub enum Command {
     /// Mermaid; `lineage check ID` proves the tree is whole.
     Lineage(lineage::LineageArgs),
     /// Find executions by tags, metadata, status, workflow, lineage and time (filters combine
-    /// with AND), oldest first, one page at a time.
+    /// with AND), oldest first (or --newest-first), one page at a time.
     List(list::ListArgs),
     /// Set tags on a pending execution (KEY=VALUE...). A concurrent change makes it fail with a
     /// conflict instead of being lost.
@@ -153,6 +155,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Fault injection: run orchestrators and workers as processes, SIGKILL them while they
     /// work, and prove nothing was lost, duplicated or left without lineage.
+    ///
+    /// Needs a database it may migrate (DATABASE_URL), nothing else; it may be one in use. Its
+    /// steps run in a namespace of its own (chaos_<run id>, served only by its workers), its
+    /// executions carry the tag chaos_run=<run id>, and only they are judged.
     Chaos(chaos::ChaosArgs),
     /// The configuration: `config show` prints the effective one, secrets masked.
     #[command(subcommand)]
@@ -179,8 +185,11 @@ impl Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     match cli.command {
-        Command::Migrate(a) => migrate::run(&connect(g).await?, g.format, a).await,
-        Command::Submit(a) => submit::run(&connect(g).await?, g.format, a).await,
+        Command::Migrate(a) => migrate::run(&connect_sized(g, 5).await?, g.format, a).await,
+        Command::Submit(a) => {
+            let silent = g.effective.orchestrator.silent_worker_secs as f64;
+            submit::run(&connect(g).await?, g.format, a, silent).await
+        }
         Command::Get(a) => {
             let silent = g.effective.orchestrator.silent_worker_secs;
             inspect::get(&connect(g).await?, g.format, a, silent).await
@@ -194,7 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(g, a).await,
         Command::Orchestrator(a) => {
             let stop = run::shutdown_on_signal();
-            run::orchestrator(connect(g).await?, a, stop).await
+            run::orchestrator(connect_sized(g, 5).await?, a, stop).await
         }
         Command::Worker(a) => {
             let stop = run::shutdown_on_signal();
@@ -217,8 +226,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A pool for a command that reads or writes lineq's schema: refused with "run `lineq migrate`
+/// first" when the database has none (instead of PostgreSQL's `relation ... does not exist`).
 async fn connect(g: &GlobalArgs) -> anyhow::Result<PgPool> {
-    connect_sized(g, 5).await
+    let pool = connect_sized(g, 5).await?;
+    require_schema(&pool).await?;
+    Ok(pool)
+}
+
+/// Fails unless lineq's migrations have been applied to the database. Needs no privilege on
+/// lineq's tables, so it works for every role.
+async fn require_schema(pool: &PgPool) -> anyhow::Result<()> {
+    let migrated: bool = sqlx::query_scalar(
+        "SELECT to_regclass('lineq._sqlx_migrations') IS NOT NULL
+            AND to_regclass('lineq.executions') IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(lineq::Error::from)?;
+    if !migrated {
+        anyhow::bail!("the database is not migrated: run `lineq migrate` first");
+    }
+    Ok(())
 }
 
 async fn connect_sized(g: &GlobalArgs, size: u32) -> anyhow::Result<PgPool> {
@@ -228,11 +257,20 @@ async fn connect_sized(g: &GlobalArgs, size: u32) -> anyhow::Result<PgPool> {
             "DATABASE_URL is not set; export it or pass --database-url",
         )
     })?;
-    DatabaseConfig::new(url)
-        .max_connections(g.effective.database.max_connections.unwrap_or(size))
+    let config = DatabaseConfig::new(url)
+        .max_connections(g.effective.database.max_connections.unwrap_or(size));
+    // Where it tried, so "connection refused" says to what (never the password).
+    let target = config
+        .connect_options()
+        .map(|o| match o.get_socket() {
+            Some(socket) => format!(" at {}", socket.display()),
+            None => format!(" at {}:{}", o.get_host(), o.get_port()),
+        })
+        .unwrap_or_default();
+    config
         .connect()
         .await
-        .context("cannot connect to PostgreSQL")
+        .with_context(|| format!("cannot connect to PostgreSQL{target}"))
 }
 
 /// Maps an error to the exit code promised in `--help`.
@@ -262,7 +300,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 /// Prints `value` as pretty JSON.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

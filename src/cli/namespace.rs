@@ -1,5 +1,6 @@
 //! `lineq namespace create|list`.
 
+use super::output::outln;
 use clap::Subcommand;
 use sqlx::PgPool;
 
@@ -31,7 +32,7 @@ pub async fn run(pool: &PgPool, format: Format, cmd: NamespaceCommand) -> anyhow
                 Format::Json => {
                     print_json(&serde_json::json!({"namespace": ns, "queue": q.as_str()}))?
                 }
-                Format::Text => println!("namespace {ns} (queue {q})"),
+                Format::Text => outln!("namespace {ns} (queue {q})"),
             }
         }
         NamespaceCommand::List => {
@@ -43,7 +44,7 @@ pub async fn run(pool: &PgPool, format: Format, cmd: NamespaceCommand) -> anyhow
             .await?;
             match format {
                 Format::Json => print_json(&names)?,
-                Format::Text => names.iter().for_each(|n| println!("{n}")),
+                Format::Text => names.iter().for_each(|n| outln!("{n}")),
             }
         }
     }

@@ -1,5 +1,6 @@
 //! `lineq prune --older-than 30d [--dry-run] [--batch-size N]`.
 
+use super::output::outln;
 use clap::Args;
 use sqlx::PgPool;
 
@@ -56,20 +57,23 @@ pub async fn run(pool: &PgPool, format: Format, a: PruneArgs) -> anyhow::Result<
 
 fn print_text(r: &PruneReport) {
     let verb = if r.dry_run { "would remove" } else { "removed" };
-    println!(
+    outln!(
         "cutoff {} ({verb} what finished or was archived before it)",
         r.cutoff.to_rfc3339()
     );
-    println!(
+    outln!(
         "{verb}: {} root execution(s) with their trees: {} execution(s), {} step(s), {} event(s)",
-        r.root_executions, r.executions, r.steps, r.events
+        r.root_executions,
+        r.executions,
+        r.steps,
+        r.events
     );
-    println!("{verb}: {} archived message(s)", r.archived_messages);
+    outln!("{verb}: {} archived message(s)", r.archived_messages);
     for (queue, n) in r.archived_by_queue.iter().filter(|(_, n)| **n > 0) {
-        println!("  {queue}: {n}");
+        outln!("  {queue}: {n}");
     }
     if r.skipped_busy > 0 {
-        println!(
+        outln!(
             "skipped {} tree(s) another transaction was using; run again to take them",
             r.skipped_busy
         );

@@ -1,5 +1,6 @@
 //! `lineq serve`: the REST API, until SIGTERM or Ctrl-C.
 
+use super::output::outln;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -41,7 +42,7 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", a.addr))?;
     let local = listener.local_addr()?;
     // On stdout so scripts (and tests using port 0) can learn the port.
-    println!("listening on http://{local}");
+    outln!("listening on http://{local}");
     let auth = if token.is_some() {
         "bearer token"
     } else {

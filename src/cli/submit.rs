@@ -1,5 +1,6 @@
 //! `lineq submit`.
 
+use super::output::outln;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -7,6 +8,7 @@ use clap::Args;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use lineq::shared::execution::{Execution, ExecutionStatus};
 use lineq::shared::validation::ValidationError;
 use lineq::{Client, SubmitRequest};
 
@@ -41,10 +43,12 @@ pub struct SubmitArgs {
     /// executions by it with `lineq list --metadata`.
     #[arg(long, value_name = "JSON")]
     pub metadata: Option<String>,
-    /// Wait until the execution finishes, then print it; exits 1 if it failed.
+    /// Wait until the execution finishes, then print its id and status and its output (or, when
+    /// it failed, why); exits 1 unless it completed. While it waits for a worker that no live
+    /// worker can be, it says so on stderr.
     #[arg(long)]
     pub wait: bool,
-    /// With --wait: give up after this many seconds (exit 1).
+    /// With --wait: give up after this many seconds (exit 1), saying what it still waits for.
     #[arg(long, default_value_t = 60)]
     pub wait_timeout_secs: u64,
 }
@@ -77,7 +81,13 @@ fn read_metadata(arg: &str) -> Result<Value, ValidationError> {
         .map_err(|e| ValidationError::new("metadata", format!("not valid JSON: {e}")))
 }
 
-pub async fn run(pool: &PgPool, format: Format, a: SubmitArgs) -> anyhow::Result<()> {
+/// `silent_after_secs`: a worker without a heartbeat for this long is not counted as alive.
+pub async fn run(
+    pool: &PgPool,
+    format: Format,
+    a: SubmitArgs,
+    silent_after_secs: f64,
+) -> anyhow::Result<()> {
     let input = read_input(&a.input)?;
     let mut req = SubmitRequest::new(a.handler)
         .input(input)
@@ -111,15 +121,26 @@ pub async fn run(pool: &PgPool, format: Format, a: SubmitArgs) -> anyhow::Result
         );
     }
     if a.wait {
-        let deadline = Instant::now() + Duration::from_secs(a.wait_timeout_secs);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(a.wait_timeout_secs);
+        let mut diagnosed = false;
         while !execution.status.is_terminal() {
             if Instant::now() > deadline {
+                let why = waiting_for(pool, &client, &execution, silent_after_secs).await;
                 anyhow::bail!(
-                    "execution {} is still {} after {} s",
+                    "execution {} is still {} after {} s{}",
                     execution.execution_id,
                     execution.status,
-                    a.wait_timeout_secs
+                    a.wait_timeout_secs,
+                    why.map(|w| format!(": {w}")).unwrap_or_default()
                 );
+            }
+            // Once, early: a step no live worker can run will not start by waiting.
+            if !diagnosed && started.elapsed() >= NOTE_AFTER {
+                diagnosed = true;
+                if let Some(w) = waiting_for(pool, &client, &execution, silent_after_secs).await {
+                    eprintln!("note: {w}; still waiting");
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
             execution = client.execution(execution.execution_id).await?;
@@ -127,11 +148,100 @@ pub async fn run(pool: &PgPool, format: Format, a: SubmitArgs) -> anyhow::Result
     }
     match format {
         Format::Json => print_json(&execution)?,
-        Format::Text if a.wait => println!("{} {}", execution.execution_id, execution.status),
-        Format::Text => println!("{}", execution.execution_id),
+        Format::Text if a.wait => {
+            outln!("{} {}", execution.execution_id, execution.status);
+            if let Some(o) = &execution.output {
+                outln!("output {o}");
+            }
+            if let Some(e) = &execution.error {
+                outln!("error  {}", error_message(e));
+            }
+        }
+        Format::Text => outln!("{}", execution.execution_id),
     }
-    if a.wait && execution.status != lineq::shared::execution::ExecutionStatus::Completed {
-        anyhow::bail!("execution {} {}", execution.execution_id, execution.status);
+    if a.wait && execution.status != ExecutionStatus::Completed {
+        let reason = execution
+            .error
+            .as_ref()
+            .map(|e| format!(": {}", error_message(e)))
+            .unwrap_or_default();
+        anyhow::bail!(
+            "execution {} {}{reason}",
+            execution.execution_id,
+            execution.status
+        );
     }
     Ok(())
+}
+
+/// How long `--wait` waits before it checks that some live worker can run the steps.
+const NOTE_AFTER: Duration = Duration::from_secs(2);
+
+/// The human part of an execution's error: the innermost `message` (an execution's failure
+/// names its step's error), with the step when one is named.
+pub fn error_message(e: &Value) -> String {
+    fn inner(v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o
+                .get("error")
+                .filter(|x| !x.is_null())
+                .and_then(inner)
+                .or_else(|| o.get("message").and_then(Value::as_str).map(str::to_string)),
+            _ => None,
+        }
+    }
+    let message = inner(e).unwrap_or_else(|| e.to_string());
+    match e.get("step").and_then(Value::as_str) {
+        Some(step) => format!("step {step}: {message}"),
+        None => message,
+    }
+}
+
+/// Why the execution's enqueued steps are not running, when the reason is that no live worker
+/// (heartbeat within `silent_after_secs`) serves their namespace or handler. `None` when some
+/// live worker can run each of them, or when this role may not read the fleet.
+async fn waiting_for(
+    pool: &PgPool,
+    client: &Client,
+    execution: &Execution,
+    silent_after_secs: f64,
+) -> Option<String> {
+    let steps = client.steps(execution.execution_id).await.ok()?;
+    let mut reasons = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for st in steps
+        .iter()
+        .filter(|s| s.status == lineq::shared::execution::StepStatus::Enqueued)
+    {
+        if !seen.insert((st.namespace.clone(), st.handler.clone())) {
+            continue;
+        }
+        let (alive, serving): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE $2 = ANY (handlers))
+             FROM lineq.workers
+             WHERE stopped_at IS NULL AND released_at IS NULL
+               AND last_heartbeat_at > clock_timestamp() - make_interval(secs => $3)
+               AND $1 = ANY (namespaces)",
+        )
+        .bind(&st.namespace)
+        .bind(&st.handler)
+        .bind(silent_after_secs)
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        if alive == 0 {
+            reasons.push(format!(
+                "no live worker serves namespace '{ns}' (step {step} waits in its queue; start one with `lineq worker --namespace {ns}`)",
+                ns = st.namespace,
+                step = st.name
+            ));
+        } else if serving == 0 {
+            reasons.push(format!(
+                "none of the {alive} live worker(s) of namespace '{}' serves handler '{}' (step {} waits for a worker that declares it)",
+                st.namespace, st.handler, st.name
+            ));
+        }
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }

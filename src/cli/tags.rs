@@ -1,5 +1,6 @@
 //! `lineq tag`, `lineq untag` and `lineq history`.
 
+use super::output::{out, outln};
 use std::fmt::Write;
 
 use clap::Args;
@@ -99,7 +100,7 @@ async fn apply(
     match format {
         Format::Json => print_json(&updated),
         Format::Text => {
-            println!(
+            outln!(
                 "{} version {} tags {}",
                 updated.execution_id,
                 updated.version,
@@ -116,7 +117,7 @@ pub async fn history(pool: &PgPool, format: Format, a: HistoryArgs) -> anyhow::R
     match format {
         Format::Json => print_json(&entries),
         Format::Text => {
-            print!("{}", render(&entries));
+            out!("{}", render(&entries));
             Ok(())
         }
     }

@@ -4,6 +4,7 @@
 //! Nothing is asked of Jaeger: a trace id is the correlation id of the root execution of the
 //! tree (see `lineq::shared::trace_context`), so the database alone knows it.
 
+use super::output::outln;
 use clap::Args;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -76,11 +77,11 @@ pub async fn run(pool: &PgPool, format: Format, a: TraceArgs) -> anyhow::Result<
         },
         Format::Text => {
             for r in &refs {
-                println!("trace_id    {}", r.trace_id);
+                outln!("trace_id    {}", r.trace_id);
                 if let Some(s) = &r.span_id {
-                    println!("span_id     {s}");
+                    outln!("span_id     {s}");
                 }
-                println!("jaeger_url  {}", r.jaeger_url);
+                outln!("jaeger_url  {}", r.jaeger_url);
             }
         }
     }

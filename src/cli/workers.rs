@@ -1,5 +1,6 @@
 //! `lineq workers`: the fleet as the workers registered it in `lineq.workers`.
 
+use super::output::{out, outln};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -33,9 +34,9 @@ pub async fn run(pool: &PgPool, g: &GlobalArgs, a: WorkersArgs) -> anyhow::Resul
             "unserved": unserved,
         }))?,
         Format::Text => {
-            print!("{}", table(&workers));
+            out!("{}", table(&workers));
             for u in &unserved {
-                println!(
+                outln!(
                     "waiting: {} step(s) of handler {} in namespace {} (oldest {}): no live worker serves it",
                     u.steps,
                     u.handler,

@@ -1,5 +1,6 @@
 //! `lineq workflow register|list|show`: the workflow registry.
 
+use super::output::{out, outln};
 use std::fmt::Write as _;
 use std::io::Read;
 
@@ -9,7 +10,8 @@ use sqlx::PgPool;
 
 use lineq::orchestration::workflow::store::{self, StoredWorkflow};
 use lineq::orchestration::workflow::{RetryPolicy, WorkflowDefinition};
-use lineq::shared::validation::ValidationError;
+use lineq::shared::queue;
+use lineq::shared::validation::{Namespace, ValidationError};
 
 use super::{Format, print_json};
 
@@ -27,10 +29,18 @@ pub enum WorkflowCommand {
     /// Every file is read and checked before any is registered, so a malformed file (exit 2)
     /// registers nothing. Each file is then registered on its own: a version conflict stops at
     /// that file and keeps the ones before it (each is printed as it is registered).
+    ///
+    /// Every step's namespace must have a step queue (`lineq namespace create NAME`), or no
+    /// worker could ever run it; a step in a namespace without one is refused with exit code 2,
+    /// naming the step and the namespace, unless --create-namespaces creates the queues.
     Register {
         /// YAML files, one workflow each; `-` reads standard input.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
+        /// Create the step queue of every namespace the steps name that has none (as
+        /// `lineq namespace create`; needs a role that may create queues).
+        #[arg(long)]
+        create_namespaces: bool,
     },
     /// List registered workflows with their latest version.
     List,
@@ -48,13 +58,21 @@ pub enum WorkflowCommand {
 /// Runs a `lineq workflow` subcommand.
 pub async fn run(pool: &PgPool, format: Format, cmd: WorkflowCommand) -> anyhow::Result<()> {
     match cmd {
-        WorkflowCommand::Register { files } => register(pool, format, &files).await,
+        WorkflowCommand::Register {
+            files,
+            create_namespaces,
+        } => register(pool, format, &files, create_namespaces).await,
         WorkflowCommand::List => list(pool, format).await,
         WorkflowCommand::Show { workflow, yaml } => show(pool, format, &workflow, yaml).await,
     }
 }
 
-async fn register(pool: &PgPool, format: Format, files: &[String]) -> anyhow::Result<()> {
+async fn register(
+    pool: &PgPool,
+    format: Format,
+    files: &[String],
+    create_namespaces: bool,
+) -> anyhow::Result<()> {
     // Parse and validate everything first: one bad file must not leave the others half
     // registered.
     let mut defs = Vec::with_capacity(files.len());
@@ -82,6 +100,7 @@ async fn register(pool: &PgPool, format: Format, files: &[String]) -> anyhow::Re
         let def = WorkflowDefinition::from_yaml(&text).with_context(|| label.clone())?;
         defs.push((label, def));
     }
+    check_namespaces(pool, &defs, create_namespaces).await?;
 
     let mut done = Vec::with_capacity(defs.len());
     for (label, def) in &defs {
@@ -90,15 +109,51 @@ async fn register(pool: &PgPool, format: Format, files: &[String]) -> anyhow::Re
             .with_context(|| label.clone())?;
         if format == Format::Text {
             if r.created {
-                println!("registered {} v{}", r.name, r.version);
+                outln!("registered {} v{}", r.name, r.version);
             } else {
-                println!("{} v{} already registered (unchanged)", r.name, r.version);
+                outln!("{} v{} already registered (unchanged)", r.name, r.version);
             }
         }
         done.push(r);
     }
     if format == Format::Json {
         print_json(&done)?;
+    }
+    Ok(())
+}
+
+/// Every namespace a step names must have a step queue: submitting would otherwise be refused
+/// later, or the step wait forever. Checks all files before registering any; with `create`,
+/// creates the missing queues instead.
+async fn check_namespaces(
+    pool: &PgPool,
+    defs: &[(String, WorkflowDefinition)],
+    create: bool,
+) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await.map_err(lineq::Error::from)?;
+    let mut checked = std::collections::HashSet::new();
+    for (label, def) in defs {
+        for step in &def.steps {
+            let name = def.step_namespace(step);
+            if !checked.insert(name.to_string()) {
+                continue;
+            }
+            // Validated already (WorkflowDefinition::from_yaml); parsed again for its type.
+            let ns = Namespace::new(name)?;
+            let q = queue::step_queue(&ns);
+            if create {
+                queue::ensure_queue(&mut conn, &q).await?;
+            } else if !queue::queue_exists(&mut conn, &q).await? {
+                return Err(ValidationError::new(
+                    "namespace",
+                    format!(
+                        "{label}: step {:?} of workflow {:?} runs in namespace '{ns}', which has no step queue, so no worker could run it; create it with `lineq namespace create {ns}` (or register with --create-namespaces)",
+                        step.name, def.name
+                    ),
+                )
+                .into());
+            }
+        }
     }
     Ok(())
 }
@@ -114,12 +169,15 @@ async fn list(pool: &PgPool, format: Format) -> anyhow::Result<()> {
                 .max()
                 .unwrap_or(0)
                 .max("NAME".len());
-            println!(
+            outln!(
                 "{:<width$}  {:>6}  {:>8}  {:>5}  UPDATED",
-                "NAME", "LATEST", "VERSIONS", "STEPS"
+                "NAME",
+                "LATEST",
+                "VERSIONS",
+                "STEPS"
             );
             for w in &workflows {
-                println!(
+                outln!(
                     "{:<width$}  {:>6}  {:>8}  {:>5}  {}",
                     w.name,
                     format!("v{}", w.latest_version),
@@ -142,7 +200,7 @@ async fn show(pool: &PgPool, format: Format, reference: &str, yaml: bool) -> any
             id: reference.to_string(),
         })?;
     if yaml {
-        print!("{}", wf.definition.to_yaml()?);
+        out!("{}", wf.definition.to_yaml()?);
         return Ok(());
     }
     match format {
@@ -153,7 +211,7 @@ async fn show(pool: &PgPool, format: Format, reference: &str, yaml: bool) -> any
                 .iter()
                 .map(|v| v.version)
                 .collect();
-            print!("{}", render(&wf, &all));
+            out!("{}", render(&wf, &all));
         }
     }
     Ok(())

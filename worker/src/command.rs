@@ -5,7 +5,8 @@
 //! input as JSON on stdin and `LINEQ_CORRELATION_ID`, `LINEQ_EXECUTION_ID`, `LINEQ_STEP`,
 //! `LINEQ_ATTEMPT`, `LINEQ_IDEMPOTENCY_KEY` and `TRACEPARENT` in its environment; its stdout,
 //! parsed as JSON, is the output (empty stdout is `null`). A non-zero exit fails the attempt
-//! with the tail of stderr.
+//! with the tail of stderr; on success the tail of stderr, if any, is logged at info level with
+//! the step's ids.
 //!
 //! The program does not inherit the worker's environment, which holds the worker's database
 //! URL and tokens: it gets `PATH`, `HOME`, `LANG`, `LC_*`, `TZ` and `TMPDIR` from the worker,
@@ -24,7 +25,7 @@ use lineq_shared::validation::{MAX_OUTPUT_BYTES, ValidationError, check_name};
 use crate::context::StepContext;
 use crate::handler::{Handler, HandlerError, HandlerResult};
 
-/// How much of stderr a failure keeps.
+/// How much of stderr is kept: the end of it, in a failure's error or the worker's log.
 const STDERR_TAIL_BYTES: usize = 4096;
 
 /// Variables a command gets from the worker's environment without being asked for: what a
@@ -209,14 +210,27 @@ async fn run(
         }
         buf
     };
+    // All of stderr is read (a program blocked on a full pipe would never finish), but only
+    // its tail is kept.
     let read_err = async {
-        let mut buf = Vec::new();
+        let mut tail = Vec::new();
+        let mut total = 0usize;
         if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_end(&mut buf).await;
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = s.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                tail.extend_from_slice(&chunk[..n]);
+                if tail.len() > 2 * STDERR_TAIL_BYTES {
+                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+                }
+            }
         }
-        buf
+        (tail, total)
     };
-    let (_, out, err) = tokio::join!(feed, read_out, read_err);
+    let (_, out, (err, err_bytes)) = tokio::join!(feed, read_out, read_err);
     let status = child.wait().await.map_err(|e| {
         HandlerError::new(format!("command {}: {e}", spec.name)).kind("command_failed")
     })?;
@@ -232,6 +246,24 @@ async fn run(
             tail.trim()
         ))
         .kind("command_failed"));
+    }
+    // A program that succeeded may still have said something worth reading (a warning, a
+    // progress note): it goes to the worker's log with the step's ids, its tail only.
+    let said = tail_utf8(&err, STDERR_TAIL_BYTES);
+    let said = said.trim();
+    if !said.is_empty() {
+        tracing::info!(
+            command = %spec.name,
+            step = %ctx.step,
+            step_id = %ctx.step_id,
+            execution_id = %ctx.execution_id,
+            correlation_id = %ctx.correlation_id,
+            attempt = ctx.attempt,
+            stderr_bytes = err_bytes,
+            stderr = %said,
+            "command succeeded and wrote to stderr{}",
+            if err_bytes > STDERR_TAIL_BYTES { " (its last 4 KiB)" } else { "" }
+        );
     }
     if out.len() > MAX_OUTPUT_BYTES {
         return Err(HandlerError::permanent(format!(
