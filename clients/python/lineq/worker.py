@@ -62,10 +62,8 @@ class _Held:
     msg_id: int
     ctx: StepContext
     task: asyncio.Task[None] | None = None
-
-
-class _Stopped(Exception):
-    """The worker stopped past its grace period while the handler ran."""
+    #: Released at shutdown: whatever the handler still returns is not reported.
+    released: bool = False
 
 
 class Worker:
@@ -328,7 +326,7 @@ class Worker:
         ctx = held.ctx
         started = time.monotonic()
         outcome = await self._execute(ctx, timeout_ms, step_input)
-        if outcome is None:  # stopped past the grace period: released, not reported
+        if outcome is None or held.released:  # cut short by shutdown: released, not reported
             return
         outcome.update(msg_id=held.msg_id, delivery=delivery,
                        started_event_id=str(started_event_id),
@@ -457,9 +455,11 @@ class Worker:
                 self._stopping_hard = True
                 left = [h for h in self._held.values() if h.task in pending]
                 for h in left:
-                    h.ctx._cancel()
+                    h.released = True
                 for t in pending:
                     t.cancel()
+                for h in left:
+                    h.ctx._cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
                 ids = [h.msg_id for h in left]
                 try:
