@@ -427,6 +427,44 @@ async fn get_and_list_from_sql_match_rust() {
             "{args}: no row twice"
         );
         assert!(!from_sql.is_empty(), "{args}: something matches");
+
+        // Newest first, in SQL and in Rust, two rows a page: the same rows the other way round.
+        let mut newest_sql = Vec::new();
+        let mut after: Option<(chrono::DateTime<chrono::Utc>, Uuid)> = None;
+        loop {
+            let sep = if args.is_empty() { "" } else { ", " };
+            let page: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(&format!(
+                "SELECT execution_id, created_at FROM lineq.list_executions({args}{sep}
+                     p_limit => 2, p_after_created_at => $1, p_after_execution_id => $2,
+                     p_newest_first => true)"
+            ))
+            .bind(after.map(|a| a.0))
+            .bind(after.map(|a| a.1))
+            .fetch_all(&db.pool)
+            .await
+            .expect("list_executions newest first");
+            newest_sql.extend(page.iter().map(|r| r.0));
+            match page.last() {
+                Some(last) if page.len() == 2 => after = Some((last.1, last.0)),
+                _ => break,
+            }
+        }
+        let mut newest_rust = Vec::new();
+        let mut f = filter.clone().limit(2).newest_first();
+        loop {
+            let page = list_executions(&db.pool, &f)
+                .await
+                .expect("list newest first");
+            newest_rust.extend(page.items.iter().map(|e| e.execution_id));
+            match page.next_cursor {
+                Some(c) => f = f.cursor(c),
+                None => break,
+            }
+        }
+        let mut reversed = from_sql.clone();
+        reversed.reverse();
+        assert_eq!(newest_sql, reversed, "{args}: newest first in SQL");
+        assert_eq!(newest_rust, reversed, "{args}: newest first in Rust");
     }
 
     // Bad filters name their field.
@@ -451,5 +489,113 @@ async fn get_and_list_from_sql_match_rust() {
         assert_eq!(code, "LQ001", "{args}: {msg}");
         assert_eq!(col.as_deref(), Some(field), "{args}: {msg}");
     }
+    db.drop_db().await;
+}
+
+/// `lineq.execution_history` reads an execution's changes from SQL, and `lineq_finished`
+/// carries the id of every execution that finishes, on commit only.
+#[tokio::test]
+async fn history_and_the_finish_notification_from_sql() {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let id = client
+        .submit(SubmitRequest::new("echo").tag("customer", "acme"))
+        .await
+        .expect("submit")
+        .execution
+        .execution_id;
+    sqlx::query(
+        "SELECT lineq.update_tags($1, p_set => '{\"region\": \"eu\"}', p_cause => 'moved')",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .expect("tag");
+
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .expect("listener");
+    listener.listen("lineq_finished").await.expect("listen");
+
+    // A cancel rolled back finishes nothing and says nothing.
+    let mut tx = db.pool.begin().await.expect("begin");
+    sqlx::query("SELECT * FROM lineq.cancel($1, 'second thoughts')")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .expect("cancel in tx");
+    tx.rollback().await.expect("rollback");
+    // The committed one is heard, and it is the first thing heard.
+    sqlx::query("SELECT * FROM lineq.cancel($1, 'order withdrawn')")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .expect("cancel");
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notification within 10 s")
+        .expect("recv");
+    assert_eq!(heard.payload(), id.to_string());
+    // A change that finishes nothing (tags of another execution) is not heard.
+    let other = client
+        .submit(SubmitRequest::new("echo"))
+        .await
+        .expect("submit")
+        .execution
+        .execution_id;
+    sqlx::query("UPDATE lineq.executions SET status = 'running' WHERE execution_id = $1")
+        .bind(other)
+        .execute(&db.pool)
+        .await
+        .expect("running");
+    sqlx::query("SELECT * FROM lineq.cancel($1)")
+        .bind(other)
+        .execute(&db.pool)
+        .await
+        .expect("cancel other");
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notification within 10 s")
+        .expect("recv");
+    assert_eq!(next.payload(), other.to_string(), "running is not finished");
+
+    /// kind, event_type, status, version, cause
+    type Entry = (String, String, Option<String>, Option<i64>, String);
+    let history: Vec<Entry> = sqlx::query_as(
+        "SELECT kind, event_type, status, version, cause FROM lineq.execution_history($1)",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .expect("history");
+    let kinds: Vec<(&str, &str)> = history
+        .iter()
+        .map(|h| (h.0.as_str(), h.1.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("status", "execution_started"),
+            ("step", "step_enqueued"),
+            ("tags", "tags_changed"),
+            ("status", "execution_cancelled"),
+            ("step", "step_cancelled"),
+        ]
+    );
+    assert_eq!(history[0].4, "submitted");
+    assert_eq!((history[2].3, history[2].4.as_str()), (Some(2), "moved"));
+    assert_eq!(
+        (history[3].2.as_deref(), history[3].4.as_str()),
+        (Some("cancelled"), "order withdrawn")
+    );
+    let (code, _, _) = refusal(
+        &db.pool,
+        &format!(
+            "SELECT * FROM lineq.execution_history('{}')",
+            Uuid::now_v7()
+        ),
+    )
+    .await;
+    assert_eq!(code, "LQ002");
     db.drop_db().await;
 }

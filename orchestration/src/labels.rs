@@ -13,9 +13,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use lineq_shared::error::Result;
-use lineq_shared::event::{EventRow, EventType, NewEvent, events_of_execution};
-use lineq_shared::execution::{Execution, get_execution};
+use lineq_shared::error::{Error, Result};
+use lineq_shared::event::{EventType, NewEvent};
+use lineq_shared::execution::Execution;
 use lineq_shared::ids::node_name;
 use lineq_shared::labels::{Tags, check_tag_key, check_tag_value};
 use lineq_shared::validation::ValidationError;
@@ -246,126 +246,72 @@ pub struct HistoryEntry {
 
 /// The history of execution `id`, oldest first: its status changes (`execution_started`,
 /// `execution_completed|failed|cancelled`), its steps' changes (`step_*`, except the worker's
-/// `step_result` report) and its tag changes (`tags_changed`). [`Error::NotFound`] when there is
-/// no such execution.
+/// `step_result` report) and its tag changes (`tags_changed`), read by
+/// `lineq.execution_history` (migration `20261207000015_history_and_finish.sql`).
+/// [`Error::NotFound`] when there is no such execution.
+///
+/// [`Error::NotFound`]: lineq_shared::error::Error::NotFound
 pub async fn history(pool: &PgPool, id: Uuid) -> Result<Vec<HistoryEntry>> {
-    let execution = get_execution(pool, id).await?;
-    let events = events_of_execution(pool, id).await?;
-    Ok(events
-        .iter()
-        .filter_map(|e| history_entry(&execution, e))
-        .collect())
+    let rows: Vec<HistoryRow> = sqlx::query_as(
+        "SELECT at, kind, event_id, event_type, status, step, step_status, attempt, version,
+                tags_before, tags_after, cause
+         FROM lineq.execution_history($1)",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(HistoryRow::entry).collect()
 }
 
-fn history_entry(execution: &Execution, e: &EventRow) -> Option<HistoryEntry> {
-    let p = &e.payload;
-    let text = |key: &str| p.get(key).and_then(Value::as_str).map(str::to_string);
-    let mut entry = HistoryEntry {
-        at: e.created_at,
-        kind: HistoryKind::Status,
-        event_id: e.event_id,
-        event_type: e.event_type.clone(),
-        status: None,
-        step: None,
-        step_status: None,
-        attempt: e.attempt,
-        version: None,
-        tags_before: None,
-        tags_after: None,
-        cause: String::new(),
-    };
-    match e.event_type.as_str() {
-        "execution_started" => {
-            entry.status = Some("pending".into());
-            entry.cause = match (execution.parent_execution_id, &execution.parent_step) {
-                (Some(parent), Some(step)) => {
-                    format!("spawned by execution {parent} (step {step})")
-                }
-                (Some(parent), None) => format!("spawned by execution {parent}"),
-                _ => "submitted".into(),
-            };
-        }
-        "execution_completed" => {
-            entry.status = Some("completed".into());
-            entry.cause = "every step completed".into();
-        }
-        "execution_failed" => {
-            entry.status = Some("failed".into());
-            entry.cause = p
-                .get("error")
-                .map(describe_error)
-                .unwrap_or_else(|| "a step failed".into());
-        }
-        "execution_cancelled" => {
-            entry.status = Some("cancelled".into());
-            entry.cause = text("reason")
-                .or_else(|| text("cause"))
-                .unwrap_or_else(|| "cancelled".into());
-        }
-        "tags_changed" => {
-            entry.kind = HistoryKind::Tags;
-            entry.version = p.get("version").and_then(Value::as_i64);
-            entry.tags_before = p.get("before").cloned();
-            entry.tags_after = p.get("after").cloned();
-            entry.cause = text("cause").unwrap_or_default();
-        }
-        // The worker's report is not a change of state; the orchestrator's step_* that follows is.
-        "step_result" => return None,
-        t if t.starts_with("step_") => {
-            let step_status = t.trim_start_matches("step_");
-            entry.kind = HistoryKind::Step;
-            entry.step = e.step_name.clone().or_else(|| text("step"));
-            entry.step_status = Some(step_status.to_string());
-            let step = entry.step.clone().unwrap_or_else(|| "?".into());
-            let attempt = e
-                .attempt
-                .map(|a| format!(" attempt {a}"))
-                .unwrap_or_default();
-            entry.cause = match step_status {
-                "enqueued" if e.attempt.unwrap_or(1) > 1 => {
-                    format!("step {step}{attempt} enqueued for a retry")
-                }
-                "enqueued" => format!("step {step}{attempt} enqueued"),
-                "completed" => match text("worker_id") {
-                    Some(w) => format!("step {step}{attempt} completed on {w}"),
-                    None => format!("step {step}{attempt} completed"),
-                },
-                "failed" | "attempt_failed" => match p.get("error").filter(|v| !v.is_null()) {
-                    Some(err) => format!("step {step}{attempt} failed: {}", describe_error(err)),
-                    None => format!("step {step}{attempt} failed"),
-                },
-                "waiting" => format!("step {step} waits for its child executions"),
-                other => format!("step {step}{attempt} {other}"),
-            };
-        }
-        _ => return None,
-    }
-    Some(entry)
+/// A row of `lineq.execution_history`.
+#[derive(sqlx::FromRow)]
+struct HistoryRow {
+    at: DateTime<Utc>,
+    kind: String,
+    event_id: Uuid,
+    event_type: String,
+    status: Option<String>,
+    step: Option<String>,
+    step_status: Option<String>,
+    attempt: Option<i32>,
+    version: Option<i64>,
+    tags_before: Option<Value>,
+    tags_after: Option<Value>,
+    cause: String,
 }
 
-/// A one-line reading of an error payload: its `message` where there is one, else the JSON.
-fn describe_error(v: &Value) -> String {
-    if let Some(m) = v.get("message").and_then(Value::as_str) {
-        return m.to_string();
-    }
-    if let Some(inner) = v.get("error").filter(|e| !e.is_null()) {
-        let step = v.get("step").and_then(Value::as_str);
-        let msg = describe_error(inner);
-        return match step {
-            Some(s) => format!("step {s} failed: {msg}"),
-            None => msg,
+impl HistoryRow {
+    fn entry(self) -> Result<HistoryEntry> {
+        let kind = match self.kind.as_str() {
+            "status" => HistoryKind::Status,
+            "step" => HistoryKind::Step,
+            "tags" => HistoryKind::Tags,
+            other => {
+                return Err(Error::InvalidState(format!(
+                    "lineq.execution_history returned an entry of kind {other:?}"
+                )));
+            }
         };
-    }
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Ok(HistoryEntry {
+            at: self.at,
+            kind,
+            event_id: self.event_id,
+            event_type: self.event_type,
+            status: self.status,
+            step: self.step,
+            step_status: self.step_status,
+            attempt: self.attempt,
+            version: self.version,
+            tags_before: self.tags_before,
+            tags_after: self.tags_after,
+            cause: self.cause,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn tags(pairs: &[(&str, &str)]) -> Tags {
         pairs
@@ -418,13 +364,5 @@ mod tests {
             c.apply(&before),
             tags(&[("customer", "globex"), ("region", "us-west")])
         );
-    }
-
-    #[test]
-    fn error_payloads_read_as_one_line() {
-        let v =
-            json!({"step": "charge", "error": {"kind": "permanent", "message": "card declined"}});
-        assert_eq!(describe_error(&v), "step charge failed: card declined");
-        assert_eq!(describe_error(&json!("boom")), "boom");
     }
 }

@@ -138,6 +138,9 @@ pub struct ExecutionFilter {
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Newest first (`created_at`, then id, descending) instead of oldest first; the cursor
+    /// then leads to older executions.
+    pub newest_first: bool,
 }
 
 /// A filter that passed validation, ready to become SQL.
@@ -217,6 +220,12 @@ impl ExecutionFilter {
     /// Sets the page size.
     pub fn limit(mut self, n: u32) -> Self {
         self.limit = Some(n);
+        self
+    }
+
+    /// Newest first instead of oldest first.
+    pub fn newest_first(mut self) -> Self {
+        self.newest_first = true;
         self
     }
 
@@ -393,7 +402,7 @@ pub(crate) fn has_nul(v: &Value) -> bool {
 }
 
 /// The arguments of `lineq.list_executions` and `lineq.explain_list_executions`, in order.
-const LIST_ARGS: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13";
+const LIST_ARGS: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14";
 
 impl Checked<'_> {
     /// `sql` (a call of one of the list functions, with [`LIST_ARGS`]) with every value bound;
@@ -418,10 +427,11 @@ impl Checked<'_> {
             .bind(i32::try_from(limit).unwrap_or(i32::MAX))
             .bind(self.cursor.map(|c| c.created_at))
             .bind(self.cursor.map(|c| c.execution_id))
+            .bind(f.newest_first)
     }
 }
 
-/// Lists the executions that match `filter`, oldest first, one page at a time, through
+/// Lists the executions that match `filter`, oldest first (or newest first), one page at a time, through
 /// `lineq._list_executions` (the body of `lineq.list_executions`, migration
 /// `20261207000014_operations.sql`), asking for one row more than a page to know whether
 /// another follows.
