@@ -153,8 +153,9 @@ class Procs:
     def python_worker(self, worker_id: str, *args: str, app: str = "apps.handlers:worker",
                       **env: str) -> Proc:
         """Starts ``python -m lineq worker APP`` with id ``worker_id``; waits until registered."""
+        # Run from the test's directory: the installed package is imported, not the source tree.
         p = Proc(worker_id, [sys.executable, "-m", "lineq", "worker", app,
-                             "--worker-id", worker_id, *args], self.env(**env))
+                             "--worker-id", worker_id, *args], self.env(**env), cwd=str(self.tmp))
         self.procs.append(p)
         eventually(f"worker {worker_id} registered", lambda: self.db.one(
             "SELECT count(*) FROM lineq.workers WHERE worker_id = %s AND stopped_at IS NULL",

@@ -1,5 +1,7 @@
-"""Python workers next to real ``lineq orchestrator`` processes: outcomes, the context,
-crashes, shutdown, cancellation, and poison messages."""
+"""Python workers next to real ``lineq orchestrator`` processes.
+
+Outcomes, the context, crashes, shutdown, cancellation, and poison messages.
+"""
 
 from __future__ import annotations
 

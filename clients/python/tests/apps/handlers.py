@@ -51,7 +51,8 @@ async def whoami(ctx: lineq.StepContext, input: Any) -> dict[str, Any]:
 @worker.handler("add")
 def add(ctx: lineq.StepContext, input: dict[str, Any]) -> dict[str, Any]:
     """A sync handler: runs in the worker's thread pool."""
-    return {"sum": sum(input["numbers"])}
+    numbers = input.get("numbers") or (input.get("input") or {}).get("numbers", [])
+    return {"sum": sum(numbers)}
 
 
 @worker.handler("refuse")
