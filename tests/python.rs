@@ -77,9 +77,15 @@ fn venv(client: &Path) -> PathBuf {
     }
     let pip = |args: &[&str]| {
         let mut cmd = Command::new(&python);
-        cmd.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .args(args)
-            .current_dir(client);
+        cmd.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(args)
+        .current_dir(client);
         run(&format!("pip install {}", args.join(" ")), &mut cmd);
     };
     pip(&[".[test,otel]"]);
@@ -103,7 +109,12 @@ fn python_client_and_workers() {
     run(
         "mypy --strict",
         Command::new(bin.join("mypy"))
-            .args(["--strict", "--no-incremental", "--cache-dir=/dev/null", "lineq"])
+            .args([
+                "--strict",
+                "--no-incremental",
+                "--cache-dir=/dev/null",
+                "lineq",
+            ])
             .current_dir(&client),
     );
     // The venv's pytest, not `python -m pytest`: the installed package is what is tested, not
