@@ -137,7 +137,8 @@ class Procs:
         env = dict(os.environ)
         env.pop("RUST_LOG", None)
         env.update(DATABASE_URL=self.db.url, RUST_LOG="info,sqlx=warn",
-                   PYTHONPATH=str(TESTS), LINEQ_TEST_DIR=str(self.tmp), **extra)
+                   PYTHONPATH=str(TESTS), LINEQ_TEST_DIR=str(self.tmp))
+        env.update(extra)
         return env
 
     def lineq(self, name: str, *args: str, **env: str) -> Proc:

@@ -173,3 +173,33 @@ def test_poison_and_malformed_messages_do_not_stop_the_worker(db: Db, procs: Pro
     assert w.running
     dead = lineq(db.url, "dlq", "list", "--format", "json")
     assert dead.returncode == 0 and len(json.loads(dead.stdout)) == 2, dead.stdout
+
+
+def test_visibility_is_extended_while_a_handler_runs(db: Db, procs: Procs) -> None:
+    procs.orchestrator()
+    # Hidden for 2 s at a time; the handler runs 5 s, so only extension keeps it from a
+    # second delivery (two workers: one would claim it again if it reappeared).
+    procs.python_worker("py-1", LINEQ_TEST_VT="2")
+    procs.python_worker("py-2", LINEQ_TEST_VT="2")
+    with lq.Client(db.url) as c:
+        e = c.submit("slow", {"sleep": 5})
+        assert c.wait(e.id, timeout=60).output["delivery"] == 1
+        assert len(deliveries(db, e.id, "slow")) == 1
+
+
+def test_the_console_script_runs_a_worker(db: Db, procs: Procs) -> None:
+    import sys
+    from pathlib import Path
+
+    from conftest import Proc
+
+    script = Path(sys.executable).parent / "lineq-worker"
+    procs.orchestrator()
+    p = Proc("console-script", [str(script), "apps.handlers:worker", "--worker-id", "py-cli"],
+             procs.env(), cwd=str(procs.tmp))
+    procs.procs.append(p)
+    with lq.Client(db.url) as c:
+        e = c.submit("shout", {"text": "script"})
+        assert c.wait(e.id, timeout=60).output == {"shout": "SCRIPT"}, p.log_text()
+    assert deliveries(db, e.id, "shout") == [("py-cli", 1, 1)]
+    assert p.terminate() == 0
