@@ -221,10 +221,26 @@ class Worker:
         return str(row[0])
 
     async def _listen(self) -> None:
-        """Wakes the claim loop when a step is sent to the queue (delivered on commit)."""
-        async for note in self._listen_db.notifies():
-            if note.payload == self.queue:
-                self._wake.set()
+        """Wakes the claim loop when a step is sent to the queue (delivered on commit).
+
+        When the connection drops, it listens again on a new one and wakes the loop, since a
+        notification may have been missed meanwhile (the poll interval bounds the delay).
+        """
+        while True:
+            try:
+                async for note in self._listen_db.notifies():
+                    if note.payload == self.queue:
+                        self._wake.set()
+            except psycopg.Error as e:
+                log.warning("wake-up listener lost its connection: %s", e)
+            await asyncio.sleep(1.0)
+            try:
+                self._listen_db = await self._reconnect(self._listen_db, "listen")
+                await self._listen_db.execute(
+                    sql.SQL("LISTEN {}").format(sql.Identifier(self.queue)))
+            except psycopg.Error as e:
+                log.warning("listening again failed: %s", e)
+            self._wake.set()
 
     async def _claim_loop(self) -> None:
         assert self._stop is not None
