@@ -124,6 +124,7 @@ fn python_client_and_workers() {
         .current_dir(&client)
         .env("LINEQ_TEST_ADMIN_URL", admin_url())
         .env("LINEQ_BIN", env!("CARGO_BIN_EXE_lineq"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PATH", {
             let path = std::env::var("PATH").unwrap_or_default();
             format!("{}:{path}", bin.display())

@@ -6,7 +6,9 @@ database.
 Both rows run the same executions: N one-step ``echo`` tasks (the input back as the output),
 submitted with ``submit_many`` (500 per transaction), two ``lineq orchestrator`` processes, two
 worker processes at concurrency 64. Each row is timed by the database's clock, from just before
-the first submit to the last execution's ``finished_at``; every execution must complete.
+the first submit to the last execution's ``finished_at``; every execution must complete. The
+worker processes' own CPU time per execution (user and system, from ``/proc``, counted from
+their registration to the row's end) says what a worker costs, whatever else the machine does.
 """
 
 from __future__ import annotations
@@ -68,6 +70,19 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
+def _cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
+    """User and system CPU time the processes have used so far (Linux ``/proc``)."""
+    total = 0
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _row(dsn: str, lineq_bin: str, language: str, n: int, logdir: str) -> dict[str, Any]:
     ns = "bench_py" if language == "python" else "bench_rs"
     if language == "python":
@@ -89,6 +104,7 @@ def _row(dsn: str, lineq_bin: str, language: str, n: int, logdir: str) -> dict[s
                     raise SystemExit(f"the {language} workers did not start (logs in {logdir})")
                 time.sleep(0.1)
             run = os.urandom(6).hex()
+            cpu_before = _cpu_seconds(workers)
             with Client(dsn) as client:
                 row = db.execute("SELECT clock_timestamp()").fetchone()
                 assert row is not None
@@ -111,13 +127,15 @@ def _row(dsn: str, lineq_bin: str, language: str, n: int, logdir: str) -> dict[s
                 "WHERE tags @> %s::jsonb",
                 (start, json.dumps({"bench_run": run}))).fetchone()
             assert done is not None
+            cpu = _cpu_seconds(workers) - cpu_before
     finally:
         _stop(workers)
     completed, total, secs = int(done[0]), int(done[1]), float(done[2])
     if completed != n or total != n:
         raise SystemExit(f"{language}: {completed} of {total} completed, {n} submitted")
     return {"workers": language, "executions": n, "seconds": round(secs, 3),
-            "per_second": round(n / secs, 1)}
+            "per_second": round(n / secs, 1),
+            "worker_cpu_us_per_execution": round(cpu / n * 1e6, 1)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,10 +163,11 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps({"rows": rows, "best": best}, indent=2))
         return 0
-    print(f"{'workers':<8} {'executions':>10} {'seconds':>8} {'exec/s':>9}")
+    print(f"{'workers':<8} {'executions':>10} {'seconds':>8} {'exec/s':>9} "
+          f"{'worker CPU/exec':>16}")
     for r in rows:
         print(f"{r['workers']:<8} {r['executions']:>10} {r['seconds']:>8.2f} "
-              f"{r['per_second']:>9.1f}")
+              f"{r['per_second']:>9.1f} {r['worker_cpu_us_per_execution']:>13.1f} µs")
     print(f"best: python {best['python']:.0f}/s, rust {best['rust']:.0f}/s "
           f"(python at {best['python'] / best['rust']:.0%} of rust)")
     return 0
