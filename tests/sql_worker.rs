@@ -206,3 +206,209 @@ async fn a_psql_worker_runs_steps_next_to_rust_workers_and_loses_nothing_when_ki
     }
     db.drop_db().await;
 }
+
+/// The claim takes a message exactly when `lineq.step_message_problem` finds nothing wrong with
+/// it, and dead-letters it with that function's reason otherwise: its fast test (casts instead
+/// of regular expressions) accepts nothing the full check refuses. Each body is claimed alone,
+/// then all of them in one claim (one bad message sends the batch through the full check;
+/// the good ones are still taken).
+#[tokio::test]
+async fn the_claim_agrees_with_the_message_check_on_every_body() {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    client
+        .submit(SubmitRequest::new("echo").input(json!({"n": 1})))
+        .await
+        .expect("submit");
+    let good: serde_json::Value =
+        sqlx::query_scalar("SELECT message FROM pgmq.q_lineq_steps_default LIMIT 1")
+            .fetch_one(&db.pool)
+            .await
+            .expect("a step message");
+    sqlx::query("DELETE FROM pgmq.q_lineq_steps_default")
+        .execute(&db.pool)
+        .await
+        .expect("empty the queue");
+
+    let uuid = good["step_id"].as_str().expect("step_id").to_string();
+    let tp = good["meta"]["traceparent"]
+        .as_str()
+        .expect("traceparent")
+        .to_string();
+    let uuids = [
+        json!(uuid.to_uppercase()),
+        json!(format!("{{{uuid}}}")),
+        json!(uuid.replace('-', "")),
+        json!(format!(" {uuid}")),
+        json!(format!("{}-{}", &uuid[..4], &uuid[4..]).replacen('-', "", 2)),
+        json!(uuid.replacen('0', "g", 1)),
+        json!(42),
+        json!(null),
+    ];
+    let names = [
+        json!("echo.v2:x-y_z"),
+        json!("é"),
+        json!(""),
+        json!("a b"),
+        json!("x".repeat(128)),
+        json!("x".repeat(129)),
+        json!("echo\n"),
+        json!(7),
+    ];
+    let attempts = [
+        json!(0),
+        json!(1),
+        json!(-1),
+        json!(1.5),
+        json!("1"),
+        json!(123_456_789),
+        json!(1_234_567_890),
+        json!(1e3),
+    ];
+    let traceparents = [
+        json!(tp.to_uppercase()),
+        json!(format!("ff{}", &tp[2..])),
+        json!(format!("00-{}-{}-01", "0".repeat(32), &tp[36..52])),
+        json!(format!("00-{}-{}-01", &tp[3..35], "0".repeat(16))),
+        json!(tp.replacen('0', " ", 2)),
+        json!(format!("{}-", &tp[..54])),
+        json!(tp.replacen('a', "g", 1)),
+        json!(format!("{tp}0")),
+        json!(null),
+    ];
+    let mut bodies = vec![good.clone()];
+    let mut with = |path: &[&str], v: Option<serde_json::Value>| {
+        let mut b = good.clone();
+        let mut at = &mut b;
+        for p in &path[..path.len() - 1] {
+            at = &mut at[*p];
+        }
+        let last = path[path.len() - 1];
+        match v {
+            Some(v) => at[last] = v,
+            None => {
+                at.as_object_mut().expect("an object").remove(last);
+            }
+        }
+        bodies.push(b);
+    };
+    for field in [
+        &["step_id"][..],
+        &["execution_id"],
+        &["meta", "correlation_id"],
+        &["meta", "parent_event_id"],
+        &["meta", "root_execution_id"],
+        &["meta", "parent_execution_id"],
+    ] {
+        for v in &uuids {
+            with(field, Some(v.clone()));
+        }
+        with(field, None);
+    }
+    for field in [&["step"][..], &["handler"]] {
+        for v in &names {
+            with(field, Some(v.clone()));
+        }
+        with(field, None);
+    }
+    for v in &attempts {
+        with(&["attempt"], Some(v.clone()));
+    }
+    for v in &traceparents {
+        with(&["meta", "traceparent"], Some(v.clone()));
+    }
+    with(&["meta", "tracestate"], Some(json!(1)));
+    with(&["meta", "tracestate"], None);
+    with(&["meta"], Some(json!("meta")));
+    with(&["input"], None);
+    bodies.push(json!([good.clone()]));
+
+    let token: String = sqlx::query_scalar(
+        "SELECT lineq.worker_register('check-1', '{default}', '{}', 'host', 1, '1', 'sql')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("register");
+    let claim = |qty: i32| {
+        let pool = db.pool.clone();
+        let token = token.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT msg_id FROM lineq.worker_claim('check-1', $1, 'default', $2)",
+            )
+            .bind(&token)
+            .bind(qty)
+            .fetch_all(&pool)
+            .await
+            .expect("claim")
+        }
+    };
+    let mut expected = Vec::new();
+    for body in &bodies {
+        let problem: Option<String> =
+            sqlx::query_scalar("SELECT lineq.step_message_problem($1, octet_length($1::text))")
+                .bind(body)
+                .fetch_one(&db.pool)
+                .await
+                .expect("check");
+        expected.push(problem);
+    }
+    assert!(
+        expected.iter().filter(|p| p.is_none()).count() >= 10,
+        "the corpus holds good bodies too: {expected:?}"
+    );
+    assert!(expected.iter().filter(|p| p.is_some()).count() >= 40);
+
+    let send = |body: serde_json::Value| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT pgmq.send('lineq_steps_default', $1)")
+                .bind(body)
+                .fetch_one(&pool)
+                .await
+                .expect("send")
+        }
+    };
+    let letter = |msg_id: i64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT message ->> 'reason' FROM pgmq.q_lineq_dlq
+                 WHERE (message ->> 'source_msg_id')::bigint = $1",
+            )
+            .bind(msg_id)
+            .fetch_optional(&pool)
+            .await
+            .expect("dead letter")
+        }
+    };
+    // Alone.
+    for (body, problem) in bodies.iter().zip(&expected) {
+        let id = send(body.clone()).await;
+        let taken = claim(1).await;
+        match problem {
+            None => assert_eq!(taken, [id], "claimed: {body}"),
+            Some(reason) => {
+                assert!(taken.is_empty(), "not claimed: {body}");
+                assert_eq!(letter(id).await.as_deref(), Some(reason.as_str()), "{body}");
+            }
+        }
+    }
+    // All in one claim.
+    let mut ids = Vec::new();
+    for body in &bodies {
+        ids.push(send(body.clone()).await);
+    }
+    let taken = claim(1000).await;
+    let want: Vec<i64> = ids
+        .iter()
+        .zip(&expected)
+        .filter(|(_, p)| p.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(taken, want);
+    for (id, problem) in ids.iter().zip(&expected) {
+        assert_eq!(letter(*id).await, problem.clone());
+    }
+    db.drop_db().await;
+}

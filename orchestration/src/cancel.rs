@@ -91,7 +91,7 @@ pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<C
             .into_iter()
             .next()
         {
-            t.status = "cancelled".into();
+            t.status = lineq_shared::execution::ExecutionStatus::Cancelled;
             work.execs.insert(t.execution_id, t.clone());
             if carry_to_parent(&mut tx, &mut work, &t, ending)
                 .await?

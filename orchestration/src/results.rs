@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use lineq_shared::error::Result;
 use lineq_shared::event::{EventType, NewEvent};
+use lineq_shared::execution::StepStatus;
 use lineq_shared::message::{ChildRequest, Outcome, ResultMessage, StepError};
 use lineq_shared::queue::{self, QueuedMessage};
 use lineq_shared::telemetry;
@@ -46,7 +47,7 @@ pub struct BatchReport {
 
 struct StepUpdate {
     step_id: Uuid,
-    status: &'static str,
+    status: StepStatus,
     output: Option<Value>,
     error: Option<Value>,
     worker_id: String,
@@ -141,7 +142,7 @@ pub async fn process_batch(
         let exec = exec.clone();
         archive_ids.push(m.msg_id);
         let fresh = step.execution_id == r.execution_id
-            && step.status == "enqueued"
+            && step.status == StepStatus::Enqueued
             && step.attempts == r.attempt
             && !exec.is_terminal()
             && seen.insert(r.step_id);
@@ -166,9 +167,9 @@ pub async fn process_batch(
             Outcome::Completed => {
                 let waits = r.children.iter().any(|c| c.wait);
                 let (event_type, status) = if waits {
-                    (EventType::StepWaiting, "waiting")
+                    (EventType::StepWaiting, StepStatus::Waiting)
                 } else {
-                    (EventType::StepCompleted, "completed")
+                    (EventType::StepCompleted, StepStatus::Completed)
                 };
                 let ev = NewEvent::new(event_type, lineage, parent, node_name)
                     .step(r.step_id, r.attempt)
@@ -227,7 +228,7 @@ pub async fn process_batch(
                     report.retried += 1;
                     updates.push(StepUpdate {
                         step_id: r.step_id,
-                        status: "enqueued",
+                        status: StepStatus::Enqueued,
                         output: None,
                         error: error_json,
                         worker_id: r.worker_id.clone(),
@@ -242,7 +243,7 @@ pub async fn process_batch(
                     work.record(ev, Some(r.step_id));
                     updates.push(StepUpdate {
                         step_id: r.step_id,
-                        status: "failed",
+                        status: StepStatus::Failed,
                         output: None,
                         error: error_json,
                         worker_id: r.worker_id.clone(),
@@ -261,7 +262,7 @@ pub async fn process_batch(
             .and_then(|s| work.steps.get_mut(&s.execution_id))
             .and_then(|rows| rows.iter_mut().find(|r| r.step_id == u.step_id))
         {
-            row.status = u.status.to_string();
+            row.status = u.status;
             row.output = u.output.clone();
             row.error = u.error.clone();
         }
@@ -295,7 +296,7 @@ async fn apply_step_updates(conn: &mut PgConnection, updates: &[StepUpdate]) -> 
         return Ok(());
     }
     let ids: Vec<Uuid> = updates.iter().map(|a| a.step_id).collect();
-    let statuses: Vec<&str> = updates.iter().map(|a| a.status).collect();
+    let statuses: Vec<&str> = updates.iter().map(|a| a.status.as_str()).collect();
     let outputs: Vec<Option<&Value>> = updates.iter().map(|a| a.output.as_ref()).collect();
     let errors: Vec<Option<&Value>> = updates.iter().map(|a| a.error.as_ref()).collect();
     let workers: Vec<&str> = updates.iter().map(|a| a.worker_id.as_str()).collect();

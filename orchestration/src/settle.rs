@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use lineq_shared::error::Result;
 use lineq_shared::event::{EventType, Lineage, NewEvent};
+use lineq_shared::execution::{ExecutionStatus, StepStatus};
 use lineq_shared::validation::QueueName;
 
 use crate::cancel::cancel_below;
@@ -21,7 +22,8 @@ use crate::enqueue::{ReadyStep, step_input};
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct ExecState {
     pub execution_id: Uuid,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ExecutionStatus,
     pub kind: String,
     pub namespace: String,
     pub input: Value,
@@ -59,7 +61,7 @@ impl ExecState {
     }
 
     pub fn is_terminal(&self) -> bool {
-        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+        self.status.is_terminal()
     }
 }
 
@@ -107,7 +109,8 @@ pub(crate) struct StepRow {
     pub name: String,
     pub handler: String,
     pub queue: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: StepStatus,
     pub depends_on: Vec<String>,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -192,7 +195,7 @@ impl Work {
 /// An execution that settling decided to finish.
 struct Finish {
     id: Uuid,
-    status: &'static str,
+    status: ExecutionStatus,
     output: Option<Value>,
     error: Option<Value>,
 }
@@ -251,7 +254,7 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
 
             if let Some(failed) = steps
                 .iter()
-                .find(|s| s.status == "failed" && s.on_failure == "fail")
+                .find(|s| s.status == StepStatus::Failed && s.on_failure == "fail")
             {
                 let error = json!({ "step": failed.name, "error": failed.error });
                 let ev = NewEvent::new(
@@ -270,10 +273,10 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
                     cancel_below(conn, id, ending, &work.node_name, "parent execution failed")
                         .await?;
                 work.events.extend(below.events);
-                mark(work, id, "failed");
+                mark(work, id, ExecutionStatus::Failed);
                 finishes.push(Finish {
                     id,
-                    status: "failed",
+                    status: ExecutionStatus::Failed,
                     output: None,
                     error: Some(error),
                 });
@@ -284,7 +287,8 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
             let done: HashMap<&str, &StepRow> = steps
                 .iter()
                 .filter(|s| {
-                    s.status == "completed" || (s.status == "failed" && s.on_failure == "continue")
+                    s.status == StepStatus::Completed
+                        || (s.status == StepStatus::Failed && s.on_failure == "continue")
                 })
                 .map(|s| (s.name.as_str(), s))
                 .collect();
@@ -293,7 +297,7 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
             let mut newly_enqueued = HashSet::new();
             for s in steps
                 .iter()
-                .filter(|s| s.status == "pending" && !already.contains(&s.step_id))
+                .filter(|s| s.status == StepStatus::Pending && !already.contains(&s.step_id))
             {
                 if !s.depends_on.iter().all(|d| done.contains_key(d.as_str())) {
                     continue;
@@ -337,7 +341,7 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
                 && steps.iter().all(|s| {
                     !newly_enqueued.contains(&s.step_id)
                         && !already.contains(&s.step_id)
-                        && matches!(s.status.as_str(), "completed" | "failed" | "cancelled")
+                        && s.status.is_terminal()
                 });
             already.extend(newly_enqueued.iter().copied());
             if all_done {
@@ -361,17 +365,17 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
                 let ending = ev.event_id;
                 work.events.push(ev);
                 work.finished += 1;
-                mark(work, id, "completed");
+                mark(work, id, ExecutionStatus::Completed);
                 finishes.push(Finish {
                     id,
-                    status: "completed",
+                    status: ExecutionStatus::Completed,
                     output: Some(output),
                     error: None,
                 });
                 ended.push((exec, ending));
-            } else if exec.status == "pending" {
+            } else if exec.status == ExecutionStatus::Pending {
                 running.push(id);
-                mark(work, id, "running");
+                mark(work, id, ExecutionStatus::Running);
             }
         }
 
@@ -403,7 +407,7 @@ async fn finish_all(conn: &mut PgConnection, finishes: &[Finish]) -> Result<()> 
         return Ok(());
     }
     let ids: Vec<Uuid> = finishes.iter().map(|f| f.id).collect();
-    let statuses: Vec<&str> = finishes.iter().map(|f| f.status).collect();
+    let statuses: Vec<&str> = finishes.iter().map(|f| f.status.as_str()).collect();
     let outputs: Vec<Option<&Value>> = finishes.iter().map(|f| f.output.as_ref()).collect();
     let errors: Vec<Option<&Value>> = finishes.iter().map(|f| f.error.as_ref()).collect();
     sqlx::query(
@@ -425,9 +429,9 @@ async fn finish_all(conn: &mut PgConnection, finishes: &[Finish]) -> Result<()> 
     Ok(())
 }
 
-fn mark(work: &mut Work, id: Uuid, status: &str) {
+fn mark(work: &mut Work, id: Uuid, status: ExecutionStatus) {
     if let Some(e) = work.execs.get_mut(&id) {
-        e.status = status.to_string();
+        e.status = status;
     }
 }
 
@@ -440,10 +444,7 @@ async fn cancel_leftover_steps(
     steps: &[StepRow],
     cause: Uuid,
 ) -> Result<()> {
-    let left: Vec<&StepRow> = steps
-        .iter()
-        .filter(|s| matches!(s.status.as_str(), "pending" | "enqueued" | "waiting"))
-        .collect();
+    let left: Vec<&StepRow> = steps.iter().filter(|s| !s.status.is_terminal()).collect();
     if left.is_empty() {
         return Ok(());
     }
@@ -458,7 +459,7 @@ async fn cancel_leftover_steps(
     .await?;
     let mut by_queue: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for s in &left {
-        if let (Some(m), "enqueued") = (s.msg_id, s.status.as_str()) {
+        if let (Some(m), StepStatus::Enqueued) = (s.msg_id, s.status) {
             by_queue.entry(&s.queue).or_default().push(m);
         }
         work.events.push(
@@ -469,7 +470,7 @@ async fn cancel_leftover_steps(
                 &work.node_name,
             )
             .step(s.step_id, s.attempts.max(1))
-            .payload(json!({ "step": s.name, "was": s.status })),
+            .payload(json!({ "step": s.name, "was": s.status.as_str() })),
         );
     }
     for (q, msgs) in by_queue {
@@ -505,23 +506,26 @@ pub(crate) async fn carry_to_parent(
     if parent.is_terminal() {
         return Ok(None);
     }
-    let siblings: Vec<(Uuid, String, Option<Value>, Option<Value>)> = sqlx::query_as(
+    let rows: Vec<(Uuid, String, Option<Value>, Option<Value>)> = sqlx::query_as(
         "SELECT execution_id, status, output, error FROM lineq.executions
          WHERE parent_step_id = $1 AND parent_waits ORDER BY created_at, execution_id",
     )
     .bind(step_id)
     .fetch_all(&mut *conn)
     .await?;
-    if siblings
-        .iter()
-        .any(|(_, s, _, _)| !matches!(s.as_str(), "completed" | "failed" | "cancelled"))
-    {
+    let mut siblings = Vec::with_capacity(rows.len());
+    for (id, status, output, error) in rows {
+        siblings.push((id, status.parse::<ExecutionStatus>()?, output, error));
+    }
+    if siblings.iter().any(|(_, s, _, _)| !s.is_terminal()) {
         return Ok(None);
     }
-    let failed = siblings.iter().find(|(_, s, _, _)| s != "completed");
+    let failed = siblings
+        .iter()
+        .find(|(_, s, _, _)| *s != ExecutionStatus::Completed);
     let (status, output, error, event_type) = match failed {
         Some((id, s, _, err)) => (
-            "failed",
+            StepStatus::Failed,
             None,
             Some(json!({
                 "kind": "child_failed",
@@ -542,7 +546,12 @@ pub(crate) async fn carry_to_parent(
             } else {
                 Value::Array(outputs)
             };
-            ("completed", Some(output), None, EventType::StepCompleted)
+            (
+                StepStatus::Completed,
+                Some(output),
+                None,
+                EventType::StepCompleted,
+            )
         }
     };
     let updated: Option<(String, i32)> = sqlx::query_as(
@@ -552,7 +561,7 @@ pub(crate) async fn carry_to_parent(
          RETURNING name, attempts",
     )
     .bind(step_id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(&output)
     .bind(&error)
     .fetch_optional(&mut *conn)
