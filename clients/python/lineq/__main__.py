@@ -47,7 +47,6 @@ def _run_worker(args: argparse.Namespace) -> int:
         worker.dsn = args.dsn
     if args.namespace:
         worker.namespace = args.namespace
-        worker.queue = f"lineq_steps_{args.namespace}"
     if args.concurrency:
         worker.concurrency = args.concurrency
         worker.batch_size = min(worker.batch_size, args.concurrency)

@@ -162,6 +162,10 @@ class Worker:
         dsn = self.dsn or os.environ.get("DATABASE_URL")
         if not dsn:
             raise ValidationError("dsn", "give Worker a dsn or set DATABASE_URL")
+        if not _NAMESPACE.match(self.namespace):
+            raise ValidationError("namespace", "1 to 32 of a-z, 0-9 and _, starting with a "
+                                  f"letter (got {self.namespace!r})")
+        self.queue = f"lineq_steps_{self.namespace}"
         self._loop = asyncio.get_running_loop()
         self._stop = stop or asyncio.Event()
         self._slot = asyncio.Event()
@@ -487,7 +491,11 @@ class Worker:
                               "timeout): %s", e)
                 for i in ids:
                     self._held.pop(i, None)
-        await self._reports.join()
+        try:
+            await asyncio.wait_for(self._reports.join(), max(10.0, self.shutdown_grace))
+        except asyncio.TimeoutError:
+            log.error("%s outcomes could not be reported; their steps run again after the "
+                      "visibility timeout", self._reports.qsize())
 
 
 def _failed(kind: str, message: str, retryable: bool) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from conftest import Db, Procs, deliveries, eventually, lineage_check, lineq
 
 import lineq as lq
@@ -203,3 +204,16 @@ def test_the_console_script_runs_a_worker(db: Db, procs: Procs) -> None:
         assert c.wait(e.id, timeout=60).output == {"shout": "SCRIPT"}, p.log_text()
     assert deliveries(db, e.id, "shout") == [("py-cli", 1, 1)]
     assert p.terminate() == 0
+
+
+def test_a_worker_serves_only_its_namespace(db: Db, procs: Procs) -> None:
+    procs.orchestrator()
+    procs.python_worker("py-media", "--namespace", "media")  # makes its queue (admin role)
+    with lq.Client(db.url) as c:
+        media = c.submit("shout", {"text": "media"}, namespace="media")
+        default = c.submit("shout", {"text": "default"})
+        assert c.wait(media.id, timeout=60).output == {"shout": "MEDIA"}
+        with pytest.raises(lq.WaitTimeout):
+            c.wait(default.id, timeout=1)
+        assert db.one("SELECT namespaces FROM lineq.workers WHERE worker_id = 'py-media'") == [
+            "media"]
