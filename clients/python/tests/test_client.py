@@ -190,6 +190,13 @@ def test_lineage_is_the_tree_of_executions(shared_db: Db) -> None:
         assert [n.execution.id for n in tree.walk()] == [root.id, child.id, grandchild.id,
                                                           sibling.id]
         assert grandchild.root_execution_id == root.id
+        # The same tree through list's filters.
+        assert [e.id for e in c.list(parent_execution_id=root.id)] == [child.id, sibling.id]
+        assert [e.id for e in c.list(root_execution_id=root.id, workflow="grandchild")] == [
+            grandchild.id]
+        assert [e.id for e in c.list(root_execution_id=root.id, since=child.created_at,
+                                     until=sibling.created_at)] == [child.id, grandchild.id]
+        assert [e.id for e in c.list(correlation_id=child.correlation_id)] == [child.id]
 
     async def go() -> None:
         async with await client(shared_db) as ac:
