@@ -157,8 +157,6 @@ DROP FUNCTION lineq.list_executions(jsonb, text[], jsonb, text[], text, uuid, uu
     timestamptz, timestamptz, integer, timestamptz, uuid);
 DROP FUNCTION lineq.explain_list_executions(jsonb, text[], jsonb, text[], text, uuid, uuid, uuid,
     timestamptz, timestamptz, integer, timestamptz, uuid);
-DROP FUNCTION lineq._list_executions(jsonb, text[], jsonb, text[], text, uuid, uuid, uuid,
-    timestamptz, timestamptz, integer, timestamptz, uuid);
 DROP FUNCTION lineq._list_executions_query(jsonb, text[], jsonb, text[], text, uuid, uuid, uuid,
     timestamptz, timestamptz, timestamptz, uuid);
 
@@ -334,3 +332,19 @@ $$;
 COMMENT ON FUNCTION lineq.list_executions(jsonb, text[], jsonb, text[], text, uuid, uuid, uuid,
     timestamptz, timestamptz, integer, timestamptz, uuid, boolean) IS
     'Executions matching every filter given, oldest or newest first, keyset-paged (docs/sql-api.md, Operations).';
+
+-- The body of the list as the release before called it (13 arguments, oldest first), for its
+-- processes during a rolling upgrade.
+CREATE OR REPLACE FUNCTION lineq._list_executions(
+    p_tags jsonb, p_has_tags text[], p_metadata jsonb, p_statuses text[], p_workflow text,
+    p_parent_execution_id uuid, p_root_execution_id uuid, p_correlation_id uuid,
+    p_since timestamptz, p_until timestamptz, p_limit integer,
+    p_after_created_at timestamptz, p_after_execution_id uuid
+) RETURNS SETOF lineq.executions
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM lineq._list_executions(p_tags, p_has_tags, p_metadata, p_statuses, p_workflow,
+        p_parent_execution_id, p_root_execution_id, p_correlation_id, p_since, p_until, p_limit,
+        p_after_created_at, p_after_execution_id, false)
+$$;

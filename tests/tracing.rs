@@ -768,3 +768,135 @@ async fn with_no_endpoint_nothing_is_exported() {
     );
     db.drop_db().await;
 }
+
+/// A worker that speaks the SQL interface and exports nothing (here: this test, through
+/// `lineq.worker_*`) has its attempt's spans exported by the orchestrator that reads its result,
+/// under the service name it registered: the attempt's span is the claim's `action_started`,
+/// child of the step's `step_enqueued`; the report's events are its children; the step's
+/// outcome links to it; and every event of the execution is a span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_spans_of_a_worker_that_exports_none_are_exported_for_it() {
+    let receiver = Receiver::grpc(Receiver::listen("127.0.0.1:0").await.expect("bind")).await;
+    let endpoint = receiver.endpoint();
+    let db = TestDb::new().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    let mut orchestrator = Proc::start_with(
+        &db.url,
+        "orchestrator",
+        &["orchestrator", "--poll-interval-ms", "100"],
+        |c| otel_env(c, &env),
+    );
+    let id = submit(&db, "echo", r#"{"hi": 1}"#, &env);
+
+    // The worker: registered as a SQL worker of service billing-sql, which exports nothing.
+    let token: String = sqlx::query_scalar(
+        "SELECT lineq.worker_register('sql-1', '{default}', '{echo}', 'host', 1, '1', 'sql', 30,
+                                      'billing-sql', NULL)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("register");
+    let (msg_id, delivery, started, traceparent, message): (i64, i32, Uuid, String, String) =
+        eventually(Duration::from_secs(20), "a claim", || {
+            let pool = db.pool.clone();
+            let token = token.clone();
+            async move {
+                sqlx::query_as(
+                    "SELECT msg_id, delivery, started_event_id, traceparent, message
+                     FROM lineq.worker_claim('sql-1', $1, 'default', 1)",
+                )
+                .bind(&token)
+                .fetch_optional(&pool)
+                .await
+                .expect("claim")
+            }
+        })
+        .await;
+    let input = serde_json::from_str::<Value>(&message).expect("message")["input"].clone();
+    sqlx::query(
+        "SELECT * FROM lineq.worker_report('sql-1', $1, 'default', jsonb_build_array(
+             jsonb_build_object('msg_id', $2::bigint, 'delivery', $3::integer,
+                                'started_event_id', $4::uuid, 'outcome', 'completed',
+                                'output', $5::jsonb)))",
+    )
+    .bind(&token)
+    .bind(msg_id)
+    .bind(delivery)
+    .bind(started)
+    .bind(&input)
+    .execute(&db.pool)
+    .await
+    .expect("report");
+    wait_all_finished(&db.pool, &[id], Duration::from_secs(30)).await;
+    let events = events_of_tree(&db, id).await;
+    assert_eq!(tree_shape(&events), ONE_STEP_COMPLETED);
+
+    let want: HashSet<String> = events
+        .iter()
+        .map(|e| e.span_id.clone().expect("span"))
+        .collect();
+    let got = eventually(Duration::from_secs(20), "every event as a span", || {
+        let spans = receiver.spans();
+        let want = want.clone();
+        async move {
+            let ids: HashSet<String> = spans.iter().map(|g| hex(&g.span.span_id)).collect();
+            want.is_subset(&ids).then_some(spans)
+        }
+    })
+    .await;
+    let by_span: HashMap<String, &Got> = got.iter().map(|g| (hex(&g.span.span_id), g)).collect();
+    let event = |t: &str| {
+        events
+            .iter()
+            .find(|e| e.event_type == t)
+            .unwrap_or_else(|| panic!("no {t} event"))
+    };
+    let span_of = |t: &str| {
+        let e = event(t);
+        by_span[e.span_id.as_deref().expect("span id")]
+    };
+    let attempt = span_of("action_started");
+    assert_eq!(attempt.service, "billing-sql");
+    assert_eq!(
+        hex(&attempt.span.parent_span_id),
+        event("step_enqueued").span_id.clone().expect("span id"),
+        "the attempt is a child of its step's enqueueing"
+    );
+    // The claim's traceparent names the attempt's span, for a handler's own spans.
+    assert_eq!(
+        traceparent,
+        format!(
+            "00-{}-{}-01",
+            hex(&attempt.span.trace_id),
+            hex(&attempt.span.span_id)
+        )
+    );
+    assert!(attempt.span.end_time_unix_nano >= attempt.span.start_time_unix_nano);
+    for t in ["action_completed", "step_result"] {
+        let g = span_of(t);
+        assert_eq!(g.service, "billing-sql", "{t}");
+        assert_eq!(g.span.parent_span_id, attempt.span.span_id, "{t}");
+    }
+    let outcome = span_of("step_completed");
+    assert_eq!(outcome.service, "lineq-orchestrator");
+    assert!(
+        outcome
+            .span
+            .links
+            .iter()
+            .any(|l| l.span_id == attempt.span.span_id),
+        "the step's outcome links to the attempt"
+    );
+    // Exported once: the orchestrator is the only exporter of the worker's events.
+    let copies = got
+        .iter()
+        .filter(|g| g.span.span_id == attempt.span.span_id)
+        .count();
+    assert_eq!(copies, 1);
+    let status = orchestrator.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{}", orchestrator.log_text());
+    db.drop_db().await;
+}

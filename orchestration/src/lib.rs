@@ -21,6 +21,7 @@ pub mod query;
 pub mod results;
 mod settle;
 pub mod submit;
+pub mod worker_spans;
 pub mod workflow;
 
 pub use client::{Client, SubmitBuilder};

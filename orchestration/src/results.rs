@@ -281,6 +281,12 @@ pub async fn process_batch(
     tx.commit().await?;
     // The children's events were written by lineq._create_executions; only their spans remain.
     events.extend(child_events);
+    // Workers that do not export their own spans get theirs exported here; tracing is
+    // best-effort, so a failed read costs a warning, never the batch (already committed).
+    let attempts: Vec<Uuid> = step_spans.values().copied().collect();
+    if let Err(e) = crate::worker_spans::export(pool, &attempts).await {
+        tracing::warn!(error = %e, "cannot export the spans of workers that do not export their own");
+    }
     telemetry::export_linked(&events, started, |e| match e.event_type {
         EventType::StepCompleted
         | EventType::StepFailed

@@ -23,6 +23,9 @@
 //! - [`export_step_span`]: a worker's `action_started` event, which is the span of the attempt:
 //!   from the claim to the report of its outcome, so its duration is the handler's run.
 //!   `action_completed|action_failed` and `step_result` are its children.
+//! - [`export_on_behalf`]: the same spans of a worker that does not export them itself (one
+//!   that speaks the SQL interface from another language), exported by the orchestrator that
+//!   reads its results, under that worker's service name.
 //!
 //! When tracing is off (no endpoint configured) every function here is one atomic load: no
 //! exporter exists, no thread runs, nothing connects anywhere.
@@ -173,9 +176,58 @@ pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
     let transport = transport_from_env()?;
     let exporter = build_exporter(transport, explicit.as_deref())?;
     let resource = resource(&config.service_name);
+    let service_name = resource
+        .get(&opentelemetry::Key::new("service.name"))
+        .map_or_else(|| config.service_name.clone(), |v| v.to_string());
+    let mut processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch_config())
+        .build();
+    processor.set_resource(&resource);
+    let processor = Arc::new(processor);
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(SharedProcessor(processor.clone()))
+        .with_resource(resource)
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let make_sink: SinkMaker = Box::new(move |service: &str| {
+        let exporter = match build_exporter(transport, explicit.as_deref()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, service, "cannot export spans on behalf of a worker");
+                return None;
+            }
+        };
+        let mut processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batch_config())
+            .build();
+        processor.set_resource(
+            &Resource::builder()
+                .with_service_name(service.to_string())
+                .build(),
+        );
+        Some(Arc::new(processor) as Arc<dyn SpanProcessor>)
+    });
+    install(Pipeline {
+        sink: processor,
+        sampler: Config::default().sampler,
+        scope: scope(),
+        provider: Some(provider),
+        service_name,
+        make_sink: Some(make_sink),
+        others: std::sync::Mutex::new(HashMap::new()),
+    });
+    tracing::info!(%endpoint, ?transport, "exporting spans over OTLP");
+    Ok(TelemetryGuard {
+        endpoint: Some(endpoint),
+        transport: Some(transport),
+    })
+}
+
+/// The batch processor's settings: the `OTEL_BSP_*` variables (BatchConfigBuilder reads them),
+/// with larger defaults.
+fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
     // Every event is a span, so a busy process makes thousands a second: the SDK's default
-    // queue (2,048) drops spans under load. A larger default, unless OTEL_BSP_MAX_QUEUE_SIZE
-    // says otherwise (BatchConfigBuilder reads the OTEL_BSP_* variables itself).
+    // queue (2,048) drops spans under load.
     let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
     if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
         batch = batch.with_max_queue_size(DEFAULT_MAX_QUEUE_SIZE);
@@ -186,27 +238,15 @@ pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
     if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
         batch = batch.with_max_export_batch_size(DEFAULT_MAX_EXPORT_BATCH_SIZE);
     }
-    let mut processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(batch.build())
-        .build();
-    processor.set_resource(&resource);
-    let processor = Arc::new(processor);
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(SharedProcessor(processor.clone()))
-        .with_resource(resource)
-        .build();
-    opentelemetry::global::set_tracer_provider(provider.clone());
-    install(Pipeline {
-        sink: processor,
-        sampler: Config::default().sampler,
-        scope: scope(),
-        provider: Some(provider),
-    });
-    tracing::info!(%endpoint, ?transport, "exporting spans over OTLP");
-    Ok(TelemetryGuard {
-        endpoint: Some(endpoint),
-        transport: Some(transport),
-    })
+    batch.build()
+}
+
+/// This process's `service.name` while spans are exported.
+pub fn service_name() -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    pipeline().map(|p| p.service_name.clone())
 }
 
 /// True when spans are being exported.
@@ -224,6 +264,15 @@ pub fn shutdown() {
         Err(poisoned) => poisoned.into_inner().take(),
     };
     if let Some(p) = pipeline {
+        let others: Vec<Arc<dyn SpanProcessor>> = match p.others.lock() {
+            Ok(o) => o.values().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+        };
+        for o in others {
+            if let Err(e) = o.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
+                tracing::warn!(error = %e, "flushing spans at exit failed; some may be lost");
+            }
+        }
         let result = match &p.provider {
             Some(provider) => provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT),
             None => p.sink.shutdown_with_timeout(SHUTDOWN_TIMEOUT),
@@ -313,6 +362,53 @@ pub fn export_step_span(
     );
 }
 
+/// A span exported on another process's behalf: an event, when its span started and ended, and
+/// the failure it records.
+#[derive(Debug, Clone)]
+pub struct BehalfSpan {
+    /// The event the span is.
+    pub event: NewEvent,
+    /// Its start.
+    pub start: SystemTime,
+    /// Its end.
+    pub end: SystemTime,
+    /// `(kind, message)` of an attempt that failed.
+    pub failure: Option<(String, String)>,
+}
+
+/// Exports spans of a process that does not export its own (a worker of another language), as
+/// if that process had: under `service` as `service.name`.
+pub fn export_on_behalf(service: &str, spans: &[BehalfSpan]) {
+    if !enabled() || spans.is_empty() {
+        return;
+    }
+    let Some(p) = pipeline() else { return };
+    let sink = p.sink_for(service);
+    let mut decisions = HashMap::new();
+    for s in spans {
+        let trace_id = trace_id_of(&s.event);
+        if !*decisions
+            .entry(trace_id)
+            .or_insert_with(|| p.sampled(trace_id))
+        {
+            continue;
+        }
+        let mut data = span_data(
+            &s.event,
+            s.start.min(s.end),
+            s.end,
+            Vec::new(),
+            s.failure.clone(),
+            p.scope.clone(),
+        );
+        if Arc::ptr_eq(&sink, &p.sink) {
+            data.attributes
+                .push(KeyValue::new("lineq.service", service.to_string()));
+        }
+        sink.on_end(data);
+    }
+}
+
 /// The trace id of the trace `correlation_id` names (a root execution's correlation id), as 32
 /// hex digits.
 pub fn trace_id_hex(correlation_id: Uuid) -> String {
@@ -324,9 +420,49 @@ struct Pipeline {
     sampler: Box<dyn ShouldSample>,
     scope: InstrumentationScope,
     provider: Option<SdkTracerProvider>,
+    /// This process's `service.name`.
+    service_name: String,
+    /// Makes a processor whose spans carry another service's name ([`export_on_behalf`]);
+    /// `None` in tests, where every span goes to `sink`.
+    make_sink: Option<SinkMaker>,
+    /// The processors made so far, by service name.
+    others: std::sync::Mutex<HashMap<String, Arc<dyn SpanProcessor>>>,
 }
 
+type SinkMaker = Box<dyn Fn(&str) -> Option<Arc<dyn SpanProcessor>> + Send + Sync>;
+
+/// At most this many other services get a processor of their own; spans of any more go out
+/// under this process's name, with the worker's in `lineq.service`.
+const MAX_OTHER_SERVICES: usize = 32;
+
 impl Pipeline {
+    /// The processor for spans of `service`: this process's own, or one made for it.
+    fn sink_for(&self, service: &str) -> Arc<dyn SpanProcessor> {
+        if service == self.service_name {
+            return self.sink.clone();
+        }
+        let Some(make) = &self.make_sink else {
+            return self.sink.clone();
+        };
+        let mut others = match self.others.lock() {
+            Ok(o) => o,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(s) = others.get(service) {
+            return s.clone();
+        }
+        if others.len() >= MAX_OTHER_SERVICES {
+            return self.sink.clone();
+        }
+        match make(service) {
+            Some(s) => {
+                others.insert(service.to_string(), s.clone());
+                s
+            }
+            None => self.sink.clone(),
+        }
+    }
+
     /// Turns one event into its span and hands it to the processor, if its trace is sampled.
     fn emit(
         &self,
@@ -761,6 +897,9 @@ mod tests {
                 sampler: Box::new(sampler),
                 scope: scope(),
                 provider: None,
+                service_name: "lineq-test".into(),
+                make_sink: None,
+                others: std::sync::Mutex::new(HashMap::new()),
             },
             sink,
         )

@@ -119,18 +119,21 @@ fn write(token: &Token) -> std::sync::RwLockWriteGuard<'_, String> {
 }
 
 async fn register(pool: &PgPool, me: &Identity) -> Result<String> {
-    Ok(
-        sqlx::query_scalar("SELECT lineq.worker_register($1, $2, $3, $4, $5, $6, 'rust', $7)")
-            .bind(&me.worker_id)
-            .bind(&me.namespaces)
-            .bind(&me.handlers)
-            .bind(&me.host)
-            .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
-            .bind(env!("CARGO_PKG_VERSION"))
-            .bind(TAKEOVER_AFTER.as_secs_f64())
-            .fetch_one(pool)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT lineq.worker_register($1, $2, $3, $4, $5, $6, 'rust', $7, $8, $9)",
     )
+    .bind(&me.worker_id)
+    .bind(&me.namespaces)
+    .bind(&me.handlers)
+    .bind(&me.host)
+    .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
+    .bind(env!("CARGO_PKG_VERSION"))
+    .bind(TAKEOVER_AFTER.as_secs_f64())
+    // Its spans: exported by itself while tracing is on, else by the orchestrator.
+    .bind(lineq_shared::telemetry::service_name())
+    .bind(lineq_shared::telemetry::enabled())
+    .fetch_one(pool)
+    .await?)
 }
 
 async fn heartbeat(
