@@ -46,6 +46,8 @@ MAX_OUTPUT_BYTES = 1024 * 1024
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _HANDLER = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _REPORT_BATCH = 1000
+#: A registration silent this long may be taken over by a worker with the same id.
+TAKEOVER_AFTER_SECS = 30.0
 
 
 @dataclass
@@ -216,10 +218,17 @@ class Worker:
                             "(lineq namespace create %s)", self.queue, self.namespace)
 
     async def _register(self) -> str:
+        """Registers; the token is what later calls present.
+
+        The worker exports only the spans its handlers open, not the attempt spans they nest
+        under: an orchestrator with tracing on exports those on its behalf, under the service
+        named here (``OTEL_SERVICE_NAME``; else ``lineq-worker-python``).
+        """
         cur = await self._side_db.execute(
-            "SELECT lineq.worker_register(%s, %s::text[], %s::text[], %s, %s, %s, 'python')",
+            "SELECT lineq.worker_register(%s, %s::text[], %s::text[], %s, %s, %s, 'python', "
+            "%s, %s::text, false)",
             (self.worker_id, [self.namespace], self.handlers, socket.gethostname(), os.getpid(),
-             __version__))
+             __version__, TAKEOVER_AFTER_SECS, os.environ.get("OTEL_SERVICE_NAME") or None))
         row = await cur.fetchone()
         assert row is not None
         return str(row[0])

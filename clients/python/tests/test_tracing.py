@@ -66,7 +66,10 @@ def receiver() -> Iterator[Receiver]:
 
 def test_a_handler_span_nests_under_its_attempt(db: Db, procs: Procs,
                                                 receiver: Receiver) -> None:
-    procs.orchestrator()
+    # The orchestrator exports the attempt spans of workers that export none (the Python
+    # worker exports only its handlers' spans), under the worker's service name.
+    procs.lineq("orchestrator", "orchestrator", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+                OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf", OTEL_SERVICE_NAME="orchestrator")
     worker = procs.python_worker("py-traced", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
                                  OTEL_SERVICE_NAME="lineq-pytest-worker",
                                  OTEL_BSP_SCHEDULE_DELAY="100")
@@ -88,3 +91,8 @@ def test_a_handler_span_nests_under_its_attempt(db: Db, procs: Procs,
     assert span["parent_span_id"] == attempt_span_id
     assert span["service"] == "lineq-pytest-worker"
     assert span["path"] == "/v1/traces"
+    # Its parent, the attempt's span, arrives too: the trace nests.
+    attempt = eventually("the attempt's span", lambda: next(
+        (s for s in receiver.spans if s["span_id"] == attempt_span_id), None), within=20)
+    assert attempt["trace_id"] == trace_id
+    assert attempt["service"] == "lineq-pytest-worker"
