@@ -78,7 +78,11 @@ fn sh_blocks(text: &str) -> Vec<Block> {
             code.push('\n');
             i += 1;
         }
-        assert!(i < lines.len(), "README.md line {}: unclosed block", start + 1);
+        assert!(
+            i < lines.len(),
+            "README.md line {}: unclosed block",
+            start + 1
+        );
         i += 1;
         if is_sh {
             blocks.push(Block {
@@ -141,8 +145,8 @@ impl Drop for Group {
 fn background_logs(blocks: &[Block], dir: &Path) -> String {
     let mut out = String::new();
     for b in blocks.iter().filter(|b| b.mode == Mode::Background) {
-        let log = std::fs::read_to_string(dir.join(format!("bg-{}.log", b.line)))
-            .unwrap_or_default();
+        let log =
+            std::fs::read_to_string(dir.join(format!("bg-{}.log", b.line))).unwrap_or_default();
         out.push_str(&format!(
             "--- background block at README.md line {}:\n{}--- its output:\n{log}\n",
             b.line, b.code
