@@ -66,8 +66,9 @@ fn sh_blocks(text: &str) -> Vec<Block> {
                 Mode::Skip
             }
             Some(m) => panic!(
-                "README.md line {i}: unknown marker {m:?}; use `<!-- readme-test: skip (REASON) -->` \
-                 or `<!-- readme-test: background -->`"
+                "README.md, before line {}: unknown marker {m:?}; use `<!-- readme-test: skip (REASON) -->` \
+                 or `<!-- readme-test: background -->`",
+                i + 1
             ),
         };
         let start = i;
