@@ -240,7 +240,7 @@ async fn readme_shell_blocks_run_as_written() {
         let failed = text
             .lines()
             .filter_map(|l| l.strip_prefix("::readme-test:: "))
-            .last()
+            .next_back()
             .unwrap_or("before the first block")
             .to_string();
         let code = blocks
