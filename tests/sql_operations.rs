@@ -50,6 +50,47 @@ async fn state(pool: &PgPool, id: Uuid) -> (Value, i64) {
     (row, events)
 }
 
+/// Every execution `lineq.list_executions(args…)` lists, two a page, each page asked for with
+/// the last row's (created_at, execution_id) as the cursor.
+async fn sql_pages(pool: &PgPool, args: &str, newest_first: bool) -> Vec<Uuid> {
+    let sep = if args.is_empty() { "" } else { ", " };
+    let sql = format!(
+        "SELECT execution_id, created_at FROM lineq.list_executions({args}{sep}
+             p_limit => 2, p_after_created_at => $1, p_after_execution_id => $2,
+             p_newest_first => $3)"
+    );
+    let mut ids = Vec::new();
+    let mut after: Option<(chrono::DateTime<chrono::Utc>, Uuid)> = None;
+    loop {
+        let page: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(&sql)
+            .bind(after.map(|a| a.0))
+            .bind(after.map(|a| a.1))
+            .bind(newest_first)
+            .fetch_all(pool)
+            .await
+            .expect("list_executions");
+        ids.extend(page.iter().map(|r| r.0));
+        match page.last() {
+            Some(last) if page.len() == 2 => after = Some((last.1, last.0)),
+            _ => return ids,
+        }
+    }
+}
+
+/// The same through the Rust client's pages, following `next_cursor`.
+async fn rust_pages(pool: &PgPool, filter: ExecutionFilter) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    let mut f = filter.limit(2);
+    loop {
+        let page = list_executions(pool, &f).await.expect("list");
+        ids.extend(page.items.iter().map(|e| e.execution_id));
+        match page.next_cursor {
+            Some(c) => f = f.cursor(c),
+            None => return ids,
+        }
+    }
+}
+
 #[tokio::test]
 async fn tags_from_sql() {
     let db = TestDb::new().await;
@@ -386,38 +427,12 @@ async fn get_and_list_from_sql_match_rust() {
         ),
     ];
     for (args, filter) in cases {
-        // SQL, two rows a page, the cursor being the last row's (created_at, execution_id).
-        let mut from_sql = Vec::new();
-        let mut after: Option<(chrono::DateTime<chrono::Utc>, Uuid)> = None;
-        loop {
-            let sep = if args.is_empty() { "" } else { ", " };
-            let page: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(&format!(
-                "SELECT execution_id, created_at FROM lineq.list_executions({args}{sep}
-                     p_limit => 2, p_after_created_at => $1, p_after_execution_id => $2)"
-            ))
-            .bind(after.map(|a| a.0))
-            .bind(after.map(|a| a.1))
-            .fetch_all(&db.pool)
-            .await
-            .expect("list_executions");
-            from_sql.extend(page.iter().map(|r| r.0));
-            match page.last() {
-                Some(last) if page.len() == 2 => after = Some((last.1, last.0)),
-                _ => break,
-            }
-        }
-        // Rust, the same pages.
-        let mut from_rust = Vec::new();
-        let mut f = filter.clone().limit(2);
-        loop {
-            let page = list_executions(&db.pool, &f).await.expect("list");
-            from_rust.extend(page.items.iter().map(|e| e.execution_id));
-            match page.next_cursor {
-                Some(c) => f = f.cursor(c),
-                None => break,
-            }
-        }
-        assert_eq!(from_sql, from_rust, "{args}");
+        let from_sql = sql_pages(&db.pool, args, false).await;
+        assert_eq!(
+            from_sql,
+            rust_pages(&db.pool, filter.clone()).await,
+            "{args}"
+        );
         let mut sorted = from_sql.clone();
         sorted.sort();
         assert_eq!(sorted, from_sql, "{args}: oldest first");
@@ -427,44 +442,19 @@ async fn get_and_list_from_sql_match_rust() {
             "{args}: no row twice"
         );
         assert!(!from_sql.is_empty(), "{args}: something matches");
-
-        // Newest first, in SQL and in Rust, two rows a page: the same rows the other way round.
-        let mut newest_sql = Vec::new();
-        let mut after: Option<(chrono::DateTime<chrono::Utc>, Uuid)> = None;
-        loop {
-            let sep = if args.is_empty() { "" } else { ", " };
-            let page: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(&format!(
-                "SELECT execution_id, created_at FROM lineq.list_executions({args}{sep}
-                     p_limit => 2, p_after_created_at => $1, p_after_execution_id => $2,
-                     p_newest_first => true)"
-            ))
-            .bind(after.map(|a| a.0))
-            .bind(after.map(|a| a.1))
-            .fetch_all(&db.pool)
-            .await
-            .expect("list_executions newest first");
-            newest_sql.extend(page.iter().map(|r| r.0));
-            match page.last() {
-                Some(last) if page.len() == 2 => after = Some((last.1, last.0)),
-                _ => break,
-            }
-        }
-        let mut newest_rust = Vec::new();
-        let mut f = filter.clone().limit(2).newest_first();
-        loop {
-            let page = list_executions(&db.pool, &f)
-                .await
-                .expect("list newest first");
-            newest_rust.extend(page.items.iter().map(|e| e.execution_id));
-            match page.next_cursor {
-                Some(c) => f = f.cursor(c),
-                None => break,
-            }
-        }
+        // Newest first: the same rows the other way round.
         let mut reversed = from_sql.clone();
         reversed.reverse();
-        assert_eq!(newest_sql, reversed, "{args}: newest first in SQL");
-        assert_eq!(newest_rust, reversed, "{args}: newest first in Rust");
+        assert_eq!(
+            sql_pages(&db.pool, args, true).await,
+            reversed,
+            "{args}: newest first in SQL"
+        );
+        assert_eq!(
+            rust_pages(&db.pool, filter.newest_first()).await,
+            reversed,
+            "{args}: newest first in Rust"
+        );
     }
 
     // Bad filters name their field.
