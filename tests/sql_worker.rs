@@ -412,3 +412,89 @@ async fn the_claim_agrees_with_the_message_check_on_every_body() {
     }
     db.drop_db().await;
 }
+
+/// A report of a delivery the worker no longer holds (the message was delivered again) writes
+/// only its action event, marked superseded, with the lineage read from the claim's event; the
+/// holder's report then completes the step.
+#[tokio::test]
+async fn a_stale_delivery_writes_its_action_event_only() {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let id = client
+        .submit(SubmitRequest::new("echo").input(json!({"n": 1})))
+        .await
+        .expect("submit")
+        .execution
+        .execution_id;
+    let register = |w: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT lineq.worker_register($1, '{default}', '{echo}', 'host', 1, '1', 'sql')",
+            )
+            .bind(w)
+            .fetch_one(&pool)
+            .await
+            .expect("register")
+        }
+    };
+    let (slow, fast) = (register("slow").await, register("fast").await);
+    type Claimed = (i64, i32, Uuid);
+    let claim = |w: &'static str, token: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_as::<_, Claimed>(
+                "SELECT msg_id, delivery, started_event_id
+                 FROM lineq.worker_claim($1, $2, 'default', 1, 1)",
+            )
+            .bind(w)
+            .bind(token)
+            .fetch_optional(&pool)
+            .await
+            .expect("claim")
+        }
+    };
+    let first = claim("slow", slow.clone()).await.expect("first delivery");
+    let second = eventually(Duration::from_secs(10), "a second delivery", || {
+        claim("fast", fast.clone())
+    })
+    .await;
+    assert_eq!((second.0, second.1), (first.0, 2));
+    let report = |w: &'static str, token: String, c: Claimed| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (bool, Uuid)>(
+                "SELECT reported, action_event_id FROM lineq.worker_report($1, $2, 'default',
+                     jsonb_build_array(jsonb_build_object('msg_id', $3::bigint,
+                         'delivery', $4::integer, 'started_event_id', $5::uuid,
+                         'outcome', 'completed', 'output', '{\"by\": 1}'::jsonb)))",
+            )
+            .bind(w)
+            .bind(token)
+            .bind(c.0)
+            .bind(c.1)
+            .bind(c.2)
+            .fetch_one(&pool)
+            .await
+            .expect("report")
+        }
+    };
+    let (reported, action) = report("slow", slow, first).await;
+    assert!(!reported, "the slow worker no longer holds it");
+    let (exec, step, superseded, results): (Uuid, Option<Uuid>, bool, i64) = sqlx::query_as(
+        "SELECT e.execution_id, e.step_id, (e.payload ->> 'superseded')::boolean,
+                (SELECT count(*) FROM lineq.events r WHERE r.parent_event_id = $2
+                   AND r.event_type = 'step_result')
+         FROM lineq.events e WHERE e.event_id = $1",
+    )
+    .bind(action)
+    .bind(first.2)
+    .fetch_one(&db.pool)
+    .await
+    .expect("the action event");
+    assert_eq!((exec, superseded, results), (id, true, 0));
+    assert!(step.is_some());
+    let (reported, _) = report("fast", fast, second).await;
+    assert!(reported);
+    db.drop_db().await;
+}
