@@ -70,6 +70,31 @@ async fn wait_for_sample(
     }
 }
 
+/// Polls `addr` until one scrape of `/metrics` has every `name{labels}` equal to its value;
+/// returns that body.
+async fn wait_for_samples(addr: &str, want: &[(&str, &[&str], f64)], within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let body = get(addr, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let wrong: Vec<String> = want
+            .iter()
+            .filter(|(name, labels, v)| sample(&body, name, labels) != Some(*v))
+            .map(|(name, labels, v)| format!("{name}{labels:?} = {v}"))
+            .collect();
+        if wrong.is_empty() {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never all at once on {addr}, still not {wrong:?}; last scrape:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchestrator_and_worker_serve_metrics_and_probes() {
     let db = TestDb::new().await;
@@ -179,40 +204,28 @@ async fn orchestrator_and_worker_serve_metrics_and_probes() {
     assert!(!body.contains("no_such_handler"), "{body}");
     assert!(sample(&body, "lineq_db_pool_connections", &[r#"state="idle""#]).is_some());
 
-    // The orchestrator: gauges from the database, refreshed every 5 s.
-    let body = wait_for_sample(
-        &orch_addr,
-        "lineq_executions",
-        &[r#"status="completed""#],
-        4.0,
-        Duration::from_secs(20),
-    )
-    .await;
-    let gauge = |name: &str, labels: &[&str]| sample(&body, name, labels);
-    assert_eq!(
-        gauge("lineq_executions", &[r#"status="failed""#]),
-        Some(1.0)
-    );
-    assert_eq!(
-        gauge("lineq_executions", &[r#"status="pending""#]),
-        Some(1.0)
-    );
-    assert_eq!(
-        gauge("lineq_queue_depth", &[r#"queue="lineq_steps_default""#]),
-        Some(1.0)
-    );
-    assert_eq!(
-        gauge(
-            "lineq_steps_unserved",
-            &[r#"namespace="default""#, r#"handler="no_such_handler""#]
+    // The orchestrator: gauges from the database, refreshed every 5 s, one after another (a
+    // scrape can fall between two of them), so wait for one scrape that shows them all.
+    let want: &[(&str, &[&str], f64)] = &[
+        ("lineq_executions", &[r#"status="completed""#], 4.0),
+        ("lineq_executions", &[r#"status="failed""#], 1.0),
+        ("lineq_executions", &[r#"status="pending""#], 1.0),
+        (
+            "lineq_queue_depth",
+            &[r#"queue="lineq_steps_default""#],
+            1.0,
         ),
-        Some(1.0),
-        "{body}"
-    );
-    assert_eq!(
-        gauge("lineq_queue_depth", &[r#"queue="lineq_results""#]),
-        Some(0.0)
-    );
+        (
+            "lineq_steps_unserved",
+            &[r#"namespace="default""#, r#"handler="no_such_handler""#],
+            1.0,
+        ),
+        ("lineq_queue_depth", &[r#"queue="lineq_results""#], 0.0),
+        ("lineq_dead_letters", &[], 0.0),
+        ("lineq_workers", &[r#"state="alive""#], 1.0),
+    ];
+    let body = wait_for_samples(&orch_addr, want, Duration::from_secs(20)).await;
+    let gauge = |name: &str, labels: &[&str]| sample(&body, name, labels);
     assert!(
         gauge(
             "lineq_queue_oldest_message_age_seconds",
@@ -220,8 +233,6 @@ async fn orchestrator_and_worker_serve_metrics_and_probes() {
         )
         .is_some()
     );
-    assert_eq!(gauge("lineq_dead_letters", &[]), Some(0.0));
-    assert_eq!(gauge("lineq_workers", &[r#"state="alive""#]), Some(1.0));
     assert!(gauge("lineq_db_pool_max_connections", &[]).is_some());
     assert!(gauge("lineq_db_pool_connections", &[r#"state="in_use""#]).is_some());
 
