@@ -73,83 +73,69 @@ pub async fn export(pool: &PgPool, started: &[Uuid]) -> Result<()> {
 
 /// The rows as spans, by service: an `action_started` lasts until the report's first event
 /// (or is a moment long when there is none), and carries the failure an `action_failed` child
-/// reports; the report's events are moments at their time.
+/// records; the report's events are moments at their time.
 fn spans(rows: Vec<Row>) -> HashMap<String, Vec<BehalfSpan>> {
+    let events: Vec<(NewEvent, SystemTime, String)> = rows
+        .into_iter()
+        .filter_map(|r| Some((event(&r)?, SystemTime::from(r.created_at), r.service_name)))
+        .collect();
+    // Each attempt's end and failure, from its children.
     let mut ends: HashMap<Uuid, (SystemTime, Option<(String, String)>)> = HashMap::new();
-    for r in &rows {
-        let Some(parent) = r.parent_event_id else {
+    for (e, at, _) in &events {
+        let Some(parent) = e
+            .parent_event_id
+            .filter(|_| e.event_type != EventType::ActionStarted)
+        else {
             continue;
         };
-        if r.event_type == "action_started" {
-            continue;
-        }
-        let at = SystemTime::from(r.created_at);
-        let failure = (r.event_type == "action_failed").then(|| failure_of(&r.payload));
-        let entry = ends.entry(parent).or_insert((at, None));
-        entry.0 = entry.0.min(at);
-        if failure.is_some() {
-            entry.1 = failure;
+        let end = ends.entry(parent).or_insert((*at, None));
+        end.0 = end.0.min(*at);
+        if let Some(f) = telemetry::failure_of(e) {
+            end.1 = Some(f);
         }
     }
     let mut by_service: HashMap<String, Vec<BehalfSpan>> = HashMap::new();
-    for r in rows {
-        let Some(event_type) = EventType::parse(&r.event_type) else {
-            continue;
+    for (event, start, service) in events {
+        let (end, failure) = match event.event_type {
+            EventType::ActionStarted => ends.get(&event.event_id).cloned().unwrap_or((start, None)),
+            _ => (start, None),
         };
-        let start = SystemTime::from(r.created_at);
-        let (end, failure) = if event_type == EventType::ActionStarted {
-            ends.get(&r.event_id).cloned().unwrap_or((start, None))
-        } else {
-            (start, None)
-        };
-        let lineage = Lineage {
-            execution_id: r.execution_id,
-            parent_execution_id: r.parent_execution_id,
-            root_execution_id: r.root_execution_id,
-            correlation_id: r.correlation_id,
-            trace_correlation_id: r.correlation_id,
-        };
-        let mut event = NewEvent::with_id(
-            r.event_id,
-            event_type,
-            lineage,
-            r.parent_event_id,
-            &r.node_name,
-        )
-        .payload(r.payload);
-        if let Some(step_id) = r.step_id {
-            event = event.step(step_id, r.attempt.unwrap_or(1));
-        }
-        if let Some(w) = &r.worker_id {
-            event = event.worker(w);
-        }
-        // The ids as the row stores them (the trace is the root's, which this row names).
-        event.trace_id = r.trace_id;
-        event.span_id = r.span_id;
-        by_service
-            .entry(r.service_name)
-            .or_default()
-            .push(BehalfSpan {
-                event,
-                start,
-                end,
-                failure,
-            });
+        by_service.entry(service).or_default().push(BehalfSpan {
+            event,
+            start,
+            end,
+            failure,
+        });
     }
     by_service
 }
 
-/// `(kind, message)` of the error an `action_failed` event's payload holds.
-fn failure_of(payload: &Value) -> (String, String) {
-    let error = payload.get("error");
-    let text = |key: &str| {
-        error
-            .and_then(|e| e.get(key))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
+/// The row as the event it stores, with the trace and span ids the row holds.
+fn event(r: &Row) -> Option<NewEvent> {
+    let lineage = Lineage {
+        execution_id: r.execution_id,
+        parent_execution_id: r.parent_execution_id,
+        root_execution_id: r.root_execution_id,
+        correlation_id: r.correlation_id,
+        trace_correlation_id: r.correlation_id,
     };
-    (text("kind"), text("message"))
+    let mut e = NewEvent::with_id(
+        r.event_id,
+        EventType::parse(&r.event_type)?,
+        lineage,
+        r.parent_event_id,
+        &r.node_name,
+    )
+    .payload(r.payload.clone());
+    if let Some(step_id) = r.step_id {
+        e = e.step(step_id, r.attempt.unwrap_or(1));
+    }
+    if let Some(w) = &r.worker_id {
+        e = e.worker(w);
+    }
+    e.trace_id.clone_from(&r.trace_id);
+    e.span_id.clone_from(&r.span_id);
+    Some(e)
 }
 
 #[cfg(test)]

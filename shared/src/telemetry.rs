@@ -696,7 +696,8 @@ fn attributes(e: &NewEvent) -> Vec<KeyValue> {
 }
 
 /// `(kind, message)` of an event that records a failure.
-fn failure_of(e: &NewEvent) -> Option<(String, String)> {
+/// `(kind, message)` of the failure `e` records, for the events that record one.
+pub fn failure_of(e: &NewEvent) -> Option<(String, String)> {
     match e.event_type {
         EventType::ActionFailed
         | EventType::StepFailed
