@@ -129,7 +129,7 @@ pub async fn ensure_queue(conn: &mut PgConnection, queue: &QueueName) -> Result<
 /// page that version goes to another page, and the WAL then carries the whole message again
 /// plus a lock record; on the same page PostgreSQL logs only the bytes that changed. With half
 /// of each page free, an execution's two messages write 1.4 KB less WAL, a tenth of all it
-/// writes (docs/benchmarks.md, "Session 8"). Queue tables hold only the messages in flight, so
+/// writes (docs/benchmarks.md, "Throughput"). Queue tables hold only the messages in flight, so
 /// the pages left half empty cost little. Migration 000010 sets it on queues made before.
 pub const QUEUE_FILLFACTOR: u8 = 50;
 

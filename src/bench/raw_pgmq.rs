@@ -24,7 +24,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<cost::Measu
         queue::ensure_queue(&mut conn, &q).await?;
         // The reference is PGMQ as it ships: without the room lineq leaves on its queues'
         // pages for the row versions reads write (with it, raw PGMQ writes 670 bytes of WAL a
-        // message instead of 780, at the same rate: docs/benchmarks.md, "Session 8").
+        // message instead of 780, at the same rate: docs/benchmarks.md, "Throughput").
         sqlx::query(&format!(
             "ALTER TABLE {} RESET (fillfactor)",
             queue::live_table(&q)
