@@ -1,7 +1,7 @@
 //! The Python client and worker (`clients/python`): installed with pip into a virtualenv under
-//! the target directory, checked with ruff and mypy, and its pytest suite run against a real
-//! PostgreSQL with the `lineq` binary of this build (orchestrators, Rust workers, the CLI) next
-//! to real Python worker processes.
+//! the target directory, checked with ruff (lint and format) and mypy, and its pytest suite run
+//! against a real PostgreSQL with the `lineq` binary of this build (orchestrators, Rust workers,
+//! the CLI) next to real Python worker processes.
 
 mod support;
 
@@ -104,6 +104,12 @@ fn python_client_and_workers() {
         "ruff check",
         Command::new(bin.join("ruff"))
             .args(["check", "--no-cache", "lineq", "tests"])
+            .current_dir(&client),
+    );
+    run(
+        "ruff format --check",
+        Command::new(bin.join("ruff"))
+            .args(["format", "--check", "--no-cache", "lineq", "tests"])
             .current_dir(&client),
     );
     run(

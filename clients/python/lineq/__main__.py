@@ -35,8 +35,9 @@ def _worker_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", help="override the worker's namespace")
     parser.add_argument("--concurrency", type=int, help="override the worker's concurrency")
     parser.add_argument("--worker-id", help="override the worker's id")
-    parser.add_argument("--shutdown-grace", type=float,
-                        help="seconds running handlers get to finish after SIGTERM")
+    parser.add_argument(
+        "--shutdown-grace", type=float, help="seconds running handlers get to finish after SIGTERM"
+    )
     parser.add_argument("--log-level", default=os.environ.get("LINEQ_LOG_LEVEL", "INFO"))
 
 
@@ -78,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _worker_parser(sub.add_parser("worker", help="run a worker: MODULE:ATTRIBUTE"))
     from . import bench
-    bench.add_arguments(sub.add_parser("bench", help="one-step executions per second: "
-                                                     "two Python workers, two Rust workers"))
+
+    bench.add_arguments(
+        sub.add_parser(
+            "bench", help="one-step executions per second: two Python workers, two Rust workers"
+        )
+    )
     args = parser.parse_args(argv)
     if args.command == "worker":
         return _run_worker(args)

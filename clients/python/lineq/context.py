@@ -64,8 +64,9 @@ class StepContext:
         self._cancelled_flag.set()
         self.cancelled.set()
 
-    def spawn(self, target: str, input: Any = None, *, namespace: str | None = None,
-              wait: bool = False) -> UUID:
+    def spawn(
+        self, target: str, input: Any = None, *, namespace: str | None = None, wait: bool = False
+    ) -> UUID:
         """Starts a child execution of ``target`` and returns its id.
 
         It is created when this step's result is recorded (an attempt that crashes leaves no
@@ -73,8 +74,12 @@ class StepContext:
         the child's output (or fails with its error).
         """
         child_id = uuid7()
-        child: dict[str, Any] = {"execution_id": str(child_id), "target": target,
-                                 "input": input, "wait": wait}
+        child: dict[str, Any] = {
+            "execution_id": str(child_id),
+            "target": target,
+            "input": input,
+            "wait": wait,
+        }
         if namespace is not None:
             child["namespace"] = namespace
         self.children.append(child)

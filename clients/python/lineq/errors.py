@@ -61,8 +61,7 @@ class NotFound(LineqError, LookupError):
 class Conflict(LineqError):
     """``LQ003``: a stale ``expect_version``; ``expected`` and ``actual`` versions."""
 
-    def __init__(self, message: str, *, expected: int | None, actual: int | None,
-                 **kw: str | None):
+    def __init__(self, message: str, *, expected: int | None, actual: int | None, **kw: str | None):
         super().__init__(message, **kw)
         self.expected = expected
         self.actual = actual
@@ -140,11 +139,19 @@ def from_database_error(e: psycopg.Error) -> Exception:
         reason = message.removeprefix(f"{field}: ")
         return ValidationError(field, reason, **kw)
     if code == "LQ002":
-        return NotFound(message, what=_detail(detail, "what") or "execution",
-                        id=_detail(detail, "id") or message, **kw)
+        return NotFound(
+            message,
+            what=_detail(detail, "what") or "execution",
+            id=_detail(detail, "id") or message,
+            **kw,
+        )
     if code == "LQ003":
-        return Conflict(message, expected=_int(_detail(detail, "expected")),
-                        actual=_int(_detail(detail, "actual")), **kw)
+        return Conflict(
+            message,
+            expected=_int(_detail(detail, "expected")),
+            actual=_int(_detail(detail, "actual")),
+            **kw,
+        )
     if code == "LQ004":
         return InvalidState(message, **kw)
     if code == "LQ005":

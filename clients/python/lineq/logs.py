@@ -14,9 +14,11 @@ from typing import Any
 
 __all__ = ["LOG_FORMAT", "configure", "install_record_factory", "step_fields"]
 
-LOG_FORMAT = ("%(asctime)s %(levelname)s %(name)s: %(message)s "
-              "[correlation_id=%(correlation_id)s execution_id=%(execution_id)s "
-              "trace_id=%(trace_id)s]")
+LOG_FORMAT = (
+    "%(asctime)s %(levelname)s %(name)s: %(message)s "
+    "[correlation_id=%(correlation_id)s execution_id=%(execution_id)s "
+    "trace_id=%(trace_id)s]"
+)
 
 _FIELDS = ("correlation_id", "execution_id", "trace_id", "step")
 _current: ContextVar[dict[str, str] | None] = ContextVar("lineq_step_log_fields", default=None)

@@ -43,16 +43,36 @@ SELECT * FROM lineq.submit(
     p_node_name => %(node_name)s::text)
 """
 
-_SUBMIT_FIELDS = frozenset({
-    "target", "input", "namespace", "correlation_id", "idempotency_key", "tags", "metadata",
-    "parent_execution_id", "timeout_ms", "priority",
-})
+_SUBMIT_FIELDS = frozenset(
+    {
+        "target",
+        "input",
+        "namespace",
+        "correlation_id",
+        "idempotency_key",
+        "tags",
+        "metadata",
+        "parent_execution_id",
+        "timeout_ms",
+        "priority",
+    }
+)
 
 
-def submit(target: str, input: Any, *, namespace: str, correlation_id: UUID | str | None,
-           idempotency_key: str | None, tags: Mapping[str, str] | None,
-           metadata: Mapping[str, Any] | None, parent_execution_id: UUID | str | None,
-           timeout_ms: int | None, priority: int, node_name: str | None) -> Query:
+def submit(
+    target: str,
+    input: Any,
+    *,
+    namespace: str,
+    correlation_id: UUID | str | None,
+    idempotency_key: str | None,
+    tags: Mapping[str, str] | None,
+    metadata: Mapping[str, Any] | None,
+    parent_execution_id: UUID | str | None,
+    timeout_ms: int | None,
+    priority: int,
+    node_name: str | None,
+) -> Query:
     """``lineq.submit``: one execution."""
     return _SUBMIT, {
         "target": target,
@@ -79,47 +99,69 @@ def submit_many(requests: Iterable[Mapping[str, Any]], node_name: str | None) ->
         unknown = set(r) - _SUBMIT_FIELDS
         if unknown:
             raise ValidationError("requests", f"request {i}: unknown field {sorted(unknown)[0]!r}")
-        batch.append({k: (str(v) if isinstance(v, UUID) else v) for k, v in r.items()
-                      if v is not None or k == "input"})
+        batch.append(
+            {
+                k: (str(v) if isinstance(v, UUID) else v)
+                for k, v in r.items()
+                if v is not None or k == "input"
+            }
+        )
     return "SELECT * FROM lineq.submit_many(%(requests)s, %(node_name)s::text)", {
-        "requests": Jsonb(batch), "node_name": node_name}
+        "requests": Jsonb(batch),
+        "node_name": node_name,
+    }
 
 
 def get(execution_id: UUID | str) -> Query:
     """``lineq.get_execution``."""
     return "SELECT * FROM lineq.get_execution(%(id)s::uuid)", {
-        "id": _uuid(execution_id, "execution_id")}
+        "id": _uuid(execution_id, "execution_id")
+    }
 
 
 def history(execution_id: UUID | str) -> Query:
     """``lineq.execution_history``: status, step and tag changes, oldest first."""
     return "SELECT * FROM lineq.execution_history(%(id)s::uuid)", {
-        "id": _uuid(execution_id, "execution_id")}
+        "id": _uuid(execution_id, "execution_id")
+    }
 
 
-def update_tags(execution_id: UUID | str, set: Mapping[str, str], remove: Sequence[str], *,
-                expect_version: int | None, cause: str | None, actor: str | None) -> Query:
+def update_tags(
+    execution_id: UUID | str,
+    set: Mapping[str, str],
+    remove: Sequence[str],
+    *,
+    expect_version: int | None,
+    cause: str | None,
+    actor: str | None,
+) -> Query:
     """``lineq.update_tags``: set and remove tags of a pending execution."""
-    return """
+    return (
+        """
 SELECT * FROM lineq.update_tags(
     %(id)s::uuid, p_set => %(set)s, p_remove => %(remove)s::text[],
     p_expect_version => %(expect_version)s::bigint, p_cause => %(cause)s::text,
     p_actor => %(actor)s::text)
-""", {
-        "id": _uuid(execution_id, "execution_id"),
-        "set": Jsonb(dict(set)),
-        "remove": list(remove),
-        "expect_version": expect_version,
-        "cause": cause,
-        "actor": actor,
-    }
+""",
+        {
+            "id": _uuid(execution_id, "execution_id"),
+            "set": Jsonb(dict(set)),
+            "remove": list(remove),
+            "expect_version": expect_version,
+            "cause": cause,
+            "actor": actor,
+        },
+    )
 
 
 def cancel(execution_id: UUID | str, reason: str | None, actor: str | None) -> Query:
     """``lineq.cancel``: the execution and everything below it."""
-    return """
+    return (
+        """
 SELECT * FROM lineq.cancel(%(id)s::uuid, p_reason => %(reason)s::text, p_actor => %(actor)s::text)
-""", {"id": _uuid(execution_id, "execution_id"), "reason": reason, "actor": actor}
+""",
+        {"id": _uuid(execution_id, "execution_id"), "reason": reason, "actor": actor},
+    )
 
 
 _LIST = """
@@ -141,12 +183,21 @@ SELECT * FROM lineq.list_executions(
 """
 
 
-def list_executions(*, tags: Mapping[str, str | None] | None,
-                    metadata: Mapping[str, Any] | None, status: str | Sequence[str] | None,
-                    workflow: str | None, parent_execution_id: UUID | str | None,
-                    root_execution_id: UUID | str | None, correlation_id: UUID | str | None,
-                    since: datetime | None, until: datetime | None, limit: int,
-                    cursor: str | None, newest_first: bool) -> Query:
+def list_executions(
+    *,
+    tags: Mapping[str, str | None] | None,
+    metadata: Mapping[str, Any] | None,
+    status: str | Sequence[str] | None,
+    workflow: str | None,
+    parent_execution_id: UUID | str | None,
+    root_execution_id: UUID | str | None,
+    correlation_id: UUID | str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    cursor: str | None,
+    newest_first: bool,
+) -> Query:
     """``lineq.list_executions``: every filter given must match.
 
     In ``tags`` a value of None means "has this tag, whatever its value".

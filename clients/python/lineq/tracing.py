@@ -40,8 +40,9 @@ class Tracing:
         self._context = context
         if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
             return
-        endpoint = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                    or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
         already = type(trace.get_tracer_provider()).__name__ != "ProxyTracerProvider"
         if already or not endpoint or os.environ.get("OTEL_TRACES_EXPORTER") == "none":
             return
@@ -51,8 +52,10 @@ class Tracing:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
         except ImportError:
-            log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-sdk or its "
-                        "OTLP/HTTP exporter is missing: pip install 'lineq[otel]'")
+            log.warning(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-sdk or its "
+                "OTLP/HTTP exporter is missing: pip install 'lineq[otel]'"
+            )
             return
         provider = TracerProvider(resource=Resource.create())
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

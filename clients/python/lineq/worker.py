@@ -77,15 +77,26 @@ class Worker:
     of those still running so that another worker runs them at once.
     """
 
-    def __init__(self, dsn: str | None = None, *, namespace: str = "default",
-                 concurrency: int = 16, worker_id: str | None = None,
-                 batch_size: int | None = None, visibility_timeout: int = 30,
-                 max_deliveries: int = 5, shutdown_grace: float = 30.0,
-                 poll_interval: float = 1.0, heartbeat_interval: float = 5.0,
-                 node_name: str | None = None):
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        namespace: str = "default",
+        concurrency: int = 16,
+        worker_id: str | None = None,
+        batch_size: int | None = None,
+        visibility_timeout: int = 30,
+        max_deliveries: int = 5,
+        shutdown_grace: float = 30.0,
+        poll_interval: float = 1.0,
+        heartbeat_interval: float = 5.0,
+        node_name: str | None = None,
+    ):
         if not _NAMESPACE.match(namespace):
-            raise ValidationError("namespace", "1 to 32 of a-z, 0-9 and _, starting with a "
-                                  f"letter (got {namespace!r})")
+            raise ValidationError(
+                "namespace",
+                f"1 to 32 of a-z, 0-9 and _, starting with a letter (got {namespace!r})",
+            )
         if concurrency < 1:
             raise ValidationError("concurrency", f"at least 1 (got {concurrency})")
         self.dsn = dsn
@@ -119,16 +130,19 @@ class Worker:
         its thread pool. ``timeout`` (seconds) applies when the step names none
         (``timeout_ms``). Raise :class:`~lineq.PermanentError` for a failure not to retry.
         """
+
         def register(fn: H) -> H:
             self.add_handler(name, fn, timeout=timeout)
             return fn
+
         return register
 
     def add_handler(self, name: str, fn: Handler, *, timeout: float | None = None) -> None:
         """Registers ``fn`` as handler ``name`` (see :meth:`handler`)."""
         if not _HANDLER.match(name):
-            raise ValidationError("handler", "1 to 128 of letters, digits, '_', '.', ':' and "
-                                  f"'-' (got {name!r})")
+            raise ValidationError(
+                "handler", f"1 to 128 of letters, digits, '_', '.', ':' and '-' (got {name!r})"
+            )
         self._handlers[name] = _Handler(fn, inspect.iscoroutinefunction(fn), timeout)
 
     @property
@@ -145,17 +159,22 @@ class Worker:
 
     def run_forever(self) -> None:
         """Runs until SIGTERM or SIGINT, then stops gracefully."""
+
         async def main() -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
             await self.run()
+
         asyncio.run(main())
 
     async def _connect(self, dsn: str, purpose: str) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(
-            dsn, autocommit=True, options=CONNECT_OPTIONS,
-            application_name=f"lineq-python-worker {purpose}")
+            dsn,
+            autocommit=True,
+            options=CONNECT_OPTIONS,
+            application_name=f"lineq-python-worker {purpose}",
+        )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Runs until ``stop`` is set (or :meth:`stop` is called)."""
@@ -165,16 +184,19 @@ class Worker:
         if not dsn:
             raise ValidationError("dsn", "give Worker a dsn or set DATABASE_URL")
         if not _NAMESPACE.match(self.namespace):
-            raise ValidationError("namespace", "1 to 32 of a-z, 0-9 and _, starting with a "
-                                  f"letter (got {self.namespace!r})")
+            raise ValidationError(
+                "namespace",
+                f"1 to 32 of a-z, 0-9 and _, starting with a letter (got {self.namespace!r})",
+            )
         self.queue = f"lineq_steps_{self.namespace}"
         self._loop = asyncio.get_running_loop()
         self._stop = stop or asyncio.Event()
         self._slot = asyncio.Event()
         install_record_factory()
         self._tracing = Tracing()
-        self._pool = ThreadPoolExecutor(max_workers=self.concurrency,
-                                        thread_name_prefix="lineq-handler")
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="lineq-handler"
+        )
         self._claim_db = await self._connect(dsn, "claim")
         self._side_db = await self._connect(dsn, "report")
         self._listen_db = await self._connect(dsn, "listen")
@@ -183,11 +205,18 @@ class Worker:
         await self._listen_db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.queue)))
         self._wake = asyncio.Event()
         self._reports: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        background = [asyncio.create_task(self._listen()),
-                      asyncio.create_task(self._report_loop()),
-                      asyncio.create_task(self._keep_loop())]
-        log.info("worker %s started: namespace %s, concurrency %s, handlers %s",
-                 self.worker_id, self.namespace, self.concurrency, ", ".join(self.handlers))
+        background = [
+            asyncio.create_task(self._listen()),
+            asyncio.create_task(self._report_loop()),
+            asyncio.create_task(self._keep_loop()),
+        ]
+        log.info(
+            "worker %s started: namespace %s, concurrency %s, handlers %s",
+            self.worker_id,
+            self.namespace,
+            self.concurrency,
+            ", ".join(self.handlers),
+        )
         try:
             await self._claim_loop()
             await self._shut_down()
@@ -196,8 +225,9 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             try:
-                await self._side_db.execute("SELECT lineq.worker_stop(%s, %s)",
-                                            (self.worker_id, self._token))
+                await self._side_db.execute(
+                    "SELECT lineq.worker_stop(%s, %s)", (self.worker_id, self._token)
+                )
             except psycopg.Error as e:
                 log.warning("worker_stop failed: %s", e)
             for c in (self._claim_db, self._side_db, self._listen_db):
@@ -209,13 +239,18 @@ class Worker:
     async def _ensure_queue(self) -> None:
         """Creates the namespace's queue if this role may (a worker role may not: it must exist)."""
         cur = await self._side_db.execute(
-            "SELECT 1 FROM lineq.queues() WHERE queue_name = %s", (self.queue,))
+            "SELECT 1 FROM lineq.queues() WHERE queue_name = %s", (self.queue,)
+        )
         if await cur.fetchone() is None:
             try:
                 await self._side_db.execute("SELECT lineq.create_queue(%s)", (self.queue,))
             except psycopg.errors.InsufficientPrivilege:
-                log.warning("queue %s does not exist and this role may not create it "
-                            "(lineq namespace create %s)", self.queue, self.namespace)
+                log.warning(
+                    "queue %s does not exist and this role may not create it "
+                    "(lineq namespace create %s)",
+                    self.queue,
+                    self.namespace,
+                )
 
     async def _register(self) -> str:
         """Registers; the token is what later calls present.
@@ -227,8 +262,17 @@ class Worker:
         cur = await self._side_db.execute(
             "SELECT lineq.worker_register(%s, %s::text[], %s::text[], %s, %s, %s, 'python', "
             "%s, %s::text, false)",
-            (self.worker_id, [self.namespace], self.handlers, socket.gethostname(), os.getpid(),
-             __version__, TAKEOVER_AFTER_SECS, os.environ.get("OTEL_SERVICE_NAME") or None))
+            (
+                self.worker_id,
+                [self.namespace],
+                self.handlers,
+                socket.gethostname(),
+                os.getpid(),
+                __version__,
+                TAKEOVER_AFTER_SECS,
+                os.environ.get("OTEL_SERVICE_NAME") or None,
+            ),
+        )
         row = await cur.fetchone()
         assert row is not None
         return str(row[0])
@@ -250,7 +294,8 @@ class Worker:
             try:
                 self._listen_db = await self._reconnect(self._listen_db, "listen")
                 await self._listen_db.execute(
-                    sql.SQL("LISTEN {}").format(sql.Identifier(self.queue)))
+                    sql.SQL("LISTEN {}").format(sql.Identifier(self.queue))
+                )
             except psycopg.Error as e:
                 log.warning("listening again failed: %s", e)
             self._wake.set()
@@ -270,8 +315,17 @@ class Worker:
                 cur = await self._claim_db.execute(
                     "SELECT msg_id, delivery, message, started_event_id, traceparent "
                     "FROM lineq.worker_claim(%s, %s, %s, %s, %s, %s, %s::text[], %s)",
-                    (self.worker_id, self._token, self.namespace, qty, self.visibility_timeout,
-                     self.max_deliveries, self.handlers, self.node_name))
+                    (
+                        self.worker_id,
+                        self._token,
+                        self.namespace,
+                        qty,
+                        self.visibility_timeout,
+                        self.max_deliveries,
+                        self.handlers,
+                        self.node_name,
+                    ),
+                )
                 rows = await cur.fetchall()
                 backoff = 0.1
             except psycopg.Error as e:
@@ -283,11 +337,13 @@ class Worker:
             for msg_id, delivery, message, started_event_id, traceparent in rows:
                 self._start_step(msg_id, delivery, message, started_event_id, traceparent)
             if len(rows) < qty:
-                await _first(self._stop.wait(), self._wake.wait(),
-                             asyncio.sleep(self.poll_interval))
+                await _first(
+                    self._stop.wait(), self._wake.wait(), asyncio.sleep(self.poll_interval)
+                )
 
-    async def _reconnect(self, conn: psycopg.AsyncConnection[Any],
-                         purpose: str) -> psycopg.AsyncConnection[Any]:
+    async def _reconnect(
+        self, conn: psycopg.AsyncConnection[Any], purpose: str
+    ) -> psycopg.AsyncConnection[Any]:
         if not conn.closed and not conn.broken:
             return conn
         try:
@@ -296,35 +352,50 @@ class Worker:
             log.warning("reconnect failed: %s", e)
             return conn
 
-    def _start_step(self, msg_id: int, delivery: int, message: str, started_event_id: UUID,
-                    traceparent: str | None) -> None:
+    def _start_step(
+        self,
+        msg_id: int,
+        delivery: int,
+        message: str,
+        started_event_id: UUID,
+        traceparent: str | None,
+    ) -> None:
         try:
             m = json.loads(message)
             meta = m.get("meta") or {}
             context = m.get("context") or {}
             ctx = StepContext(
-                execution_id=UUID(m["execution_id"]), step_id=UUID(m["step_id"]),
-                step=m["step"], handler=m["handler"], attempt=int(m["attempt"]),
-                delivery=delivery, correlation_id=UUID(meta["correlation_id"]),
+                execution_id=UUID(m["execution_id"]),
+                step_id=UUID(m["step_id"]),
+                step=m["step"],
+                handler=m["handler"],
+                attempt=int(m["attempt"]),
+                delivery=delivery,
+                correlation_id=UUID(meta["correlation_id"]),
                 root_execution_id=UUID(meta["root_execution_id"]),
-                parent_execution_id=(UUID(meta["parent_execution_id"])
-                                     if meta.get("parent_execution_id") else None),
+                parent_execution_id=(
+                    UUID(meta["parent_execution_id"]) if meta.get("parent_execution_id") else None
+                ),
                 workflow=context.get("workflow") or m["handler"],
                 tags=dict(context.get("tags") or {}),
                 metadata=dict(context.get("metadata") or {}),
-                parent_step=context.get("parent_step"), worker_id=self.worker_id,
+                parent_step=context.get("parent_step"),
+                worker_id=self.worker_id,
                 traceparent=traceparent or meta.get("traceparent") or "",
-                event_id=started_event_id)
+                event_id=started_event_id,
+            )
             timeout_ms = m.get("timeout_ms")
             step_input = m.get("input")
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            task = asyncio.create_task(self._reject(msg_id, f"the Python worker cannot read "
-                                                            f"the step message: {e!r}"))
+            task = asyncio.create_task(
+                self._reject(msg_id, f"the Python worker cannot read the step message: {e!r}")
+            )
         else:
             held = _Held(msg_id, ctx)
             self._held[msg_id] = held
-            task = asyncio.create_task(self._run_step(held, delivery, started_event_id,
-                                                      timeout_ms, step_input))
+            task = asyncio.create_task(
+                self._run_step(held, delivery, started_event_id, timeout_ms, step_input)
+            )
             held.task = task
         self._running.add(task)
         task.add_done_callback(self._step_done)
@@ -339,7 +410,8 @@ class Worker:
         log.error("rejecting message %s: %s", msg_id, reason)
         await self._side(
             "SELECT lineq.worker_reject(%s, %s, %s, %s, %s, %s)",
-            (self.worker_id, self._token, self.namespace, msg_id, reason, self.node_name))
+            (self.worker_id, self._token, self.namespace, msg_id, reason, self.node_name),
+        )
 
     async def _side(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """Runs ``query`` on the reporting connection (reconnecting once if it broke)."""
@@ -350,27 +422,41 @@ class Worker:
             cur = await self._side_db.execute(query, params)
         return await cur.fetchall() if cur.description else []
 
-    async def _run_step(self, held: _Held, delivery: int, started_event_id: UUID,
-                        timeout_ms: int | None, step_input: Any) -> None:
+    async def _run_step(
+        self,
+        held: _Held,
+        delivery: int,
+        started_event_id: UUID,
+        timeout_ms: int | None,
+        step_input: Any,
+    ) -> None:
         ctx = held.ctx
         started = time.monotonic()
         outcome = await self._execute(ctx, timeout_ms, step_input)
         if outcome is None or held.released:  # cut short by shutdown: released, not reported
             return
-        outcome.update(msg_id=held.msg_id, delivery=delivery,
-                       started_event_id=str(started_event_id),
-                       duration_ms=int((time.monotonic() - started) * 1000))
+        outcome.update(
+            msg_id=held.msg_id,
+            delivery=delivery,
+            started_event_id=str(started_event_id),
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
         if outcome["outcome"] == "completed" and ctx.children:
             outcome["children"] = ctx.children
         await self._reports.put(outcome)
 
-    async def _execute(self, ctx: StepContext, timeout_ms: int | None,
-                       step_input: Any) -> dict[str, Any] | None:
+    async def _execute(
+        self, ctx: StepContext, timeout_ms: int | None, step_input: Any
+    ) -> dict[str, Any] | None:
         """Runs the handler; its outcome as ``worker_report`` takes it."""
         h = self._handlers.get(ctx.handler)
         if h is None:
-            return _failed("unknown_handler", f"no handler named {ctx.handler!r} on worker "
-                           f"{self.worker_id} (it serves {', '.join(self.handlers)})", False)
+            return _failed(
+                "unknown_handler",
+                f"no handler named {ctx.handler!r} on worker "
+                f"{self.worker_id} (it serves {', '.join(self.handlers)})",
+                False,
+            )
         limit = timeout_ms / 1000 if timeout_ms else h.timeout
         try:
             if h.is_async:
@@ -378,7 +464,8 @@ class Worker:
             else:
                 run = contextvars.copy_context().run
                 future = asyncio.get_running_loop().run_in_executor(
-                    self._pool, run, self._call_sync, h.fn, ctx, step_input)
+                    self._pool, run, self._call_sync, h.fn, ctx, step_input
+                )
                 result = await asyncio.wait_for(future, limit)
         except asyncio.CancelledError:
             if self._stopping_hard:
@@ -386,8 +473,11 @@ class Worker:
             raise
         except asyncio.TimeoutError:
             ctx._cancel()
-            return _failed("timeout", f"handler {ctx.handler!r} ran past its "
-                           f"{int((limit or 0) * 1000)} ms timeout", True)
+            return _failed(
+                "timeout",
+                f"handler {ctx.handler!r} ran past its {int((limit or 0) * 1000)} ms timeout",
+                True,
+            )
         except PermanentError as e:
             return _failed(e.kind, str(e), False)
         except RetryableError as e:
@@ -401,8 +491,11 @@ class Worker:
         except (TypeError, ValueError) as e:
             return _failed("output_not_json", f"the output is not JSON: {e}", False)
         if size > MAX_OUTPUT_BYTES:
-            return _failed("output_too_large",
-                           f"output is {size} bytes; the limit is {MAX_OUTPUT_BYTES}", False)
+            return _failed(
+                "output_too_large",
+                f"output is {size} bytes; the limit is {MAX_OUTPUT_BYTES}",
+                False,
+            )
         return {"outcome": "completed", "output": result}
 
     async def _call_async(self, fn: Handler, ctx: StepContext, step_input: Any) -> Any:
@@ -425,12 +518,22 @@ class Worker:
                 try:
                     await self._side(
                         "SELECT msg_id FROM lineq.worker_report(%s, %s, %s, %s::jsonb, %s)",
-                        (self.worker_id, self._token, self.namespace,
-                         json.dumps(batch, separators=(",", ":")), self.node_name))
+                        (
+                            self.worker_id,
+                            self._token,
+                            self.namespace,
+                            json.dumps(batch, separators=(",", ":")),
+                            self.node_name,
+                        ),
+                    )
                     break
                 except psycopg.Error as e:
-                    log.error("report of %s outcomes failed; retrying in %.1f s: %s",
-                              len(batch), backoff, e)
+                    log.error(
+                        "report of %s outcomes failed; retrying in %.1f s: %s",
+                        len(batch),
+                        backoff,
+                        e,
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
             for o in batch:
@@ -450,8 +553,9 @@ class Worker:
             try:
                 if now - last_beat >= self.heartbeat_interval:
                     last_beat = now
-                    await self._side("SELECT lineq.worker_heartbeat(%s, %s)",
-                                     (self.worker_id, self._token))
+                    await self._side(
+                        "SELECT lineq.worker_heartbeat(%s, %s)", (self.worker_id, self._token)
+                    )
                 held = list(self._held.values())
                 if not held:
                     continue
@@ -459,16 +563,22 @@ class Worker:
                     last_extend = now
                     await self._side(
                         "SELECT lineq.worker_extend(%s, %s, %s, %s::bigint[], %s)",
-                        (self.worker_id, self._token, self.namespace,
-                         [h.msg_id for h in held], self.visibility_timeout))
-                rows = await self._side("SELECT lineq.worker_cancelled(%s::uuid[])",
-                                        ([h.ctx.step_id for h in held],))
+                        (
+                            self.worker_id,
+                            self._token,
+                            self.namespace,
+                            [h.msg_id for h in held],
+                            self.visibility_timeout,
+                        ),
+                    )
+                rows = await self._side(
+                    "SELECT lineq.worker_cancelled(%s::uuid[])", ([h.ctx.step_id for h in held],)
+                )
                 cancelled = {r[0] for r in rows}
                 for h in held:
                     if h.ctx.step_id in cancelled and not h.ctx.cancelled.is_set():
                         with step_fields(**_fields(h.ctx)):
-                            log.info("step %s cancelled; signalling its handler",
-                                     h.ctx.step_id)
+                            log.info("step %s cancelled; signalling its handler", h.ctx.step_id)
                         h.ctx._cancel()
             except psycopg.Error as e:
                 log.warning("heartbeat failed: %s", e)
@@ -476,8 +586,12 @@ class Worker:
     async def _shut_down(self) -> None:
         """Lets running handlers finish within the grace period, then releases the rest."""
         running = set(self._running)
-        log.info("worker %s stopping: %s running, grace %.1f s", self.worker_id, len(running),
-                 self.shutdown_grace)
+        log.info(
+            "worker %s stopping: %s running, grace %.1f s",
+            self.worker_id,
+            len(running),
+            self.shutdown_grace,
+        )
         if running:
             _, pending = await asyncio.wait(running, timeout=self.shutdown_grace)
             if pending:
@@ -492,29 +606,39 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
                 ids = [h.msg_id for h in left]
                 try:
-                    await self._side("SELECT lineq.worker_release(%s, %s, %s, %s::bigint[])",
-                                     (self.worker_id, self._token, self.namespace, ids))
+                    await self._side(
+                        "SELECT lineq.worker_release(%s, %s, %s, %s::bigint[])",
+                        (self.worker_id, self._token, self.namespace, ids),
+                    )
                     log.info("released %s messages past the grace period: %s", len(ids), ids)
                 except psycopg.Error as e:
-                    log.error("release failed (they reappear after the visibility "
-                              "timeout): %s", e)
+                    log.error("release failed (they reappear after the visibility timeout): %s", e)
                 for i in ids:
                     self._held.pop(i, None)
         try:
             await asyncio.wait_for(self._reports.join(), max(10.0, self.shutdown_grace))
         except asyncio.TimeoutError:
-            log.error("%s outcomes could not be reported; their steps run again after the "
-                      "visibility timeout", self._reports.qsize())
+            log.error(
+                "%s outcomes could not be reported; their steps run again after the "
+                "visibility timeout",
+                self._reports.qsize(),
+            )
 
 
 def _failed(kind: str, message: str, retryable: bool) -> dict[str, Any]:
-    return {"outcome": "failed",
-            "error": {"kind": kind, "message": message, "retryable": retryable}}
+    return {
+        "outcome": "failed",
+        "error": {"kind": kind, "message": message, "retryable": retryable},
+    }
 
 
 def _fields(ctx: StepContext) -> dict[str, str]:
-    return {"correlation_id": str(ctx.correlation_id), "execution_id": str(ctx.execution_id),
-            "trace_id": ctx.trace_id, "step": ctx.step}
+    return {
+        "correlation_id": str(ctx.correlation_id),
+        "execution_id": str(ctx.execution_id),
+        "trace_id": ctx.trace_id,
+        "step": ctx.step,
+    }
 
 
 async def _first(*aws: Awaitable[Any]) -> None:

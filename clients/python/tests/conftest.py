@@ -81,8 +81,14 @@ def lineq(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Runs ``lineq ARGS`` to completion."""
     env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
     env["DATABASE_URL"] = url
-    return subprocess.run([LINEQ_BIN, *args], env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=120)
+    return subprocess.run(
+        [LINEQ_BIN, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
 class Proc:
@@ -91,8 +97,9 @@ class Proc:
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: str | None = None):
         self.name = name
         fd, self.log = tempfile.mkstemp(prefix=f"{name}-", suffix=".log")
-        self.popen = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                      stdout=fd, stderr=fd)
+        self.popen = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd
+        )
         os.close(fd)
 
     def log_text(self) -> str:
@@ -110,8 +117,9 @@ class Proc:
             return self.popen.wait(within)
         except subprocess.TimeoutExpired:
             self.popen.kill()
-            raise AssertionError(f"{self.name} did not exit within {within} s:\n"
-                                 f"{self.log_text()}") from None
+            raise AssertionError(
+                f"{self.name} did not exit within {within} s:\n{self.log_text()}"
+            ) from None
 
     def kill(self) -> None:
         """SIGKILL."""
@@ -136,8 +144,12 @@ class Procs:
         """The environment of a child process."""
         env = dict(os.environ)
         env.pop("RUST_LOG", None)
-        env.update(DATABASE_URL=self.db.url, RUST_LOG="info,sqlx=warn",
-                   PYTHONPATH=str(TESTS), LINEQ_TEST_DIR=str(self.tmp))
+        env.update(
+            DATABASE_URL=self.db.url,
+            RUST_LOG="info,sqlx=warn",
+            PYTHONPATH=str(TESTS),
+            LINEQ_TEST_DIR=str(self.tmp),
+        )
         env.update(extra)
         return env
 
@@ -151,16 +163,30 @@ class Procs:
         """Starts ``lineq orchestrator``."""
         return self.lineq("orchestrator", "orchestrator")
 
-    def python_worker(self, worker_id: str, *args: str, app: str = "apps.handlers:worker",
-                      **env: str) -> Proc:
+    def python_worker(
+        self, worker_id: str, *args: str, app: str = "apps.handlers:worker", **env: str
+    ) -> Proc:
         """Starts ``python -m lineq worker APP`` with id ``worker_id``; waits until registered."""
         # Run from the test's directory: the installed package is imported, not the source tree.
-        p = Proc(worker_id, [sys.executable, "-m", "lineq", "worker", app,
-                             "--worker-id", worker_id, *args], self.env(**env), cwd=str(self.tmp))
+        p = Proc(
+            worker_id,
+            [sys.executable, "-m", "lineq", "worker", app, "--worker-id", worker_id, *args],
+            self.env(**env),
+            cwd=str(self.tmp),
+        )
         self.procs.append(p)
-        eventually(f"worker {worker_id} registered", lambda: self.db.one(
-            "SELECT count(*) FROM lineq.workers WHERE worker_id = %s AND stopped_at IS NULL",
-            worker_id) == 1 or self._dead(p))
+        eventually(
+            f"worker {worker_id} registered",
+            lambda: (
+                self.db.one(
+                    "SELECT count(*) FROM lineq.workers"
+                    " WHERE worker_id = %s AND stopped_at IS NULL",
+                    worker_id,
+                )
+                == 1
+                or self._dead(p)
+            ),
+        )
         return p
 
     def _dead(self, p: Proc) -> bool:
@@ -227,7 +253,13 @@ def lineage_check(db: Db, execution_id: uuid.UUID) -> None:
 
 def deliveries(db: Db, execution_id: uuid.UUID, step: str) -> list[tuple[str, int, int]]:
     """``(worker_id, delivery, attempt)`` of each claim of ``step``, in order."""
-    return [(r[0], int(r[1]), int(r[2])) for r in db.all(
-        "SELECT worker_id, (payload->>'delivery')::int, attempt FROM lineq.events "
-        "WHERE execution_id = %s AND event_type = 'action_started' AND payload->>'step' = %s "
-        "ORDER BY created_at, event_id", execution_id, step)]
+    return [
+        (r[0], int(r[1]), int(r[2]))
+        for r in db.all(
+            "SELECT worker_id, (payload->>'delivery')::int, attempt FROM lineq.events "
+            "WHERE execution_id = %s AND event_type = 'action_started' AND payload->>'step' = %s "
+            "ORDER BY created_at, event_id",
+            execution_id,
+            step,
+        )
+    ]

@@ -32,20 +32,30 @@ def test_submit_returns_every_field_and_honours_idempotency(shared_db: Db) -> No
     async def go() -> None:
         async with await client(shared_db) as c:
             corr = lineq.uuid7()
-            e = await c.submit("process_order", {"order_id": "12345"},
-                               tags={"customer": "acme-corp"}, metadata={"order": {"id": 1}},
-                               correlation_id=corr, idempotency_key=f"order-{corr}",
-                               timeout_ms=5000)
+            e = await c.submit(
+                "process_order",
+                {"order_id": "12345"},
+                tags={"customer": "acme-corp"},
+                metadata={"order": {"id": 1}},
+                correlation_id=corr,
+                idempotency_key=f"order-{corr}",
+                timeout_ms=5000,
+            )
             assert e.created is True
             assert (e.status, e.workflow_name, e.namespace, e.kind) == (
-                "pending", "process_order", "default", "task")
+                "pending",
+                "process_order",
+                "default",
+                "task",
+            )
             assert e.input == {"order_id": "12345"}
             assert e.correlation_id == corr
             assert e.root_execution_id == e.id and e.parent_execution_id is None
             assert e.tags == {"customer": "acme-corp"} and e.metadata == {"order": {"id": 1}}
             assert e.version == 1 and e.finished_at is None and e.created_at is not None
-            again = await c.submit("process_order", {"order_id": "other"},
-                                   idempotency_key=f"order-{corr}")
+            again = await c.submit(
+                "process_order", {"order_id": "other"}, idempotency_key=f"order-{corr}"
+            )
             assert (again.id, again.created) == (e.id, False)
             got = await c.get(e.id)
             assert got.id == e.id and got.input == e.input and got.created is None
@@ -53,6 +63,7 @@ def test_submit_returns_every_field_and_honours_idempotency(shared_db: Db) -> No
             many = await c.submit_many([{"target": "a", "input": 1}, {"target": "b"}])
             assert [m.workflow_name for m in many] == ["a", "b"]
             assert [m.input for m in many] == [1, None]
+
     run(go())
 
 
@@ -89,23 +100,24 @@ def test_list_filters_tags_and_metadata_and_pages(shared_db: Db) -> None:
 
     async def go() -> None:
         async with await client(shared_db) as c:
-            a = await c.submit("t", tags={"batch": batch, "customer": "acme-corp",
-                                          "region": "us-west"}, metadata={"plan": "gold"})
-            b = await c.submit("t", tags={"batch": batch, "customer": "acme-corp",
-                                          "region": "eu"})
-            d = await c.submit("t", tags={"batch": batch, "customer": "other",
-                                          "region": "us-west", "batch_id": "7"})
+            a = await c.submit(
+                "t",
+                tags={"batch": batch, "customer": "acme-corp", "region": "us-west"},
+                metadata={"plan": "gold"},
+            )
+            b = await c.submit("t", tags={"batch": batch, "customer": "acme-corp", "region": "eu"})
+            d = await c.submit(
+                "t",
+                tags={"batch": batch, "customer": "other", "region": "us-west", "batch_id": "7"},
+            )
             ids = lambda page: [e.id for e in page]  # noqa: E731
-            both = await c.list(tags={"batch": batch, "customer": "acme-corp",
-                                      "region": "us-west"})
+            both = await c.list(tags={"batch": batch, "customer": "acme-corp", "region": "us-west"})
             assert ids(both) == [a.id]
-            assert ids(await c.list(tags={"batch": batch, "customer": "acme-corp"})) == [
-                a.id, b.id]
+            assert ids(await c.list(tags={"batch": batch, "customer": "acme-corp"})) == [a.id, b.id]
             assert ids(await c.list(tags={"batch": batch, "batch_id": None})) == [d.id]
             assert ids(await c.list(tags={"batch": batch}, metadata={"plan": "gold"})) == [a.id]
             assert ids(await c.list(tags={"batch": batch}, status="completed")) == []
-            assert ids(await c.list(tags={"batch": batch}, newest_first=True)) == [
-                d.id, b.id, a.id]
+            assert ids(await c.list(tags={"batch": batch}, newest_first=True)) == [d.id, b.id, a.id]
 
             first = await c.list(tags={"batch": batch}, limit=2)
             assert ids(first) == [a.id, b.id] and first.next_cursor is not None
@@ -116,6 +128,7 @@ def test_list_filters_tags_and_metadata_and_pages(shared_db: Db) -> None:
             with pytest.raises(lineq.ValidationError) as bad:
                 await c.list(limit=0)
             assert bad.value.field == "limit"
+
     run(go())
     with lineq.Client(shared_db.url) as sync:
         assert len(list(sync.iterate(tags={"batch": batch}, limit=2))) == 3
@@ -126,8 +139,9 @@ def test_tags_change_with_versions_and_history(shared_db: Db) -> None:
     async def go() -> None:
         async with await client(shared_db) as c:
             e = await c.submit("t", tags={"customer": "acme"})
-            e2 = await c.update_tags(e.id, {"priority": "critical"}, expect_version=e.version,
-                                     cause="escalated")
+            e2 = await c.update_tags(
+                e.id, {"priority": "critical"}, expect_version=e.version, cause="escalated"
+            )
             assert e2.tags == {"customer": "acme", "priority": "critical"}
             assert e2.version == e.version + 1
             with pytest.raises(lineq.Conflict) as stale:
@@ -139,7 +153,8 @@ def test_tags_change_with_versions_and_history(shared_db: Db) -> None:
             tags = [h for h in history if h.kind == "tags"]
             assert [(h.tags_after, h.cause) for h in tags] == [
                 ({"customer": "acme", "priority": "critical"}, "escalated"),
-                ({"customer": "acme"}, "")]
+                ({"customer": "acme"}, ""),
+            ]
             assert history[0].kind == "status" and history[0].status == "pending"
 
             cancelled = await c.cancel(e.id, reason="withdrawn")
@@ -149,6 +164,7 @@ def test_tags_change_with_versions_and_history(shared_db: Db) -> None:
             with pytest.raises(lineq.InvalidState):
                 await c.cancel(e.id)
             assert "cancelled" in [h.status for h in await c.history(e.id)]
+
     run(go())
 
 
@@ -168,6 +184,7 @@ def test_wait_listens_for_the_finish_and_times_out(shared_db: Db) -> None:
             assert done.status == "cancelled"
             # Already finished: returns at once.
             assert (await c.wait(e.id, timeout=1)).status == "cancelled"
+
     run(go())
     with lineq.Client(shared_db.url) as sync:
         e = sync.submit("nobody_serves_this")
@@ -187,22 +204,36 @@ def test_lineage_is_the_tree_of_executions(shared_db: Db) -> None:
         assert tree.execution.id == root.id
         assert [n.execution.id for n in tree.children] == [child.id, sibling.id]
         assert [n.execution.id for n in tree.children[0].children] == [grandchild.id]
-        assert [n.execution.id for n in tree.walk()] == [root.id, child.id, grandchild.id,
-                                                          sibling.id]
+        assert [n.execution.id for n in tree.walk()] == [
+            root.id,
+            child.id,
+            grandchild.id,
+            sibling.id,
+        ]
         assert grandchild.root_execution_id == root.id
         # The same tree through list's filters.
         assert [e.id for e in c.list(parent_execution_id=root.id)] == [child.id, sibling.id]
         assert [e.id for e in c.list(root_execution_id=root.id, workflow="grandchild")] == [
-            grandchild.id]
-        assert [e.id for e in c.list(root_execution_id=root.id, since=child.created_at,
-                                     until=sibling.created_at)] == [child.id, grandchild.id]
+            grandchild.id
+        ]
+        assert [
+            e.id
+            for e in c.list(
+                root_execution_id=root.id, since=child.created_at, until=sibling.created_at
+            )
+        ] == [child.id, grandchild.id]
         assert [e.id for e in c.list(correlation_id=child.correlation_id)] == [child.id]
 
     async def go() -> None:
         async with await client(shared_db) as ac:
             t = await ac.lineage(root.id)
-            assert [n.execution.id for n in t.walk()] == [root.id, child.id, grandchild.id,
-                                                           sibling.id]
+            assert [n.execution.id for n in t.walk()] == [
+                root.id,
+                child.id,
+                grandchild.id,
+                sibling.id,
+            ]
+
     run(go())
 
 
@@ -217,14 +248,16 @@ def test_submit_in_the_callers_transaction(shared_db: Db) -> None:
             raise RuntimeError("roll back")
         assert c.list(tags={"order": key}) == []
         assert shared_db.one("SELECT count(*) FROM orders WHERE id = %s", key) == 0
-        assert shared_db.one("SELECT count(*) FROM lineq.events WHERE execution_id = %s",
-                             e.id) == 0
+        assert shared_db.one("SELECT count(*) FROM lineq.events WHERE execution_id = %s", e.id) == 0
 
     async def go() -> None:
-        async with await client(shared_db) as ac, \
-                await psycopg.AsyncConnection.connect(shared_db.url) as aconn:
+        async with (
+            await client(shared_db) as ac,
+            await psycopg.AsyncConnection.connect(shared_db.url) as aconn,
+        ):
             async with aconn.transaction():
                 await aconn.execute("INSERT INTO orders (id) VALUES (%s)", (key,))
                 e = await ac.submit("ship", {"order": key}, tags={"order": key}, conn=aconn)
             assert [x.id for x in await ac.list(tags={"order": key})] == [e.id]
+
     run(go())

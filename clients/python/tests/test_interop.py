@@ -23,7 +23,11 @@ def register(db: Db, tmp: Path, name: str, yaml: str) -> None:
 
 
 def test_cli_submitted_workflow_runs_on_python_workers(db: Db, procs: Procs) -> None:
-    register(db, procs.tmp, "py_flow", """
+    register(
+        db,
+        procs.tmp,
+        "py_flow",
+        """
 name: py_flow
 steps:
   - name: loud
@@ -34,14 +38,22 @@ steps:
   - name: who
     handler: whoami
     depends_on: [loud]
-""")
+""",
+    )
     procs.orchestrator()
     procs.python_worker("py-1")
     procs.python_worker("py-2")
     ids = []
     for i in range(4):
-        out = lineq(db.url, "submit", "py_flow", "--format", "json",
-                    "--input", json.dumps({"text": f"hello {i}", "numbers": [i, 1]}))
+        out = lineq(
+            db.url,
+            "submit",
+            "py_flow",
+            "--format",
+            "json",
+            "--input",
+            json.dumps({"text": f"hello {i}", "numbers": [i, 1]}),
+        )
         assert out.returncode == 0, out.stderr
         ids.append(json.loads(out.stdout)["execution_id"])
     with lq.Client(db.url) as c:
@@ -50,14 +62,19 @@ steps:
             assert e.status == "completed", (e.error, procs.logs())
             assert e.output["loud"] == {"shout": f"HELLO {i}"}
             assert e.output["who"]["correlation_id"] == str(e.correlation_id)
-            workers = {w for step in ("loud", "sum", "who")
-                       for (w, _, _) in deliveries(db, e.id, step)}
+            workers = {
+                w for step in ("loud", "sum", "who") for (w, _, _) in deliveries(db, e.id, step)
+            }
             assert workers <= {"py-1", "py-2"} and workers, workers
             lineage_check(db, e.id)
 
 
 def test_python_submitted_workflow_runs_on_rust_workers(db: Db, procs: Procs) -> None:
-    register(db, procs.tmp, "rs_flow", """
+    register(
+        db,
+        procs.tmp,
+        "rs_flow",
+        """
 name: rs_flow
 steps:
   - name: first
@@ -65,7 +82,8 @@ steps:
   - name: second
     handler: echo
     depends_on: [first]
-""")
+""",
+    )
     procs.orchestrator()
     procs.lineq("rust-worker", "worker", "--worker-id", "rust-1")
     with lq.Client(db.url) as c:

@@ -35,9 +35,17 @@ def test_readme_examples_run(db: Db, procs: Procs) -> None:
     finally:
         del os.environ["DATABASE_URL"]
     # Its three orders completed on its worker (and nothing else did: one was refused).
-    eventually("the README's orders", lambda: db.one(
-        "SELECT count(*) FROM lineq.executions WHERE workflow_name = 'process_order' "
-        "AND status = 'completed'") == 3)
-    assert db.one("SELECT count(*) FROM lineq.executions WHERE workflow_name = "
-                  "'process_order'") == 3
+    eventually(
+        "the README's orders",
+        lambda: (
+            db.one(
+                "SELECT count(*) FROM lineq.executions WHERE workflow_name = 'process_order' "
+                "AND status = 'completed'"
+            )
+            == 3
+        ),
+    )
+    assert (
+        db.one("SELECT count(*) FROM lineq.executions WHERE workflow_name = 'process_order'") == 3
+    )
     assert db.one("SELECT count(*) FROM orders") == 1

@@ -36,13 +36,22 @@ def roles(db: Db) -> Iterator[dict[str, str]]:
     for kind, name in logins.items():
         passwords[kind] = f"pw-{uuid.uuid4().hex}"
         (secrets / name).write_text(passwords[kind] + "\n")
-    out = lineq(db.url, "migrate", "--roles", "--role-prefix", prefix,
-                "--role-password-dir", str(secrets),
-                *[a for kind, name in logins.items() for a in ("--login-role", f"{kind}={name}")])
+    out = lineq(
+        db.url,
+        "migrate",
+        "--roles",
+        "--role-prefix",
+        prefix,
+        "--role-password-dir",
+        str(secrets),
+        *[a for kind, name in logins.items() for a in ("--login-role", f"{kind}={name}")],
+    )
     assert out.returncode == 0, out.stderr
     yield {kind: url_as(db.url, name, passwords[kind]) for kind, name in logins.items()}
-    names = [*logins.values(), *(f"{prefix}_{g}" for g in
-                                 ("orchestrator", "worker", "submitter", "reader"))]
+    names = [
+        *logins.values(),
+        *(f"{prefix}_{g}" for g in ("orchestrator", "worker", "submitter", "reader")),
+    ]
     # Generated names, never input (identifiers cannot be bound).
     for n in names:
         db.conn.execute(f"DROP OWNED BY {n}")
@@ -66,6 +75,8 @@ def test_each_role_does_its_part(db: Db, roles: dict[str, str], procs: Procs) ->
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             reader.submit("shout", {"text": "not allowed"})
     # The worker role may not submit either.
-    with lq.Client(roles["worker"]) as worker_role, \
-            pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with (
+        lq.Client(roles["worker"]) as worker_role,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
         worker_role.submit("shout")

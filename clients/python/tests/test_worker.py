@@ -25,8 +25,9 @@ def test_handlers_complete_fail_retry_time_out_and_spawn(db: Db, procs: Procs) -
         crash = c.submit("crash")
         slow = c.submit("too_slow")
         spawner = c.submit("spawner")
-        done = {e.id: c.wait(e.id, timeout=60) for e in
-                (shout, who, add, refuse, crash, slow, spawner)}
+        done = {
+            e.id: c.wait(e.id, timeout=60) for e in (shout, who, add, refuse, crash, slow, spawner)
+        }
         assert done[shout.id].output == {"shout": "HELLO"}, procs.logs()
         assert done[add.id].output == {"sum": 6}
 
@@ -37,10 +38,14 @@ def test_handlers_complete_fail_retry_time_out_and_spawn(db: Db, procs: Procs) -
         assert w["tags"] == {"customer": "acme"}
         step_id = db.one("SELECT step_id FROM lineq.steps WHERE execution_id = %s", who.id)
         assert w["idempotency_key"] == f"{step_id}:1"
-        started = db.one("SELECT event_id FROM lineq.events WHERE execution_id = %s "
-                         "AND event_type = 'action_started'", who.id)
+        started = db.one(
+            "SELECT event_id FROM lineq.events WHERE execution_id = %s "
+            "AND event_type = 'action_started'",
+            who.id,
+        )
         assert w["traceparent"] == db.one(
-            "SELECT lineq.traceparent(%s, %s)", who.correlation_id, started)
+            "SELECT lineq.traceparent(%s, %s)", who.correlation_id, started
+        )
 
         assert done[refuse.id].status == "failed"
         assert "no such order" in json.dumps(done[refuse.id].error)
@@ -63,34 +68,41 @@ def test_handlers_complete_fail_retry_time_out_and_spawn(db: Db, procs: Procs) -
     assert db.one("SELECT language FROM lineq.workers WHERE worker_id = 'py-1'") == "python"
     listed = lineq(db.url, "workers", "--format", "json")
     assert listed.returncode == 0, listed.stderr
-    assert any(w.get("worker_id") == "py-1" and w.get("language") == "python"
-               for w in json.loads(listed.stdout)["workers"]), listed.stdout
+    assert any(
+        w.get("worker_id") == "py-1" and w.get("language") == "python"
+        for w in json.loads(listed.stdout)["workers"]
+    ), listed.stdout
     # The handler's exception was logged with its step's ids.
     log = procs.procs[1].log_text()
-    assert (f"handler crash raised [correlation_id={crash.correlation_id} "
-            f"execution_id={crash.id} trace_id={crash.correlation_id.hex}]") in log, log
+    assert (
+        f"handler crash raised [correlation_id={crash.correlation_id} "
+        f"execution_id={crash.id} trace_id={crash.correlation_id.hex}]"
+    ) in log, log
 
 
 def test_transactional_submit_commits_and_completes(db: Db, procs: Procs) -> None:
     procs.orchestrator()
     procs.python_worker("py-1")
     import psycopg
+
     with lq.Client(db.url) as c, psycopg.connect(db.url) as conn:
         conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
         conn.commit()
         with conn.transaction():
             conn.execute("INSERT INTO orders VALUES (1)")
-            rolled_back = c.submit("shout", {"text": "never"}, idempotency_key="order-1",
-                                   conn=conn)
+            rolled_back = c.submit("shout", {"text": "never"}, idempotency_key="order-1", conn=conn)
             raise psycopg.Rollback()
         with conn.transaction():
             conn.execute("INSERT INTO orders VALUES (2)")
             kept = c.submit("shout", {"text": "shipped"}, idempotency_key="order-2", conn=conn)
         assert c.wait(kept.id, timeout=60).output == {"shout": "SHIPPED"}
-        assert db.one("SELECT count(*) FROM lineq.executions WHERE execution_id = %s",
-                      rolled_back.id) == 0
-        assert db.one("SELECT count(*) FROM lineq.events WHERE execution_id = %s",
-                      rolled_back.id) == 0
+        assert (
+            db.one("SELECT count(*) FROM lineq.executions WHERE execution_id = %s", rolled_back.id)
+            == 0
+        )
+        assert (
+            db.one("SELECT count(*) FROM lineq.events WHERE execution_id = %s", rolled_back.id) == 0
+        )
         assert db.one("SELECT count(*) FROM orders") == 1
 
 
@@ -125,8 +137,10 @@ def test_sigterm_lets_a_handler_finish_within_the_grace_period(db: Db, procs: Pr
         assert w.terminate(within=30) == 0
         assert procs.marker(f"finished-{e.id}-1") is not None, w.log_text()
         assert c.wait(e.id, timeout=30).output["delivery"] == 1
-        assert db.one("SELECT stopped_at IS NOT NULL FROM lineq.workers "
-                      "WHERE worker_id = 'py-1'") is True
+        assert (
+            db.one("SELECT stopped_at IS NOT NULL FROM lineq.workers WHERE worker_id = 'py-1'")
+            is True
+        )
 
 
 def test_sigterm_past_the_grace_period_releases_the_step(db: Db, procs: Procs) -> None:
@@ -154,8 +168,11 @@ def test_cancellation_reaches_a_running_handler(db: Db, procs: Procs) -> None:
         eventually("the handler runs", lambda: procs.marker(f"started-{e.id}-1"))
         cancelled_at = time.time()
         c.cancel(e.id)
-        seen = eventually("the handler sees the cancellation",
-                          lambda: procs.marker(f"cancelled-{e.id}"), within=10)
+        seen = eventually(
+            "the handler sees the cancellation",
+            lambda: procs.marker(f"cancelled-{e.id}"),
+            within=10,
+        )
         assert seen["at"] >= cancelled_at
         assert c.get(e.id).status == "cancelled"
 
@@ -163,14 +180,18 @@ def test_cancellation_reaches_a_running_handler(db: Db, procs: Procs) -> None:
 def test_poison_and_malformed_messages_do_not_stop_the_worker(db: Db, procs: Procs) -> None:
     procs.orchestrator()
     w = procs.python_worker("py-1")
-    db.conn.execute("SELECT pgmq.send('lineq_steps_default', %s::jsonb)",
-                    (json.dumps({"handler": "shout", "garbage": True}),))
+    db.conn.execute(
+        "SELECT pgmq.send('lineq_steps_default', %s::jsonb)",
+        (json.dumps({"handler": "shout", "garbage": True}),),
+    )
     db.conn.execute("SELECT pgmq.send('lineq_steps_default', %s::jsonb)", ('"not an object"',))
     with lq.Client(db.url) as c:
         e = c.submit("shout", {"text": "after"})
         assert c.wait(e.id, timeout=60).output == {"shout": "AFTER"}
-    eventually("the malformed messages leave the queue", lambda: db.one(
-        "SELECT count(*) FROM pgmq.q_lineq_steps_default") == 0)
+    eventually(
+        "the malformed messages leave the queue",
+        lambda: db.one("SELECT count(*) FROM pgmq.q_lineq_steps_default") == 0,
+    )
     assert w.running
     dead = lineq(db.url, "dlq", "list", "--format", "json")
     assert dead.returncode == 0 and len(json.loads(dead.stdout)) == 2, dead.stdout
@@ -196,8 +217,12 @@ def test_the_console_script_runs_a_worker(db: Db, procs: Procs) -> None:
 
     script = Path(sys.executable).parent / "lineq-worker"
     procs.orchestrator()
-    p = Proc("console-script", [str(script), "apps.handlers:worker", "--worker-id", "py-cli"],
-             procs.env(), cwd=str(procs.tmp))
+    p = Proc(
+        "console-script",
+        [str(script), "apps.handlers:worker", "--worker-id", "py-cli"],
+        procs.env(),
+        cwd=str(procs.tmp),
+    )
     procs.procs.append(p)
     with lq.Client(db.url) as c:
         e = c.submit("shout", {"text": "script"})
@@ -216,4 +241,5 @@ def test_a_worker_serves_only_its_namespace(db: Db, procs: Procs) -> None:
         with pytest.raises(lq.WaitTimeout):
             c.wait(default.id, timeout=1)
         assert db.one("SELECT namespaces FROM lineq.workers WHERE worker_id = 'py-media'") == [
-            "media"]
+            "media"
+        ]

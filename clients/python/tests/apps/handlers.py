@@ -15,9 +15,11 @@ from typing import Any
 
 import lineq
 
-worker = lineq.Worker(namespace=os.environ.get("LINEQ_TEST_NAMESPACE", "default"),
-                      concurrency=8,
-                      visibility_timeout=int(os.environ.get("LINEQ_TEST_VT", "30")))
+worker = lineq.Worker(
+    namespace=os.environ.get("LINEQ_TEST_NAMESPACE", "default"),
+    concurrency=8,
+    visibility_timeout=int(os.environ.get("LINEQ_TEST_VT", "30")),
+)
 DIR = Path(os.environ.get("LINEQ_TEST_DIR", "."))
 
 
@@ -42,10 +44,17 @@ async def shout(ctx: lineq.StepContext, input: dict[str, Any]) -> dict[str, Any]
 @worker.handler("whoami")
 async def whoami(ctx: lineq.StepContext, input: Any) -> dict[str, Any]:
     """What the context says."""
-    return {"correlation_id": str(ctx.correlation_id), "execution_id": str(ctx.execution_id),
-            "root_execution_id": str(ctx.root_execution_id), "step": ctx.step,
-            "attempt": ctx.attempt, "idempotency_key": ctx.idempotency_key,
-            "traceparent": ctx.traceparent, "worker_id": ctx.worker_id, "tags": ctx.tags}
+    return {
+        "correlation_id": str(ctx.correlation_id),
+        "execution_id": str(ctx.execution_id),
+        "root_execution_id": str(ctx.root_execution_id),
+        "step": ctx.step,
+        "attempt": ctx.attempt,
+        "idempotency_key": ctx.idempotency_key,
+        "traceparent": ctx.traceparent,
+        "worker_id": ctx.worker_id,
+        "tags": ctx.tags,
+    }
 
 
 @worker.handler("add")
@@ -83,8 +92,9 @@ async def spawner(ctx: lineq.StepContext, input: Any) -> dict[str, Any]:
 @worker.handler("slow")
 async def slow(ctx: lineq.StepContext, input: dict[str, Any]) -> dict[str, Any]:
     """Marks its start; the first delivery then sleeps ``sleep`` seconds (or until cancelled)."""
-    mark(f"started-{ctx.execution_id}-{ctx.delivery}", key=ctx.idempotency_key,
-         worker=ctx.worker_id)
+    mark(
+        f"started-{ctx.execution_id}-{ctx.delivery}", key=ctx.idempotency_key, worker=ctx.worker_id
+    )
     if ctx.delivery == 1:
         try:
             await asyncio.wait_for(ctx.cancelled.wait(), float(input.get("sleep", 0)))
