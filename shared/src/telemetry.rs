@@ -394,29 +394,29 @@ pub fn export_on_behalf(service: &str, spans: &[BehalfSpan]) {
     }
     let Some(p) = pipeline() else { return };
     let sink = p.sink_for(service);
+    // Under this process's own name (no processor of its own could be made): say whose it is.
+    let attribute =
+        Arc::ptr_eq(&sink, &p.sink).then(|| KeyValue::new("lineq.service", service.to_string()));
     let mut decisions = HashMap::new();
     for s in spans {
-        let trace_id = trace_id_of(&s.event);
-        if !*decisions
-            .entry(trace_id)
-            .or_insert_with(|| p.sampled(trace_id))
-        {
-            continue;
-        }
-        let mut data = span_data(
-            &s.event,
-            s.start.min(s.end),
-            s.end,
-            Vec::new(),
-            s.failure.clone(),
-            p.scope.clone(),
-        );
-        if Arc::ptr_eq(&sink, &p.sink) {
-            data.attributes
-                .push(KeyValue::new("lineq.service", service.to_string()));
-        }
-        sink.on_end(data);
+        let span = SpanParts {
+            start: s.start.min(s.end),
+            end: s.end,
+            links: Vec::new(),
+            failure: s.failure.clone(),
+            attribute: attribute.clone(),
+        };
+        p.emit_to(&sink, &s.event, span, &mut decisions);
     }
+}
+
+/// When a span ran and what it carries beyond its event.
+struct SpanParts {
+    start: SystemTime,
+    end: SystemTime,
+    links: Vec<Link>,
+    failure: Option<(String, String)>,
+    attribute: Option<KeyValue>,
 }
 
 /// The trace id of the trace `correlation_id` names (a root execution's correlation id), as 32
@@ -483,6 +483,24 @@ impl Pipeline {
         failure: Option<(String, String)>,
         decisions: &mut HashMap<TraceId, bool>,
     ) {
+        let span = SpanParts {
+            start,
+            end,
+            links,
+            failure,
+            attribute: None,
+        };
+        self.emit_to(&self.sink, e, span, decisions);
+    }
+
+    /// [`Pipeline::emit`] to `sink`, with one more attribute when `span` names one.
+    fn emit_to(
+        &self,
+        sink: &Arc<dyn SpanProcessor>,
+        e: &NewEvent,
+        span: SpanParts,
+        decisions: &mut HashMap<TraceId, bool>,
+    ) {
         let trace_id = trace_id_of(e);
         if !*decisions
             .entry(trace_id)
@@ -490,8 +508,16 @@ impl Pipeline {
         {
             return;
         }
-        self.sink
-            .on_end(span_data(e, start, end, links, failure, self.scope.clone()));
+        let mut data = span_data(
+            e,
+            span.start,
+            span.end,
+            span.links,
+            span.failure,
+            self.scope.clone(),
+        );
+        data.attributes.extend(span.attribute);
+        sink.on_end(data);
     }
 
     /// One decision per trace, made as for its root span (no parent, a fixed name): with a
