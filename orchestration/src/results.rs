@@ -309,25 +309,8 @@ pub async fn process_batch(
     let (created_children, child_events) = create_children(&mut tx, &work, children).await?;
     report.children = created_children;
     settle(&mut tx, &mut work).await?;
-    // Children cancelled from SQL whose parents' steps wait for them: carry each outcome up
-    // and settle the parents, as `lineq cancel` does in its own transaction.
-    let mut parents = Vec::new();
-    for (m, c) in &finished_children {
-        archive_ids.push(m.msg_id);
-        let Some(child) = work.execs.get(&c.execution_id).cloned() else {
-            continue;
-        };
-        if !child.is_terminal() {
-            continue;
-        }
-        if let Some(p) = carry_to_parent(&mut tx, &mut work, &child, c.ending_event_id).await? {
-            parents.push(p);
-        }
-    }
-    if !parents.is_empty() {
-        work.touched.extend(parents);
-        settle(&mut tx, &mut work).await?;
-    }
+    archive_ids.extend(finished_children.iter().map(|(m, _)| m.msg_id));
+    settle_parents_of(&mut tx, &mut work, &finished_children).await?;
     report.finished = work.finished;
 
     let ready = std::mem::take(&mut work.ready);
@@ -353,6 +336,32 @@ pub async fn process_batch(
         _ => None,
     });
     Ok(report)
+}
+
+/// Children cancelled from SQL whose parents' steps wait for them: carries each outcome up and
+/// settles the parents, as `lineq cancel` does in its own transaction.
+async fn settle_parents_of(
+    conn: &mut PgConnection,
+    work: &mut Work,
+    children: &[(&QueuedMessage, ChildFinished)],
+) -> Result<()> {
+    let mut parents = Vec::new();
+    for (_, c) in children {
+        let Some(child) = work.execs.get(&c.execution_id).cloned() else {
+            continue;
+        };
+        if !child.is_terminal() {
+            continue;
+        }
+        if let Some(p) = carry_to_parent(&mut *conn, work, &child, c.ending_event_id).await? {
+            parents.push(p);
+        }
+    }
+    if !parents.is_empty() {
+        work.touched.extend(parents);
+        settle(conn, work).await?;
+    }
+    Ok(())
 }
 
 async fn apply_step_updates(conn: &mut PgConnection, updates: &[StepUpdate]) -> Result<()> {
