@@ -538,3 +538,95 @@ async fn a_retry_message_from_sql_is_the_rust_step_message() {
     assert_eq!(pg_error(&err).0, "LQ001");
     db.drop_db().await;
 }
+
+/// The cheap test that lets a batch of plain requests skip the full rules
+/// (`lineq._plain_request`, migration 000020) passes only requests the full rules accept: every
+/// request below is tried alone through `lineq.submit_many` in a transaction that is rolled
+/// back, and each one the cheap test passes must be accepted. The plain requests of everyday
+/// use must pass it, or the full rules run for every batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_request_test_passes_only_what_the_full_rules_accept() {
+    let db = TestDb::new().await;
+    let long = "x".repeat(1_048_570);
+    let requests = vec![
+        // plain: must pass the cheap test
+        json!({"target": "echo"}),
+        json!({"target": "echo", "input": {"order": 1}}),
+        json!({"target": "a.b:c-d_e", "input": null, "namespace": "default", "priority": 0}),
+        json!({"target": "echo", "tags": {}, "metadata": {}, "idempotency_key": null,
+               "timeout_ms": null, "correlation_id": null, "parent_execution_id": null}),
+        json!({"target": "echo", "tags": null, "metadata": null, "namespace": null}),
+        json!({"target": "echo", "input": long}),
+        // not plain, valid or not: the full rules decide
+        json!({"target": "echo", "tags": {"customer": "acme"}}),
+        json!({"target": "echo", "metadata": {"k": 1}}),
+        json!({"target": "echo", "priority": 5}),
+        json!({"target": "echo", "idempotency_key": "k-1"}),
+        json!({"target": "echo", "timeout_ms": 1000}),
+        json!({"target": "echo", "correlation_id": Uuid::now_v7()}),
+        json!({"target": "echo@1"}),
+        // refused by the full rules
+        json!({"target": "echo", "input": "x".repeat(1_048_577)}),
+        json!({"target": ""}),
+        json!({"target": "x".repeat(129)}),
+        json!({"target": "rm -rf /"}),
+        json!({"target": "échelle"}),
+        json!({"target": "echo\n"}),
+        json!({"target": 5}),
+        json!({"target": null}),
+        json!({"input": 1}),
+        json!({"target": "echo", "tag": {}}),
+        json!({"target": "echo", "execution_id": Uuid::now_v7()}),
+        json!({"target": "echo", "namespace": ""}),
+        json!({"target": "echo", "namespace": "Payments"}),
+        json!({"target": "echo", "namespace": "1abc"}),
+        json!({"target": "echo", "namespace": "_abc"}),
+        json!({"target": "echo", "namespace": "n".repeat(33)}),
+        json!({"target": "echo", "namespace": "ab-c"}),
+        json!({"target": "echo", "namespace": "ñu"}),
+        json!({"target": "echo", "namespace": 7}),
+        json!({"target": "echo", "tags": []}),
+        json!({"target": "echo", "tags": "x"}),
+        json!({"target": "echo", "metadata": [1]}),
+        json!({"target": "echo", "metadata": "x"}),
+        json!({"target": "echo", "priority": "0"}),
+        json!({"target": "echo", "priority": 0.5}),
+        json!({"target": "echo", "priority": 1e20}),
+        json!({"target": "echo", "timeout_ms": 0}),
+        json!({"target": "echo", "idempotency_key": ""}),
+        json!({"target": "echo", "idempotency_key": 7}),
+        json!({"target": "echo", "correlation_id": "not-a-uuid"}),
+        json!({"target": "echo", "parent_execution_id": Uuid::now_v7()}),
+        json!({"target": "echo", "parent_execution_id": 1}),
+        json!([{"target": "echo"}]),
+        json!("echo"),
+        json!(null),
+    ];
+    let mut plain = 0;
+    for (i, request) in requests.iter().enumerate() {
+        let passes: bool = sqlx::query_scalar("SELECT lineq._plain_request($1)")
+            .bind(request)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        let mut tx = db.pool.begin().await.unwrap();
+        let accepted = sqlx::query("SELECT * FROM lineq.submit_many(jsonb_build_array($1::jsonb))")
+            .bind(request)
+            .fetch_all(&mut *tx)
+            .await;
+        tx.rollback().await.unwrap();
+        if i < 6 {
+            assert!(passes, "request {i} is plain: {request}");
+        }
+        if passes {
+            plain += 1;
+            assert!(
+                accepted.is_ok(),
+                "request {i} passed the cheap test but the rules refuse it: {:?}",
+                accepted.err()
+            );
+        }
+    }
+    assert_eq!(plain, 6, "only the plain requests pass the cheap test");
+    db.drop_db().await;
+}
