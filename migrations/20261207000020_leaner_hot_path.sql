@@ -1,9 +1,9 @@
--- Less work per execution on the hot path: submission, the claim's check and the finish
--- notification (docs/benchmarks.md, "The SQL interface against the release before it").
+-- Less work per execution on the hot path: submission and the claim's check (docs/benchmarks.md,
+-- "The SQL interface against the release before it").
 --
 -- 1. Requests that use only the plain fields (a target without @VERSION, input, a namespace, a
 --    priority of 0, and empty or no tags and metadata) are checked by one cheap test,
---    lineq._plain_request; only a batch with another request goes through every rule.
+--    lineq._plain_requests; only a batch with another request goes through every rule.
 -- 2. The first steps of new executions reach lineq._enqueue_step_rows as typed rows; before,
 --    they were written out as JSON and read back field by field. lineq._enqueue_steps (the
 --    orchestrator's dependents and retries) reads its JSON into the same rows: one definition
@@ -12,19 +12,19 @@
 --    they read their arguments and look rows up by primary key or unique index, so a generic
 --    plan is as good, and lineq's pools otherwise force a custom plan at every call.
 -- 4. The claim's fast test reads each field of a message once.
--- 5. The lineq_finished trigger names pg_notify by its schema instead of setting search_path,
---    which cost a configuration change at every finished execution.
 
--- True when a request is valid by a test that needs no regular expression: an object with
+-- True when every request of a batch is valid by a test that needs no regular expression: an
+-- object with
 -- known fields only, a target of 1 to 128 letters, digits, '_', '.', ':' or '-' (no
 -- @VERSION), an input of at most 1048576 bytes serialized, a namespace as the rules want it,
 -- priority 0 or none, and empty or no tags, metadata, idempotency key, timeout, correlation id
--- and parent. It is false for every request the full rules refuse (tests/sql_submit.rs), and
--- false for some they accept, which then go through them.
-CREATE FUNCTION lineq._plain_request(p_req jsonb) RETURNS boolean
+-- and parent. It is false for a batch with any request the full rules refuse
+-- (tests/sql_submit.rs), and for some they accept, which then go through them.
+CREATE FUNCTION lineq._plain_requests(p_requests jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN jsonb_typeof(p_req) = 'object' THEN coalesce(
+    SELECT coalesce(bool_and(CASE WHEN jsonb_typeof(p_req) = 'object' THEN coalesce(
                (p_req - ARRAY['target', 'input', 'namespace', 'correlation_id', 'idempotency_key',
                               'priority', 'timeout_ms', 'tags', 'metadata',
                               'parent_execution_id']) = '{}'::jsonb
@@ -45,9 +45,11 @@ AS $$
            AND coalesce(p_req -> 'correlation_id', 'null'::jsonb) = 'null'::jsonb
            AND coalesce(p_req -> 'parent_execution_id', 'null'::jsonb) = 'null'::jsonb
            AND coalesce(octet_length((p_req -> 'input')::text), 0) <= 1048576,
-           false) ELSE false END
+           false) ELSE false END), false)
+    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_requests) = 'array' THEN p_requests
+                                   ELSE '[]'::jsonb END) AS q(p_req)
 $$;
-REVOKE ALL ON FUNCTION lineq._plain_request(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lineq._plain_requests(jsonb) FROM PUBLIC;
 
 -- A step message to send, as lineq._enqueue_step_rows reads it (the fields of
 -- lineq._enqueue_steps's JSON objects, typed).
@@ -70,43 +72,33 @@ CREATE TYPE lineq._step_send AS (
     context              jsonb
 );
 
--- Sends step messages: for each step, its `step_enqueued` event (parent: what made it ready)
--- and its message on its queue, whose meta names that event; one statement per queue, and one
--- pg_notify(<queue>, <queue>) per queue (delivered on commit). With p_mark_steps the existing
--- step rows are moved to `enqueued` with their message, attempt and input in the same statement
--- (the orchestrator's dependents and retries); without, no step row is touched and the caller
--- writes its new steps with the returned message ids (submission). Events are stamped after
--- p_not_before, or when it is NULL after their parent events as stored. The message is
--- shared/src/message.rs StepMessage as serde_json writes it.
-CREATE FUNCTION lineq._enqueue_step_rows(p_steps lineq._step_send[], p_node_name text,
-                                         p_not_before timestamptz DEFAULT NULL,
-                                         p_mark_steps boolean DEFAULT false)
-RETURNS TABLE (step_id uuid, msg_id bigint, event_id uuid)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, lineq, pgmq, pg_temp
+-- Makes (again) lineq._send_<queue>: the statement that sends step messages on one step queue
+-- (below), static SQL planned once per session. Its plan is generic: it reads its arguments and
+-- looks rows up by primary key, and a custom plan, made at every call, cost more than the
+-- statement.
+CREATE FUNCTION lineq._make_send_function(p_queue text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $fn$
-#variable_conflict use_column
 DECLARE
-    v_queue text;
+    q record;
 BEGIN
-    FOR v_queue IN
-        SELECT DISTINCT s.queue FROM unnest(p_steps) AS s ORDER BY 1
-    LOOP
-        IF v_queue IS NULL OR v_queue !~ '^[a-z][a-z0-9_]{0,46}$' THEN
-            PERFORM lineq.invalid('queue', format(
-                'a queue name is 1 to 47 characters of a-z, 0-9 and _, starting with a letter (got %s)',
-                coalesce(to_jsonb(v_queue)::text, 'null')));
-        END IF;
-        IF NOT EXISTS (SELECT 1 FROM pgmq.meta m WHERE m.queue_name = v_queue) THEN
-            RAISE EXCEPTION USING ERRCODE = 'LQ005',
-                MESSAGE = format('unknown queue %s: it does not exist', v_queue),
-                DETAIL = format('namespace=%s', regexp_replace(v_queue, '^lineq_steps_', ''));
-        END IF;
-        PERFORM pg_notify(v_queue, v_queue);
-        -- Each message's id is taken from the queue's own sequence up front (in array order,
-        -- as the identity column would take it), so the message, its event and its step row
-        -- are all written from one row set: nothing below joins two row sets.
-        RETURN QUERY EXECUTE format($q$
+    SELECT t.live INTO q FROM lineq._queue_tables(p_queue) t;
+    IF q.live IS NULL OR p_queue NOT LIKE 'lineq\_steps\_%' THEN
+        RAISE EXCEPTION USING ERRCODE = 'LQ005',
+            MESSAGE = format('unknown step queue %s: it has no tables owned by lineq''s owner', quote_literal(p_queue));
+    END IF;
+    EXECUTE format($def$
+        CREATE OR REPLACE FUNCTION lineq.%4$I(p_steps lineq._step_send[], p_node_name text,
+                                               p_not_before timestamptz, p_mark_steps boolean)
+        RETURNS TABLE (step_id uuid, msg_id bigint, event_id uuid)
+        LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp
+        SET plan_cache_mode = force_generic_plan
+        AS $body$
+        #variable_conflict use_column
+        BEGIN
+            RETURN QUERY
             WITH s AS MATERIALIZED (
                 SELECT e.ord, e.step_id, e.execution_id, e.parent_execution_id,
                        e.root_execution_id, e.correlation_id, e.step, e.handler,
@@ -117,17 +109,17 @@ BEGIN
                        CASE WHEN e.trace_correlation_id = '00000000-0000-0000-0000-000000000000' THEN '00000000000000000000000000000001' ELSE replace(e.trace_correlation_id::text, '-', '') END AS trace_id,
                        CASE WHEN right(replace(id.event_id::text, '-', ''), 16) = '0000000000000000' THEN '0000000000000001' ELSE right(replace(id.event_id::text, '-', ''), 16) END AS span_id,
                        id.event_id,
-                       nextval(%L::regclass) AS msg_id
-                FROM unnest($1) WITH ORDINALITY AS e(execution_id, parent_execution_id,
+                       nextval(%2$L::regclass) AS msg_id
+                FROM unnest(p_steps) WITH ORDINALITY AS e(execution_id, parent_execution_id,
                     root_execution_id, correlation_id, trace_correlation_id, step_id, step,
                     handler, queue, attempt, input, timeout_ms, parent_event_id, delay_ms,
                     retry_reason, context, ord)
                 -- a UUIDv7 whose counter bits are the row's position, so the events of one
                 -- call (siblings, often) sort in the order they were given (OFFSET 0: once per row)
                 CROSS JOIN LATERAL (SELECT encode(substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) || substring(int4send(28672 | mod(e.ord, 4096)::integer) FROM 3) || substring(uuid_send(gen_random_uuid()) FROM 9), 'hex')::uuid AS event_id OFFSET 0) AS id
-                WHERE e.queue = $2),
+                WHERE e.queue = %3$L),
             sent AS (
-                INSERT INTO pgmq.%I (msg_id, vt, message) OVERRIDING SYSTEM VALUE
+                INSERT INTO %1$s (msg_id, vt, message) OVERRIDING SYSTEM VALUE
                 SELECT s.msg_id, clock_timestamp() + make_interval(secs => s.delay_ms / 1000.0),
                        jsonb_build_object(
                            'step_id', s.step_id, 'execution_id', s.execution_id,
@@ -163,16 +155,16 @@ BEGIN
                 SELECT s.event_id, s.parent_event_id, s.execution_id,
                        s.step_id, s.parent_execution_id,
                        s.root_execution_id, s.correlation_id,
-                       'step_enqueued', $3, NULL, s.attempt, s.trace_id, s.span_id,
+                       'step_enqueued', p_node_name, NULL, s.attempt, s.trace_id, s.span_id,
                        jsonb_build_object('step', s.step, 'handler', s.handler,
-                                          'queue', $2, 'msg_id', s.msg_id,
+                                          'queue', %3$L, 'msg_id', s.msg_id,
                                           'delay_ms', s.delay_ms,
                                           'retry_reason', s.retry_reason),
                        -- increasing in array order and after the event that made the step
-                       -- ready, so time order follows causality: after $4 when the caller
+                       -- ready, so time order follows causality: after p_not_before when the caller
                        -- knows when its events were stamped, else after the parent as stored
-                       CASE WHEN $4 IS NOT NULL
-                            THEN greatest(clock_timestamp(), $4)
+                       CASE WHEN p_not_before IS NOT NULL
+                            THEN greatest(clock_timestamp(), p_not_before)
                                  + make_interval(secs => s.ord * 0.000001)
                             ELSE greatest(clock_timestamp() + make_interval(secs => s.ord * 0.000001),
                                           (SELECT p.created_at + interval '1 microsecond'
@@ -186,10 +178,64 @@ BEGIN
                 SET status = 'enqueued', msg_id = s.msg_id, attempts = s.attempt,
                     input = coalesce(s.input, 'null'::jsonb), updated_at = clock_timestamp()
                 FROM s
-                WHERE $5 AND st.step_id = s.step_id)
-            SELECT s.step_id, s.msg_id, s.event_id FROM s ORDER BY s.ord
-            $q$, pg_get_serial_sequence(format('pgmq.%I', 'q_' || v_queue), 'msg_id'), 'q_' || v_queue)
-        USING p_steps, v_queue, p_node_name, p_not_before, p_mark_steps;
+                WHERE p_mark_steps AND st.step_id = s.step_id)
+            SELECT s.step_id, s.msg_id, s.event_id FROM s ORDER BY s.ord;
+        END
+        $body$
+    $def$, q.live, pg_get_serial_sequence(q.live::text, 'msg_id'), p_queue, '_send_' || p_queue);
+    EXECUTE format('REVOKE ALL ON FUNCTION lineq.%I(lineq._step_send[], text, timestamptz, boolean) FROM PUBLIC',
+                   '_send_' || p_queue);
+END
+$fn$;
+REVOKE ALL ON FUNCTION lineq._make_send_function(text) FROM PUBLIC;
+
+-- Sends step messages: for each step, its `step_enqueued` event (parent: what made it ready)
+-- and its message on its queue, whose meta names that event; one statement per queue (the
+-- queue's own lineq._send_<queue>, made here for a queue that has none yet), and one
+-- pg_notify(<queue>, <queue>) per queue (delivered on commit). With p_mark_steps the existing
+-- step rows are moved to `enqueued` with their message, attempt and input in the same statement
+-- (the orchestrator's dependents and retries); without, no step row is touched and the caller
+-- writes its new steps with the returned message ids (submission). Events are stamped after
+-- p_not_before, or when it is NULL after their parent events as stored. The message is
+-- shared/src/message.rs StepMessage as serde_json writes it. Each message's id is taken from
+-- the queue's own sequence up front (in array order, as the identity column would take it), so
+-- the message, its event and its step row are all written from one row set.
+CREATE FUNCTION lineq._enqueue_step_rows(p_steps lineq._step_send[], p_node_name text,
+                                         p_not_before timestamptz DEFAULT NULL,
+                                         p_mark_steps boolean DEFAULT false)
+RETURNS TABLE (step_id uuid, msg_id bigint, event_id uuid)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, lineq, pgmq, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_queue text;
+BEGIN
+    FOR v_queue IN
+        SELECT DISTINCT s.queue FROM unnest(p_steps) AS s ORDER BY 1
+    LOOP
+        IF v_queue IS NULL OR v_queue !~ '^[a-z][a-z0-9_]{0,46}$' THEN
+            PERFORM lineq.invalid('queue', format(
+                'a queue name is 1 to 47 characters of a-z, 0-9 and _, starting with a letter (got %s)',
+                coalesce(to_jsonb(v_queue)::text, 'null')));
+        END IF;
+        IF to_regprocedure(format('lineq.%I(lineq._step_send[], text, timestamptz, boolean)',
+                                  '_send_' || v_queue)) IS NULL THEN
+            IF NOT EXISTS (SELECT 1 FROM pgmq.meta m WHERE m.queue_name = v_queue) THEN
+                RAISE EXCEPTION USING ERRCODE = 'LQ005',
+                    MESSAGE = format('unknown queue %s: it does not exist', v_queue),
+                    DETAIL = format('namespace=%s', regexp_replace(v_queue, '^lineq_steps_', ''));
+            END IF;
+            -- Concurrent first senders on one queue make its function once.
+            PERFORM pg_advisory_xact_lock(hashtext('lineq._make_send_function'), hashtext(v_queue));
+            IF to_regprocedure(format('lineq.%I(lineq._step_send[], text, timestamptz, boolean)',
+                                      '_send_' || v_queue)) IS NULL THEN
+                PERFORM lineq._make_send_function(v_queue);
+            END IF;
+        END IF;
+        PERFORM pg_notify(v_queue, v_queue);
+        RETURN QUERY EXECUTE format('SELECT * FROM lineq.%I($1, $2, $3, $4)', '_send_' || v_queue)
+        USING p_steps, p_node_name, p_not_before, p_mark_steps;
     END LOOP;
 END
 $fn$;
@@ -257,8 +303,7 @@ BEGIN
 
     -- 1. Every rule of every request, in the Rust client's order; the first broken one of the
     --    first bad request is raised. A batch of plain requests passes one cheap test instead.
-    IF p_internal OR NOT (SELECT bool_and(lineq._plain_request(q.req))
-                          FROM jsonb_array_elements(p_requests) AS q(req)) THEN
+    IF p_internal OR NOT lineq._plain_requests(p_requests) THEN
         SELECT r.ord, (r.err)[1] AS field, (r.err)[2] AS reason INTO v_bad
         FROM (
             SELECT q.ord, CASE
@@ -478,34 +523,37 @@ BEGIN
     END IF;
 
     -- An explicit parent must exist, and its tree must still be running.
-    SELECT s.ord, s.parent_execution_id AS id,
-           CASE WHEN s.parent_event_id IS NOT NULL THEN p.status END AS status,
-           p.root_execution_id AS root,
-           r.status AS root_status
-    INTO v_bad
-    FROM unnest(v_specs) AS s
-    LEFT JOIN lineq.executions p ON p.execution_id = s.parent_execution_id
-    LEFT JOIN lineq.executions r ON r.execution_id = p.root_execution_id
-    WHERE s.parent_execution_id IS NOT NULL
-      AND (p.execution_id IS NULL OR s.parent_event_id IS NULL
-           OR (NOT p_internal AND (p.status IN ('completed', 'failed', 'cancelled')
-                                   OR r.status IN ('completed', 'failed', 'cancelled'))))
-    ORDER BY s.ord LIMIT 1;
-    IF FOUND THEN
-        IF v_bad.status IS NULL THEN
-            PERFORM lineq.invalid('parent', CASE WHEN v_total > 1
-                THEN format('request %s: parent execution %s does not exist', v_bad.ord - 1, v_bad.id)
-                ELSE format('parent execution %s does not exist', v_bad.id) END);
+    -- (A request without a parent skips the look-up: most requests.)
+    IF p_internal OR jsonb_path_exists(p_requests, '$[*] ? (@.parent_execution_id != null)') THEN
+        SELECT s.ord, s.parent_execution_id AS id,
+               CASE WHEN s.parent_event_id IS NOT NULL THEN p.status END AS status,
+               p.root_execution_id AS root,
+               r.status AS root_status
+        INTO v_bad
+        FROM unnest(v_specs) AS s
+        LEFT JOIN lineq.executions p ON p.execution_id = s.parent_execution_id
+        LEFT JOIN lineq.executions r ON r.execution_id = p.root_execution_id
+        WHERE s.parent_execution_id IS NOT NULL
+          AND (p.execution_id IS NULL OR s.parent_event_id IS NULL
+               OR (NOT p_internal AND (p.status IN ('completed', 'failed', 'cancelled')
+                                       OR r.status IN ('completed', 'failed', 'cancelled'))))
+        ORDER BY s.ord LIMIT 1;
+        IF FOUND THEN
+            IF v_bad.status IS NULL THEN
+                PERFORM lineq.invalid('parent', CASE WHEN v_total > 1
+                    THEN format('request %s: parent execution %s does not exist', v_bad.ord - 1, v_bad.id)
+                    ELSE format('parent execution %s does not exist', v_bad.id) END);
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = 'LQ004',
+                MESSAGE = CASE WHEN v_bad.status IN ('completed', 'failed', 'cancelled')
+                    THEN format('parent execution %s is %s; a child cannot be added to a finished tree',
+                                v_bad.id, v_bad.status)
+                    ELSE format('the root %s of parent execution %s is %s; a child cannot be added to a finished tree',
+                                v_bad.root, v_bad.id, v_bad.root_status) END,
+                DETAIL = format('what=execution; id=%s; status=%s', v_bad.id,
+                                CASE WHEN v_bad.status IN ('completed', 'failed', 'cancelled')
+                                     THEN v_bad.status ELSE v_bad.root_status END);
         END IF;
-        RAISE EXCEPTION USING ERRCODE = 'LQ004',
-            MESSAGE = CASE WHEN v_bad.status IN ('completed', 'failed', 'cancelled')
-                THEN format('parent execution %s is %s; a child cannot be added to a finished tree',
-                            v_bad.id, v_bad.status)
-                ELSE format('the root %s of parent execution %s is %s; a child cannot be added to a finished tree',
-                            v_bad.root, v_bad.id, v_bad.root_status) END,
-            DETAIL = format('what=execution; id=%s; status=%s', v_bad.id,
-                            CASE WHEN v_bad.status IN ('completed', 'failed', 'cancelled')
-                                 THEN v_bad.status ELSE v_bad.root_status END);
     END IF;
 
     -- Every step's namespace must have a step queue.
@@ -825,11 +873,42 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION lineq._notify_finished() RETURNS trigger
-LANGUAGE plpgsql
+-- A new step queue gets its send function with its claim and archive functions.
+CREATE OR REPLACE FUNCTION lineq.create_queue(p_queue text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM pg_catalog.pg_notify('lineq_finished', NEW.execution_id::pg_catalog.text);
-    RETURN NULL;
+    IF p_queue IS NULL OR p_queue !~ '^[a-z][a-z0-9_]{0,46}$' THEN
+        PERFORM lineq.invalid('queue', format(
+            'a queue name is 1 to 47 characters of a-z, 0-9 and _, starting with a letter (got %s)',
+            coalesce(quote_literal(left(p_queue, 80)), 'NULL')));
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = p_queue) THEN
+        RETURN false;
+    END IF;
+    -- Concurrent creators of one queue wait here, then find it.
+    PERFORM pg_advisory_xact_lock(hashtext('lineq.create_queue'), hashtext(p_queue));
+    IF EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = p_queue) THEN
+        RETURN false;
+    END IF;
+    PERFORM pgmq.create(p_queue);
+    EXECUTE format('ALTER TABLE pgmq.%I SET (fillfactor = 50)', 'q_' || p_queue);
+    IF p_queue LIKE 'lineq\_steps\_%' THEN
+        PERFORM lineq._make_queue_functions(p_queue);
+        PERFORM lineq._make_send_function(p_queue);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- The send functions of the step queues that exist.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT queue_name FROM lineq.queues() WHERE queue_name LIKE 'lineq\_steps\_%' LOOP
+        PERFORM lineq._make_send_function(r.queue_name);
+    END LOOP;
 END
 $$;

@@ -540,7 +540,7 @@ async fn a_retry_message_from_sql_is_the_rust_step_message() {
 }
 
 /// The cheap test that lets a batch of plain requests skip the full rules
-/// (`lineq._plain_request`, migration 000020) passes only requests the full rules accept: every
+/// (`lineq._plain_requests`, migration 000020) passes only requests the full rules accept: every
 /// request below is tried alone through `lineq.submit_many` in a transaction that is rolled
 /// back, and each one the cheap test passes must be accepted. The plain requests of everyday
 /// use must pass it, or the full rules run for every batch.
@@ -604,11 +604,12 @@ async fn the_plain_request_test_passes_only_what_the_full_rules_accept() {
     ];
     let mut plain = 0;
     for (i, request) in requests.iter().enumerate() {
-        let passes: bool = sqlx::query_scalar("SELECT lineq._plain_request($1)")
-            .bind(request)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let passes: bool =
+            sqlx::query_scalar("SELECT lineq._plain_requests(jsonb_build_array($1::jsonb))")
+                .bind(request)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
         let mut tx = db.pool.begin().await.unwrap();
         let accepted = sqlx::query("SELECT * FROM lineq.submit_many(jsonb_build_array($1::jsonb))")
             .bind(request)
