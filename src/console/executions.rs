@@ -134,9 +134,9 @@ fn filters_form(pairs: &[(String, String)]) -> Markup {
             }
             label { "Handler or workflow" input type="text" name="workflow" value=(one("workflow")); }
             @for t in &tags {
-                label { "Tag (key:value)" input type="text" name="tag" value=(t); }
+                label { "Tag (key=value)" input type="text" name="tag" value=(t); }
             }
-            label { "Tag (key:value)" input type="text" name="tag" placeholder="customer:acme"; }
+            label { "Tag (key=value)" input type="text" name="tag" placeholder="customer=acme"; }
             @for t in &has {
                 label { "Has tag" input type="text" name="has_tag" value=(t); }
             }
