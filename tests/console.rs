@@ -39,11 +39,15 @@ fn free_port() -> u16 {
 
 fn chromium_binary() -> String {
     std::env::var("LINEQ_TEST_CHROMIUM").unwrap_or_else(|_| {
-        ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("/usr/bin/chromium")
-            .to_string()
+        [
+            "/usr/bin/chromium",
+            "/usr/bin/chromium-browser",
+            "/usr/bin/google-chrome",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("/usr/bin/chromium")
+        .to_string()
     })
 }
 
@@ -68,7 +72,10 @@ fn start_driver() -> Driver {
         });
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not start on port {port}");
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not start on port {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Driver { child, port }
@@ -95,18 +102,26 @@ async fn browser(driver: &Driver) -> Browser {
 /// Starts `lineq serve` on a free port; returns it with its base URL.
 async fn serve(db: &TestDb, token: Option<&str>) -> (Proc, String) {
     let token = token.map(str::to_string);
-    let server = Proc::start_with(&db.url, "console-serve", &["serve", "--addr", "127.0.0.1:0"], |c| {
-        if let Some(t) = token {
-            c.env("LINEQ_API_TOKEN", t);
-        }
-    });
+    let server = Proc::start_with(
+        &db.url,
+        "console-serve",
+        &["serve", "--addr", "127.0.0.1:0"],
+        |c| {
+            if let Some(t) = token {
+                c.env("LINEQ_API_TOKEN", t);
+            }
+        },
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let base = loop {
         let log = server.log_text();
         if let Some(rest) = log.split("listening on ").nth(1) {
             break rest.lines().next().unwrap_or("").trim().to_string();
         }
-        assert!(Instant::now() < deadline, "lineq serve did not start: {log}");
+        assert!(
+            Instant::now() < deadline,
+            "lineq serve did not start: {log}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     (server, base)
@@ -125,7 +140,11 @@ async fn assert_no_script_ran(b: &Browser, page: &str) {
         .execute("return typeof window.__pwned;", vec![])
         .await
         .expect("execute");
-    assert_eq!(v, json!("undefined"), "a hostile value ran as script on {page}");
+    assert_eq!(
+        v,
+        json!("undefined"),
+        "a hostile value ran as script on {page}"
+    );
 }
 
 async fn rows(b: &Browser, css: &str) -> usize {
@@ -192,14 +211,26 @@ async fn the_console_in_a_real_browser() {
         ("/dead-letters", "Dead letters"),
     ] {
         b.goto(&format!("{base}{path}")).await.expect("goto");
-        let h1 = b.find(Locator::Css("h1")).await.expect("h1").text().await.expect("text");
+        let h1 = b
+            .find(Locator::Css("h1"))
+            .await
+            .expect("h1")
+            .text()
+            .await
+            .expect("text");
         assert_eq!(h1, heading, "{path}");
         assert_no_script_ran(&b, path).await;
     }
     // The fleet shows the worker alive, and the chart counts what finished.
     b.goto(&format!("{base}/fleet")).await.expect("fleet");
     assert!(rows(&b, "tr.worker-row[data-state=alive]").await >= 1);
-    let total = b.find(Locator::Id("finished-total")).await.expect("total").text().await.expect("text");
+    let total = b
+        .find(Locator::Id("finished-total"))
+        .await
+        .expect("total")
+        .text()
+        .await
+        .expect("text");
     assert!(total.starts_with(&format!("{} ", all.len())), "{total}");
 
     // Filter by a tag through the form: exactly the matching executions.
@@ -216,22 +247,50 @@ async fn the_console_in_a_real_browser() {
         .click()
         .await
         .expect("click");
-    b.wait().for_element(Locator::Css("tr.exec-row")).await.expect("rows");
+    b.wait()
+        .for_element(Locator::Css("tr.exec-row"))
+        .await
+        .expect("rows");
     assert_eq!(ids_of(&b).await, team_a);
     let url = b.current_url().await.expect("url");
-    assert!(url.as_str().contains("tag=team%3Da"), "the filter is in the URL: {url}");
+    assert!(
+        url.as_str().contains("tag=team%3Da"),
+        "the filter is in the URL: {url}"
+    );
     // Has-tag and status filters from the URL.
-    b.goto(&format!("{base}/?has_tag=evil&status=completed")).await.expect("goto");
-    assert_eq!(ids_of(&b).await, vec![hostile.execution.execution_id.to_string()]);
+    b.goto(&format!("{base}/?has_tag=evil&status=completed"))
+        .await
+        .expect("goto");
+    assert_eq!(
+        ids_of(&b).await,
+        vec![hostile.execution.execution_id.to_string()]
+    );
 
     // Hostile values are shown as text.
-    let tags = b.find(Locator::Css("tr.exec-row td.tags")).await.expect("tags").text().await.expect("text");
+    let tags = b
+        .find(Locator::Css("tr.exec-row td.tags"))
+        .await
+        .expect("tags")
+        .text()
+        .await
+        .expect("text");
     assert!(tags.contains(HOSTILE[0]), "{tags}");
     assert!(tags.contains(HOSTILE[1]), "{tags}");
-    b.goto(&format!("{base}/executions/{}", hostile.execution.execution_id)).await.expect("goto");
+    b.goto(&format!(
+        "{base}/executions/{}",
+        hostile.execution.execution_id
+    ))
+    .await
+    .expect("goto");
     let source = b.source().await.expect("source");
-    assert!(!source.contains("<script>window"), "an unescaped script tag in the page");
-    assert!(!source.contains("href=\"javascript:"), "a javascript: link in the page");
+    assert!(
+        !source.contains("<script>window"),
+        "an unescaped script tag in the page"
+    );
+    assert!(
+        !source.contains("href=\"javascript:"),
+        "a javascript: link in the page"
+    );
     let pres: Vec<String> = {
         let mut v = Vec::new();
         for p in b.find_all(Locator::Css("pre.json")).await.expect("pre") {
@@ -239,21 +298,35 @@ async fn the_console_in_a_real_browser() {
         }
         v
     };
-    assert!(pres.iter().any(|t| t.contains("javascript:window.__pwned=1")), "metadata shown");
-    assert!(pres.iter().any(|t| t.len() > 64 * 1024 && t.contains("<script>window.__pwned=1</script>")), "the 64 KiB input shown as text");
+    assert!(
+        pres.iter()
+            .any(|t| t.contains("javascript:window.__pwned=1")),
+        "metadata shown"
+    );
+    assert!(
+        pres.iter()
+            .any(|t| t.len() > 64 * 1024 && t.contains("<script>window.__pwned=1</script>")),
+        "the 64 KiB input shown as text"
+    );
     assert_no_script_ran(&b, "the hostile execution").await;
 
     // An execution's timeline has one row per event of its tree.
     let one = all[0];
-    b.goto(&format!("{base}/executions/{one}")).await.expect("goto");
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM lineq.events WHERE root_execution_id = $1")
-        .bind(one)
-        .fetch_one(&db.pool)
+    b.goto(&format!("{base}/executions/{one}"))
         .await
-        .expect("count");
+        .expect("goto");
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM lineq.events WHERE root_execution_id = $1")
+            .bind(one)
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
     assert!(events >= 8, "{events}");
     assert_eq!(rows(&b, ".timeline .tl-event").await as i64, events);
-    assert_eq!(rows(&b, "svg.dag g.dag-step[data-state=completed]").await, 1);
+    assert_eq!(
+        rows(&b, "svg.dag g.dag-step[data-state=completed]").await,
+        1
+    );
 
     // Cancel a running execution: the confirmation page, the browser's confirm, then cancelled.
     let sleeper = client
@@ -262,14 +335,41 @@ async fn the_console_in_a_real_browser() {
         .send()
         .await
         .expect("submit sleep");
-    b.goto(&format!("{base}/executions/{}", sleeper.execution.execution_id)).await.expect("goto");
-    b.find(Locator::Id("cancel-link")).await.expect("cancel link").click().await.expect("click");
-    b.find(Locator::Id("confirm-cancel")).await.expect("confirm").click().await.expect("click");
+    b.goto(&format!(
+        "{base}/executions/{}",
+        sleeper.execution.execution_id
+    ))
+    .await
+    .expect("goto");
+    b.find(Locator::Id("cancel-link"))
+        .await
+        .expect("cancel link")
+        .click()
+        .await
+        .expect("click");
+    b.find(Locator::Id("confirm-cancel"))
+        .await
+        .expect("confirm")
+        .click()
+        .await
+        .expect("click");
     b.accept_alert().await.expect("the confirm dialog");
-    b.wait().for_element(Locator::Css("p.notice.ok")).await.expect("notice");
-    let status = b.find(Locator::Css("#status")).await.expect("status").text().await.expect("text");
+    b.wait()
+        .for_element(Locator::Css("p.notice.ok"))
+        .await
+        .expect("notice");
+    let status = b
+        .find(Locator::Css("#status"))
+        .await
+        .expect("status")
+        .text()
+        .await
+        .expect("text");
     assert_eq!(status, "cancelled");
-    let e = client.execution(sleeper.execution.execution_id).await.expect("execution");
+    let e = client
+        .execution(sleeper.execution.execution_id)
+        .await
+        .expect("execution");
     assert_eq!(e.status.as_str(), "cancelled");
 
     // A dead letter (a malformed step message), replayed from its page.
@@ -292,21 +392,37 @@ async fn the_console_in_a_real_browser() {
         .find(Locator::Css(&format!("tr.dl-row[data-id='{dead}']")))
         .await
         .expect("the dead letter's row");
-    let reason = row.find(Locator::Css("td.reason")).await.expect("reason").text().await.expect("text");
+    let reason = row
+        .find(Locator::Css("td.reason"))
+        .await
+        .expect("reason")
+        .text()
+        .await
+        .expect("text");
     assert!(!reason.is_empty());
-    row.find(Locator::Css("button.replay")).await.expect("replay").click().await.expect("click");
+    row.find(Locator::Css("button.replay"))
+        .await
+        .expect("replay")
+        .click()
+        .await
+        .expect("click");
     b.accept_alert().await.expect("the confirm dialog");
-    b.wait().for_element(Locator::Id("replayed")).await.expect("replayed notice");
+    b.wait()
+        .for_element(Locator::Id("replayed"))
+        .await
+        .expect("replayed notice");
     let still: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.q_lineq_dlq WHERE msg_id = $1")
         .bind(dead)
         .fetch_one(&db.pool)
         .await
         .expect("count");
     assert_eq!(still, 0, "the replayed letter left the dead-letter queue");
-    let replayed: i64 = sqlx::query_scalar("SELECT count(*) FROM lineq.events WHERE event_type = 'message_replayed'")
-        .fetch_one(&db.pool)
-        .await
-        .expect("count");
+    let replayed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lineq.events WHERE event_type = 'message_replayed'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("count");
     assert!(replayed <= 1);
 
     // A POST without the CSRF token is refused and changes nothing.
@@ -324,8 +440,18 @@ async fn the_console_in_a_real_browser() {
         .await
         .expect("fetch");
     assert_eq!(res, json!(403));
-    assert_ne!(client.execution(other.execution.execution_id).await.expect("get").status.as_str(), "cancelled");
-    lineq::orchestration::cancel::cancel(&db.pool, other.execution.execution_id, "test done").await.expect("cancel");
+    assert_ne!(
+        client
+            .execution(other.execution.execution_id)
+            .await
+            .expect("get")
+            .status
+            .as_str(),
+        "cancelled"
+    );
+    lineq::orchestration::cancel::cancel(&db.pool, other.execution.execution_id, "test done")
+        .await
+        .expect("cancel");
 
     b.close().await.expect("close");
     drop(server);
@@ -343,16 +469,51 @@ async fn with_a_token_the_console_asks_for_it_once() {
     b.goto(&format!("{base}/fleet")).await.expect("goto");
     let url = b.current_url().await.expect("url");
     assert!(url.path() == "/login", "{url}");
-    b.find(Locator::Id("token")).await.expect("field").send_keys("not-the-token-at-all").await.expect("type");
-    b.find(Locator::Css("form button[type=submit]")).await.expect("button").click().await.expect("click");
-    b.wait().for_element(Locator::Id("login-failed")).await.expect("refused");
-    b.find(Locator::Id("token")).await.expect("field").send_keys(&token).await.expect("type");
-    b.find(Locator::Css("form button[type=submit]")).await.expect("button").click().await.expect("click");
-    b.wait().for_element(Locator::Css("table.executions")).await.expect("the executions page");
+    b.find(Locator::Id("token"))
+        .await
+        .expect("field")
+        .send_keys("not-the-token-at-all")
+        .await
+        .expect("type");
+    b.find(Locator::Css("form button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    b.wait()
+        .for_element(Locator::Id("login-failed"))
+        .await
+        .expect("refused");
+    b.find(Locator::Id("token"))
+        .await
+        .expect("field")
+        .send_keys(&token)
+        .await
+        .expect("type");
+    b.find(Locator::Css("form button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    b.wait()
+        .for_element(Locator::Css("table.executions"))
+        .await
+        .expect("the executions page");
     // The cookie is HttpOnly: no script reads the token.
-    let cookies = b.execute("return document.cookie;", vec![]).await.expect("cookie");
-    assert!(!cookies.as_str().unwrap_or_default().contains(&token), "{cookies}");
-    assert!(!b.source().await.expect("source").contains(&token), "the token in a page");
+    let cookies = b
+        .execute("return document.cookie;", vec![])
+        .await
+        .expect("cookie");
+    assert!(
+        !cookies.as_str().unwrap_or_default().contains(&token),
+        "{cookies}"
+    );
+    assert!(
+        !b.source().await.expect("source").contains(&token),
+        "the token in a page"
+    );
     // Pages now open without asking again.
     b.goto(&format!("{base}/fleet")).await.expect("goto");
     assert_eq!(b.current_url().await.expect("url").path(), "/fleet");
@@ -363,8 +524,16 @@ async fn with_a_token_the_console_asks_for_it_once() {
         .expect("fetch");
     assert_eq!(status, json!(401));
     // Log out: back to the login page.
-    b.find(Locator::Css("form.logout button")).await.expect("logout").click().await.expect("click");
-    b.wait().for_element(Locator::Id("token")).await.expect("login again");
+    b.find(Locator::Css("form.logout button"))
+        .await
+        .expect("logout")
+        .click()
+        .await
+        .expect("click");
+    b.wait()
+        .for_element(Locator::Id("token"))
+        .await
+        .expect("login again");
 
     b.close().await.expect("close");
     drop(server);

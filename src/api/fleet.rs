@@ -232,7 +232,9 @@ pub async fn dead_letter(
     Path(id): Path<String>,
 ) -> Result<Json<DeadLetterView>, ApiError> {
     let id = parse_msg_id(&id)?;
-    Ok(Json(dead_letters::show(state.client.pool(), id).await?.into()))
+    Ok(Json(
+        dead_letters::show(state.client.pool(), id).await?.into(),
+    ))
 }
 
 /// What a replay did.

@@ -20,7 +20,12 @@ use super::output::outln;
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Where the local PostgreSQL keeps its data; created on first use and kept across runs.
-    #[arg(long, env = "LINEQ_DEV_DIR", default_value = ".lineq-dev", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "LINEQ_DEV_DIR",
+        default_value = ".lineq-dev",
+        value_name = "DIR"
+    )]
     pub data_dir: PathBuf,
     /// Address of the API and console: loopback only (there is no token).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -55,13 +60,19 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     .await
     .context("cannot start a local PostgreSQL (is PostgreSQL installed? set LINEQ_PG_BINDIR to its bin directory)")?;
     let result = run_on(&pg, &a, commands).await;
-    eprintln!("stopping PostgreSQL (its data stays in {})", a.data_dir.display());
+    eprintln!(
+        "stopping PostgreSQL (its data stays in {})",
+        a.data_dir.display()
+    );
     pg.stop().await.context("stopping the local PostgreSQL")?;
     result
 }
 
 async fn run_on(pg: &LocalPostgres, a: &DevArgs, commands: Vec<CommandSpec>) -> anyhow::Result<()> {
-    let pool = DatabaseConfig::new(pg.url()).max_connections(20).connect().await?;
+    let pool = DatabaseConfig::new(pg.url())
+        .max_connections(20)
+        .connect()
+        .await?;
     lineq::migrate(&pool).await.context("migrating")?;
     let listener = tokio::net::TcpListener::bind(a.addr)
         .await

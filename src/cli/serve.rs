@@ -38,7 +38,8 @@ pub fn app(
     token: Option<ApiToken>,
     jaeger_url: Option<String>,
 ) -> anyhow::Result<axum::Router> {
-    let metrics = lineq::probes::install_recorder().context("cannot install the metrics recorder")?;
+    let metrics =
+        lineq::probes::install_recorder().context("cannot install the metrics recorder")?;
     let console = lineq::console::ConsoleOptions {
         jaeger_url: jaeger_url.filter(|u| !u.trim().is_empty()),
         ..Default::default()

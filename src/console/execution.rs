@@ -206,7 +206,13 @@ fn timeline(tree: &LineageTree) -> Markup {
     }
 }
 
-fn execution_node(x: &ExecutionNode, depth: usize, t0: DateTime<Utc>, total: i64, top: bool) -> Markup {
+fn execution_node(
+    x: &ExecutionNode,
+    depth: usize,
+    t0: DateTime<Utc>,
+    total: i64,
+    top: bool,
+) -> Markup {
     html! {
         details.tl-exec open id={"x-" (x.execution_id)} data-execution=(x.execution_id) {
             summary {
@@ -232,7 +238,11 @@ fn event_class(t: &str) -> &'static str {
 }
 
 fn event_node(ev: &EventNode, depth: usize, t0: DateTime<Utc>, total: i64) -> Markup {
-    let depth_class = if depth > 8 { "dmax".to_string() } else { format!("d{depth}") };
+    let depth_class = if depth > 8 {
+        "dmax".to_string()
+    } else {
+        format!("d{depth}")
+    };
     let at = (ev.created_at - t0).num_milliseconds();
     let took = ev.duration_ms.unwrap_or(0);
     let delivery = ev.payload.get("delivery").and_then(|v| v.as_i64());
@@ -276,7 +286,11 @@ pub async fn confirm_cancel(
 }
 
 /// Refuses a form without the session's CSRF token, or sent from another site.
-pub fn check_csrf(state: &ConsoleState, headers: &HeaderMap, form: &HashMap<String, String>) -> Result<(), PageError> {
+pub fn check_csrf(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<(), PageError> {
     let presented = form.get("csrf").map(String::as_str).unwrap_or_default();
     if state.csrf.check(headers, presented) {
         Ok(())
@@ -315,9 +329,20 @@ async fn change(
     version: i64,
     done: &str,
 ) -> PageResult {
-    match lineq_orchestration::labels::update_tags(&state.pool, id, set, remove, Some(version), CAUSE).await {
+    match lineq_orchestration::labels::update_tags(
+        &state.pool,
+        id,
+        set,
+        remove,
+        Some(version),
+        CAUSE,
+    )
+    .await
+    {
         Ok(_) => Ok(Redirect::to(&format!("/executions/{id}?done={done}")).into_response()),
-        Err(Error::Conflict { expected, actual, .. }) => {
+        Err(Error::Conflict {
+            expected, actual, ..
+        }) => {
             let body = html! {
                 h1 { "Conflict: the execution changed meanwhile" }
                 p.notice.conflict #conflict {
@@ -326,7 +351,11 @@ async fn change(
                 }
                 p { a href={"/executions/" (id)} { "Load it again" } " and make your change on what it is now." }
             };
-            Ok((StatusCode::CONFLICT, layout::page("Conflict", Nav::Executions, None, body)).into_response())
+            Ok((
+                StatusCode::CONFLICT,
+                layout::page("Conflict", Nav::Executions, None, body),
+            )
+                .into_response())
         }
         Err(e) => Err(e.into()),
     }
@@ -360,5 +389,13 @@ pub async fn untag(
     let id = parse_id(&id)?;
     let version = version_of(&form)?;
     let key = form.get("key").cloned().unwrap_or_default();
-    change(&state, id, Default::default(), vec![key], version, "untagged").await
+    change(
+        &state,
+        id,
+        Default::default(),
+        vec![key],
+        version,
+        "untagged",
+    )
+    .await
 }

@@ -92,7 +92,11 @@ pub async fn page(
     } else {
         axum::http::StatusCode::OK
     };
-    Ok((status, layout::page("Executions", Nav::Executions, csrf.as_deref(), body)).into_response())
+    Ok((
+        status,
+        layout::page("Executions", Nav::Executions, csrf.as_deref(), body),
+    )
+        .into_response())
 }
 
 async fn list(
@@ -163,7 +167,11 @@ fn live_table(
 ) -> Markup {
     let first_page = f.cursor.is_none();
     let next_q = next.map(|c| {
-        let mut q: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "cursor").cloned().collect();
+        let mut q: Vec<(String, String)> = pairs
+            .iter()
+            .filter(|(k, _)| k != "cursor")
+            .cloned()
+            .collect();
         q.push(("cursor".into(), c.to_string()));
         to_query(&q)
     });
@@ -205,4 +213,3 @@ fn live_table(
         }
     }
 }
-

@@ -31,7 +31,11 @@ fn form_page(state: &ConsoleState, headers: &HeaderMap, failed: bool) -> Respons
             p.muted { "The token is kept in a cookie only this server can read, for this browser session." }
         }
     };
-    let status = if failed { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+    let status = if failed {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
     (status, layout::page("Log in", Nav::None, None, body)).into_response()
 }
 
@@ -55,15 +59,21 @@ pub async fn submit(
     };
     let presented = form.get("token").map(|t| t.trim()).unwrap_or_default();
     // A token is visible ASCII, so it is a valid cookie value as it is.
-    if !presented.bytes().all(|b| b.is_ascii_graphic() && b != b';') || !token.matches(presented.as_bytes()) {
+    if !presented.bytes().all(|b| b.is_ascii_graphic() && b != b';')
+        || !token.matches(presented.as_bytes())
+    {
         tracing::info!("console login refused: wrong token");
         return Ok(form_page(&state, &headers, true));
     }
     let mut response = Redirect::to("/").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_str(&session::session_cookie(presented))
-            .map_err(|_| super::PageError::new(StatusCode::BAD_REQUEST, "the token cannot be kept in a cookie"))?,
+        HeaderValue::from_str(&session::session_cookie(presented)).map_err(|_| {
+            super::PageError::new(
+                StatusCode::BAD_REQUEST,
+                "the token cannot be kept in a cookie",
+            )
+        })?,
     );
     Ok(response)
 }

@@ -82,9 +82,17 @@ pub struct ConsoleState {
 /// The paths the console owns (everything else is the REST API's).
 pub fn is_console_path(path: &str) -> bool {
     path == "/"
-        || ["/executions", "/dead-letters", "/fleet", "/workflows", "/login", "/logout", "/console/"]
-            .iter()
-            .any(|p| path == *p || path.starts_with(&format!("{}/", p.trim_end_matches('/'))))
+        || [
+            "/executions",
+            "/dead-letters",
+            "/fleet",
+            "/workflows",
+            "/login",
+            "/logout",
+            "/console/",
+        ]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{}/", p.trim_end_matches('/'))))
 }
 
 /// The console's routes.
@@ -124,7 +132,10 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

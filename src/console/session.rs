@@ -141,7 +141,10 @@ mod tests {
     fn csrf_tokens_are_per_session_and_per_key() {
         let key = CsrfKey::random();
         let anon = headers(&[("host", "127.0.0.1:8080")]);
-        let a = headers(&[("host", "h"), ("cookie", "x=1; lineq_session=aaaaaaaaaaaaaaaaaaaa")]);
+        let a = headers(&[
+            ("host", "h"),
+            ("cookie", "x=1; lineq_session=aaaaaaaaaaaaaaaaaaaa"),
+        ]);
         let t = key.token(&anon);
         assert!(key.check(&anon, &t));
         assert!(!key.check(&anon, ""));
@@ -153,17 +156,29 @@ mod tests {
     #[test]
     fn other_origins_are_refused() {
         let key = CsrfKey::random();
-        let evil = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://evil.example")]);
+        let evil = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://evil.example"),
+        ]);
         assert!(!key.check(&evil, &key.token(&evil)));
         let cross = headers(&[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")]);
         assert!(!key.check(&cross, &key.token(&cross)));
-        let same = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")]);
+        let same = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080"),
+        ]);
         assert!(key.check(&same, &key.token(&same)));
     }
 
     #[test]
     fn loopback_hosts() {
-        for ok in ["localhost:8080", "127.0.0.1:1", "[::1]:80", "127.0.0.2", "LOCALHOST"] {
+        for ok in [
+            "localhost:8080",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "127.0.0.2",
+            "LOCALHOST",
+        ] {
             let h = {
                 let mut h = HeaderMap::new();
                 h.insert(header::HOST, HeaderValue::from_str(ok).unwrap());
@@ -171,7 +186,12 @@ mod tests {
             };
             assert!(loopback_host(&h), "{ok}");
         }
-        for bad in ["evil.example", "evil.example:8080", "10.0.0.1:80", "localhost.evil:80"] {
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "10.0.0.1:80",
+            "localhost.evil:80",
+        ] {
             let mut h = HeaderMap::new();
             h.insert(header::HOST, HeaderValue::from_str(bad).unwrap());
             assert!(!loopback_host(&h), "{bad}");
