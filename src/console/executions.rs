@@ -69,8 +69,7 @@ pub async fn page(
             a href={"/?" (to_query(&without("status")))} class=@if current_status.is_empty() { "current" } @else { "" } { "all" }
             @for s in STATUSES {
                 @let n = counts.iter().find(|(st, _)| st.as_str() == s).map_or(0, |(_, n)| *n);
-                @let mut q = without("status");
-                @let _ = q.push(("status".into(), s.into()));
+                @let q = [without("status"), vec![("status".to_string(), s.to_string())]].concat();
                 a href={"/?" (to_query(&q))} data-status=(s) class=@if current_status == [s] { "current" } @else { "" } {
                     (layout::status(s))
                     span.n { (n) @if n >= COUNT_CAP { "+" } }
