@@ -2,6 +2,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod api;
+pub mod console;
 pub mod http;
 pub mod local_postgres;
 pub mod probes;

@@ -35,6 +35,10 @@ pub struct LocalPostgresOptions {
     pub stop_with_process: bool,
     /// Extra `-c name=value` server settings (e.g. max_connections=200).
     pub settings: Vec<(String, String)>,
+    /// Keep the cluster in this directory instead of a throwaway one: created and initialised
+    /// when it holds no cluster yet, started again as it is otherwise, and kept on stop and
+    /// drop (`lineq dev`). Incompatible with `stop_with_process`, which would delete it.
+    pub persistent_dir: Option<PathBuf>,
 }
 
 /// Why a throwaway cluster could not be started or stopped.
@@ -105,6 +109,8 @@ pub struct LocalPostgres {
     watchdog: Option<std::process::Child>,
     /// Set once `stop` has cleaned up, so `Drop` does nothing.
     stopped: bool,
+    /// The directory is kept on stop and drop.
+    persistent: bool,
 }
 
 impl LocalPostgres {
@@ -116,8 +122,21 @@ impl LocalPostgres {
     pub async fn start(opts: LocalPostgresOptions) -> Result<Self, LocalPostgresError> {
         let bin_dir = find_bin_dir().await?;
         let run_as = RunAs::detect()?;
-        let root = create_temp_root()?;
-        tracing::debug!(dir = %root.display(), bin_dir = %bin_dir.display(), "starting throwaway PostgreSQL");
+        let persistent = opts.persistent_dir.is_some();
+        let root = match &opts.persistent_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| LocalPostgresError::Io {
+                    what: format!("creating {}", dir.display()),
+                    source,
+                })?;
+                std::path::absolute(dir).map_err(|source| LocalPostgresError::Io {
+                    what: format!("resolving {}", dir.display()),
+                    source,
+                })?
+            }
+            None => create_temp_root()?,
+        };
+        tracing::debug!(dir = %root.display(), bin_dir = %bin_dir.display(), persistent, "starting local PostgreSQL");
 
         // Built before anything else can fail so that `Drop` cleans up a half-made cluster.
         let mut pg = LocalPostgres {
@@ -130,9 +149,10 @@ impl LocalPostgres {
             url: String::new(),
             watchdog: None,
             stopped: false,
+            persistent,
         };
 
-        if opts.stop_with_process {
+        if opts.stop_with_process && !persistent {
             // Spawned first so even a crash during initdb leaves nothing behind.
             pg.spawn_watchdog(std::process::id())?;
         }
@@ -150,6 +170,12 @@ impl LocalPostgres {
             run(&chown).await?;
         }
 
+        let initialised = pg.data.join("PG_VERSION").exists();
+        if initialised && pg.data.join("postmaster.pid").exists() {
+            // Left running by a process that was killed: stop it, then start it as ours.
+            let stop = pg.pg_invocation("pg_ctl", pg.immediate_stop_args());
+            let _ = run(&stop).await;
+        }
         let initdb = pg.pg_invocation(
             "initdb",
             [
@@ -166,7 +192,9 @@ impl LocalPostgres {
                 os("--locale=C"),
             ],
         );
-        run(&initdb).await?;
+        if !initialised {
+            run(&initdb).await?;
+        }
 
         pg.start_server(&opts.settings).await?;
         pg.wait_for_tcp().await?;
@@ -231,10 +259,12 @@ impl LocalPostgres {
         if let Err(err) = run(&stop).await {
             return Err(self.with_log_tail(err));
         }
-        std::fs::remove_dir_all(&self.root).map_err(|source| LocalPostgresError::Io {
-            what: format!("removing {}", self.root.display()),
-            source,
-        })?;
+        if !self.persistent {
+            std::fs::remove_dir_all(&self.root).map_err(|source| LocalPostgresError::Io {
+                what: format!("removing {}", self.root.display()),
+                source,
+            })?;
+        }
         self.stopped = true;
         tracing::debug!(dir = %self.root.display(), "throwaway PostgreSQL stopped");
         Ok(())
@@ -414,7 +444,9 @@ impl Drop for LocalPostgres {
                 .stderr(Stdio::null())
                 .status();
         }
-        let _ = std::fs::remove_dir_all(&self.root);
+        if !self.persistent {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
         self.stopped = true;
     }
 }
@@ -812,6 +844,7 @@ mod tests {
         let pg = LocalPostgres::start(LocalPostgresOptions {
             stop_with_process: false,
             settings: vec![("max_connections".into(), "42".into())],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -851,6 +884,7 @@ mod tests {
         let err = LocalPostgres::start(LocalPostgresOptions {
             stop_with_process: false,
             settings: vec![("no_such_setting".into(), "it's 1".into())],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -904,6 +938,7 @@ mod tests {
         let pg = LocalPostgres::start(LocalPostgresOptions {
             stop_with_process: true,
             settings: Vec::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

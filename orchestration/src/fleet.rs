@@ -132,6 +132,27 @@ pub async fn list_workers(
         .collect()
 }
 
+/// One of lineq's queues, from `lineq.queue_metrics()`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct QueueMetrics {
+    /// The PGMQ queue.
+    pub queue_name: String,
+    /// Messages in it (visible or held by a worker).
+    pub queue_length: i64,
+    /// Age of its oldest message in seconds; `None` when it is empty.
+    pub oldest_msg_age_sec: Option<i32>,
+}
+
+/// Depth and oldest message age of each of lineq's queues (`lineq.queue_metrics()`), by name.
+pub async fn queue_metrics(pool: &PgPool) -> Result<Vec<QueueMetrics>> {
+    Ok(sqlx::query_as::<_, QueueMetrics>(
+        "SELECT queue_name, queue_length, oldest_msg_age_sec FROM lineq.queue_metrics()
+         ORDER BY queue_name",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Steps waiting for a handler that no live worker of their namespace serves.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct UnservedSteps {

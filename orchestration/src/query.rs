@@ -466,6 +466,58 @@ pub async fn explain_list_executions(pool: &PgPool, filter: &ExecutionFilter) ->
     Ok(plan)
 }
 
+/// How many executions have each status, counted up to `cap` per status (a count that reaches
+/// it means "at least"): one index range per status on `executions_status_created_idx`, so it
+/// stays fast however many executions there are.
+pub async fn count_by_status(pool: &PgPool, cap: i64) -> Result<Vec<(ExecutionStatus, i64)>> {
+    let all: Vec<String> = [
+        ExecutionStatus::Pending,
+        ExecutionStatus::Running,
+        ExecutionStatus::Completed,
+        ExecutionStatus::Failed,
+        ExecutionStatus::Cancelled,
+    ]
+    .iter()
+    .map(|s| s.as_str().to_string())
+    .collect();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT s, (SELECT count(*) FROM (SELECT 1 FROM lineq.executions e
+                                         WHERE e.status = s LIMIT $2) capped)
+         FROM unnest($1::text[]) s",
+    )
+    .bind(&all)
+    .bind(cap.max(1))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(s, n)| Ok((s.parse::<ExecutionStatus>()?, n)))
+        .collect()
+}
+
+/// Executions finished in each of the last `minutes` minutes, oldest minute first, as
+/// `(minute start, completed, failed, cancelled)`; minutes with none are included as zeros.
+/// Backed by `executions_finished_idx`.
+pub async fn finished_per_minute(
+    pool: &PgPool,
+    minutes: i32,
+) -> Result<Vec<(DateTime<Utc>, i64, i64, i64)>> {
+    Ok(sqlx::query_as(
+        "WITH m AS (
+             SELECT generate_series(date_trunc('minute', now()) - make_interval(mins => $1 - 1),
+                                    date_trunc('minute', now()), interval '1 minute') AS minute)
+         SELECT m.minute,
+                count(e.*) FILTER (WHERE e.status = 'completed'),
+                count(e.*) FILTER (WHERE e.status = 'failed'),
+                count(e.*) FILTER (WHERE e.status = 'cancelled')
+         FROM m LEFT JOIN lineq.executions e
+           ON e.finished_at >= m.minute AND e.finished_at < m.minute + interval '1 minute'
+         GROUP BY m.minute ORDER BY m.minute",
+    )
+    .bind(minutes.clamp(1, 24 * 60))
+    .fetch_all(pool)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,11 @@
 //! | `PATCH /v1/executions/{id}/tags` | `{"set": {...}, "remove": [...]}`, `If-Match` optional |
 //! | `DELETE /v1/executions/{id}/tags/{key}` | remove one tag |
 //! | `POST /v1/executions/{id}/cancel` | cancel it and its descendants |
+//! | `GET /v1/workers` | the registered workers and their state |
+//! | `GET /v1/queues` | lineq's queues: depth and oldest message age |
+//! | `GET /v1/dead-letters`, `GET /v1/dead-letters/{id}` | dead letters |
+//! | `POST /v1/dead-letters/{id}/replay` | send a dead letter back to its queue |
+//! | `GET /v1/workflows`, `GET /v1/workflows/{name}` | registered workflows and their versions |
 //! | `GET /healthz` | liveness and database reachability |
 //! | `GET /openapi.json` | this API's OpenAPI 3.1 document |
 //!
@@ -25,6 +30,7 @@
 pub mod auth;
 pub mod error;
 pub mod executions;
+pub mod fleet;
 pub mod openapi;
 
 use std::future::Future;
@@ -65,6 +71,13 @@ pub fn router(pool: PgPool) -> Router {
             delete(executions::delete_tag),
         )
         .route("/v1/executions/{id}/cancel", post(executions::cancel))
+        .route("/v1/workers", get(fleet::workers))
+        .route("/v1/queues", get(fleet::queues))
+        .route("/v1/dead-letters", get(fleet::dead_letters))
+        .route("/v1/dead-letters/{id}", get(fleet::dead_letter))
+        .route("/v1/dead-letters/{id}/replay", post(fleet::replay))
+        .route("/v1/workflows", get(fleet::workflows))
+        .route("/v1/workflows/{name}", get(fleet::workflow_versions))
         .route("/healthz", get(executions::healthz))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .fallback(|| async { error::ApiError::no_route() })
@@ -74,25 +87,54 @@ pub fn router(pool: PgPool) -> Router {
 
 /// The API's routes on `pool`, requiring `token` (when given) on every route but `/healthz`.
 pub fn router_with_token(pool: PgPool, token: Option<auth::ApiToken>) -> Router {
-    let routes = router(pool);
-    match token {
-        // A layer on the whole router covers the fallback too, so unknown paths answer 401.
-        Some(token) => routes.layer(middleware::from_fn_with_state(
-            Arc::new(token),
-            auth::require_bearer,
-        )),
-        None => routes,
-    }
+    let token = token.map(Arc::new);
+    // A layer on the whole router covers the fallback too, so unknown paths answer 401.
+    router(pool).layer(middleware::from_fn_with_state(token, auth::authenticate))
 }
 
-/// Serves the API on `listener` within `limits` until `shutdown` completes, then finishes the
-/// requests in flight. With `token`, requests must carry it (see [`router_with_token`]).
-pub async fn serve(
-    listener: TcpListener,
+/// Everything `lineq serve` answers: the REST API, the console at `/` (unless `console` is
+/// `None`) and, with a Prometheus `metrics` handle, `/metrics`; all behind the same token.
+pub fn app(
     pool: PgPool,
     token: Option<auth::ApiToken>,
+    console: Option<crate::console::ConsoleOptions>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Router {
+    let token = token.map(Arc::new);
+    let mut routes = router(pool.clone());
+    if let Some(options) = console {
+        routes = routes.merge(crate::console::router(pool.clone(), token.clone(), options));
+    }
+    if let Some(handle) = metrics {
+        let pool = pool.clone();
+        routes = routes.route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                let pool = pool.clone();
+                async move {
+                    crate::probes::gauges::refresh_pool(&pool);
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        handle.render(),
+                    )
+                }
+            }),
+        );
+    }
+    routes.layer(middleware::from_fn_with_state(token, auth::authenticate))
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` completes, then finishes the
+/// requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
     limits: crate::http::HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::http::serve(listener, router_with_token(pool, token), limits, shutdown).await
+    crate::http::serve(listener, app, limits, shutdown).await
 }

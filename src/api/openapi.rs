@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::executions;
+use super::{executions, fleet};
 
 /// The lineq REST API.
 #[derive(OpenApi)]
@@ -24,11 +24,21 @@ use super::executions;
         executions::delete_tag,
         executions::cancel,
         executions::healthz,
+        fleet::workers,
+        fleet::queues,
+        fleet::dead_letters,
+        fleet::dead_letter,
+        fleet::replay,
+        fleet::workflows,
+        fleet::workflow_versions,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerToken),
     tags(
         (name = "executions", description = "Executions: submit, find, inspect, label, cancel"),
+        (name = "fleet", description = "Workers and queues"),
+        (name = "dead letters", description = "Messages that could not be processed; replay"),
+        (name = "workflows", description = "Registered workflow definitions"),
         (name = "health", description = "Liveness"),
     )
 )]

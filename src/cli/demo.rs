@@ -44,6 +44,16 @@ pub async fn run(url: Option<String>, format: Format, a: DemoArgs) -> anyhow::Re
     result
 }
 
+/// How to look at executions in the web console after the demo.
+fn console_hint(id: &uuid::Uuid) -> String {
+    format!(
+        "\nto look at executions in the browser:\n  \
+         lineq dev     a local PostgreSQL that keeps its data, workers, and the console at http://127.0.0.1:8080/\n  \
+         lineq serve   the console and REST API on DATABASE_URL; this run's first execution is at http://127.0.0.1:8080/executions/{id}\n\
+         (a throwaway PostgreSQL is gone when the demo ends: run the demo with DATABASE_URL set to keep its executions)"
+    )
+}
+
 pub async fn database(url: Option<String>) -> anyhow::Result<(PgPool, Option<LocalPostgres>)> {
     if let Some(url) = url {
         match DatabaseConfig::new(&url).connect().await {
@@ -176,5 +186,6 @@ async fn run_on(pool: &PgPool, format: Format, a: &DemoArgs) -> anyhow::Result<(
         "\ndemo finished: {} executions, all as expected",
         executions.len()
     );
+    eprintln!("{}", console_hint(&executions[0].execution_id));
     Ok(())
 }

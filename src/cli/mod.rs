@@ -5,6 +5,7 @@ mod cancel;
 mod chaos;
 pub mod config;
 mod demo;
+mod dev;
 mod dlq;
 mod http;
 mod inspect;
@@ -123,7 +124,8 @@ pub enum Command {
     Untag(tags::UntagArgs),
     /// Show an execution's history: status, step and tag changes, with time and cause.
     History(tags::HistoryArgs),
-    /// Serve the REST API (and its OpenAPI document at /openapi.json). Stops on SIGTERM/Ctrl-C.
+    /// Serve the REST API (and its OpenAPI document at /openapi.json), the web console at / and
+    /// Prometheus metrics at /metrics. Stops on SIGTERM/Ctrl-C.
     Serve(serve::ServeArgs),
     /// Run an orchestrator: processes results and finishes executions. Stops on SIGTERM/Ctrl-C.
     Orchestrator(run::OrchestratorArgs),
@@ -169,6 +171,10 @@ pub enum Command {
     /// Run the whole system once, in-process, and print what happened. Uses DATABASE_URL, or a
     /// throwaway PostgreSQL from the machine's own binaries when it is unset or unreachable.
     Demo(demo::DemoArgs),
+    /// Everything on this machine, for trying lineq: a local PostgreSQL (its data kept in
+    /// --data-dir across runs), an orchestrator, workers and the REST API with the web console
+    /// on 127.0.0.1. Prints the console's URL and a first `lineq submit`; Ctrl-C stops it all.
+    Dev(dev::DevArgs),
 }
 
 impl Command {
@@ -176,7 +182,11 @@ impl Command {
     pub fn is_long_running(&self) -> bool {
         matches!(
             self,
-            Command::Orchestrator(_) | Command::Worker(_) | Command::Migrate(_) | Command::Serve(_)
+            Command::Orchestrator(_)
+                | Command::Worker(_)
+                | Command::Migrate(_)
+                | Command::Serve(_)
+                | Command::Dev(_)
         )
     }
 }
@@ -221,6 +231,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune(a) => prune::run(&connect(g).await?, g.format, a).await,
         Command::Trace(a) => trace::run(&connect(g).await?, g.format, a).await,
         Command::Demo(a) => demo::run(g.database_url.clone(), g.format, a).await,
+        Command::Dev(a) => dev::run(a).await,
         Command::Config(config::ConfigCommand::Show) => config::show(&g.effective, g.format),
         Command::Workers(a) => workers::run(&connect(g).await?, g, a).await,
     }

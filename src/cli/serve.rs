@@ -1,4 +1,4 @@
-//! `lineq serve`: the REST API, until SIGTERM or Ctrl-C.
+//! `lineq serve`: the REST API, the web console at `/` and `/metrics`, until SIGTERM or Ctrl-C.
 
 use super::output::outln;
 use std::net::SocketAddr;
@@ -25,8 +25,26 @@ pub struct ServeArgs {
     /// LINEQ_API_TOKEN variable is used; give one or the other.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Jaeger's UI, for the console's "open in Jaeger" links (none: no link).
+    #[arg(long, env = "LINEQ_JAEGER_URL", value_name = "URL")]
+    pub jaeger_url: Option<String>,
     #[command(flatten)]
     pub http: super::http::HttpArgs,
+}
+
+/// The whole server's routes: the REST API, the console and `/metrics`.
+pub fn app(
+    pool: sqlx::PgPool,
+    token: Option<ApiToken>,
+    jaeger_url: Option<String>,
+) -> anyhow::Result<axum::Router> {
+    let metrics =
+        lineq::probes::install_recorder().context("cannot install the metrics recorder")?;
+    let console = lineq::console::ConsoleOptions {
+        jaeger_url: jaeger_url.filter(|u| !u.trim().is_empty()),
+        ..Default::default()
+    };
+    Ok(lineq::api::app(pool, token, Some(console), Some(metrics)))
 }
 
 pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
@@ -49,7 +67,9 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
         "none (loopback only)"
     };
     tracing::info!(addr = %local, auth, "REST API listening");
-    lineq::api::serve(listener, pool, token, limits, stop_signal()).await?;
+    let app = app(pool, token, a.jaeger_url)?;
+    outln!("console at http://{local}/");
+    lineq::api::serve(listener, app, limits, stop_signal()).await?;
     tracing::info!("REST API stopped");
     Ok(())
 }
@@ -110,7 +130,7 @@ fn warn_if_readable_by_others(path: &Path) {
 fn warn_if_readable_by_others(_path: &Path) {}
 
 /// Completes on SIGTERM or Ctrl-C.
-async fn stop_signal() {
+pub async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

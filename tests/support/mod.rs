@@ -40,6 +40,7 @@ pub fn admin_url() -> String {
                 .block_on(LocalPostgres::start(LocalPostgresOptions {
                     stop_with_process: true,
                     settings: vec![("max_connections".into(), "300".into())],
+                    ..Default::default()
                 }))
                 .expect("DATABASE_URL is unset and no throwaway PostgreSQL could be started");
             let url = pg.url().to_string();
