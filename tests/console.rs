@@ -540,3 +540,218 @@ async fn with_a_token_the_console_asks_for_it_once() {
     let _: Value = json!(null);
     db.drop_db().await;
 }
+
+/// The number of events of executions `ids` (all of them, every event type).
+async fn events_of(db: &TestDb, ids: &[Uuid]) -> usize {
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM lineq.events WHERE execution_id = ANY($1)")
+            .bind(ids)
+            .fetch_one(&db.pool)
+            .await
+            .expect("count events");
+    usize::try_from(n).expect("a count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_nests_a_child_execution_under_its_parent() {
+    let driver = start_driver();
+    let db = TestDb::new().await;
+    let _orch = Proc::start(&db.url, "console-orchestrator", &["orchestrator"]);
+    let _worker = Proc::start(&db.url, "console-worker", &["worker", "--concurrency", "4"]);
+    let (server, base) = serve(&db, None).await;
+    let client = lineq::Client::new(db.pool.clone());
+
+    // A step that spawns a child execution and waits for it (the built-in `spawn` handler).
+    let parent = client
+        .submit("spawn")
+        .input(
+            json!({"children": [{"target": "echo", "input": {"from": "the child"}}], "wait": true}),
+        )
+        .send()
+        .await
+        .expect("submit")
+        .execution
+        .execution_id;
+    let child: Uuid = eventually(Duration::from_secs(30), "the child execution", || {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar(
+                "SELECT execution_id FROM lineq.executions WHERE parent_execution_id = $1",
+            )
+            .bind(parent)
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten()
+        }
+    })
+    .await;
+    wait_all_finished(&db.pool, &[parent, child], Duration::from_secs(30)).await;
+
+    let b = browser(&driver).await;
+    b.goto(&format!("{base}/executions/{parent}"))
+        .await
+        .expect("goto");
+    let parent_css = format!("details.tl-exec[data-execution='{parent}']");
+    let child_css = format!("{parent_css} details.tl-exec[data-execution='{child}']");
+
+    // Every event of the tree is a row, the child's rows inside the child's node, which is
+    // nested inside the parent's.
+    let parent_events = events_of(&db, &[parent]).await;
+    let child_events = events_of(&db, &[child]).await;
+    assert!(
+        parent_events >= 8 && child_events >= 8,
+        "{parent_events} {child_events}"
+    );
+    assert_eq!(
+        rows(&b, ".timeline .tl-event").await,
+        parent_events + child_events
+    );
+    assert_eq!(
+        rows(&b, &format!("{parent_css} .tl-event")).await,
+        parent_events + child_events
+    );
+    assert_eq!(
+        rows(&b, &format!("{child_css} .tl-event")).await,
+        child_events,
+        "the child's rows are inside its node"
+    );
+    let child_types: Vec<String> = {
+        let mut v = Vec::new();
+        for e in b
+            .find_all(Locator::Css(&format!("{child_css} .tl-event")))
+            .await
+            .expect("rows")
+        {
+            v.push(
+                e.attr("data-event-type")
+                    .await
+                    .expect("attr")
+                    .unwrap_or_default(),
+            );
+        }
+        v
+    };
+    assert!(
+        child_types.iter().any(|t| t == "execution_started"),
+        "{child_types:?}"
+    );
+    assert!(
+        child_types.iter().any(|t| t == "execution_completed"),
+        "{child_types:?}"
+    );
+    // Indented: the child's rows are deeper than the parent's first row.
+    let first_class = b
+        .find(Locator::Css(&format!("{parent_css} > .tl-event")))
+        .await
+        .expect("the parent's first row")
+        .attr("class")
+        .await
+        .expect("class")
+        .unwrap_or_default();
+    assert!(first_class.split(' ').any(|c| c == "d0"), "{first_class}");
+    for e in b
+        .find_all(Locator::Css(&format!("{child_css} .tl-event")))
+        .await
+        .expect("rows")
+    {
+        let class = e.attr("class").await.expect("class").unwrap_or_default();
+        assert!(
+            !class.split(' ').any(|c| c == "d0"),
+            "a child row at depth 0: {class}"
+        );
+    }
+    let summary = b
+        .find(Locator::Css(&format!("{child_css} > summary")))
+        .await
+        .expect("the child's summary")
+        .text()
+        .await
+        .expect("text");
+    assert!(summary.starts_with("child execution"), "{summary}");
+    let link = b
+        .find(Locator::Css(&format!("{child_css} > summary a")))
+        .await
+        .expect("the child's link")
+        .attr("href")
+        .await
+        .expect("href")
+        .unwrap_or_default();
+    assert_eq!(link, format!("/executions/{child}"));
+
+    // Expandable: collapsing the child hides its rows and only its rows; expanding shows them.
+    let child_rows_shown = |b: Browser, css: String| async move {
+        let mut shown = 0;
+        for e in b.find_all(Locator::Css(&css)).await.expect("rows") {
+            if e.is_displayed().await.expect("displayed") {
+                shown += 1;
+            }
+        }
+        shown
+    };
+    let rows_css = format!("{child_css} .tl-event");
+    assert_eq!(
+        child_rows_shown(b.clone(), rows_css.clone()).await,
+        child_events
+    );
+    let toggle = "document.querySelector(arguments[0]).click(); return document.querySelector(arguments[1]).open;";
+    let summary_css = format!("{child_css} > summary");
+    let open = b
+        .execute(toggle, vec![json!(summary_css), json!(child_css)])
+        .await
+        .expect("collapse");
+    assert_eq!(open, json!(false));
+    assert_eq!(child_rows_shown(b.clone(), rows_css.clone()).await, 0);
+    assert_eq!(
+        child_rows_shown(b.clone(), format!("{parent_css} .tl-event")).await,
+        parent_events,
+        "the parent's rows stay"
+    );
+    let open = b
+        .execute(toggle, vec![json!(summary_css), json!(child_css)])
+        .await
+        .expect("expand");
+    assert_eq!(open, json!(true));
+    assert_eq!(child_rows_shown(b.clone(), rows_css).await, child_events);
+
+    // The counts by status are over all executions, whatever the filter, and say so.
+    b.goto(&format!("{base}/?parent={parent}"))
+        .await
+        .expect("goto children");
+    assert_eq!(ids_of(&b).await, vec![child.to_string()]);
+    let completed = b
+        .find(Locator::Css("div.counts a[data-status=completed] span.n"))
+        .await
+        .expect("the completed count")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        completed, "2",
+        "the parent and the child, not only the filtered child"
+    );
+    let scope = b
+        .find(Locator::Id("counts-scope"))
+        .await
+        .expect("what the counts cover")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(scope, "counts: all executions, whatever the filter");
+
+    // The child's own page shows its own events, its parent linked.
+    b.goto(&format!("{base}/executions/{child}"))
+        .await
+        .expect("goto child");
+    assert_eq!(rows(&b, ".timeline .tl-event").await, child_events);
+    assert_eq!(
+        rows(&b, &format!("dl.facts a[href='/executions/{parent}']")).await,
+        2,
+        "the parent and root links"
+    );
+    assert_no_script_ran(&b, "the child's page").await;
+
+    b.close().await.expect("close");
+    drop(server);
+    db.drop_db().await;
+}

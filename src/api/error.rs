@@ -24,7 +24,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable, machine-readable code: `invalid_input` (400), `unauthorized` (401),
     /// `not_found` (404), `method_not_allowed` (405), `request_timeout` (408), `conflict`
-    /// (409), `precondition_failed` (412), `payload_too_large` (413), `invalid_state` (422),
+    /// (409), `precondition_failed` (412), `payload_too_large` (413), `invalid_state` (422: not
+    /// allowed in the execution's current state), `unprocessable` (422: the request follows the
+    /// OpenAPI document but names something that does not exist or contradicts itself),
     /// `unavailable` (503) or `internal` (500).
     #[schema(example = "invalid_input")]
     pub code: String,
@@ -75,6 +77,12 @@ impl ApiError {
         e
     }
 
+    /// A 422 naming `field`: the request follows the OpenAPI document but names something that
+    /// does not exist or contradicts itself.
+    pub fn unprocessable(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message).with_field(field)
+    }
+
     /// A 413 naming `field`: the body is over the size limit.
     pub fn too_large(field: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message).with_field(field)
@@ -90,11 +98,8 @@ impl ApiError {
     pub fn from_lineq(e: Error, precondition: bool) -> Self {
         match e {
             Error::Validation(v) => v.into(),
-            Error::UnknownNamespace { .. } => {
-                let mut out = Self::new(StatusCode::BAD_REQUEST, "invalid_input", e.to_string());
-                out.detail.field = Some("namespace".into());
-                out
-            }
+            // The name follows the rules; the namespace just does not exist.
+            Error::UnknownNamespace { .. } => Self::unprocessable("namespace", e.to_string()),
             Error::MalformedMessage(_) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_input", e.to_string())
             }

@@ -27,6 +27,7 @@ use lineq_shared::execution::{Execution, ExecutionStatus};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::schemas;
 
 /// The state of an execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -208,35 +209,94 @@ pub struct SubmitBody {
     /// A registered workflow (`NAME` for its latest version, `NAME@VERSION`), or else a handler
     /// to run as a one-step execution. `handler` is accepted as another name for it.
     #[serde(alias = "handler")]
-    #[schema(example = "echo")]
+    #[schema(
+        example = "echo",
+        pattern = r"^[A-Za-z0-9_.:-]{1,128}(@[1-9][0-9]{0,8})?$"
+    )]
     pub target: String,
-    /// The handler's input (default `null`).
+    /// The handler's input (default `null`): any JSON value of at most 1 MiB serialized.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = schemas::json_value)]
     pub input: Value,
-    /// The namespace whose workers run it (default `default`).
+    /// The namespace whose workers run it (default `default`); it must exist (422 otherwise).
+    #[schema(schema_with = namespace_schema)]
     pub namespace: Option<String>,
     /// The correlation id; a UUIDv7 is generated when absent.
     pub correlation_id: Option<Uuid>,
     /// Submitting again with the same key returns the first execution.
+    #[schema(schema_with = idempotency_key_schema)]
     pub idempotency_key: Option<String>,
     /// Time limit for each attempt, in milliseconds.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 999_999_999_999_999_999_u64)]
     pub timeout_ms: Option<u64>,
     /// Labels: at most 20; keys 1–64 of `a-z 0-9 - _` (not starting `lineq_` or `_`), values
     /// at most 256 characters without newlines.
     #[serde(default)]
+    #[schema(schema_with = schemas::submit_tags)]
     pub tags: BTreeMap<String, String>,
     /// A JSON object of at most 64 KiB and 50 top-level keys (none starting `_lineq_`).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = schemas::metadata)]
     pub metadata: Option<Value>,
     /// An explicit parent execution (it must exist); the new execution joins its tree.
     pub parent_execution_id: Option<Uuid>,
     /// Priority (higher first; default 0).
+    #[serde(default, deserialize_with = "whole_number")]
     pub priority: Option<i32>,
 }
 
-/// A change of tags.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+/// An optional integer that JSON may spell as `1210` or `1210.0`: JSON Schema's `integer` is
+/// any number without a fractional part, and the document promises that.
+fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    use serde::de::Error as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let out_of_range = || D::Error::custom(format!("{n} is out of range"));
+    if let Some(i) = n.as_i64() {
+        return T::try_from(i).map(Some).map_err(|_| out_of_range());
+    }
+    if let Some(u) = n.as_u64() {
+        return T::try_from(u).map(Some).map_err(|_| out_of_range());
+    }
+    match n.as_f64() {
+        // A whole float within i64 converts exactly (2^63 itself is out: `<`).
+        #[allow(clippy::cast_precision_loss)]
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
+            #[allow(clippy::cast_possible_truncation)] // whole and within i64, checked above
+            let i = f as i64;
+            T::try_from(i).map(Some).map_err(|_| out_of_range())
+        }
+        _ => Err(D::Error::custom(format!("{n} is not a whole number"))),
+    }
+}
+
+fn namespace_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    schemas::optional_pattern(
+        schemas::NAMESPACE,
+        "The namespace whose workers run it (default `default`): 1 to 32 of `a-z 0-9 _`, starting with a letter; it must exist (422 otherwise).",
+    )
+}
+
+fn idempotency_key_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .pattern(Some(schemas::NO_CONTROL))
+        .min_length(Some(1))
+        .max_length(Some(lineq_shared::validation::MAX_IDEMPOTENCY_KEY_LEN))
+        .description(Some(
+            "Submitting again with the same key returns the first execution: 1 to 255 characters, no control characters.",
+        ))
+        .into()
+}
+
+/// A change of tags: at least one key to set or remove, no key both set and removed (422).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TagPatch {
     /// Tags to add or overwrite.
@@ -249,12 +309,65 @@ pub struct TagPatch {
     pub cause: Option<String>,
 }
 
+impl ToSchema for TagPatch {}
+
+/// Written by hand: the derive cannot say that one of `set` and `remove` is not empty.
+impl utoipa::PartialSchema for TagPatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        tag_patch_schema()
+    }
+}
+
+fn tag_patch_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+    let fields = || {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("set", schemas::set_tags())
+            .property("remove", schemas::remove_keys())
+            .property(
+                "cause",
+                schemas::optional_text(
+                    lineq_orchestration::labels::MAX_CAUSE_LEN,
+                    "Why, recorded in the `tags_changed` event (at most 256 characters).",
+                ),
+            )
+            .additional_properties(Some(
+                utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+            ))
+    };
+    AnyOfBuilder::new()
+        .item(
+            fields()
+                .property("set", schemas::set_tags().min_properties(Some(1)))
+                .required("set"),
+        )
+        .item(
+            fields()
+                .property("remove", schemas::remove_keys().min_items(Some(1)))
+                .required("remove"),
+        )
+        .description(Some(
+            "A change of tags: at least one key to set or remove; a key both set and removed is refused (422).",
+        ))
+        .into()
+}
+
 /// Why a cancel was asked for.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
-    /// Recorded in the `execution_cancelled` events.
+    /// Recorded in the `execution_cancelled` events (at most 256 characters, no control
+    /// characters).
+    #[schema(schema_with = reason_schema)]
     pub reason: Option<String>,
+}
+
+fn reason_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    schemas::optional_text(
+        lineq_orchestration::cancel::MAX_REASON_LEN,
+        "Recorded in the `execution_cancelled` events (at most 256 characters, no control characters).",
+    )
 }
 
 /// What a cancel did.
@@ -377,17 +490,20 @@ impl From<HistoryEntry> for HistoryEntryView {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // read by hand from the raw query (repeated keys); here for the document
 pub struct ListParams {
-    /// A tag `KEY=VALUE` the execution must have (repeatable).
-    #[param(example = "customer=acme")]
+    /// A tag `KEY=VALUE` the execution must have (repeatable, at most 20; one value per key,
+    /// a key given twice is 422).
+    #[param(example = "customer=acme", schema_with = tag_filters)]
     tag: Option<Vec<String>>,
-    /// A tag key the execution must have, with any value (repeatable).
+    /// A tag key the execution must have, with any value (repeatable, at most 20).
+    #[param(schema_with = has_tag_filters)]
     has_tag: Option<Vec<String>>,
-    /// A URL-encoded JSON object the metadata must contain (`@>`).
-    #[param(example = r#"{"order":{"id":"12345"}}"#)]
+    /// A JSON object the metadata must contain (`@>`), at most 64 KiB.
+    #[param(example = json!({"order": {"id": "12345"}}), schema_with = metadata_filter)]
     metadata: Option<String>,
     /// A status the execution may be in (repeatable: any of them).
     status: Option<Vec<Status>>,
-    /// The workflow (or handler) name.
+    /// The workflow (or handler) name: 1 to 128 characters, no control characters.
+    #[param(pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,128}$")]
     workflow: Option<String>,
     /// The parent execution.
     parent: Option<Uuid>,
@@ -397,12 +513,28 @@ pub struct ListParams {
     correlation_id: Option<Uuid>,
     /// Created at or after (RFC 3339).
     since: Option<DateTime<Utc>>,
-    /// Created before (RFC 3339).
+    /// Created before (RFC 3339); before `since` is 422.
     until: Option<DateTime<Utc>>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,18}_[0-9a-fA-F]{32}$")]
     cursor: Option<String>,
+}
+
+fn tag_filters() -> utoipa::openapi::schema::ArrayBuilder {
+    schemas::repeated(schemas::TAG_FILTER)
+}
+
+fn has_tag_filters() -> utoipa::openapi::schema::ArrayBuilder {
+    schemas::repeated(schemas::FILTER_TAG_KEY)
+}
+
+/// The metadata filter is JSON text in a query parameter: declared as such (`content`) in
+/// [`crate::api::openapi`]; here its type.
+fn metadata_filter() -> utoipa::openapi::schema::ObjectBuilder {
+    utoipa::openapi::schema::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String)
 }
 
 /// Reads the filter from a raw query string, each parameter named as in [`ListParams`].
@@ -417,7 +549,7 @@ pub fn filter_from_query(query: &str) -> Result<ExecutionFilter, ApiError> {
             "tag" => {
                 let (key, value) = parse_tag_filter(&v)?;
                 if f.tags.insert(key.clone(), value).is_some() {
-                    return Err(ApiError::invalid(
+                    return Err(ApiError::unprocessable(
                         "tag",
                         format!("tag {key:?} is given twice; an execution has one value per key"),
                     ));
@@ -437,7 +569,25 @@ pub fn filter_from_query(query: &str) -> Result<ExecutionFilter, ApiError> {
                     ApiError::invalid("limit", format!("{v:?} is not a page size from 1 to 1000"))
                 })?)
             }
-            "cursor" => f.cursor = Some(v.into_owned()),
+            "cursor" => {
+                // Exactly the document's pattern: a `next_cursor` is never before 1970.
+                let (micros, id) = v.split_once('_').unwrap_or_default();
+                if micros.is_empty()
+                    || micros.len() > 18
+                    || !micros.bytes().all(|b| b.is_ascii_digit())
+                    || id.len() != 32
+                    || !id.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(ApiError::invalid(
+                        "cursor",
+                        format!(
+                            "{:?} is not a cursor from a previous page",
+                            v.chars().take(80).collect::<String>()
+                        ),
+                    ));
+                }
+                f.cursor = Some(v.into_owned());
+            }
             other => {
                 return Err(ApiError::invalid(
                     "query",
@@ -447,6 +597,14 @@ pub fn filter_from_query(query: &str) -> Result<ExecutionFilter, ApiError> {
                     ),
                 ));
             }
+        }
+    }
+    if let (Some(since), Some(until)) = (f.since, f.until) {
+        if since > until {
+            return Err(ApiError::unprocessable(
+                "until",
+                format!("until ({until}) is before since ({since})"),
+            ));
         }
     }
     f.validate()?;
@@ -476,8 +634,8 @@ pub fn etag(version: i64) -> String {
     format!("\"v{version}\"")
 }
 
-/// Reads `If-Match`: a version (`3`) or the ETag of one (`"v3"`, `W/"v3"`, `"3"`). `*` and no
-/// header mean "whatever the current version is".
+/// Reads `If-Match`: `*`, a version (`3`) or the ETag of one (`"v3"`, `"3"`, `W/"v3"`), exactly
+/// the forms of [`schemas::IF_MATCH`]. `*` and no header mean "whatever the current version is".
 pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     let Some(raw) = headers.get(header::IF_MATCH) else {
         return Ok(None);
@@ -485,20 +643,24 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     let bad = || {
         ApiError::invalid(
             "If-Match",
-            "expected the execution's version (3) or its ETag (\"v3\")",
+            "expected *, the execution's version (3) or its ETag (\"v3\")",
         )
     };
     let s = raw.to_str().map_err(|_| bad())?.trim();
     if s == "*" {
         return Ok(None);
     }
-    let s = s.strip_prefix("W/").unwrap_or(s);
-    let s = s
-        .strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .unwrap_or(s);
-    let s = s.strip_prefix('v').unwrap_or(s);
-    s.parse::<i64>().map(Some).map_err(|_| bad())
+    let quoted = s.strip_prefix("W/").unwrap_or(s);
+    let digits = match quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+        Some(inner) => inner.strip_prefix('v').unwrap_or(inner),
+        // Bare digits only without W/ and quotes.
+        None if quoted.len() == s.len() => s,
+        None => return Err(bad()),
+    };
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    digits.parse::<i64>().map(Some).map_err(|_| bad())
 }
 
 fn with_etag(status: StatusCode, e: Execution) -> Response {
@@ -519,7 +681,9 @@ fn with_etag(status: StatusCode, e: Execution) -> Response {
     responses(
         (status = 201, description = "Created", body = SubmittedView),
         (status = 200, description = "The idempotency key was used before: the first execution", body = SubmittedView),
-        (status = 400, description = "Invalid input; nothing was written", body = ErrorBody),
+        (status = 400, description = "Invalid input (against this document, or over a size limit it states); nothing was written", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MiB", body = ErrorBody),
+        (status = 422, description = "The namespace, the parent execution or the workflow version does not exist; nothing was written", body = ErrorBody),
     )
 )]
 pub async fn submit(
@@ -550,7 +714,17 @@ pub async fn submit(
     if let Some(p) = b.parent_execution_id {
         req = req.parent(p);
     }
-    let Submitted { execution, created } = state.client.submit(req).await?;
+    let Submitted { execution, created } = state.client.submit(req).await.map_err(|e| match e {
+        // A parent that does not exist: the request follows the document but names nothing.
+        lineq_shared::Error::Validation(v) if v.field == "parent" => {
+            ApiError::unprocessable("parent_execution_id", v.to_string())
+        }
+        // `NAME@VERSION` of a workflow (or version) that is not registered.
+        e @ lineq_shared::Error::NotFound {
+            what: "workflow", ..
+        } => ApiError::unprocessable("target", e.to_string()),
+        e => e.into(),
+    })?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -583,6 +757,7 @@ pub async fn submit(
     responses(
         (status = 200, description = "One page", body = ExecutionPage),
         (status = 400, description = "A filter is invalid", body = ErrorBody),
+        (status = 422, description = "The filter contradicts itself: a tag key given twice, or `until` before `since`", body = ErrorBody),
     )
 )]
 pub async fn list(
@@ -643,11 +818,19 @@ async fn change_tags(
     cause: &str,
 ) -> Result<Response, ApiError> {
     let expected = if_match(headers)?;
+    // The change on its own first (400): a tag rule it breaks after that is one that depends
+    // on the execution's tags (more than 20 together), which the document cannot state (422).
+    change.validate()?;
     let updated = state
         .client
         .update_tags(id, &change, expected, cause)
         .await
-        .map_err(|e| ApiError::from_lineq(e, expected.is_some()))?;
+        .map_err(|e| match e {
+            lineq_shared::Error::Validation(v) if v.field == "tags" => {
+                ApiError::unprocessable("tags", v.to_string())
+            }
+            e => ApiError::from_lineq(e, expected.is_some()),
+        })?;
     Ok(with_etag(StatusCode::OK, updated))
 }
 
@@ -659,7 +842,7 @@ async fn change_tags(
     tag = "executions",
     params(
         ("id" = Uuid, Path, description = "Execution id"),
-        ("If-Match" = Option<String>, Header, description = "The version read: `3` or `\"v3\"`"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|[0-9]{1,18}|(W/)?"v?[0-9]{1,18}")$"#, description = "The version read: `3` or `\"v3\"` (`*`: any)"),
     ),
     request_body = TagPatch,
     responses(
@@ -669,7 +852,8 @@ async fn change_tags(
         (status = 404, description = "No such execution", body = ErrorBody),
         (status = 409, description = "Changed concurrently", body = ErrorBody),
         (status = 412, description = "If-Match names a stale version", body = ErrorBody),
-        (status = 422, description = "The execution is no longer pending", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MiB", body = ErrorBody),
+        (status = 422, description = "The execution is no longer pending, a key is both set and removed, or the execution would have more than 20 tags", body = ErrorBody),
     )
 )]
 pub async fn patch_tags(
@@ -683,6 +867,12 @@ pub async fn patch_tags(
     let cause = b
         .cause
         .unwrap_or_else(|| "PATCH /v1/executions/{id}/tags".into());
+    if let Some(k) = b.remove.iter().find(|k| b.set.contains_key(*k)) {
+        return Err(ApiError::unprocessable(
+            "tags",
+            format!("tag {k:?} is both set and removed"),
+        ));
+    }
     let change = TagChange {
         set: b.set,
         remove: b.remove,
@@ -697,13 +887,13 @@ pub async fn patch_tags(
     tag = "executions",
     params(
         ("id" = Uuid, Path, description = "Execution id"),
-        ("key" = String, Path, description = "Tag key"),
-        ("If-Match" = Option<String>, Header, description = "The version read: `3` or `\"v3\"`"),
+        ("key" = String, Path, pattern = r"^(?!lineq_|_)[a-z0-9_-]{1,64}$", description = "Tag key"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|[0-9]{1,18}|(W/)?"v?[0-9]{1,18}")$"#, description = "The version read: `3` or `\"v3\"` (`*`: any)"),
     ),
     responses(
         (status = 200, description = "The execution after the change", body = ExecutionView,
             headers(("ETag" = String, description = "\"v<version>\""))),
-        (status = 400, description = "Invalid key", body = ErrorBody),
+        (status = 400, description = "Invalid key or If-Match", body = ErrorBody),
         (status = 404, description = "No such execution", body = ErrorBody),
         (status = 409, description = "Changed concurrently", body = ErrorBody),
         (status = 412, description = "If-Match names a stale version", body = ErrorBody),
@@ -748,7 +938,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    b: Result<Json<CancelBody>, JsonRejection>,
+    b: Result<Json<Option<CancelBody>>, JsonRejection>,
 ) -> Result<Json<CancelView>, ApiError> {
     let id = parse_execution_id(&id)?;
     let b = match b {
@@ -758,7 +948,8 @@ pub async fn cancel(
         {
             None
         }
-        other => Some(body(other)?),
+        // `null` is no body too.
+        other => body(other)?,
     };
     let reason = b
         .and_then(|b| b.reason)

@@ -332,9 +332,10 @@ pub struct WorkflowVersionView {
     get,
     path = "/v1/workflows/{name}",
     tag = "workflows",
-    params(("name" = String, Path, description = "Workflow name")),
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$", description = "Workflow name")),
     responses(
         (status = 200, description = "Its versions", body = Vec<WorkflowVersionView>),
+        (status = 400, description = "Not a workflow name", body = ErrorBody),
         (status = 404, description = "No such workflow", body = ErrorBody),
     )
 )]
@@ -342,6 +343,7 @@ pub async fn workflow_versions(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<WorkflowVersionView>>, ApiError> {
+    lineq_shared::validation::check_name("workflow", &name)?;
     let v = workflow::store::versions(state.client.pool(), &name).await?;
     if v.is_empty() {
         return Err(lineq_shared::error::Error::NotFound {

@@ -32,6 +32,7 @@ pub mod error;
 pub mod executions;
 pub mod fleet;
 pub mod openapi;
+pub mod schemas;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -52,8 +53,13 @@ pub struct AppState {
     pub client: Client,
 }
 
-/// The API's routes on `pool`.
+/// The API's routes on `pool`, for a server without a token.
 pub fn router(pool: PgPool) -> Router {
+    api_routes(pool, false)
+}
+
+/// The API's routes; `with_token` says whether the server requires one (for its document).
+fn api_routes(pool: PgPool, with_token: bool) -> Router {
     let state = AppState {
         client: Client::new(pool),
     };
@@ -79,7 +85,10 @@ pub fn router(pool: PgPool) -> Router {
         .route("/v1/workflows", get(fleet::workflows))
         .route("/v1/workflows/{name}", get(fleet::workflow_versions))
         .route("/healthz", get(executions::healthz))
-        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(openapi::document_json(with_token)) }),
+        )
         .fallback(|| async { error::ApiError::no_route() })
         .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
@@ -87,9 +96,10 @@ pub fn router(pool: PgPool) -> Router {
 
 /// The API's routes on `pool`, requiring `token` (when given) on every route but `/healthz`.
 pub fn router_with_token(pool: PgPool, token: Option<auth::ApiToken>) -> Router {
+    let with_token = token.is_some();
     let token = token.map(Arc::new);
     // A layer on the whole router covers the fallback too, so unknown paths answer 401.
-    router(pool).layer(middleware::from_fn_with_state(token, auth::authenticate))
+    api_routes(pool, with_token).layer(middleware::from_fn_with_state(token, auth::authenticate))
 }
 
 /// Everything `lineq serve` answers: the REST API, the console at `/` (unless `console` is
@@ -100,8 +110,9 @@ pub fn app(
     console: Option<crate::console::ConsoleOptions>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Router {
+    let with_token = token.is_some();
     let token = token.map(Arc::new);
-    let mut routes = router(pool.clone());
+    let mut routes = api_routes(pool.clone(), with_token);
     if let Some(options) = console {
         routes = routes.merge(crate::console::router(pool.clone(), token.clone(), options));
     }

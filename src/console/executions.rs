@@ -75,6 +75,8 @@ pub async fn page(
                     span.n { (n) @if n >= COUNT_CAP { "+" } }
                 }
             }
+            // Counts of the filtered executions would not be index-bounded (docs/console.md).
+            span.muted #counts-scope { "counts: all executions, whatever the filter" }
         }
         (filters_form(&pairs))
         @match &filter {
