@@ -304,7 +304,12 @@ fn event_attr(e: &opentelemetry_proto::tonic::trace::v1::span::Event, key: &str)
 
 /// The span id of the span that `event_type` of `step_id` (or of the execution, with `None`)
 /// opened: the span id its row stores.
-fn opening_span(events: &[EventRow], event_type: &str, execution: Uuid, step: Option<Uuid>) -> String {
+fn opening_span(
+    events: &[EventRow],
+    event_type: &str,
+    execution: Uuid,
+    step: Option<Uuid>,
+) -> String {
     events
         .iter()
         .filter(|e| e.event_type == event_type && e.execution_id == execution)
@@ -346,8 +351,14 @@ async fn one_root_execution_is_one_trace_that_reads_as_its_story() {
     let out = lineq_with(
         &db.url,
         &[
-            "submit", "traced", "--input", r#"{"amount": 5}"#, "--tag", "customer=acme",
-            "--format", "json",
+            "submit",
+            "traced",
+            "--input",
+            r#"{"amount": 5}"#,
+            "--tag",
+            "customer=acme",
+            "--format",
+            "json",
         ],
         |c| otel_env(c, &env),
     );
@@ -396,7 +407,11 @@ async fn one_root_execution_is_one_trace_that_reads_as_its_story() {
         .map(|e| e.execution_id)
         .find(|x| *x != root)
         .expect("a child execution");
-    assert!(events.iter().all(|e| e.execution_id == root || e.execution_id == child));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.execution_id == root || e.execution_id == child)
+    );
 
     // The spans, by what they are.
     let of = |kind: &str| -> Vec<&Got> {
@@ -406,14 +421,21 @@ async fn one_root_execution_is_one_trace_that_reads_as_its_story() {
     };
     let (executions, steps, attempts) = (of("execution"), of("step"), of("attempt"));
     assert_eq!(executions.len(), 2, "the root and the child");
-    assert_eq!(steps.len(), 5, "price, reserve, charge, receipt, the child's echo");
+    assert_eq!(
+        steps.len(),
+        5,
+        "price, reserve, charge, receipt, the child's echo"
+    );
     assert_eq!(attempts.len(), 6, "reserve twice, the others once");
     let handler_spans: Vec<&Got> = got
         .iter()
         .filter(|g| attr(&g.span, "lineq.span").is_none())
         .collect();
     assert_eq!(
-        handler_spans.iter().map(|g| g.span.name.as_str()).collect::<Vec<_>>(),
+        handler_spans
+            .iter()
+            .map(|g| g.span.name.as_str())
+            .collect::<Vec<_>>(),
         ["sleep"],
         "the handler's own span, and nothing else of the processes' own"
     );
@@ -425,7 +447,10 @@ async fn one_root_execution_is_one_trace_that_reads_as_its_story() {
     assert_eq!(root_span.name, "execution traced");
     assert_eq!(by_span[&root_span_id].service, "lineq-orchestrator");
     assert_eq!(attr(root_span, "status").as_deref(), Some("completed"));
-    assert_eq!(attr(root_span, "correlation_id"), Some(r.correlation_id.to_string()));
+    assert_eq!(
+        attr(root_span, "correlation_id"),
+        Some(r.correlation_id.to_string())
+    );
     assert_eq!(attr(root_span, "execution_id"), Some(root.to_string()));
     assert_eq!(attr(root_span, "root_execution_id"), Some(root.to_string()));
     assert_eq!(attr(root_span, "tag.customer").as_deref(), Some("acme"));
@@ -485,10 +510,18 @@ async fn one_root_execution_is_one_trace_that_reads_as_its_story() {
         }
     }
     // The child execution sits under the step that spawned it.
-    let charge_span = opening_span(&events, "step_enqueued", root, Some(step_id(root, "charge")));
+    let charge_span = opening_span(
+        &events,
+        "step_enqueued",
+        root,
+        Some(step_id(root, "charge")),
+    );
     let child_root = &by_span[&child_span_id].span;
     assert_eq!(hex(&child_root.parent_span_id), charge_span);
-    assert_eq!(attr(child_root, "parent_execution_id"), Some(root.to_string()));
+    assert_eq!(
+        attr(child_root, "parent_execution_id"),
+        Some(root.to_string())
+    );
 
     // The retry: the first attempt failed with the handler's message, the second did not.
     let reserve = step_id(root, "reserve");
@@ -499,7 +532,11 @@ async fn one_root_execution_is_one_trace_that_reads_as_its_story() {
     tries.sort_by_key(|a| attr(&a.span, "attempt"));
     let status = tries[0].span.status.as_ref().expect("status");
     assert_eq!(status.code, 2, "the failed attempt is an error");
-    assert!(status.message.contains("fails on purpose"), "{}", status.message);
+    assert!(
+        status.message.contains("fails on purpose"),
+        "{}",
+        status.message
+    );
     let ex = tries[0]
         .span
         .events
@@ -534,13 +571,19 @@ async fn one_root_execution_is_one_trace_that_reads_as_its_story() {
                 .unwrap_or_else(|| panic!("span event {id} is no event of the tree"));
             assert!(seen.insert(id), "event {id} is in the trace twice");
             assert_eq!(x.name, row.event_type);
-            assert_eq!(event_attr(x, "event_type").as_deref(), Some(row.event_type.as_str()));
+            assert_eq!(
+                event_attr(x, "event_type").as_deref(),
+                Some(row.event_type.as_str())
+            );
             assert_eq!(
                 event_attr(x, "parent_event_id"),
                 row.parent_event_id.map(|p| p.to_string())
             );
             // On the span of its execution.
-            assert_eq!(attr(&g.span, "execution_id"), Some(row.execution_id.to_string()));
+            assert_eq!(
+                attr(&g.span, "execution_id"),
+                Some(row.execution_id.to_string())
+            );
         }
     }
     assert_eq!(seen, by_event.keys().copied().collect::<HashSet<_>>());
@@ -558,8 +601,12 @@ async fn one_root_execution_is_one_trace_that_reads_as_its_story() {
             })
             .collect()
     };
-    let step_span = |name: &str| opening_span(&events, "step_enqueued", root, Some(step_id(root, name)));
-    assert_eq!(links("charge"), HashSet::from([step_span("price"), step_span("reserve")]));
+    let step_span =
+        |name: &str| opening_span(&events, "step_enqueued", root, Some(step_id(root, name)));
+    assert_eq!(
+        links("charge"),
+        HashSet::from([step_span("price"), step_span("reserve")])
+    );
     assert_eq!(links("receipt"), HashSet::from([step_span("charge")]));
     assert!(links("price").is_empty());
 
@@ -925,7 +972,12 @@ async fn the_spans_of_a_worker_that_exports_none_are_exported_for_it() {
     );
     assert!(attempt.span.end_time_unix_nano >= attempt.span.start_time_unix_nano);
     // The report's events are the attempt's span events.
-    let names: Vec<&str> = attempt.span.events.iter().map(|e| e.name.as_str()).collect();
+    let names: Vec<&str> = attempt
+        .span
+        .events
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
     assert_eq!(names, ["action_started", "action_completed", "step_result"]);
     // Exported once: the orchestrator is the only exporter of the worker's events.
     let copies = got
@@ -995,16 +1047,20 @@ async fn an_attempt_whose_worker_stopped_mid_step_says_so() {
     let (lost, again) = (started[0], started[1]);
     assert_eq!(lost.worker_id.as_deref(), Some("doomed-1"));
     let lost_id = lost.span_id.clone().expect("span id");
-    let got = eventually(Duration::from_secs(20), "the abandoned attempt's span", || {
-        let spans = receiver.spans();
-        let lost_id = lost_id.clone();
-        async move {
-            spans
-                .iter()
-                .any(|g| hex(&g.span.span_id) == lost_id)
-                .then_some(spans)
-        }
-    })
+    let got = eventually(
+        Duration::from_secs(20),
+        "the abandoned attempt's span",
+        || {
+            let spans = receiver.spans();
+            let lost_id = lost_id.clone();
+            async move {
+                spans
+                    .iter()
+                    .any(|g| hex(&g.span.span_id) == lost_id)
+                    .then_some(spans)
+            }
+        },
+    )
     .await;
     let by_span: HashMap<String, &Got> = got.iter().map(|g| (hex(&g.span.span_id), g)).collect();
     let g = by_span[&lost_id];
@@ -1034,11 +1090,7 @@ async fn an_attempt_whose_worker_stopped_mid_step_says_so() {
     let again_span = eventually(Duration::from_secs(20), "the second attempt", || {
         let spans = receiver.spans();
         let want = again.span_id.clone().expect("span id");
-        async move {
-            spans
-                .into_iter()
-                .find(|g| hex(&g.span.span_id) == want)
-        }
+        async move { spans.into_iter().find(|g| hex(&g.span.span_id) == want) }
     })
     .await;
     assert_eq!(again_span.service, "lineq-worker");

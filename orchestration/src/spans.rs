@@ -112,8 +112,7 @@ async fn spans_of_ended(pool: &PgPool, committed: &[NewEvent]) -> Result<Vec<Lin
         .fetch_all(pool)
         .await?
     };
-    let (exec_events, exec_rows): (Vec<StoredEvent>, Vec<ExecutionRow>) = if executions.is_empty()
-    {
+    let (exec_events, exec_rows): (Vec<StoredEvent>, Vec<ExecutionRow>) = if executions.is_empty() {
         (Vec::new(), Vec::new())
     } else {
         let events = sqlx::query_as(&format!(
@@ -318,7 +317,13 @@ fn step_span(
                 )
         });
         let until = replaced.map_or(end, |(_, t)| *t);
-        let mut a = LineqSpan::new(SpanShape::Attempt, e.clone(), Some(span.event.event_id), *at, until);
+        let mut a = LineqSpan::new(
+            SpanShape::Attempt,
+            e.clone(),
+            Some(span.event.event_id),
+            *at,
+            until,
+        );
         a.events.push((e.clone(), *at));
         let worker = e.worker_id.as_deref().unwrap_or("a worker");
         a.failure = Some((

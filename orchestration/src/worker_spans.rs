@@ -96,7 +96,11 @@ fn spans(rows: Vec<Row>, parents: &HashMap<Uuid, Uuid>) -> Vec<LineqSpan> {
         };
         match e.event_type {
             EventType::ActionCompleted | EventType::ActionFailed => {
-                span.end = if span.events.len() == 1 { at } else { span.end.min(at) };
+                span.end = if span.events.len() == 1 {
+                    at
+                } else {
+                    span.end.min(at)
+                };
                 span.failure = telemetry::failure_of(&e);
                 span.attributes.push(KeyValue::new(
                     "outcome",

@@ -54,11 +54,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use opentelemetry::InstrumentationScope;
+pub use opentelemetry::KeyValue;
 use opentelemetry::trace::{
     Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::InstrumentationScope;
-pub use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -511,11 +511,13 @@ where
         }
         // Under a span this layer already exports; or, for a span, opened in a handler.
         cx.lookup_current().is_some()
-            || (meta.is_span()
-                && opentelemetry::Context::map_current(|c| c.has_active_span()))
+            || (meta.is_span() && opentelemetry::Context::map_current(|c| c.has_active_span()))
     }
 
-    fn callsite_enabled(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+    fn callsite_enabled(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
         // Decided per span: whether one is in a handler is known only when it is made.
         tracing::subscriber::Interest::sometimes()
     }
@@ -1171,8 +1173,10 @@ mod tests {
         let started = NewEvent::new(EventType::ActionStarted, l, Some(enqueued.event_id), "n")
             .step(enqueued.step_id.unwrap(), 2)
             .worker("w1")
-            .payload(json!({"step": "charge", "handler": "flaky", "queue": "q", "msg_id": 7,
-                            "delivery": 1}));
+            .payload(
+                json!({"step": "charge", "handler": "flaky", "queue": "q", "msg_id": 7,
+                            "delivery": 1}),
+            );
         let failed = NewEvent::new(EventType::ActionFailed, l, Some(started.event_id), "n")
             .step(enqueued.step_id.unwrap(), 2)
             .worker("w1")
@@ -1278,7 +1282,11 @@ mod tests {
         for _ in 0..256 {
             let t = TraceId::from_bytes(*new_id().as_bytes());
             let first = p.sampled(t);
-            assert_eq!(first, p.sampled(t), "a trace is exported whole or not at all");
+            assert_eq!(
+                first,
+                p.sampled(t),
+                "a trace is exported whole or not at all"
+            );
             kept += usize::from(first);
         }
         assert!(
@@ -1295,7 +1303,9 @@ mod tests {
         let now = SystemTime::now();
         export_spans(&[LineqSpan::new(SpanShape::Execution, e, None, now, now)]);
         assert_eq!(spans_exported(), 0);
-        assert!(handler_context("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_none());
+        assert!(
+            handler_context("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_none()
+        );
     }
 
     #[test]

@@ -18,8 +18,8 @@ use lineq_shared::error::Result;
 use lineq_shared::event::{EventType, NewEvent};
 use lineq_shared::message::{Outcome, StepError};
 use lineq_shared::telemetry::{self, LineqSpan, SpanShape};
-use opentelemetry::KeyValue;
 use lineq_shared::validation::Namespace;
+use opentelemetry::KeyValue;
 
 use crate::claim::Claimed;
 
@@ -152,7 +152,8 @@ async fn export_spans(
             c.claimed.claimed_at,
             end,
         );
-        span.events.push((started_event.clone(), c.claimed.claimed_at));
+        span.events
+            .push((started_event.clone(), c.claimed.claimed_at));
         span.events.push((
             NewEvent::with_id(
                 r.action_event_id,
