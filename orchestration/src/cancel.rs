@@ -108,7 +108,7 @@ pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<C
     insert_events(&mut tx, &events).await?;
     events.extend(crate::enqueue::enqueue(&mut tx, ready, &node).await?);
     tx.commit().await?;
-    crate::spans::export_ended(pool, &events).await;
+    crate::spans::export_ended(pool, &events, &crate::spans::Known::default()).await;
     out.report.execution_id = execution_id;
     Ok(out.report)
 }

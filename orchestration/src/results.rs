@@ -312,6 +312,12 @@ pub async fn process_batch(
     report.finished = work.finished;
 
     let ready = std::mem::take(&mut work.ready);
+    // What settling read, for the spans of what this batch ends (read only with tracing on).
+    let known = if telemetry::enabled() {
+        crate::spans::Known::from_work(&work)
+    } else {
+        crate::spans::Known::default()
+    };
     let mut events = work.events;
     // The outcome events first: the `step_enqueued` events of what they made ready are stamped
     // after them.
@@ -324,7 +330,7 @@ pub async fn process_batch(
         tracing::warn!(error = %e, "cannot export the spans of workers that do not export their own");
     }
     // The spans of the steps and executions this batch ended.
-    crate::spans::export_ended(pool, &events).await;
+    crate::spans::export_ended(pool, &events, &known).await;
     Ok(report)
 }
 

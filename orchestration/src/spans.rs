@@ -24,13 +24,53 @@ use lineq_shared::event::{EventType, NewEvent};
 use lineq_shared::spans::{STORED_EVENT_COLUMNS, StoredEvent, execution_started, first_enqueued};
 use lineq_shared::telemetry::{self, KeyValue, LineqSpan, SpanShape};
 
+/// What the transaction that ended steps and executions already read, so it need not be read
+/// again: each step's dependencies (name and step id), each execution's row.
+#[derive(Debug, Default)]
+pub(crate) struct Known {
+    pub dependencies: HashMap<Uuid, Vec<(String, Uuid)>>,
+    pub executions: HashMap<Uuid, ExecutionRow>,
+}
+
+impl Known {
+    /// What `work` holds about the steps and executions it changed.
+    pub(crate) fn from_work(work: &crate::settle::Work) -> Self {
+        let mut k = Known::default();
+        for steps in work.steps.values() {
+            for s in steps {
+                let deps = s
+                    .depends_on
+                    .iter()
+                    .filter_map(|name| {
+                        let d = steps.iter().find(|d| &d.name == name)?;
+                        Some((name.clone(), d.step_id))
+                    })
+                    .collect();
+                k.dependencies.insert(s.step_id, deps);
+            }
+        }
+        for (id, e) in &work.execs {
+            k.executions.insert(
+                *id,
+                ExecutionRow {
+                    execution_id: *id,
+                    status: e.status.as_str().to_string(),
+                    parent_step_id: e.parent_step_id,
+                    tags: e.tags.clone(),
+                },
+            );
+        }
+        k
+    }
+}
+
 /// Exports the spans of the steps and executions that `committed` (the events of a committed
 /// transaction) ended. Tracing is best-effort: a failed read costs a warning, never the work.
-pub(crate) async fn export_ended(pool: &PgPool, committed: &[NewEvent]) {
+pub(crate) async fn export_ended(pool: &PgPool, committed: &[NewEvent], known: &Known) {
     if !telemetry::enabled() {
         return;
     }
-    match spans_of_ended(pool, committed).await {
+    match spans_of_ended(pool, committed, known).await {
         Ok(spans) => telemetry::export_spans(&spans),
         Err(e) => {
             tracing::warn!(error = %e, "cannot export the spans of ended steps and executions");
@@ -63,8 +103,8 @@ fn of_attempt(t: EventType) -> bool {
     )
 }
 
-#[derive(sqlx::FromRow)]
-struct ExecutionRow {
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct ExecutionRow {
     execution_id: Uuid,
     status: String,
     parent_step_id: Option<Uuid>,
@@ -84,7 +124,11 @@ struct WorkerRow {
     service_name: String,
 }
 
-async fn spans_of_ended(pool: &PgPool, committed: &[NewEvent]) -> Result<Vec<LineqSpan>> {
+async fn spans_of_ended(
+    pool: &PgPool,
+    committed: &[NewEvent],
+    known: &Known,
+) -> Result<Vec<LineqSpan>> {
     let mut steps: Vec<Uuid> = Vec::new();
     let mut executions: Vec<Uuid> = Vec::new();
     for e in committed {
@@ -125,13 +169,28 @@ async fn spans_of_ended(pool: &PgPool, committed: &[NewEvent]) -> Result<Vec<Lin
         .bind(&executions)
         .fetch_all(pool)
         .await?;
-        let rows = sqlx::query_as(
-            "SELECT execution_id, status, parent_step_id, tags FROM lineq.executions
-             WHERE execution_id = ANY($1)",
-        )
-        .bind(&executions)
-        .fetch_all(pool)
-        .await?;
+        let unknown: Vec<Uuid> = executions
+            .iter()
+            .filter(|x| !known.executions.contains_key(x))
+            .copied()
+            .collect();
+        let mut rows: Vec<ExecutionRow> = if unknown.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "SELECT execution_id, status, parent_step_id, tags FROM lineq.executions
+                 WHERE execution_id = ANY($1)",
+            )
+            .bind(&unknown)
+            .fetch_all(pool)
+            .await?
+        };
+        rows.extend(
+            executions
+                .iter()
+                .filter_map(|x| known.executions.get(x))
+                .cloned(),
+        );
         (events, rows)
     };
 
@@ -155,7 +214,12 @@ async fn spans_of_ended(pool: &PgPool, committed: &[NewEvent]) -> Result<Vec<Lin
             .into_iter()
             .map(|(x, e)| (x, e.event_id)),
     );
-    let dependencies: Vec<Dependency> = if steps.is_empty() {
+    let unknown: Vec<Uuid> = steps
+        .iter()
+        .filter(|s| !known.dependencies.contains_key(s))
+        .copied()
+        .collect();
+    let mut dependencies: Vec<Dependency> = if unknown.is_empty() {
         Vec::new()
     } else {
         sqlx::query_as(
@@ -165,10 +229,19 @@ async fn spans_of_ended(pool: &PgPool, committed: &[NewEvent]) -> Result<Vec<Lin
              WHERE s.step_id = ANY($1) AND cardinality(s.depends_on) > 0
              ORDER BY s.step_id, d.position",
         )
-        .bind(&steps)
+        .bind(&unknown)
         .fetch_all(pool)
         .await?
     };
+    for s in &steps {
+        for (name, id) in known.dependencies.get(s).into_iter().flatten() {
+            dependencies.push(Dependency {
+                step_id: *s,
+                name: name.clone(),
+                dependency_id: *id,
+            });
+        }
+    }
     let mut named: Vec<Uuid> = exec_rows.iter().filter_map(|r| r.parent_step_id).collect();
     named.extend(dependencies.iter().map(|d| d.dependency_id));
     let step_spans: HashMap<Uuid, Uuid> = first_enqueued(pool, &named)
