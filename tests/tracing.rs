@@ -1101,3 +1101,98 @@ async fn an_attempt_whose_worker_stopped_mid_step_says_so() {
     }
     db.drop_db().await;
 }
+
+/// A failed execution: its span and its failed step's are errors with the handler's message,
+/// and a step cancelled before it ever ran (it had no span of its own) is still in the trace, as
+/// an event of the execution's span. Every event is a span event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_execution_is_an_error_and_keeps_every_event() {
+    let receiver = Receiver::grpc(Receiver::listen("127.0.0.1:0").await.expect("bind")).await;
+    let endpoint = receiver.endpoint();
+    let db = TestDb::new().await;
+    store::register(
+        &db.pool,
+        &WorkflowDefinition::new("doomed")
+            .step(StepDefinition::new("pay", "fail").params(json!({"message": "card declined"})))
+            .step(StepDefinition::new("ship", "echo").depends_on(["pay"])),
+    )
+    .await
+    .expect("register");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    let mut procs = [
+        Proc::start_with(
+            &db.url,
+            "orchestrator",
+            &["orchestrator", "--poll-interval-ms", "100"],
+            |c| otel_env(c, &env),
+        ),
+        Proc::start_with(
+            &db.url,
+            "worker",
+            &["worker", "--poll-interval-ms", "100"],
+            |c| otel_env(c, &env),
+        ),
+    ];
+    let id = submit(&db, "doomed", "{}", &env);
+    wait_all_finished(&db.pool, &[id], Duration::from_secs(60)).await;
+    let events = events_of_tree(&db, id).await;
+    let root_span = opening_span(&events, "execution_started", id, None);
+    let got = eventually(Duration::from_secs(20), "the execution's span", || {
+        let spans = receiver.spans();
+        let root_span = root_span.clone();
+        async move {
+            spans
+                .iter()
+                .any(|g| hex(&g.span.span_id) == root_span)
+                .then_some(spans)
+        }
+    })
+    .await;
+    let by_span: HashMap<String, &Got> = got.iter().map(|g| (hex(&g.span.span_id), g)).collect();
+    let root = &by_span[&root_span].span;
+    assert_eq!(attr(root, "status").as_deref(), Some("failed"));
+    let status = root.status.as_ref().expect("status");
+    assert_eq!(status.code, 2);
+    assert!(
+        status.message.contains("card declined"),
+        "{}",
+        status.message
+    );
+    let pay = events
+        .iter()
+        .find(|e| e.event_type == "step_enqueued")
+        .expect("pay was enqueued");
+    let pay_span = &by_span[pay.span_id.as_deref().expect("span")].span;
+    assert_eq!(pay_span.name, "step pay");
+    assert_eq!(attr(pay_span, "status").as_deref(), Some("failed"));
+    assert_eq!(pay_span.status.as_ref().map(|s| s.code), Some(2));
+    // `ship` never ran: no span of its own, its cancellation an event of the execution's span.
+    assert!(!got.iter().any(|g| g.span.name == "step ship"));
+    let cancelled = events
+        .iter()
+        .find(|e| e.event_type == "step_cancelled")
+        .expect("ship cancelled");
+    assert!(
+        root.events
+            .iter()
+            .any(|x| { event_attr(x, "event_id") == Some(cancelled.event_id.to_string()) })
+    );
+    // Every event, once.
+    let ids: Vec<String> = got
+        .iter()
+        .flat_map(|g| g.span.events.iter())
+        .filter(|x| x.name != "exception")
+        .filter_map(|x| event_attr(x, "event_id"))
+        .collect();
+    let want: HashSet<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+    assert_eq!(ids.len(), want.len());
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), want);
+    for p in procs.iter_mut() {
+        let status = p.terminate(Duration::from_secs(30));
+        assert!(status.success(), "{}", p.log_text());
+    }
+    db.drop_db().await;
+}

@@ -259,6 +259,7 @@ async fn spans_of_ended(
         }
     }
     let mut abandoned = Vec::new();
+    let mut orphans: Vec<&StoredEvent> = Vec::new();
     for step in &steps {
         let Some(events) = by_step.get(step) else {
             continue;
@@ -277,8 +278,11 @@ async fn spans_of_ended(
                 ))
             })
             .collect();
-        if let Some(span) = step_span(events, &started, links, &mut abandoned) {
-            spans.push(span);
+        match step_span(events, &started, links, &mut abandoned) {
+            Some(span) => spans.push(span),
+            // A step cancelled before it was ever enqueued has no span: its events are the
+            // execution's.
+            None => orphans.extend(events.iter().copied()),
         }
     }
     if !abandoned.is_empty() {
@@ -313,10 +317,12 @@ async fn spans_of_ended(
     let rows: HashMap<Uuid, &ExecutionRow> =
         exec_rows.iter().map(|r| (r.execution_id, r)).collect();
     for x in &executions {
-        let events: Vec<&StoredEvent> = exec_events
+        let mut events: Vec<&StoredEvent> = exec_events
             .iter()
+            .chain(orphans.iter().copied())
             .filter(|e| e.execution_id == *x)
             .collect();
+        events.sort_by_key(|e| (e.created_at, e.event_id));
         let row = rows.get(x).copied();
         let parent = row
             .and_then(|r| r.parent_step_id)

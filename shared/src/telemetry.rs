@@ -246,7 +246,7 @@ pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
 /// The batch processor's settings: the `OTEL_BSP_*` variables (BatchConfigBuilder reads them),
 /// with larger defaults.
 fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
-    // Every event is a span, so a busy process makes thousands a second: the SDK's default
+    // Every attempt, step and execution is a span, so a busy process makes thousands a second: the SDK's default
     // queue (2,048) drops spans under load.
     let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
     if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
