@@ -324,13 +324,11 @@ pub async fn process_batch(
     queue::archive_with_events(&mut tx, &results_queue, &archive_ids, &events).await?;
     events.extend(enqueue(&mut tx, ready, node_name).await?);
     tx.commit().await?;
-    // Workers that do not export their own spans get theirs exported here; tracing is
-    // best-effort, so a failed read costs a warning, never the batch (already committed).
-    if let Err(e) = crate::worker_spans::export(pool, &attempts).await {
-        tracing::warn!(error = %e, "cannot export the spans of workers that do not export their own");
+    // The spans this batch ended, and those of attempts whose workers export none: exported
+    // after the commit, in a task of their own (their reads need not hold up the next batch).
+    if telemetry::enabled() {
+        crate::spans::export_in_background(pool.clone(), attempts, events, known).await;
     }
-    // The spans of the steps and executions this batch ended.
-    crate::spans::export_ended(pool, &events, &known).await;
     Ok(report)
 }
 

@@ -13,7 +13,11 @@
 //! here with the step's: from the claim to the delivery that replaced it, marked as abandoned.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use serde_json::Value;
 use sqlx::PgPool;
@@ -64,6 +68,42 @@ impl Known {
     }
 }
 
+/// Exports in flight, and how many may be: a result batch hands its spans to a task of their own
+/// so the next batch does not wait for their reads, and waits only when this many are behind.
+static EXPORTS: std::sync::LazyLock<(TaskTracker, Arc<Semaphore>)> =
+    std::sync::LazyLock::new(|| (TaskTracker::new(), Arc::new(Semaphore::new(4))));
+
+/// [`export_ended`] of a result batch, and the spans of the attempts it reported that workers
+/// which export none ran ([`crate::worker_spans`]), in a task of their own.
+pub(crate) async fn export_in_background(
+    pool: PgPool,
+    attempts: Vec<Uuid>,
+    committed: Vec<NewEvent>,
+    known: Known,
+) {
+    let (tracker, limit) = &*EXPORTS;
+    let Ok(permit) = limit.clone().acquire_owned().await else {
+        return;
+    };
+    tracker.spawn(async move {
+        let _permit = permit;
+        // Best-effort: a failed read costs a warning, never the batch (already committed).
+        if let Err(e) = crate::worker_spans::export(&pool, &attempts).await {
+            tracing::warn!(error = %e, "cannot export the spans of workers that do not export their own");
+        }
+        export_ended(&pool, &committed, &known).await;
+    });
+}
+
+/// Waits for the exports in flight: an orchestrator that stops hands every span it owes to the
+/// exporter first.
+pub(crate) async fn wait_for_exports() {
+    let (tracker, _) = &*EXPORTS;
+    tracker.close();
+    tracker.wait().await;
+    tracker.reopen();
+}
+
 /// Exports the spans of the steps and executions that `committed` (the events of a committed
 /// transaction) ended. Tracing is best-effort: a failed read costs a warning, never the work.
 pub(crate) async fn export_ended(pool: &PgPool, committed: &[NewEvent], known: &Known) {
@@ -111,6 +151,14 @@ pub(crate) struct ExecutionRow {
     tags: Value,
 }
 
+/// An event of an ended step; for an `action_started`, whether its outcome was reported.
+#[derive(sqlx::FromRow)]
+struct StepEvent {
+    #[sqlx(flatten)]
+    event: StoredEvent,
+    reported: bool,
+}
+
 #[derive(sqlx::FromRow)]
 struct Dependency {
     step_id: Uuid,
@@ -143,13 +191,24 @@ async fn spans_of_ended(
     if steps.is_empty() && executions.is_empty() {
         return Ok(Vec::new());
     }
-    let step_events: Vec<StoredEvent> = if steps.is_empty() {
+    let step_events: Vec<StepEvent> = if steps.is_empty() {
         Vec::new()
     } else {
-        sqlx::query_as(&format!(
+        // The step's own events, and of its attempts only the claims (the worker exported
+        // the rest with each attempt's span), each with whether its outcome was reported.
+        sqlx::query_as::<_, StepEvent>(&format!(
             "SELECT f.* FROM (SELECT DISTINCT unnest($1::uuid[])) AS x(id)
-             CROSS JOIN LATERAL (SELECT {STORED_EVENT_COLUMNS} FROM lineq.events e
-                                 WHERE e.step_id = x.id OFFSET 0) AS f
+             CROSS JOIN LATERAL (
+                 SELECT {STORED_EVENT_COLUMNS},
+                        e.event_type = 'action_started' AND EXISTS (
+                            SELECT 1 FROM lineq.events r
+                            WHERE r.parent_event_id = e.event_id
+                              AND r.event_type IN ('action_completed', 'action_failed'))
+                          AS reported
+                 FROM lineq.events e
+                 WHERE e.step_id = x.id
+                   AND e.event_type NOT IN ('action_completed', 'action_failed', 'step_result')
+                 OFFSET 0) AS f
              ORDER BY f.created_at, f.event_id"
         ))
         .bind(&steps)
@@ -203,7 +262,7 @@ async fn spans_of_ended(
         .collect();
     let missing: Vec<Uuid> = step_events
         .iter()
-        .map(|e| e.execution_id)
+        .map(|e| e.event.execution_id)
         .filter(|x| !started.contains_key(x))
         .collect::<HashSet<_>>()
         .into_iter()
@@ -252,9 +311,9 @@ async fn spans_of_ended(
 
     let mut spans = Vec::new();
     // Steps.
-    let mut by_step: HashMap<Uuid, Vec<&StoredEvent>> = HashMap::new();
+    let mut by_step: HashMap<Uuid, Vec<&StepEvent>> = HashMap::new();
     for e in &step_events {
-        if let Some(s) = e.step_id {
+        if let Some(s) = e.event.step_id {
             by_step.entry(s).or_default().push(e);
         }
     }
@@ -282,7 +341,7 @@ async fn spans_of_ended(
             Some(span) => spans.push(span),
             // A step cancelled before it was ever enqueued has no span: its events are the
             // execution's.
-            None => orphans.extend(events.iter().copied()),
+            None => orphans.extend(events.iter().map(|e| &e.event)),
         }
     }
     if !abandoned.is_empty() {
@@ -337,14 +396,19 @@ async fn spans_of_ended(
 /// The span of one ended step from its events (in time order), and the spans of its abandoned
 /// attempts into `abandoned`.
 fn step_span(
-    events: &[&StoredEvent],
+    events: &[&StepEvent],
     started: &HashMap<Uuid, Uuid>,
     links: Vec<(Uuid, Vec<KeyValue>)>,
     abandoned: &mut Vec<LineqSpan>,
 ) -> Option<LineqSpan> {
+    let reported: HashSet<Uuid> = events
+        .iter()
+        .filter(|e| e.reported)
+        .map(|e| e.event.event_id)
+        .collect();
     let parsed: Vec<(NewEvent, SystemTime)> = events
         .iter()
-        .filter_map(|e| Some((e.event()?, e.at())))
+        .filter_map(|e| Some((e.event.event()?, e.event.at())))
         .collect();
     let (first, start) = parsed
         .iter()
@@ -374,16 +438,6 @@ fn step_span(
         .push(KeyValue::new("attempts", i64::from(attempts)));
     // Attempts nobody reported: each lasts until its message was delivered again (or
     // dead-lettered), or else until the step's end.
-    let reported: HashSet<Uuid> = parsed
-        .iter()
-        .filter(|(e, _)| {
-            matches!(
-                e.event_type,
-                EventType::ActionCompleted | EventType::ActionFailed
-            )
-        })
-        .filter_map(|(e, _)| e.parent_event_id)
-        .collect();
     for (i, (e, at)) in parsed.iter().enumerate() {
         if e.event_type != EventType::ActionStarted || reported.contains(&e.event_id) {
             continue;
