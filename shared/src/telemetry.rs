@@ -802,41 +802,36 @@ fn span_attributes(s: &LineqSpan) -> Vec<KeyValue> {
     a
 }
 
-/// A lineage event as a span event's attributes: its id, type and parent, who wrote it, and
-/// the plain values of its payload (an error as `error.kind` and `error.message`).
+/// A lineage event as a span event's attributes: its id, type and parent, the worker and
+/// attempt when it has them, and from its payload what says why (an error as `error.kind` and
+/// `error.message`, a retry's reason and delay, a dead letter's reason). The rest of the payload
+/// is in its row, which `event_id` names.
 fn event_attributes(e: &NewEvent) -> Vec<KeyValue> {
-    let mut a = Vec::with_capacity(8);
+    let mut a = Vec::with_capacity(6);
     a.push(KeyValue::new("event_id", uuid_text(e.event_id)));
     a.push(KeyValue::new("event_type", e.event_type.as_str()));
     if let Some(p) = e.parent_event_id {
         a.push(KeyValue::new("parent_event_id", uuid_text(p)));
     }
-    a.push(KeyValue::new("node_name", e.node_name.clone()));
     if let Some(w) = &e.worker_id {
         a.push(KeyValue::new("worker_id", w.clone()));
     }
     if let Some(n) = e.attempt {
         a.push(KeyValue::new("attempt", i64::from(n)));
     }
-    if let Value::Object(m) = &e.payload {
-        for (k, v) in m {
-            match v {
-                Value::String(t) => {
-                    let t: String = t.chars().take(256).collect();
-                    a.push(KeyValue::new(k.clone(), t));
-                }
-                Value::Number(n) => match n.as_i64() {
-                    Some(i) => a.push(KeyValue::new(k.clone(), i)),
-                    None => a.push(KeyValue::new(k.clone(), n.as_f64().unwrap_or(0.0))),
-                },
-                Value::Bool(b) => a.push(KeyValue::new(k.clone(), *b)),
-                Value::Object(_) if k == "error" => {
-                    let (kind, message) = error_in(v);
-                    a.push(KeyValue::new("error.kind", kind));
-                    a.push(KeyValue::new("error.message", message));
-                }
-                _ => {}
-            }
+    if let Some(v) = e.payload.get("error").filter(|v| !v.is_null()) {
+        let (kind, message) = error_in(v);
+        a.push(KeyValue::new("error.kind", kind));
+        a.push(KeyValue::new("error.message", message));
+    }
+    for key in ["reason", "retry_reason"] {
+        if let Some(t) = e.payload.get(key).and_then(Value::as_str) {
+            a.push(KeyValue::new(key, t.chars().take(256).collect::<String>()));
+        }
+    }
+    for key in ["delay_ms", "delivery"] {
+        if let Some(n) = e.payload.get(key).and_then(Value::as_i64) {
+            a.push(KeyValue::new(key, n));
         }
     }
     a
