@@ -145,15 +145,20 @@ async fn export_spans(
             ),
         };
         payload["superseded"] = json!(!r.reported);
+        // From the claim; a claim that began before the message was sent (the claim statement
+        // sees what commits while it runs) starts with the message.
+        let start = c
+            .claimed
+            .claimed_at
+            .max(std::time::SystemTime::from(c.claimed.enqueued_at));
         let mut span = LineqSpan::new(
             SpanShape::Attempt,
             started_event.clone(),
             parent,
-            c.claimed.claimed_at,
+            start,
             end,
         );
-        span.events
-            .push((started_event.clone(), c.claimed.claimed_at));
+        span.events.push((started_event.clone(), start));
         span.events.push((
             NewEvent::with_id(
                 r.action_event_id,
