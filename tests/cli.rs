@@ -535,10 +535,14 @@ async fn output_for_scripts() {
 #[tokio::test]
 async fn a_span_export_that_fails_says_so() {
     let db = TestDb::new().await;
-    // Nothing listens on port 1.
+    let out = lineq(&db.url, &["submit", "echo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    // Cancelling ends the execution and its step: their spans are exported, and nothing listens
+    // on port 1.
     let out = lineq(
         &db.url,
-        &["submit", "echo", "--otlp-endpoint", "http://127.0.0.1:1"],
+        &["cancel", &id, "--otlp-endpoint", "http://127.0.0.1:1"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);

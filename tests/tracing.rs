@@ -1,9 +1,10 @@
 //! Tracing through real processes: an OTLP receiver runs in the test; an orchestrator and two
-//! workers run as `lineq` processes pointed at it; a workflow with a retry and a child execution
-//! runs through them. The spans that arrive must be exactly the events the database holds: one
-//! span per event with the row's trace and span ids, each span's parent the span of its parent
-//! event — so one trace per root execution, child executions included, with the trace id of the
-//! root's correlation id — and they must arrive when the processes are stopped with SIGTERM.
+//! workers run as `lineq` processes pointed at it; an order-like workflow (a retry, a fan-out, a
+//! fan-in, a child execution, a handler with a span of its own) runs through them. What arrives
+//! must read as the execution's story: one trace per root execution (its id the root's
+//! correlation id), a span per execution, per step and per attempt, the handler's own span under
+//! its attempt, every lineage event as a span event, the fan-in's links — at most 4 deep outside
+//! the child execution — and it must arrive when the processes are stopped with SIGTERM.
 
 mod support;
 
@@ -268,10 +269,14 @@ fn has_exporter_thread(pid: u32) -> Option<bool> {
     }))
 }
 
+/// An order, as the README's: `price` (a handler with a span of its own) and `reserve` (fails
+/// once, then succeeds on its retry) in parallel, `charge` once both are done (a fan-in) starting
+/// a child execution it waits for, then `receipt`.
 fn traced_workflow() -> WorkflowDefinition {
     WorkflowDefinition::new("traced")
+        .step(StepDefinition::new("price", "sleep").params(json!({"ms": 30})))
         .step(
-            StepDefinition::new("charge", "flaky")
+            StepDefinition::new("reserve", "flaky")
                 .retry(RetryPolicy {
                     max_attempts: 2,
                     backoff_ms: 50,
@@ -281,14 +286,40 @@ fn traced_workflow() -> WorkflowDefinition {
                 .params(json!({"fail_attempts": 1})),
         )
         .step(
-            StepDefinition::new("fan", "spawn")
-                .depends_on(["charge"])
+            StepDefinition::new("charge", "spawn")
+                .depends_on(["price", "reserve"])
                 .params(json!({"children": [{"target": "echo", "input": {}}], "wait": true})),
         )
+        .step(StepDefinition::new("receipt", "echo").depends_on(["charge"]))
+}
+
+/// The attribute `key` of a span event.
+fn event_attr(e: &opentelemetry_proto::tonic::trace::v1::span::Event, key: &str) -> Option<String> {
+    e.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .map(value_text)
+}
+
+/// The span id of the span that `event_type` of `step_id` (or of the execution, with `None`)
+/// opened: the span id its row stores.
+fn opening_span(
+    events: &[EventRow],
+    event_type: &str,
+    execution: Uuid,
+    step: Option<Uuid>,
+) -> String {
+    events
+        .iter()
+        .filter(|e| e.event_type == event_type && e.execution_id == execution)
+        .find(|e| step.is_none() || e.step_id == step)
+        .and_then(|e| e.span_id.clone())
+        .unwrap_or_else(|| panic!("no {event_type} of {execution} / {step:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_root_execution_is_one_trace_across_processes() {
+async fn one_root_execution_is_one_trace_that_reads_as_its_story() {
     let receiver = Receiver::grpc(Receiver::listen("127.0.0.1:0").await.expect("bind")).await;
     let endpoint = receiver.endpoint();
     let db = TestDb::new().await;
@@ -317,26 +348,36 @@ async fn one_root_execution_is_one_trace_across_processes() {
         ));
     }
 
-    let root = submit(&db, "traced", r#"{"amount": 5}"#, &env);
+    let out = lineq_with(
+        &db.url,
+        &[
+            "submit",
+            "traced",
+            "--input",
+            r#"{"amount": 5}"#,
+            "--tag",
+            "customer=acme",
+            "--format",
+            "json",
+        ],
+        |c| otel_env(c, &env),
+    );
+    assert!(out.status.success(), "submit failed: {}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("submit json");
+    let root = v["execution"]["execution_id"]
+        .as_str()
+        .or_else(|| v["execution_id"].as_str())
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .unwrap_or_else(|| panic!("no execution id in {v}"));
     wait_all_finished(&db.pool, &[root], Duration::from_secs(60)).await;
     let r = get_execution(&db.pool, root).await.expect("root");
     assert_eq!(r.status, ExecutionStatus::Completed, "{:?}", r.error);
     let trace_hex = r.correlation_id.simple().to_string();
 
-    // Before SIGTERM: only the one-shot `lineq submit` has exported (it flushed at exit), and
-    // every long-running process holds an exporter.
+    // Before SIGTERM nothing has arrived: no span ends at a submission (the one-shot `lineq
+    // submit` exported nothing), and every long-running process holds an exporter.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let early = receiver.spans();
-    assert_eq!(
-        early.len(),
-        3,
-        "execution_started, workflow_initialized, step_enqueued"
-    );
-    assert!(
-        early.iter().all(|g| g.service == "lineq"),
-        "{:?}",
-        early.iter().map(|g| &g.service).collect::<Vec<_>>()
-    );
+    assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
     for p in &procs {
         if let Some(has) = has_exporter_thread(p.child.id()) {
             assert!(has, "{} should run a span exporter", p.name);
@@ -355,220 +396,270 @@ async fn one_root_execution_is_one_trace_across_processes() {
     // Flushed before exit: everything is there as soon as the processes are gone.
     let events = events_of_tree(&db, root).await;
     let got = receiver.spans();
-
-    // Exactly one span per event, with the ids the event row stores.
     let by_span: HashMap<String, &Got> = got.iter().map(|g| (hex(&g.span.span_id), g)).collect();
     assert_eq!(by_span.len(), got.len(), "a span was exported twice");
-    let event_spans: HashSet<String> = events
-        .iter()
-        .map(|e| e.span_id.clone().expect("span_id"))
-        .collect();
-    assert_eq!(by_span.keys().cloned().collect::<HashSet<_>>(), event_spans);
-    assert_eq!(got.len(), events.len());
 
-    // One trace, named by the root's correlation id, children included.
+    // One trace, named by the root's correlation id, the child included.
     let traces: HashSet<String> = got.iter().map(|g| hex(&g.span.trace_id)).collect();
     assert_eq!(traces, HashSet::from([trace_hex.clone()]));
-    let child_execs: HashSet<Uuid> = events
+    let child = events
         .iter()
         .map(|e| e.execution_id)
-        .filter(|x| *x != root)
-        .collect();
-    assert_eq!(child_execs.len(), 1, "one child execution");
-
-    let by_event: HashMap<Uuid, &EventRow> = events.iter().map(|e| (e.event_id, e)).collect();
-    let span_of = |e: &EventRow| -> &Span { &by_span[e.span_id.as_deref().expect("span_id")].span };
-    for e in &events {
-        let s = span_of(e);
-        // The parent span is the parent event's span; only the root's execution_started has none.
-        match e.parent_event_id {
-            Some(p) => assert_eq!(
-                hex(&s.parent_span_id),
-                by_event[&p].span_id.clone().expect("parent span"),
-                "{} {}",
-                e.event_type,
-                e.event_id
-            ),
-            None => {
-                assert_eq!(
-                    (e.event_type.as_str(), e.execution_id),
-                    ("execution_started", root)
-                );
-                assert!(s.parent_span_id.is_empty());
-            }
-        }
-        // The lineage attributes, on every span.
-        assert_eq!(attr(s, "event_id"), Some(e.event_id.to_string()));
-        assert_eq!(
-            attr(s, "event_type").as_deref(),
-            Some(e.event_type.as_str())
-        );
-        assert_eq!(
-            attr(s, "correlation_id"),
-            Some(e.correlation_id.to_string())
-        );
-        assert_eq!(attr(s, "execution_id"), Some(e.execution_id.to_string()));
-        assert_eq!(attr(s, "root_execution_id"), Some(root.to_string()));
-        assert_eq!(
-            attr(s, "parent_execution_id"),
-            e.parent_execution_id.map(|p| p.to_string())
-        );
-        assert_eq!(attr(s, "attempt"), e.attempt.map(|a| a.to_string()));
-        assert_eq!(attr(s, "worker_id"), e.worker_id.clone());
-        if e.step_id.is_some() && e.event_type != "step_cancelled" {
-            assert_eq!(attr(s, "step"), e.step_name.clone(), "{}", e.event_type);
-        }
-        assert!(s.start_time_unix_nano <= s.end_time_unix_nano);
-    }
-
-    // Each worker span (the attempt: action_started) is the child of its step's enqueue span,
-    // written by another process, and runs from the claim to the report: its children lie
-    // within it.
-    let started: Vec<&EventRow> = events
-        .iter()
-        .filter(|e| e.event_type == "action_started")
-        .collect();
-    assert_eq!(started.len(), 4, "charge twice, fan, the child's echo");
-    for a in &started {
-        let g = by_span[a.span_id.as_deref().expect("span")];
-        let s = &g.span;
-        assert_eq!(g.service, "lineq-worker");
-        assert_eq!(s.kind, 5, "consumer");
-        let enq = by_event[&a.parent_event_id.expect("parent")];
-        assert_eq!(enq.event_type, "step_enqueued");
-        assert_eq!((enq.step_id, enq.attempt), (a.step_id, a.attempt));
-        assert_eq!(hex(&s.parent_span_id), enq.span_id.clone().expect("span"));
-        let enq_service = &by_span[enq.span_id.as_deref().expect("span")].service;
-        assert!(
-            enq_service == "lineq" || enq_service == "lineq-orchestrator",
-            "{enq_service}"
-        );
-        for key in ["handler", "queue", "msg_id", "worker_id"] {
-            assert!(attr(s, key).is_some(), "worker span lacks {key}");
-        }
-        assert!(matches!(
-            attr(s, "worker_id").as_deref(),
-            Some("tw-1" | "tw-2")
-        ));
-        for kid in events
+        .find(|x| *x != root)
+        .expect("a child execution");
+    assert!(
+        events
             .iter()
-            .filter(|k| k.parent_event_id == Some(a.event_id))
-        {
-            let k = span_of(kid);
-            assert!(
-                k.start_time_unix_nano >= s.start_time_unix_nano,
-                "{}",
-                kid.event_type
-            );
-            assert!(
-                k.end_time_unix_nano <= s.end_time_unix_nano,
-                "{}",
-                kid.event_type
-            );
+            .all(|e| e.execution_id == root || e.execution_id == child)
+    );
+
+    // The spans, by what they are.
+    let of = |kind: &str| -> Vec<&Got> {
+        got.iter()
+            .filter(|g| attr(&g.span, "lineq.span").as_deref() == Some(kind))
+            .collect()
+    };
+    let (executions, steps, attempts) = (of("execution"), of("step"), of("attempt"));
+    assert_eq!(executions.len(), 2, "the root and the child");
+    assert_eq!(
+        steps.len(),
+        5,
+        "price, reserve, charge, receipt, the child's echo"
+    );
+    assert_eq!(attempts.len(), 6, "reserve twice, the others once");
+    let handler_spans: Vec<&Got> = got
+        .iter()
+        .filter(|g| attr(&g.span, "lineq.span").is_none())
+        .collect();
+    assert_eq!(
+        handler_spans
+            .iter()
+            .map(|g| g.span.name.as_str())
+            .collect::<Vec<_>>(),
+        ["sleep"],
+        "the handler's own span, and nothing else of the processes' own"
+    );
+
+    // The root: the execution from submit to end, with its status, ids and tags.
+    let root_span_id = opening_span(&events, "execution_started", root, None);
+    let root_span = &by_span[&root_span_id].span;
+    assert!(root_span.parent_span_id.is_empty());
+    assert_eq!(root_span.name, "execution traced");
+    assert_eq!(by_span[&root_span_id].service, "lineq-orchestrator");
+    assert_eq!(attr(root_span, "status").as_deref(), Some("completed"));
+    assert_eq!(
+        attr(root_span, "correlation_id"),
+        Some(r.correlation_id.to_string())
+    );
+    assert_eq!(attr(root_span, "execution_id"), Some(root.to_string()));
+    assert_eq!(attr(root_span, "root_execution_id"), Some(root.to_string()));
+    assert_eq!(attr(root_span, "tag.customer").as_deref(), Some("acme"));
+
+    // A span per step, under its execution's span, named by its first step_enqueued; a span
+    // per attempt under its step's (retries too), the worker's, named by its action_started.
+    let step_id = |x: Uuid, name: &str| -> Uuid {
+        events
+            .iter()
+            .find(|e| {
+                e.execution_id == x
+                    && e.event_type == "step_enqueued"
+                    && e.step_name.as_deref() == Some(name)
+            })
+            .and_then(|e| e.step_id)
+            .unwrap_or_else(|| panic!("no step {name}"))
+    };
+    let child_span_id = opening_span(&events, "execution_started", child, None);
+    for (x, name, parent) in [
+        (root, "price", &root_span_id),
+        (root, "reserve", &root_span_id),
+        (root, "charge", &root_span_id),
+        (root, "receipt", &root_span_id),
+        (child, "echo", &child_span_id),
+    ] {
+        let sid = step_id(x, name);
+        let span_id = opening_span(&events, "step_enqueued", x, Some(sid));
+        let g = by_span
+            .get(&span_id)
+            .unwrap_or_else(|| panic!("no span for step {name}"));
+        assert_eq!(g.span.name, format!("step {name}"));
+        assert_eq!(&hex(&g.span.parent_span_id), parent, "step {name}");
+        assert_eq!(g.service, "lineq-orchestrator", "step {name}");
+        assert_eq!(attr(&g.span, "status").as_deref(), Some("completed"));
+        assert_eq!(attr(&g.span, "step_id"), Some(sid.to_string()));
+        let mine: Vec<&&Got> = attempts
+            .iter()
+            .filter(|a| attr(&a.span, "step_id") == Some(sid.to_string()))
+            .collect();
+        assert_eq!(mine.len(), if name == "reserve" { 2 } else { 1 }, "{name}");
+        for a in mine {
+            assert_eq!(hex(&a.span.parent_span_id), span_id, "attempt of {name}");
+            assert_eq!(a.service, "lineq-worker");
+            assert_eq!(a.span.kind, 5, "consumer");
+            assert_eq!(a.span.name, format!("attempt {name}"));
+            for key in ["handler", "queue", "msg_id", "attempt", "delivery"] {
+                assert!(attr(&a.span, key).is_some(), "attempt lacks {key}");
+            }
+            assert!(matches!(
+                attr(&a.span, "worker_id").as_deref(),
+                Some("tw-1" | "tw-2")
+            ));
+            // Inside its step (the worker's clock against the database's: a little slack).
+            let slack = 200_000_000;
+            assert!(a.span.start_time_unix_nano + slack >= g.span.start_time_unix_nano);
+            assert!(a.span.end_time_unix_nano <= g.span.end_time_unix_nano + slack);
         }
     }
+    // The child execution sits under the step that spawned it.
+    let charge_span = opening_span(
+        &events,
+        "step_enqueued",
+        root,
+        Some(step_id(root, "charge")),
+    );
+    let child_root = &by_span[&child_span_id].span;
+    assert_eq!(hex(&child_root.parent_span_id), charge_span);
+    assert_eq!(
+        attr(child_root, "parent_execution_id"),
+        Some(root.to_string())
+    );
 
-    // The retry: the first attempt's spans are errors with the handler's message.
-    let failed = events
+    // The retry: the first attempt failed with the handler's message, the second did not.
+    let reserve = step_id(root, "reserve");
+    let mut tries: Vec<&&Got> = attempts
         .iter()
-        .find(|e| e.event_type == "action_failed")
-        .expect("action_failed");
-    for e in [failed, by_event[&failed.parent_event_id.expect("parent")]] {
-        let s = span_of(e);
-        let status = s.status.as_ref().expect("status");
-        assert_eq!(status.code, 2, "{} is an error", e.event_type);
-        assert!(
-            status.message.contains("fails on purpose"),
-            "{}",
-            status.message
-        );
-    }
-    let f = span_of(failed);
-    let ex = f
+        .filter(|a| attr(&a.span, "step_id") == Some(reserve.to_string()))
+        .collect();
+    tries.sort_by_key(|a| attr(&a.span, "attempt"));
+    let status = tries[0].span.status.as_ref().expect("status");
+    assert_eq!(status.code, 2, "the failed attempt is an error");
+    assert!(
+        status.message.contains("fails on purpose"),
+        "{}",
+        status.message
+    );
+    let ex = tries[0]
+        .span
         .events
         .iter()
         .find(|x| x.name == "exception")
         .expect("exception event");
-    assert!(ex.attributes.iter().any(|kv| kv.key == "exception.type"
-        && kv.value.as_ref().map(value_text).as_deref() == Some("flaky")));
-    let attempt_failed = events
-        .iter()
-        .find(|e| e.event_type == "step_attempt_failed")
-        .expect("retry");
-    assert_eq!(
-        span_of(attempt_failed).status.as_ref().map(|s| s.code),
-        Some(2)
-    );
+    assert_eq!(event_attr(ex, "exception.type").as_deref(), Some("flaky"));
+    assert_ne!(tries[1].span.status.as_ref().map(|s| s.code), Some(2));
 
-    // Each orchestrator span that processed a result is the child of the worker's step_result
-    // span and linked to the worker's span of that attempt.
-    for e in events.iter().filter(|e| {
-        matches!(
-            e.event_type.as_str(),
-            "step_completed" | "step_attempt_failed" | "step_waiting"
-        ) && by_event[&e.parent_event_id.expect("parent")].event_type == "step_result"
-    }) {
-        let g = by_span[e.span_id.as_deref().expect("span")];
-        assert_eq!(g.service, "lineq-orchestrator");
-        let result = by_event[&e.parent_event_id.expect("parent")];
-        let attempt = by_event[&result.parent_event_id.expect("parent")];
-        assert_eq!(attempt.event_type, "action_started");
-        let links: Vec<(String, String)> = g
+    // The handler's own span, under its attempt.
+    let price_attempt = attempts
+        .iter()
+        .find(|a| attr(&a.span, "step") == Some("price".into()))
+        .expect("price's attempt");
+    let sleep = &handler_spans[0];
+    assert_eq!(sleep.span.parent_span_id, price_attempt.span.span_id);
+    assert_eq!(sleep.service, "lineq-worker");
+    assert_eq!(attr(&sleep.span, "ms").as_deref(), Some("30"));
+    assert!(sleep.span.start_time_unix_nano >= price_attempt.span.start_time_unix_nano);
+    assert!(sleep.span.end_time_unix_nano <= price_attempt.span.end_time_unix_nano);
+
+    // Every lineage event is a span event, once, with its id, type and parent.
+    let by_event: HashMap<Uuid, &EventRow> = events.iter().map(|e| (e.event_id, e)).collect();
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    for g in &got {
+        for x in g.span.events.iter().filter(|x| x.name != "exception") {
+            let id = event_attr(x, "event_id")
+                .and_then(|i| Uuid::parse_str(&i).ok())
+                .unwrap_or_else(|| panic!("span event {} without event_id", x.name));
+            let row = by_event
+                .get(&id)
+                .unwrap_or_else(|| panic!("span event {id} is no event of the tree"));
+            assert!(seen.insert(id), "event {id} is in the trace twice");
+            assert_eq!(x.name, row.event_type);
+            assert_eq!(
+                event_attr(x, "event_type").as_deref(),
+                Some(row.event_type.as_str())
+            );
+            assert_eq!(
+                event_attr(x, "parent_event_id"),
+                row.parent_event_id.map(|p| p.to_string())
+            );
+            // On the span of its execution.
+            assert_eq!(
+                attr(&g.span, "execution_id"),
+                Some(row.execution_id.to_string())
+            );
+        }
+    }
+    assert_eq!(seen, by_event.keys().copied().collect::<HashSet<_>>());
+
+    // The fan-in links to both dependencies' steps; receipt to charge.
+    let links = |name: &str| -> HashSet<String> {
+        let id = opening_span(&events, "step_enqueued", root, Some(step_id(root, name)));
+        by_span[&id]
             .span
             .links
             .iter()
-            .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
-            .collect();
-        assert_eq!(
-            links,
-            vec![(trace_hex.clone(), attempt.span_id.clone().expect("span"))],
-            "{}",
-            e.event_type
-        );
-    }
-
-    // The child execution sits in the same trace under the step that spawned it.
-    let child = *child_execs.iter().next().expect("child");
-    let child_start = events
-        .iter()
-        .find(|e| e.execution_id == child && e.event_type == "execution_started")
-        .expect("child execution_started");
-    let spawned_by = by_event[&child_start.parent_event_id.expect("parent")];
+            .map(|l| {
+                assert_eq!(hex(&l.trace_id), trace_hex);
+                hex(&l.span_id)
+            })
+            .collect()
+    };
+    let step_span =
+        |name: &str| opening_span(&events, "step_enqueued", root, Some(step_id(root, name)));
     assert_eq!(
-        (
-            spawned_by.event_type.as_str(),
-            spawned_by.step_name.as_deref()
-        ),
-        ("step_result", Some("fan"))
+        links("charge"),
+        HashSet::from([step_span("price"), step_span("reserve")])
     );
-    let fan_attempt = by_event[&spawned_by.parent_event_id.expect("parent")];
-    for e in events.iter().filter(|e| e.execution_id == child) {
-        // Walk up the spans: every child span reaches the spawning step's worker span.
-        let mut at = span_of(e);
-        let mut hops = 0;
-        while hex(&at.span_id) != fan_attempt.span_id.clone().expect("span") {
-            let parent = hex(&at.parent_span_id);
+    assert_eq!(links("receipt"), HashSet::from([step_span("charge")]));
+    assert!(links("price").is_empty());
+
+    // Depth: 4 outside the child execution (execution, step, attempt, the handler's span),
+    // whatever the number of steps; the child adds its own three levels.
+    let depth = |g: &Got| -> usize {
+        let mut d = 1;
+        let mut at = &g.span;
+        while !at.parent_span_id.is_empty() {
             at = &by_span
-                .get(&parent)
-                .unwrap_or_else(|| panic!("{} has a parent outside the trace", e.event_type))
+                .get(&hex(&at.parent_span_id))
+                .unwrap_or_else(|| panic!("{} has a parent outside the trace", g.span.name))
                 .span;
-            hops += 1;
-            assert!(hops < 100);
+            d += 1;
+            assert!(d < 20);
         }
-        assert_eq!(
-            attr(span_of(e), "parent_execution_id"),
-            Some(root.to_string())
+        d
+    };
+    for g in &got {
+        let in_child = attr(&g.span, "execution_id") == Some(child.to_string());
+        let d = depth(g);
+        assert!(
+            d <= if in_child { 4 + 3 } else { 4 },
+            "{} is {d} deep",
+            g.span.name
         );
     }
+    assert_eq!(depth(by_span[&root_span_id]), 1);
+    assert_eq!(depth(sleep), 4);
 
-    // Every event row names its span: from SQL to Jaeger and back.
-    assert!(
-        events
-            .iter()
-            .all(|e| e.trace_id.as_deref() == Some(trace_hex.as_str()))
-    );
+    // From a span to its SQL row: the span id is the id its opening event's row stores.
+    for g in executions.iter().chain(&steps).chain(&attempts) {
+        let rows: Vec<(String, Uuid)> =
+            sqlx::query_as("SELECT event_type, event_id FROM lineq.events WHERE span_id = $1")
+                .bind(hex(&g.span.span_id))
+                .fetch_all(&db.pool)
+                .await
+                .expect("rows");
+        assert_eq!(rows.len(), 1, "{}", g.span.name);
+        let want = match attr(&g.span, "lineq.span").as_deref() {
+            Some("execution") => "execution_started",
+            Some("step") => "step_enqueued",
+            _ => "action_started",
+        };
+        assert_eq!(rows[0].0, want, "{}", g.span.name);
+        assert_eq!(attr(&g.span, "event_id"), Some(rows[0].1.to_string()));
+    }
 
     // `lineq trace` finds the trace from the root, the child, the correlation id and an event.
+    let failed = events
+        .iter()
+        .find(|e| e.event_type == "action_failed")
+        .expect("action_failed");
     let jaeger = "http://jaeger.test:16686/";
     for (id, matched) in [
         (root.to_string(), "execution"),
@@ -671,9 +762,16 @@ async fn http_protobuf_and_the_flag_overrides_the_environment() {
     wait_all_finished(&db.pool, &[id], Duration::from_secs(60)).await;
     let events = events_of_tree(&db, id).await;
     assert_eq!(tree_shape(&events), ONE_STEP_COMPLETED);
-    // With a short schedule delay the spans arrive while the processes run.
+    // With a short schedule delay the spans arrive while the processes run: the execution's,
+    // its step's and its attempt's, named by the events that open them.
     let want: HashSet<String> = events
         .iter()
+        .filter(|e| {
+            matches!(
+                e.event_type.as_str(),
+                "execution_started" | "step_enqueued" | "action_started"
+            )
+        })
         .map(|e| e.span_id.clone().expect("span"))
         .collect();
     let got = eventually(Duration::from_secs(20), "spans over HTTP", || {
@@ -685,11 +783,13 @@ async fn http_protobuf_and_the_flag_overrides_the_environment() {
         }
     })
     .await;
-    assert_eq!(got.len(), events.len());
+    assert_eq!(got.len(), 3);
+    let span_events: usize = got.iter().map(|g| g.span.events.len()).sum();
+    assert_eq!(span_events, events.len(), "every event is a span event");
     let services: HashSet<&str> = got.iter().map(|g| g.service.as_str()).collect();
     assert_eq!(
         services,
-        HashSet::from(["lineq", "lineq-orchestrator", "lineq-worker"])
+        HashSet::from(["lineq-orchestrator", "lineq-worker"])
     );
     for p in procs.iter_mut() {
         let status = p.terminate(Duration::from_secs(30));
@@ -770,10 +870,9 @@ async fn with_no_endpoint_nothing_is_exported() {
 }
 
 /// A worker that speaks the SQL interface and exports nothing (here: this test, through
-/// `lineq.worker_*`) has its attempt's spans exported by the orchestrator that reads its result,
-/// under the service name it registered: the attempt's span is the claim's `action_started`,
-/// child of the step's `step_enqueued`; the report's events are its children; the step's
-/// outcome links to it; and every event of the execution is a span.
+/// `lineq.worker_*`) has its attempt's span exported by the orchestrator that reads its result,
+/// under the service name it registered: named by the claim's `action_started`, under its
+/// step's span, the report's events its span events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_spans_of_a_worker_that_exports_none_are_exported_for_it() {
     let receiver = Receiver::grpc(Receiver::listen("127.0.0.1:0").await.expect("bind")).await;
@@ -834,11 +933,17 @@ async fn the_spans_of_a_worker_that_exports_none_are_exported_for_it() {
     let events = events_of_tree(&db, id).await;
     assert_eq!(tree_shape(&events), ONE_STEP_COMPLETED);
 
-    let want: HashSet<String> = events
-        .iter()
-        .map(|e| e.span_id.clone().expect("span"))
-        .collect();
-    let got = eventually(Duration::from_secs(20), "every event as a span", || {
+    let event = |t: &str| {
+        events
+            .iter()
+            .find(|e| e.event_type == t)
+            .unwrap_or_else(|| panic!("no {t} event"))
+    };
+    let attempt_id = event("action_started").span_id.clone().expect("span id");
+    let step_id = event("step_enqueued").span_id.clone().expect("span id");
+    let root_id = event("execution_started").span_id.clone().expect("span id");
+    let want: HashSet<String> = HashSet::from([attempt_id.clone(), step_id.clone(), root_id]);
+    let got = eventually(Duration::from_secs(20), "the three spans", || {
         let spans = receiver.spans();
         let want = want.clone();
         async move {
@@ -848,23 +953,14 @@ async fn the_spans_of_a_worker_that_exports_none_are_exported_for_it() {
     })
     .await;
     let by_span: HashMap<String, &Got> = got.iter().map(|g| (hex(&g.span.span_id), g)).collect();
-    let event = |t: &str| {
-        events
-            .iter()
-            .find(|e| e.event_type == t)
-            .unwrap_or_else(|| panic!("no {t} event"))
-    };
-    let span_of = |t: &str| {
-        let e = event(t);
-        by_span[e.span_id.as_deref().expect("span id")]
-    };
-    let attempt = span_of("action_started");
+    let attempt = by_span[&attempt_id];
     assert_eq!(attempt.service, "billing-sql");
     assert_eq!(
         hex(&attempt.span.parent_span_id),
-        event("step_enqueued").span_id.clone().expect("span id"),
-        "the attempt is a child of its step's enqueueing"
+        step_id,
+        "the attempt is a child of its step's span"
     );
+    assert_eq!(by_span[&step_id].service, "lineq-orchestrator");
     // The claim's traceparent names the attempt's span, for a handler's own spans.
     assert_eq!(
         traceparent,
@@ -875,21 +971,14 @@ async fn the_spans_of_a_worker_that_exports_none_are_exported_for_it() {
         )
     );
     assert!(attempt.span.end_time_unix_nano >= attempt.span.start_time_unix_nano);
-    for t in ["action_completed", "step_result"] {
-        let g = span_of(t);
-        assert_eq!(g.service, "billing-sql", "{t}");
-        assert_eq!(g.span.parent_span_id, attempt.span.span_id, "{t}");
-    }
-    let outcome = span_of("step_completed");
-    assert_eq!(outcome.service, "lineq-orchestrator");
-    assert!(
-        outcome
-            .span
-            .links
-            .iter()
-            .any(|l| l.span_id == attempt.span.span_id),
-        "the step's outcome links to the attempt"
-    );
+    // The report's events are the attempt's span events.
+    let names: Vec<&str> = attempt
+        .span
+        .events
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(names, ["action_started", "action_completed", "step_result"]);
     // Exported once: the orchestrator is the only exporter of the worker's events.
     let copies = got
         .iter()
@@ -898,5 +987,215 @@ async fn the_spans_of_a_worker_that_exports_none_are_exported_for_it() {
     assert_eq!(copies, 1);
     let status = orchestrator.terminate(Duration::from_secs(30));
     assert!(status.success(), "{}", orchestrator.log_text());
+    db.drop_db().await;
+}
+
+/// A worker that claims a step and stops before reporting (here: this test, through
+/// `lineq.worker_claim`, which then says nothing more) leaves an attempt that no worker will
+/// export. Once the message is delivered again and the step ends, the orchestrator exports it,
+/// under the service name that worker registered: from its claim to the next delivery, an error
+/// that says what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attempt_whose_worker_stopped_mid_step_says_so() {
+    let receiver = Receiver::grpc(Receiver::listen("127.0.0.1:0").await.expect("bind")).await;
+    let endpoint = receiver.endpoint();
+    let db = TestDb::new().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    let mut orchestrator = Proc::start_with(
+        &db.url,
+        "orchestrator",
+        &["orchestrator", "--poll-interval-ms", "100"],
+        |c| otel_env(c, &env),
+    );
+    let id = submit(&db, "echo", r#"{"hi": 1}"#, &env);
+    let token: String = sqlx::query_scalar(
+        "SELECT lineq.worker_register('doomed-1', '{default}', '{echo}', 'host', 1, '1', 'sql', 30,
+                                      'doomed-sql', NULL)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("register");
+    // Claimed for one second, then never reported.
+    let _: (i64,) = eventually(Duration::from_secs(20), "a claim", || {
+        let pool = db.pool.clone();
+        let token = token.clone();
+        async move {
+            sqlx::query_as("SELECT msg_id FROM lineq.worker_claim('doomed-1', $1, 'default', 1, 1)")
+                .bind(&token)
+                .fetch_optional(&pool)
+                .await
+                .expect("claim")
+        }
+    })
+    .await;
+    let mut worker = Proc::start_with(
+        &db.url,
+        "worker",
+        &["worker", "--poll-interval-ms", "100"],
+        |c| otel_env(c, &env),
+    );
+    wait_all_finished(&db.pool, &[id], Duration::from_secs(30)).await;
+    let events = events_of_tree(&db, id).await;
+    let started: Vec<&EventRow> = events
+        .iter()
+        .filter(|e| e.event_type == "action_started")
+        .collect();
+    assert_eq!(started.len(), 2, "claimed, then delivered again");
+    let (lost, again) = (started[0], started[1]);
+    assert_eq!(lost.worker_id.as_deref(), Some("doomed-1"));
+    let lost_id = lost.span_id.clone().expect("span id");
+    let got = eventually(
+        Duration::from_secs(20),
+        "the abandoned attempt's span",
+        || {
+            let spans = receiver.spans();
+            let lost_id = lost_id.clone();
+            async move {
+                spans
+                    .iter()
+                    .any(|g| hex(&g.span.span_id) == lost_id)
+                    .then_some(spans)
+            }
+        },
+    )
+    .await;
+    let by_span: HashMap<String, &Got> = got.iter().map(|g| (hex(&g.span.span_id), g)).collect();
+    let g = by_span[&lost_id];
+    assert_eq!(g.service, "doomed-sql");
+    assert_eq!(attr(&g.span, "lineq.span").as_deref(), Some("attempt"));
+    assert_eq!(attr(&g.span, "outcome").as_deref(), Some("abandoned"));
+    let status = g.span.status.as_ref().expect("status");
+    assert_eq!(status.code, 2);
+    assert!(
+        status.message.contains("doomed-1") && status.message.contains("delivered again"),
+        "{}",
+        status.message
+    );
+    let step_span = events
+        .iter()
+        .find(|e| e.event_type == "step_enqueued")
+        .and_then(|e| e.span_id.clone())
+        .expect("step");
+    assert_eq!(hex(&g.span.parent_span_id), step_span);
+    // From the claim to the delivery that replaced it.
+    let nanos = |t: chrono::DateTime<chrono::Utc>| {
+        u64::try_from(t.timestamp_nanos_opt().expect("nanos")).expect("after 1970")
+    };
+    assert_eq!(g.span.start_time_unix_nano, nanos(lost.created_at));
+    assert_eq!(g.span.end_time_unix_nano, nanos(again.created_at));
+    // The delivery that replaced it is the worker's own, under the same step.
+    let again_span = eventually(Duration::from_secs(20), "the second attempt", || {
+        let spans = receiver.spans();
+        let want = again.span_id.clone().expect("span id");
+        async move { spans.into_iter().find(|g| hex(&g.span.span_id) == want) }
+    })
+    .await;
+    assert_eq!(again_span.service, "lineq-worker");
+    assert_eq!(hex(&again_span.span.parent_span_id), step_span);
+    for p in [&mut worker, &mut orchestrator] {
+        let status = p.terminate(Duration::from_secs(30));
+        assert!(status.success(), "{}", p.log_text());
+    }
+    db.drop_db().await;
+}
+
+/// A failed execution: its span and its failed step's are errors with the handler's message,
+/// and a step cancelled before it ever ran (it had no span of its own) is still in the trace, as
+/// an event of the execution's span. Every event is a span event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_execution_is_an_error_and_keeps_every_event() {
+    let receiver = Receiver::grpc(Receiver::listen("127.0.0.1:0").await.expect("bind")).await;
+    let endpoint = receiver.endpoint();
+    let db = TestDb::new().await;
+    store::register(
+        &db.pool,
+        &WorkflowDefinition::new("doomed")
+            .step(StepDefinition::new("pay", "fail").params(json!({"message": "card declined"})))
+            .step(StepDefinition::new("ship", "echo").depends_on(["pay"])),
+    )
+    .await
+    .expect("register");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    let mut procs = [
+        Proc::start_with(
+            &db.url,
+            "orchestrator",
+            &["orchestrator", "--poll-interval-ms", "100"],
+            |c| otel_env(c, &env),
+        ),
+        Proc::start_with(
+            &db.url,
+            "worker",
+            &["worker", "--poll-interval-ms", "100"],
+            |c| otel_env(c, &env),
+        ),
+    ];
+    let id = submit(&db, "doomed", "{}", &env);
+    wait_all_finished(&db.pool, &[id], Duration::from_secs(60)).await;
+    let events = events_of_tree(&db, id).await;
+    let root_span = opening_span(&events, "execution_started", id, None);
+    let want: HashSet<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+    // Every span arrived: the worker's and the orchestrator's come in batches of their own.
+    let got = eventually(Duration::from_secs(20), "every event in the trace", || {
+        let spans = receiver.spans();
+        let want = want.clone();
+        async move {
+            let ids: HashSet<String> = spans
+                .iter()
+                .flat_map(|g| g.span.events.iter())
+                .filter_map(|x| event_attr(x, "event_id"))
+                .collect();
+            want.is_subset(&ids).then_some(spans)
+        }
+    })
+    .await;
+    let by_span: HashMap<String, &Got> = got.iter().map(|g| (hex(&g.span.span_id), g)).collect();
+    let root = &by_span[&root_span].span;
+    assert_eq!(attr(root, "status").as_deref(), Some("failed"));
+    let status = root.status.as_ref().expect("status");
+    assert_eq!(status.code, 2);
+    assert!(
+        status.message.contains("card declined"),
+        "{}",
+        status.message
+    );
+    let pay = events
+        .iter()
+        .find(|e| e.event_type == "step_enqueued")
+        .expect("pay was enqueued");
+    let pay_span = &by_span[pay.span_id.as_deref().expect("span")].span;
+    assert_eq!(pay_span.name, "step pay");
+    assert_eq!(attr(pay_span, "status").as_deref(), Some("failed"));
+    assert_eq!(pay_span.status.as_ref().map(|s| s.code), Some(2));
+    // `ship` never ran: no span of its own, its cancellation an event of the execution's span.
+    assert!(!got.iter().any(|g| g.span.name == "step ship"));
+    let cancelled = events
+        .iter()
+        .find(|e| e.event_type == "step_cancelled")
+        .expect("ship cancelled");
+    assert!(
+        root.events
+            .iter()
+            .any(|x| { event_attr(x, "event_id") == Some(cancelled.event_id.to_string()) })
+    );
+    // Every event, once.
+    let ids: Vec<String> = got
+        .iter()
+        .flat_map(|g| g.span.events.iter())
+        .filter(|x| x.name != "exception")
+        .filter_map(|x| event_attr(x, "event_id"))
+        .collect();
+    assert_eq!(ids.len(), want.len());
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), want);
+    for p in procs.iter_mut() {
+        let status = p.terminate(Duration::from_secs(30));
+        assert!(status.success(), "{}", p.log_text());
+    }
     db.drop_db().await;
 }

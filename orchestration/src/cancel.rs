@@ -9,7 +9,6 @@ use uuid::Uuid;
 use lineq_shared::error::{Error, Result};
 use lineq_shared::event::{EventType, Lineage, NewEvent, insert_events};
 use lineq_shared::ids::node_name;
-use lineq_shared::telemetry;
 use lineq_shared::validation::ValidationError;
 
 use crate::settle::{Work, carry_to_parent, lock_executions, settle};
@@ -68,7 +67,6 @@ pub fn check_reason(reason: &str) -> std::result::Result<(), ValidationError> {
 pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<CancelReport> {
     check_reason(reason)?;
     let node = node_name();
-    let started = telemetry::start();
     let mut tx = pool.begin().await?;
     let row: CancelRow = sqlx::query_as(
         "SELECT execution_id, executions, steps, messages_deleted, cancelled, ending_event_id,
@@ -110,7 +108,7 @@ pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<C
     insert_events(&mut tx, &events).await?;
     events.extend(crate::enqueue::enqueue(&mut tx, ready, &node).await?);
     tx.commit().await?;
-    telemetry::export(&events, started);
+    crate::spans::export_ended(pool, &events, &crate::spans::Known::default()).await;
     out.report.execution_id = execution_id;
     Ok(out.report)
 }

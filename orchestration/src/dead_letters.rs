@@ -11,7 +11,6 @@ use lineq_shared::error::{Error, Result};
 use lineq_shared::event::{EventType, Lineage, NewEvent, insert_events};
 use lineq_shared::ids::node_name;
 use lineq_shared::queue;
-use lineq_shared::telemetry;
 use lineq_shared::validation::QueueName;
 
 /// One dead letter.
@@ -145,8 +144,6 @@ pub struct Replayed {
 /// transaction; writes `message_replayed` under its `message_dead_lettered` event when it has
 /// one. A replayed step message runs again under its original lineage.
 pub async fn replay(pool: &PgPool, msg_id: i64) -> Result<Replayed> {
-    let started = telemetry::start();
-    let mut written = Vec::new();
     let mut tx = pool.begin().await?;
     let row: Option<DeadLetterRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM pgmq.q_lineq_dlq WHERE msg_id = $1 FOR UPDATE"
@@ -207,11 +204,10 @@ pub async fn replay(pool: &PgPool, msg_id: i64) -> Result<Replayed> {
                 ev = ev.step(s, a);
             }
             insert_events(&mut tx, std::slice::from_ref(&ev)).await?;
-            written.push(ev);
         }
     }
     tx.commit().await?;
-    telemetry::export(&written, started);
+    // A span event of the step's span, exported when the step ends (spans.rs).
     Ok(Replayed {
         dead_letter: msg_id,
         queue: q.to_string(),

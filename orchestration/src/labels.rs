@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use lineq_shared::error::{Error, Result};
-use lineq_shared::event::{EventType, NewEvent};
+
 use lineq_shared::execution::Execution;
 use lineq_shared::ids::node_name;
 use lineq_shared::labels::{Tags, check_tag_key, check_tag_value};
@@ -142,7 +142,6 @@ pub async fn update_tags_as(
 ) -> Result<Execution> {
     change.validate()?;
     check_cause(cause)?;
-    let span_start = lineq_shared::telemetry::start();
     let mut tx = pool.begin().await?;
     let updated: Execution =
         sqlx::query_as("SELECT * FROM lineq.update_tags($1, $2, $3, $4, $5, $6)")
@@ -154,52 +153,10 @@ pub async fn update_tags_as(
             .bind(node_name)
             .fetch_one(&mut *tx)
             .await?;
-    // The event, for its span: written by the function when the change changed something.
-    let event = if lineq_shared::telemetry::enabled() {
-        tags_changed_event(&mut tx, &updated).await?
-    } else {
-        None
-    };
+    // The `tags_changed` event the function wrote is a span event of the execution's span,
+    // exported when the execution ends (spans.rs).
     tx.commit().await?;
-    if let Some(event) = event {
-        lineq_shared::telemetry::export(std::slice::from_ref(&event), span_start);
-    }
     Ok(updated)
-}
-
-/// The `tags_changed` event that brought `e` to its version, if one did.
-async fn tags_changed_event(
-    conn: &mut sqlx::PgConnection,
-    e: &Execution,
-) -> Result<Option<NewEvent>> {
-    type Row = (Uuid, Option<Uuid>, String, Option<String>, Value);
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT event_id, parent_event_id, node_name, trace_id, payload FROM lineq.events
-         WHERE execution_id = $1 AND event_type = 'tags_changed'
-           AND (payload ->> 'version')::bigint = $2
-         ORDER BY created_at DESC, event_id DESC LIMIT 1",
-    )
-    .bind(e.execution_id)
-    .bind(e.version)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((event_id, parent, node, trace_id, payload)) = row else {
-        return Ok(None);
-    };
-    let trace_correlation_id = trace_id
-        .as_deref()
-        .and_then(|t| Uuid::try_parse(t).ok())
-        .unwrap_or(e.correlation_id);
-    Ok(Some(
-        NewEvent::with_id(
-            event_id,
-            EventType::TagsChanged,
-            e.lineage(trace_correlation_id),
-            parent,
-            &node,
-        )
-        .payload(payload),
-    ))
 }
 
 /// What a history entry records.

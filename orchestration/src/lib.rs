@@ -20,6 +20,7 @@ pub mod prune;
 pub mod query;
 pub mod results;
 mod settle;
+mod spans;
 pub mod submit;
 pub mod worker_spans;
 pub mod workflow;

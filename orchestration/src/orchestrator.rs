@@ -118,6 +118,8 @@ impl Orchestrator {
                 }
             }
         }
+        // The spans of what it ended, before the exporter is flushed.
+        crate::spans::wait_for_exports().await;
         tracing::info!("orchestrator stopped");
         Ok(())
     }

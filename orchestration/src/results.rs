@@ -95,7 +95,6 @@ pub async fn process_batch(
     visibility_timeout_secs: i32,
 ) -> Result<BatchReport> {
     let results_queue = queue::results_queue();
-    let started = telemetry::start();
     let mut tx = pool.begin().await?;
     let msgs = queue::read(
         &mut *tx,
@@ -133,15 +132,14 @@ pub async fn process_batch(
         }
     }
 
-    // For tracing: each worker `step_result` → its `action_started` (the attempt's span), which
-    // the span of the step's outcome links to.
-    let step_spans: HashMap<Uuid, Uuid> = if telemetry::enabled() {
+    // For tracing: the attempts reported, whose spans workers that export none need exported.
+    let attempts: Vec<Uuid> = if telemetry::enabled() {
         parsed
             .iter()
-            .filter_map(|(_, r)| Some((r.meta.parent_event_id, r.started_event_id?)))
+            .filter_map(|(_, r)| r.started_event_id)
             .collect()
     } else {
-        HashMap::new()
+        Vec::new()
     };
 
     let mut work = Work::new(node_name);
@@ -306,7 +304,7 @@ pub async fn process_batch(
             row.error = u.error.clone();
         }
     }
-    let (created_children, child_events) = create_children(&mut tx, &work, children).await?;
+    let created_children = create_children(&mut tx, &work, children).await?;
     report.children = created_children;
     settle(&mut tx, &mut work).await?;
     archive_ids.extend(finished_children.iter().map(|(m, _)| m.msg_id));
@@ -314,27 +312,23 @@ pub async fn process_batch(
     report.finished = work.finished;
 
     let ready = std::mem::take(&mut work.ready);
+    // What settling read, for the spans of what this batch ends (read only with tracing on).
+    let known = if telemetry::enabled() {
+        crate::spans::Known::from_work(&work)
+    } else {
+        crate::spans::Known::default()
+    };
     let mut events = work.events;
     // The outcome events first: the `step_enqueued` events of what they made ready are stamped
     // after them.
     queue::archive_with_events(&mut tx, &results_queue, &archive_ids, &events).await?;
     events.extend(enqueue(&mut tx, ready, node_name).await?);
     tx.commit().await?;
-    // The children's events were written by lineq._create_executions; only their spans remain.
-    events.extend(child_events);
-    // Workers that do not export their own spans get theirs exported here; tracing is
-    // best-effort, so a failed read costs a warning, never the batch (already committed).
-    let attempts: Vec<Uuid> = step_spans.values().copied().collect();
-    if let Err(e) = crate::worker_spans::export(pool, &attempts).await {
-        tracing::warn!(error = %e, "cannot export the spans of workers that do not export their own");
+    // The spans this batch ended, and those of attempts whose workers export none: exported
+    // after the commit, in a task of their own (their reads need not hold up the next batch).
+    if telemetry::enabled() {
+        crate::spans::export_in_background(pool.clone(), attempts, events, known).await;
     }
-    telemetry::export_linked(&events, started, |e| match e.event_type {
-        EventType::StepCompleted
-        | EventType::StepFailed
-        | EventType::StepAttemptFailed
-        | EventType::StepWaiting => e.parent_event_id.and_then(|p| step_spans.get(&p).copied()),
-        _ => None,
-    });
     Ok(report)
 }
 
@@ -480,13 +474,12 @@ struct WireChild<'a> {
 }
 
 /// Creates the children of the batch with one call of the SQL code submission uses. Returns
-/// how many were created (a replayed child whose id exists is not created twice) and, when
-/// tracing is on, their events for export after commit.
+/// how many were created (a replayed child whose id exists is not created twice).
 async fn create_children(
     conn: &mut PgConnection,
     work: &Work,
     requests: Vec<(ExecState, String, ResultMessage)>,
-) -> Result<(usize, Vec<NewEvent>)> {
+) -> Result<usize> {
     let mut wire = Vec::new();
     for (parent, step_name, r) in &requests {
         for c in &r.children {
@@ -505,7 +498,7 @@ async fn create_children(
         }
     }
     if wire.is_empty() {
-        return Ok((0, Vec::new()));
+        return Ok(0);
     }
     let created: Vec<Uuid> = sqlx::query_scalar(
         "SELECT execution_id FROM lineq._create_executions($1, $2, true) WHERE created",
@@ -515,10 +508,5 @@ async fn create_children(
     .fetch_all(&mut *conn)
     .await?;
     tracing::debug!(children = created.len(), "children created");
-    let events = if telemetry::enabled() {
-        lineq_shared::event::load_new_events(conn, &created).await?
-    } else {
-        Vec::new()
-    };
-    Ok((created.len(), events))
+    Ok(created.len())
 }

@@ -12,10 +12,8 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use lineq_shared::error::{Error, Result};
-use lineq_shared::event::load_new_events;
 use lineq_shared::execution::Execution;
 use lineq_shared::labels::{Tags, check_metadata, check_tags};
-use lineq_shared::telemetry;
 use lineq_shared::validation::{
     MAX_INPUT_BYTES, Namespace, ValidationError, check_idempotency_key, check_json_size,
     check_name, check_no_nul,
@@ -173,23 +171,12 @@ pub async fn submit_many(
     node_name: &str,
     reqs: Vec<SubmitRequest>,
 ) -> Result<Vec<Submitted>> {
-    let started = telemetry::start();
     check_all(&reqs)?;
     let mut tx = pool.begin().await?;
     let out = call_submit_many(&mut tx, node_name, &reqs).await?;
-    // Spans only for what committed: read back (in the transaction) only when tracing is on.
-    let events = if telemetry::enabled() {
-        let created: Vec<Uuid> = out
-            .iter()
-            .filter(|s| s.created)
-            .map(|s| s.execution.execution_id)
-            .collect();
-        load_new_events(&mut tx, &created).await?
-    } else {
-        Vec::new()
-    };
+    // No span ends at a submission: the execution's and its steps' spans are exported when
+    // they end, by the orchestrator that ends them (spans.rs).
     tx.commit().await?;
-    telemetry::export(&events, started);
     Ok(out)
 }
 

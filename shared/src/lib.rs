@@ -17,6 +17,7 @@ pub mod message;
 pub mod migrate;
 pub mod queue;
 pub mod roles;
+pub mod spans;
 pub mod telemetry;
 pub mod trace_context;
 pub mod validation;

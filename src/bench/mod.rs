@@ -78,8 +78,11 @@ pub struct ThroughputRow {
     /// What an execution cost while the row ran: WAL, the machine's busy CPU (the server's
     /// and lineq's when the database runs on this machine) and lineq's process's part of it.
     pub cost_per_execution: cost::PerUnit,
-    /// For the traced row: spans the receiver got (one per event when none was dropped).
+    /// For the traced row: spans the receiver got (all that were sent when none was dropped).
     pub spans_received: Option<usize>,
+    /// For the traced row: spans lineq handed to its exporter (three per one-step execution:
+    /// the execution, its step, its attempt; every event is a span event of one of them).
+    pub spans_sent: Option<usize>,
     /// Executions per second of each run combined into this row, in the order they ran.
     pub runs: Vec<f64>,
 }
@@ -109,6 +112,7 @@ impl ThroughputRow {
                 runs.iter().map(|r| (r.cost_per_execution, r.executions)),
             ),
             spans_received: runs.iter().map(|r| r.spans_received).sum::<Option<usize>>(),
+            spans_sent: runs.iter().map(|r| r.spans_sent).sum::<Option<usize>>(),
             runs: runs.iter().flat_map(|r| r.runs.iter().copied()).collect(),
         }
     }
@@ -356,10 +360,10 @@ pub fn table(r: &BenchReport) -> String {
         );
     }
     for t in &r.throughput {
-        if let Some(n) = t.spans_received {
+        if let (Some(n), Some(sent)) = (t.spans_received, t.spans_sent) {
             let _ = writeln!(
                 s,
-                "spans received by the OTLP receiver: {n} of {} events",
+                "spans received by the OTLP receiver: {n} of {sent} sent (holding {} events)",
                 t.events
             );
         }
@@ -526,6 +530,7 @@ mod tests {
                 process_cpu_us: Some(100.0),
             },
             spans_received: None,
+            spans_sent: None,
             runs: vec![1000.0],
         };
         BenchReport {

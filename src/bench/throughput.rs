@@ -198,12 +198,14 @@ pub async fn run(
         rss_growth_mib: growth,
         cost_per_execution: cost,
         spans_received: None,
+        spans_sent: None,
         runs: vec![per_second],
     })
 }
 
-/// The same with span export (every event a span) to an in-process OTLP receiver over gRPC.
-/// Spans the SDK's bounded queue drops under load are counted, not hidden.
+/// The same with span export (an execution's, its step's and its attempt's span, every event a
+/// span event) to an in-process OTLP receiver over gRPC. Spans the SDK's bounded queue drops
+/// under load are counted, not hidden: the receiver's count is set against the spans sent.
 pub async fn run_traced(
     pool: &PgPool,
     cfg: &BenchConfig,
@@ -218,9 +220,12 @@ pub async fn run_traced(
         lineq::shared::telemetry::TelemetryConfig::new("lineq-bench")
             .otlp_endpoint(Some(sink.endpoint())),
     )?;
+    let sent_before = lineq::shared::telemetry::spans_exported();
     let row = run(pool, cfg, "lineq + tracing (OTLP)", raw, None).await;
     guard.shutdown().await;
+    let sent = lineq::shared::telemetry::spans_exported() - sent_before;
     let mut row = row?;
     row.spans_received = Some(sink.received());
+    row.spans_sent = Some(usize::try_from(sent).unwrap_or(usize::MAX));
     Ok(Some(row))
 }

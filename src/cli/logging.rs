@@ -33,7 +33,11 @@ pub fn init(cli: &Cli) {
     // The SDK's own line for every failed export is left out: lineq's exporter says it once
     // per interval, with the endpoint and what was lost (shared::telemetry).
     let quiet = filter_fn(|m| !REPLACED_OTEL_EVENTS.contains(&m.name()));
-    let registry = tracing_subscriber::registry().with(filter);
+    // A handler's own spans, exported under its attempt while tracing is on (and nothing
+    // otherwise: the layer checks first).
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(lineq::shared::telemetry::handler_spans_layer());
     let _ = match global.log_format {
         LogFormat::Json => registry
             .with(layer.json().flatten_event(true).with_filter(quiet))

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::context::StepContext;
 use crate::handler::{HandlerError, HandlerResult, Handlers};
@@ -38,10 +39,17 @@ pub async fn sleep(ctx: StepContext, input: Value) -> HandlerResult {
                 .kind("invalid_input"),
         );
     }
-    tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({ "slept_ms": ms })),
-        _ = ctx.cancellation.cancelled() => Err(HandlerError::new("sleep cancelled").kind("cancelled")),
+    // A span of its own, as a handler's `#[instrument]` functions have: with tracing on it is
+    // exported under the attempt's span.
+    let span = tracing::info_span!("sleep", ms);
+    async {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({ "slept_ms": ms })),
+            _ = ctx.cancellation.cancelled() => Err(HandlerError::new("sleep cancelled").kind("cancelled")),
+        }
     }
+    .instrument(span)
+    .await
 }
 
 /// Fails with `{"message": "..."}` (or a default message). Permanent unless

@@ -24,11 +24,11 @@ pub(crate) struct Claimed {
     pub lineage: Lineage,
     pub started_event_id: Uuid,
     pub traceparent: String,
-    /// When the claim began: the start of the step's span.
+    /// When the claim began: the start of the attempt's span.
     pub claimed_at: SystemTime,
     /// When the message was sent (for the pickup-latency metric).
     pub enqueued_at: chrono::DateTime<chrono::Utc>,
-    /// The `action_started` event, kept while tracing is on: it is exported as the step's span
+    /// The `action_started` event, kept while tracing is on: it names the attempt's span, exported
     /// when the outcome is reported (report.rs).
     pub started_event: Option<NewEvent>,
 }

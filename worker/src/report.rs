@@ -17,8 +17,9 @@ use uuid::Uuid;
 use lineq_shared::error::Result;
 use lineq_shared::event::{EventType, NewEvent};
 use lineq_shared::message::{Outcome, StepError};
-use lineq_shared::telemetry;
+use lineq_shared::telemetry::{self, LineqSpan, SpanShape};
 use lineq_shared::validation::Namespace;
+use opentelemetry::KeyValue;
 
 use crate::claim::Claimed;
 
@@ -48,7 +49,6 @@ struct Reported {
 }
 
 pub(crate) async fn report(pool: &PgPool, who: &Reporter<'_>, done: &[Completion]) -> Result<()> {
-    let started = telemetry::start();
     let outcomes: Vec<Value> = done
         .iter()
         .map(|c| {
@@ -91,23 +91,46 @@ pub(crate) async fn report(pool: &PgPool, who: &Reporter<'_>, done: &[Completion
             "this delivery is no longer held (delivered again, or reported by another delivery); not reporting its outcome");
     }
     if telemetry::enabled() {
-        export_spans(who, done, &rows, started);
+        // Tracing is best-effort: the outcomes are committed whatever happens to their spans.
+        if let Err(e) = export_spans(pool, who, done, &rows).await {
+            tracing::warn!(error = %e, "cannot export the spans of reported attempts");
+        }
     }
     Ok(())
 }
 
-/// The spans of what was written: the events first, then the step spans (claim to now), so
-/// each step span ends after its children.
-fn export_spans(
+/// The span of each reported attempt: from the claim to now, under its step's span, with the
+/// attempt's events (`action_started`, `action_completed|action_failed`, `step_result`) as its
+/// span events.
+///
+/// The step's span is named by the step's first `step_enqueued`: for a first attempt that is the
+/// message's parent event; a retry's message names the retry's `step_enqueued`, so the first
+/// one is looked up.
+async fn export_spans(
+    pool: &PgPool,
     who: &Reporter<'_>,
     done: &[Completion],
     rows: &[Reported],
-    started: telemetry::Started,
-) {
-    let mut written = Vec::with_capacity(rows.len() * 2);
+) -> Result<()> {
+    let end = std::time::SystemTime::now();
+    let retried: Vec<Uuid> = done
+        .iter()
+        .filter(|c| c.claimed.message.attempt > 1 && c.claimed.started_event.is_some())
+        .map(|c| c.claimed.message.step_id)
+        .collect();
+    let first = lineq_shared::spans::first_enqueued(pool, &retried).await?;
+    let mut spans = Vec::with_capacity(done.len());
     for (c, r) in done.iter().zip(rows) {
+        let Some(started_event) = &c.claimed.started_event else {
+            continue;
+        };
         let m = &c.claimed.message;
-        let parent = Some(c.claimed.started_event_id);
+        let parent = if m.attempt > 1 {
+            first.get(&m.step_id).map(|f| f.event_id)
+        } else {
+            Some(m.meta.parent_event_id)
+        };
+        let parent_event = Some(c.claimed.started_event_id);
         let duration_ms = u64::try_from(c.duration.as_millis()).unwrap_or(u64::MAX);
         let (action_type, outcome, mut payload) = match &c.outcome {
             Ok(_) => (
@@ -122,37 +145,65 @@ fn export_spans(
             ),
         };
         payload["superseded"] = json!(!r.reported);
-        written.push(
+        // From the claim; a claim that began before the message was sent (the claim statement
+        // sees what commits while it runs) starts with the message.
+        let start = c
+            .claimed
+            .claimed_at
+            .max(std::time::SystemTime::from(c.claimed.enqueued_at));
+        let mut span = LineqSpan::new(
+            SpanShape::Attempt,
+            started_event.clone(),
+            parent,
+            start,
+            end,
+        );
+        span.events.push((started_event.clone(), start));
+        span.events.push((
             NewEvent::with_id(
                 r.action_event_id,
                 action_type,
                 c.claimed.lineage,
-                parent,
+                parent_event,
                 who.node_name,
             )
             .step(m.step_id, m.attempt)
             .worker(who.worker_id)
             .payload(payload),
-        );
+            end,
+        ));
         if let Some(result_id) = r.result_event_id {
-            written.push(
+            span.events.push((
                 NewEvent::with_id(
                     result_id,
                     EventType::StepResult,
                     c.claimed.lineage,
-                    parent,
+                    parent_event,
                     who.node_name,
                 )
                 .step(m.step_id, m.attempt)
                 .worker(who.worker_id)
                 .payload(json!({ "step": m.step, "outcome": outcome })),
-            );
+                end,
+            ));
         }
-    }
-    telemetry::export(&written, started);
-    for c in done {
-        if let Some(ev) = &c.claimed.started_event {
-            telemetry::export_step_span(ev, c.claimed.claimed_at, c.outcome.as_ref().err());
+        span.failure = c
+            .outcome
+            .as_ref()
+            .err()
+            .map(|f| (f.kind.clone(), f.message.clone()));
+        span.attributes.push(KeyValue::new(
+            "outcome",
+            match outcome {
+                Outcome::Completed => "completed",
+                Outcome::Failed => "failed",
+            },
+        ));
+        if !r.reported {
+            span.attributes.push(KeyValue::new("superseded", true));
         }
+        spans.push(span);
     }
+    telemetry::export_spans(&spans);
+    Ok(())
 }

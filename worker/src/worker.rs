@@ -489,11 +489,17 @@ async fn execute(
     // Its own task, so a panic is caught as a failed attempt instead of killing the worker.
     // In the step's span: a spawned task does not inherit it, and every log line of the
     // handler's work must carry the step's correlation and execution ids.
-    let mut task = tokio::spawn(
-        std::panic::AssertUnwindSafe(handler.call(ctx, m.input.clone()))
-            .catch_unwind()
-            .in_current_span(),
-    );
+    // With tracing on, in the attempt's OpenTelemetry context too: the spans the handler opens
+    // (`#[instrument]`, instrumented clients) are children of the attempt's span
+    // (lineq_shared::telemetry::handler_spans_layer).
+    let run = std::panic::AssertUnwindSafe(handler.call(ctx, m.input.clone())).catch_unwind();
+    let mut task = match lineq_shared::telemetry::handler_context(&claimed.traceparent) {
+        Some(cx) => {
+            use opentelemetry::context::FutureExt as _;
+            tokio::spawn(run.with_context(cx).in_current_span())
+        }
+        None => tokio::spawn(run.in_current_span()),
+    };
     let limit = m.timeout_ms.map(Duration::from_millis);
     let joined = match limit {
         Some(limit) => match tokio::time::timeout(limit, &mut task).await {
