@@ -14,6 +14,25 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// [`crate::roles`] takes it too, so grants never interleave with a migration.
 pub(crate) const MIGRATE_LOCK: i64 = 0x006c_696e_6571;
 
+/// Takes [`MIGRATE_LOCK`] on `conn`, waiting for whoever holds it. It asks with
+/// `pg_try_advisory_lock` and sleeps between tries, so a waiting session is idle rather than
+/// inside a statement: a migration that builds an index `CONCURRENTLY` waits for every
+/// statement in progress, and would deadlock with a waiter blocked in `pg_advisory_lock`.
+pub(crate) async fn lock_migrations(conn: &mut sqlx::PgConnection) -> Result<()> {
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(MIGRATE_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if got {
+            return Ok(());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(500));
+    }
+}
+
 /// What a migration run found and did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MigrationReport {
@@ -30,10 +49,7 @@ pub struct MigrationReport {
 /// wait for each other.
 pub async fn migrate(pool: &PgPool) -> Result<MigrationReport> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(MIGRATE_LOCK)
-        .execute(&mut *conn)
-        .await?;
+    lock_migrations(&mut conn).await?;
     let result = migrate_locked(pool, &mut conn).await;
     // Release even on failure; a dropped connection would release it too.
     let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")

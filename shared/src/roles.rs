@@ -324,10 +324,7 @@ pub struct RoleReport {
 /// Idempotent; concurrent runs wait for each other.
 pub async fn create_roles(pool: &PgPool, options: &RoleOptions) -> Result<RoleReport> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(MIGRATE_LOCK)
-        .execute(&mut *conn)
-        .await?;
+    crate::migrate::lock_migrations(&mut conn).await?;
     let result = create_roles_locked(&mut conn, options).await;
     let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(MIGRATE_LOCK)
