@@ -71,7 +71,7 @@ impl Known {
 /// Exports in flight, and how many may be: a result batch hands its spans to a task of their own
 /// so the next batch does not wait for their reads, and waits only when this many are behind.
 static EXPORTS: std::sync::LazyLock<(TaskTracker, Arc<Semaphore>)> =
-    std::sync::LazyLock::new(|| (TaskTracker::new(), Arc::new(Semaphore::new(4))));
+    std::sync::LazyLock::new(|| (TaskTracker::new(), Arc::new(Semaphore::new(32))));
 
 /// [`export_ended`] of a result batch, and the spans of the attempts it reported that workers
 /// which export none ran ([`crate::worker_spans`]), in a task of their own.
