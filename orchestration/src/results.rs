@@ -133,10 +133,15 @@ pub async fn process_batch(
     }
 
     // For tracing: the attempts reported, whose spans workers that export none need exported.
-    let attempts: Vec<Uuid> = if telemetry::enabled() {
+    let attempts: Vec<crate::spans::Reported> = if telemetry::enabled() {
         parsed
             .iter()
-            .filter_map(|(_, r)| r.started_event_id)
+            .filter_map(|(_, r)| {
+                Some(crate::spans::Reported {
+                    started_event_id: r.started_event_id?,
+                    worker_id: r.worker_id.clone(),
+                })
+            })
             .collect()
     } else {
         Vec::new()

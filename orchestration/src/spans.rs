@@ -20,7 +20,8 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use lineq_shared::error::Result;
@@ -34,6 +35,8 @@ use lineq_shared::telemetry::{self, KeyValue, LineqSpan, SpanShape};
 pub(crate) struct Known {
     pub dependencies: HashMap<Uuid, Vec<(String, Uuid)>>,
     pub executions: HashMap<Uuid, ExecutionRow>,
+    /// The `action_started` events whose outcomes the batch reported.
+    pub reported: Vec<Uuid>,
 }
 
 impl Known {
@@ -68,6 +71,66 @@ impl Known {
     }
 }
 
+/// An attempt a result batch reported: its `action_started` and the worker that ran it.
+#[derive(Debug, Clone)]
+pub(crate) struct Reported {
+    pub started_event_id: Uuid,
+    pub worker_id: String,
+}
+
+/// Whether each worker seen so far exports its own attempts' spans (`lineq.workers.exports_spans`,
+/// fixed at registration; a worker id names one process run), so the events of attempts that
+/// workers exported are not read back to learn that there is nothing to export.
+static EXPORTS_OWN: std::sync::LazyLock<std::sync::Mutex<HashMap<String, bool>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A fleet's distinct worker ids over an orchestrator's life are few; past this many the
+/// cache starts again rather than grow.
+const EXPORTS_OWN_LIMIT: usize = 10_000;
+
+/// The attempts of `reported` that workers which export no spans of their own ran: those the
+/// orchestrator exports on their behalf ([`crate::worker_spans`]). Looks up only workers not
+/// seen before.
+async fn attempts_to_export(pool: &PgPool, reported: &[Reported]) -> Result<Vec<Uuid>> {
+    let unknown: Vec<String> = {
+        let cache = EXPORTS_OWN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reported
+            .iter()
+            .filter(|r| !cache.contains_key(&r.worker_id))
+            .map(|r| r.worker_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    if !unknown.is_empty() {
+        let rows: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT worker_id, exports_spans FROM lineq.workers WHERE worker_id = ANY($1)",
+        )
+        .bind(&unknown)
+        .fetch_all(pool)
+        .await?;
+        let mut cache = EXPORTS_OWN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() + rows.len() > EXPORTS_OWN_LIMIT {
+            cache.clear();
+        }
+        cache.extend(rows);
+    }
+    let cache = EXPORTS_OWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A worker missing from lineq.workers (pruned since) is asked about again next time, and
+    // its attempts are looked at now: the read finds what there is.
+    Ok(reported
+        .iter()
+        .filter(|r| cache.get(&r.worker_id) != Some(&true))
+        .map(|r| r.started_event_id)
+        .collect())
+}
+
 /// Exports in flight, and how many may be: a result batch hands its spans to a task of their own
 /// so the next batch does not wait for their reads, and waits only when this many are behind.
 static EXPORTS: std::sync::LazyLock<(TaskTracker, Arc<Semaphore>)> =
@@ -77,9 +140,9 @@ static EXPORTS: std::sync::LazyLock<(TaskTracker, Arc<Semaphore>)> =
 /// which export none ran ([`crate::worker_spans`]), in a task of their own.
 pub(crate) async fn export_in_background(
     pool: PgPool,
-    attempts: Vec<Uuid>,
+    attempts: Vec<Reported>,
     committed: Vec<NewEvent>,
-    known: Known,
+    mut known: Known,
 ) {
     let (tracker, limit) = &*EXPORTS;
     let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -88,9 +151,17 @@ pub(crate) async fn export_in_background(
     tracker.spawn(async move {
         let _permit = permit;
         // Best-effort: a failed read costs a warning, never the batch (already committed).
-        if let Err(e) = crate::worker_spans::export(&pool, &attempts).await {
+        let on_behalf = match attempts_to_export(&pool, &attempts).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which workers export their own spans");
+                attempts.iter().map(|r| r.started_event_id).collect()
+            }
+        };
+        if let Err(e) = crate::worker_spans::export(&pool, &on_behalf).await {
             tracing::warn!(error = %e, "cannot export the spans of workers that do not export their own");
         }
+        known.reported = attempts.iter().map(|r| r.started_event_id).collect();
         export_ended(&pool, &committed, &known).await;
     });
 }
@@ -151,12 +222,49 @@ pub(crate) struct ExecutionRow {
     tags: Value,
 }
 
-/// An event of an ended step; for an `action_started`, whether its outcome was reported.
-#[derive(sqlx::FromRow)]
-struct StepEvent {
-    #[sqlx(flatten)]
-    event: StoredEvent,
+/// An ended step's or execution's event, parsed, with when it was written; for an
+/// `action_started`, whether its outcome was reported.
+#[derive(Clone)]
+struct Ended {
+    event: NewEvent,
+    at: SystemTime,
     reported: bool,
+}
+
+impl Ended {
+    /// A row of [`STORED_EVENT_COLUMNS`] and `reported`, decoded only as far as needed: an
+    /// event the batch committed itself is in memory already, and only its time is read.
+    fn parse(row: &PgRow, committed: &HashMap<Uuid, &NewEvent>) -> Result<Option<Ended>> {
+        let event_id: Uuid = row.try_get(0)?;
+        let created_at: chrono::DateTime<chrono::Utc> = row.try_get(14)?;
+        let reported: bool = row.try_get(15)?;
+        let event = match committed.get(&event_id) {
+            Some(e) => Some((*e).clone()),
+            None => StoredEvent {
+                event_id,
+                parent_event_id: row.try_get(1)?,
+                execution_id: row.try_get(2)?,
+                step_id: row.try_get(3)?,
+                parent_execution_id: row.try_get(4)?,
+                root_execution_id: row.try_get(5)?,
+                correlation_id: row.try_get(6)?,
+                event_type: row.try_get(7)?,
+                node_name: row.try_get(8)?,
+                worker_id: row.try_get(9)?,
+                attempt: row.try_get(10)?,
+                trace_id: row.try_get(11)?,
+                span_id: row.try_get(12)?,
+                payload: row.try_get(13)?,
+                created_at,
+            }
+            .into_event(),
+        };
+        Ok(event.map(|event| Ended {
+            event,
+            at: SystemTime::from(created_at),
+            reported,
+        }))
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -191,43 +299,47 @@ async fn spans_of_ended(
     if steps.is_empty() && executions.is_empty() {
         return Ok(Vec::new());
     }
-    let step_events: Vec<StepEvent> = if steps.is_empty() {
-        Vec::new()
-    } else {
-        // The step's own events, and of its attempts only the claims (the worker exported
-        // the rest with each attempt's span), each with whether its outcome was reported.
-        sqlx::query_as::<_, StepEvent>(&format!(
-            "SELECT f.* FROM (SELECT DISTINCT unnest($1::uuid[])) AS x(id)
+    // One read: the ended steps' own events, and of their attempts only the claims (the
+    // worker exported the rest with each attempt's span), each with whether its outcome was
+    // reported (this batch's reports are known; older ones are looked up); and the ended
+    // executions' own events (those of no step).
+    let rows: Vec<PgRow> = sqlx::query(&format!(
+        "SELECT f.* FROM (
+             SELECT s.* FROM (SELECT DISTINCT unnest($1::uuid[])) AS x(id)
              CROSS JOIN LATERAL (
                  SELECT {STORED_EVENT_COLUMNS},
-                        e.event_type = 'action_started' AND EXISTS (
+                        e.event_type = 'action_started' AND (e.event_id = ANY ($3) OR EXISTS (
                             SELECT 1 FROM lineq.events r
                             WHERE r.parent_event_id = e.event_id
-                              AND r.event_type IN ('action_completed', 'action_failed'))
+                              AND r.event_type IN ('action_completed', 'action_failed')))
                           AS reported
                  FROM lineq.events e
                  WHERE e.step_id = x.id
                    AND e.event_type NOT IN ('action_completed', 'action_failed', 'step_result')
-                 OFFSET 0) AS f
-             ORDER BY f.created_at, f.event_id"
-        ))
-        .bind(&steps)
-        .fetch_all(pool)
-        .await?
-    };
-    let (exec_events, exec_rows): (Vec<StoredEvent>, Vec<ExecutionRow>) = if executions.is_empty() {
-        (Vec::new(), Vec::new())
-    } else {
-        let events = sqlx::query_as(&format!(
-            "SELECT f.* FROM (SELECT DISTINCT unnest($1::uuid[])) AS x(id)
-             CROSS JOIN LATERAL (SELECT {STORED_EVENT_COLUMNS} FROM lineq.events e
+                 OFFSET 0) AS s
+             UNION ALL
+             SELECT s.* FROM (SELECT DISTINCT unnest($2::uuid[])) AS x(id)
+             CROSS JOIN LATERAL (SELECT {STORED_EVENT_COLUMNS}, false AS reported
+                                 FROM lineq.events e
                                  WHERE e.execution_id = x.id AND e.step_id IS NULL
-                                 OFFSET 0) AS f
-             ORDER BY f.created_at, f.event_id"
-        ))
-        .bind(&executions)
-        .fetch_all(pool)
-        .await?;
+                                 OFFSET 0) AS s) AS f
+         ORDER BY f.created_at, f.event_id"
+    ))
+    .bind(&steps)
+    .bind(&executions)
+    .bind(&known.reported)
+    .fetch_all(pool)
+    .await?;
+    let committed: HashMap<Uuid, &NewEvent> = committed.iter().map(|e| (e.event_id, e)).collect();
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        events.extend(Ended::parse(row, &committed)?);
+    }
+    let (step_events, exec_events): (Vec<Ended>, Vec<Ended>) =
+        events.into_iter().partition(|e| e.event.step_id.is_some());
+    let exec_rows: Vec<ExecutionRow> = if executions.is_empty() {
+        Vec::new()
+    } else {
         let unknown: Vec<Uuid> = executions
             .iter()
             .filter(|x| !known.executions.contains_key(x))
@@ -250,19 +362,19 @@ async fn spans_of_ended(
                 .filter_map(|x| known.executions.get(x))
                 .cloned(),
         );
-        (events, rows)
+        rows
     };
 
     // The events that name the parents: each ended step's execution, each ended child
     // execution's spawning step; and the fan-in steps' dependencies, for their links.
     let mut started: HashMap<Uuid, Uuid> = exec_events
         .iter()
-        .filter(|e| e.event_type == EventType::ExecutionStarted.as_str())
-        .map(|e| (e.execution_id, e.event_id))
+        .filter(|e| e.event.event_type == EventType::ExecutionStarted)
+        .map(|e| (e.event.lineage.execution_id, e.event.event_id))
         .collect();
     let missing: Vec<Uuid> = step_events
         .iter()
-        .map(|e| e.event.execution_id)
+        .map(|e| e.event.lineage.execution_id)
         .filter(|x| !started.contains_key(x))
         .collect::<HashSet<_>>()
         .into_iter()
@@ -311,14 +423,14 @@ async fn spans_of_ended(
 
     let mut spans = Vec::new();
     // Steps.
-    let mut by_step: HashMap<Uuid, Vec<&StepEvent>> = HashMap::new();
+    let mut by_step: HashMap<Uuid, Vec<&Ended>> = HashMap::new();
     for e in &step_events {
         if let Some(s) = e.event.step_id {
             by_step.entry(s).or_default().push(e);
         }
     }
     let mut abandoned = Vec::new();
-    let mut orphans: Vec<&StoredEvent> = Vec::new();
+    let mut orphans: Vec<&Ended> = Vec::new();
     for step in &steps {
         let Some(events) = by_step.get(step) else {
             continue;
@@ -341,7 +453,7 @@ async fn spans_of_ended(
             Some(span) => spans.push(span),
             // A step cancelled before it was ever enqueued has no span: its events are the
             // execution's.
-            None => orphans.extend(events.iter().map(|e| &e.event)),
+            None => orphans.extend(events.iter().copied()),
         }
     }
     if !abandoned.is_empty() {
@@ -376,12 +488,12 @@ async fn spans_of_ended(
     let rows: HashMap<Uuid, &ExecutionRow> =
         exec_rows.iter().map(|r| (r.execution_id, r)).collect();
     for x in &executions {
-        let mut events: Vec<&StoredEvent> = exec_events
+        let mut events: Vec<&Ended> = exec_events
             .iter()
             .chain(orphans.iter().copied())
-            .filter(|e| e.execution_id == *x)
+            .filter(|e| e.event.lineage.execution_id == *x)
             .collect();
-        events.sort_by_key(|e| (e.created_at, e.event_id));
+        events.sort_by_key(|e| (e.at, e.event.event_id));
         let row = rows.get(x).copied();
         let parent = row
             .and_then(|r| r.parent_step_id)
@@ -396,7 +508,7 @@ async fn spans_of_ended(
 /// The span of one ended step from its events (in time order), and the spans of its abandoned
 /// attempts into `abandoned`.
 fn step_span(
-    events: &[&StepEvent],
+    events: &[&Ended],
     started: &HashMap<Uuid, Uuid>,
     links: Vec<(Uuid, Vec<KeyValue>)>,
     abandoned: &mut Vec<LineqSpan>,
@@ -406,10 +518,8 @@ fn step_span(
         .filter(|e| e.reported)
         .map(|e| e.event.event_id)
         .collect();
-    let parsed: Vec<(NewEvent, SystemTime)> = events
-        .iter()
-        .filter_map(|e| Some((e.event.event()?, e.event.at())))
-        .collect();
+    let parsed: Vec<(NewEvent, SystemTime)> =
+        events.iter().map(|e| (e.event.clone(), e.at)).collect();
     let (first, start) = parsed
         .iter()
         .find(|(e, _)| e.event_type == EventType::StepEnqueued)?
@@ -485,14 +595,12 @@ fn step_span(
 
 /// The span of one ended execution from its own events (those of no step, in time order).
 fn execution_span(
-    events: &[&StoredEvent],
+    events: &[&Ended],
     row: Option<&ExecutionRow>,
     parent: Option<Uuid>,
 ) -> Option<LineqSpan> {
-    let parsed: Vec<(NewEvent, SystemTime)> = events
-        .iter()
-        .filter_map(|e| Some((e.event()?, e.at())))
-        .collect();
+    let parsed: Vec<(NewEvent, SystemTime)> =
+        events.iter().map(|e| (e.event.clone(), e.at)).collect();
     let (first, start) = parsed
         .iter()
         .find(|(e, _)| e.event_type == EventType::ExecutionStarted)?

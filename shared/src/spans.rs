@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::event::{EventType, Lineage, NewEvent};
+use crate::trace_context::TraceContext;
 
 /// An event row with when it was written.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -65,32 +66,48 @@ impl StoredEvent {
     /// The event, with the trace and span ids its row holds; `None` for a type lineq does not
     /// know.
     pub fn event(&self) -> Option<NewEvent> {
-        let trace = self.trace_id.clone().unwrap_or_default();
+        self.clone().into_event()
+    }
+
+    /// [`StoredEvent::event`], taking the row apart instead of copying it.
+    pub fn into_event(self) -> Option<NewEvent> {
+        let event_type = EventType::parse(&self.event_type)?;
+        let trace = self.trace_id.filter(|t| !t.is_empty());
         let lineage = Lineage {
             execution_id: self.execution_id,
             parent_execution_id: self.parent_execution_id,
             root_execution_id: self.root_execution_id,
             correlation_id: self.correlation_id,
-            trace_correlation_id: Uuid::try_parse(&trace).unwrap_or(self.correlation_id),
+            trace_correlation_id: trace
+                .as_deref()
+                .and_then(|t| Uuid::try_parse(t).ok())
+                .unwrap_or(self.correlation_id),
         };
-        let mut e = NewEvent::with_id(
-            self.event_id,
-            EventType::parse(&self.event_type)?,
+        let span = self.span_id.filter(|s| !s.is_empty());
+        // The ids a row holds; derived as the writer derived them where it holds none.
+        let (trace_id, span_id) = match (trace, span) {
+            (Some(t), Some(s)) => (t, s),
+            (t, s) => {
+                let tc = TraceContext::for_event(lineage.trace_correlation_id, self.event_id);
+                (
+                    t.unwrap_or_else(|| tc.trace_id_hex()),
+                    s.unwrap_or_else(|| tc.span_id_hex()),
+                )
+            }
+        };
+        Some(NewEvent {
+            event_id: self.event_id,
+            parent_event_id: self.parent_event_id,
+            event_type,
             lineage,
-            self.parent_event_id,
-            &self.node_name,
-        )
-        .payload(self.payload.clone());
-        e.step_id = self.step_id;
-        e.attempt = self.attempt;
-        e.worker_id.clone_from(&self.worker_id);
-        if !trace.is_empty() {
-            e.trace_id = trace;
-        }
-        if let Some(s) = self.span_id.as_ref().filter(|s| !s.is_empty()) {
-            e.span_id.clone_from(s);
-        }
-        Some(e)
+            step_id: self.step_id,
+            node_name: self.node_name,
+            worker_id: self.worker_id,
+            attempt: self.attempt,
+            trace_id,
+            span_id,
+            payload: self.payload,
+        })
     }
 }
 
