@@ -437,6 +437,12 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION lineq._schedule_advance(uuid, timestamptz, timestamptz, text, boolean) FROM PUBLIC;
 
+-- The roles that may manage schedules are granted these by `lineq migrate --roles`.
+REVOKE ALL ON FUNCTION lineq.schedule_create(text, text, text, jsonb, text, text, jsonb, text, integer, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lineq.schedule_pause(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lineq.schedule_resume(text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lineq.schedule_delete(text, text) FROM PUBLIC;
+
 COMMENT ON FUNCTION lineq.schedule_create(text, text, text, jsonb, text, text, jsonb, text, integer, timestamptz) IS
     'Creates a cron schedule that starts an execution of a target at each occurrence (docs/schedules.md).';
 COMMENT ON FUNCTION lineq.schedule_pause(text, text) IS 'Pauses a schedule: nothing fires until it is resumed.';

@@ -556,3 +556,135 @@ async fn list_show_and_delete() {
     assert_eq!(db.count("lineq.schedules").await, 0);
     db.drop_db().await;
 }
+
+/// The submitter role manages schedules, the reader lists them, the worker does neither, and
+/// only the orchestrator fires them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_manage_read_and_fire_schedules() {
+    use support::roles::{Secrets, allowed, connect, denied, drop_roles, prefix, url_as};
+    let db = TestDb::new().await;
+    let p = prefix();
+    let (orch, sub, read, work) = (
+        format!("{p}_orch_login"),
+        format!("{p}_sub_login"),
+        format!("{p}_read_login"),
+        format!("{p}_work_login"),
+    );
+    let secrets = Secrets::new();
+    let (orch_pw, sub_pw, read_pw, work_pw) = (
+        secrets.add(&orch),
+        secrets.add(&sub),
+        secrets.add(&read),
+        secrets.add(&work),
+    );
+    ok(&lineq(
+        &db.url,
+        &[
+            "migrate",
+            "--roles",
+            "--role-prefix",
+            &p,
+            "--login-role",
+            &format!("orchestrator={orch}"),
+            "--login-role",
+            &format!("submitter={sub}"),
+            "--login-role",
+            &format!("reader={read}"),
+            "--login-role",
+            &format!("worker={work}"),
+            "--role-password-dir",
+            secrets.dir(),
+        ],
+    ));
+    let id = Uuid::now_v7();
+    let sub_url = url_as(&db.url, &sub, &sub_pw);
+    // The submitter: create, pause, resume, list, show and delete, by the CLI and by SQL.
+    ok(&lineq(
+        &sub_url,
+        &[
+            "schedule",
+            "create",
+            "by-sub",
+            "--cron",
+            "* * * * * *",
+            "echo",
+        ],
+    ));
+    ok(&lineq(&sub_url, &["schedule", "pause", "by-sub"]));
+    ok(&lineq(&sub_url, &["schedule", "show", "by-sub"]));
+    ok(&lineq(&sub_url, &["schedule", "list"]));
+    let s = connect(&sub_url).await;
+    allowed(
+        &s,
+        "SELECT lineq.schedule_create('sql-sub', '0 0 * * *', 'echo') WHERE $1::uuid IS NOT NULL",
+        id,
+    )
+    .await;
+    allowed(&s, "SELECT lineq.schedule_delete('sql-sub')", id).await;
+    // ... but never fire one, nor write the table behind the functions' backs.
+    denied(
+        &s,
+        "SELECT lineq._fire_schedule($1, now(), NULL, 0, NULL, 'x')",
+        id,
+    )
+    .await;
+    denied(&s, "SELECT * FROM lineq._schedules_due(1)", id).await;
+    denied(&s, "UPDATE lineq.schedules SET next_fire_at = now()", id).await;
+    s.close().await;
+
+    // The reader lists, and changes nothing.
+    let read_url = url_as(&db.url, &read, &read_pw);
+    let listed: Value = serde_json::from_str(&ok(&lineq(
+        &read_url,
+        &["schedule", "list", "--format", "json"],
+    )))
+    .expect("json");
+    assert_eq!(listed[0]["name"], "by-sub");
+    let r = connect(&read_url).await;
+    denied(
+        &r,
+        "SELECT lineq.schedule_create('x', '* * * * *', 'echo') WHERE $1::uuid IS NOT NULL",
+        id,
+    )
+    .await;
+    denied(&r, "SELECT lineq.schedule_pause('by-sub')", id).await;
+    r.close().await;
+
+    // The worker neither manages nor reads schedules.
+    let w = connect(&url_as(&db.url, &work, &work_pw)).await;
+    denied(
+        &w,
+        "SELECT lineq.schedule_create('x', '* * * * *', 'echo') WHERE $1::uuid IS NOT NULL",
+        id,
+    )
+    .await;
+    denied(&w, "SELECT * FROM lineq.schedule_list()", id).await;
+    w.close().await;
+
+    // The orchestrator role fires.
+    ok(&lineq(&sub_url, &["schedule", "resume", "by-sub"]));
+    let orchestrator = Proc::start(
+        &url_as(&db.url, &orch, &orch_pw),
+        "sched-roles-orch",
+        &["orchestrator"],
+    );
+    eventually(
+        Duration::from_secs(15),
+        "a fire as the orchestrator role",
+        || async { (fired_count(&db.pool, "by-sub").await >= 2).then_some(()) },
+    )
+    .await;
+    drop(orchestrator);
+    db.drop_db().await;
+    drop_roles(&[
+        orch,
+        sub,
+        read,
+        work,
+        format!("{p}_orchestrator"),
+        format!("{p}_worker"),
+        format!("{p}_submitter"),
+        format!("{p}_reader"),
+    ])
+    .await;
+}
