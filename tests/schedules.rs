@@ -688,3 +688,126 @@ async fn roles_manage_read_and_fire_schedules() {
     ])
     .await;
 }
+
+/// `METHOD uri [body]` against the REST API in process: (status, JSON body).
+async fn rest(app: &axum::Router, method: &str, uri: &str, body: Option<Value>) -> (u16, Value) {
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder().method(method).uri(uri);
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(b.to_string())),
+        None => req.body(axum::body::Body::empty()),
+    }
+    .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_rest_api_manages_schedules() {
+    use serde_json::json;
+    let db = TestDb::new().await;
+    let app = lineq::api::router(db.pool.clone());
+    let (status, created) = rest(
+        &app,
+        "POST",
+        "/v1/schedules",
+        Some(
+            json!({"name": "api-tick", "cron": "*/5 * * * * *", "target": "echo",
+                    "input": {"n": 1}, "tags": {"team": "api"},
+                    "missed": "catch-up", "catch_up_max": 2}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["missed"], "catch-up");
+    assert_eq!(created["catch_up_max"], 2);
+    assert_eq!(created["tags"], json!({"team": "api"}));
+
+    // Bad input: 422 for what the document cannot state, 409 for a taken name, 400 for what
+    // it does; nothing written.
+    for (body, status, field) in [
+        (
+            json!({"name": "x", "cron": "nope", "target": "echo"}),
+            422,
+            "cron",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "timezone": "Nowhere/X", "target": "echo"}),
+            422,
+            "timezone",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "target": "wf@4"}),
+            422,
+            "target",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "target": "echo", "namespace": "nowhere"}),
+            422,
+            "namespace",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "target": "echo", "missed": "catch-up"}),
+            422,
+            "catch_up_max",
+        ),
+        (
+            json!({"name": "api-tick", "cron": "* * * * *", "target": "echo"}),
+            409,
+            "name",
+        ),
+        (
+            json!({"name": "a b", "cron": "* * * * *", "target": "echo"}),
+            400,
+            "name",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "target": "echo", "catch_up_max": 0}),
+            400,
+            "catch_up_max",
+        ),
+    ] {
+        let (got, err) = rest(&app, "POST", "/v1/schedules", Some(body.clone())).await;
+        assert_eq!(got, status, "{body}: {err}");
+        assert_eq!(err["error"]["field"], field, "{body}: {err}");
+    }
+    assert_eq!(db.count("lineq.schedules").await, 1);
+
+    let (status, listed) = rest(&app, "GET", "/v1/schedules", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    let (status, one) = rest(&app, "GET", "/v1/schedules/api-tick", None).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["name"], "api-tick");
+    assert_eq!(one["upcoming"].as_array().map(Vec::len), Some(5));
+    let (status, paused) = rest(&app, "POST", "/v1/schedules/api-tick/pause", None).await;
+    assert_eq!((status, &paused["paused"]), (200, &json!(true)));
+    let (_, one) = rest(
+        &app,
+        "GET",
+        "/v1/schedules/api-tick?namespace=default",
+        None,
+    )
+    .await;
+    assert_eq!(one["upcoming"], json!([]));
+    let (status, resumed) = rest(&app, "POST", "/v1/schedules/api-tick/resume", None).await;
+    assert_eq!((status, &resumed["paused"]), (200, &json!(false)));
+    let (status, _) = rest(&app, "GET", "/v1/schedules/api-tick?namespace=other", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = rest(&app, "GET", "/v1/schedules/api-tick?nope=1", None).await;
+    assert_eq!(status, 400);
+    let (status, gone) = rest(&app, "DELETE", "/v1/schedules/api-tick", None).await;
+    assert_eq!((status, &gone["name"]), (200, &json!("api-tick")));
+    let (status, _) = rest(&app, "DELETE", "/v1/schedules/api-tick", None).await;
+    assert_eq!(status, 404);
+    db.drop_db().await;
+}

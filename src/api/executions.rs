@@ -616,7 +616,7 @@ fn parse_execution_id(s: &str) -> Result<Uuid, ApiError> {
         .map_err(|e| ApiError::invalid("execution_id", format!("{s:?} is not a UUID: {e}")))
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(t)| t).map_err(rejected_body)
 }
 

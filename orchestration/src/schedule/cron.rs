@@ -140,6 +140,12 @@ impl CronSchedule {
                 ),
             ));
         }
+        if let Some(c) = text.chars().find(|c| c.is_control() && !c.is_whitespace()) {
+            return Err(ValidationError::new(
+                "cron",
+                format!("it contains the control character {c:?}"),
+            ));
+        }
         let fields = text.split_whitespace().count();
         if !text.starts_with('@') && !(5..=6).contains(&fields) {
             return Err(ValidationError::new(
@@ -321,6 +327,7 @@ mod tests {
             ("61 * * * *", "UTC", "cron"),
             ("* * * * * * *", "UTC", "cron"),
             ("", "UTC", "cron"),
+            ("* * * * \u{0} *", "UTC", "cron"),
             ("@sometimes", "UTC", "cron"),
             ("0 0 30 2 *", "UTC", "cron"),
             ("* * * * *", "Mars/Olympus_Mons", "timezone"),
