@@ -811,3 +811,48 @@ async fn the_rest_api_manages_schedules() {
     assert_eq!(status, 404);
     db.drop_db().await;
 }
+
+/// The `lineq` commands of docs/schedules.md run as written, in order, against a fresh
+/// database: every line of its ```` ```sh ```` blocks succeeds, and every `$ lineq …` of its
+/// ```` ```console ```` blocks fails with exit code 2 and exactly the error shown under it.
+#[tokio::test]
+async fn the_examples_of_docs_schedules_md_run() {
+    let db = TestDb::new().await;
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schedules.md"))
+        .expect("docs/schedules.md");
+    let mut block: Option<&str> = None;
+    let mut lines = doc.lines().peekable();
+    let (mut ran, mut refused) = (0, 0);
+    while let Some(line) = lines.next() {
+        if let Some(kind) = line.strip_prefix("```") {
+            block = if block.is_some() { None } else { Some(kind) };
+            continue;
+        }
+        let args = |cmd: &str| -> Vec<String> {
+            let cmd = cmd.split(" # ").next().unwrap_or(cmd).trim();
+            let words = shell_words::split(cmd).expect("shell words");
+            assert_eq!(words.first().map(String::as_str), Some("lineq"), "{cmd}");
+            words[1..].to_vec()
+        };
+        match block {
+            Some("sh") if line.starts_with("lineq ") => {
+                let a = args(line);
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                ok(&lineq(&db.url, &a));
+                ran += 1;
+            }
+            Some("console") if line.starts_with("$ lineq ") => {
+                let a = args(&line[2..]);
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                let out = lineq(&db.url, &a);
+                let expected = lines.next().expect("the error under the command");
+                assert_eq!(out.status.code(), Some(2), "{line}: {}", stderr(&out));
+                assert_eq!(stderr(&out).trim(), expected, "{line}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(ran >= 9 && refused >= 5, "ran {ran}, refused {refused}");
+    db.drop_db().await;
+}
