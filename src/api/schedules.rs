@@ -222,6 +222,7 @@ pub struct ScheduleBody {
     /// Missed occurrences (default `skip`); `catch-up` needs `catch_up_max` (422 otherwise).
     pub missed: Option<MissedPolicy>,
     /// With `catch-up`: the most missed occurrences to fire (with `skip`: 422).
+    #[serde(default, deserialize_with = "super::executions::whole_number")]
     #[schema(minimum = 1, maximum = 1000)]
     pub catch_up_max: Option<i32>,
 }
