@@ -269,6 +269,7 @@ fn name_param(name: &str) -> Result<(), ApiError> {
 #[utoipa::path(
     get,
     path = "/v1/schedules",
+    operation_id = "list_schedules",
     tag = "schedules",
     params(("namespace" = Option<String>, Query, pattern = r"^[a-z][a-z0-9_]{0,31}$", description = "Only this namespace's schedules (default: every namespace)")),
     responses(
@@ -290,6 +291,7 @@ pub async fn list(
 #[utoipa::path(
     post,
     path = "/v1/schedules",
+    operation_id = "create_schedule",
     tag = "schedules",
     request_body = ScheduleBody,
     responses(
@@ -374,6 +376,7 @@ pub async fn create(
 #[utoipa::path(
     get,
     path = "/v1/schedules/{name}",
+    operation_id = "get_schedule",
     tag = "schedules",
     params(
         ("name" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$", description = "Schedule name"),
@@ -406,6 +409,7 @@ pub async fn get(
 #[utoipa::path(
     delete,
     path = "/v1/schedules/{name}",
+    operation_id = "delete_schedule",
     tag = "schedules",
     params(
         ("name" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$", description = "Schedule name"),
@@ -435,6 +439,7 @@ pub async fn delete(
 #[utoipa::path(
     post,
     path = "/v1/schedules/{name}/pause",
+    operation_id = "pause_schedule",
     tag = "schedules",
     params(
         ("name" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$", description = "Schedule name"),
@@ -465,6 +470,7 @@ pub async fn pause(
 #[utoipa::path(
     post,
     path = "/v1/schedules/{name}/resume",
+    operation_id = "resume_schedule",
     tag = "schedules",
     params(
         ("name" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$", description = "Schedule name"),
