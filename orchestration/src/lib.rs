@@ -3,7 +3,7 @@
 //!
 //! - [`Client`] submits executions and reads them back ([`submit`]).
 //! - [`Orchestrator`] processes the results workers send, records each step's outcome and
-//!   finishes executions ([`results`]).
+//!   finishes executions ([`results`]), and fires due schedules ([`schedule`]).
 //!
 //! Every state change is a guarded SQL update inside one transaction per unit of work, so any
 //! number of orchestrators can run against one database and a duplicate result changes nothing.
@@ -19,6 +19,7 @@ pub mod orchestrator;
 pub mod prune;
 pub mod query;
 pub mod results;
+pub mod schedule;
 mod settle;
 mod spans;
 pub mod submit;

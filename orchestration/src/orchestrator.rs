@@ -1,4 +1,5 @@
-//! The orchestrator process: a loop that processes result batches as they arrive.
+//! The orchestrator process: a loop that processes result batches as they arrive, and the
+//! schedule loop beside it ([`crate::schedule::fire`]).
 
 use std::time::Duration;
 
@@ -89,6 +90,14 @@ impl Orchestrator {
         )
         .await?;
         tracing::info!(node = %self.cfg.node_name, "orchestrator started");
+        let schedules = {
+            let looper = crate::schedule::fire::ScheduleLoop::new(
+                self.cfg.pool.clone(),
+                self.cfg.node_name.clone(),
+            );
+            let stop = shutdown.child_token();
+            tokio::spawn(async move { looper.run(stop).await })
+        };
         let mut backoff = Duration::from_millis(100);
         let mut fleet = crate::fleet::Sweeper::new(self.cfg.silent_worker_after);
         while !shutdown.is_cancelled() {
@@ -117,6 +126,10 @@ impl Orchestrator {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+        // A fire in progress finishes (or rolls back) before the process exits.
+        if let Err(e) = schedules.await {
+            tracing::error!(error = %e, "the schedule loop ended abnormally");
         }
         // The spans of what it ended, before the exporter is flushed.
         crate::spans::wait_for_exports().await;

@@ -127,6 +127,7 @@ impl From<sqlx::Error> for Error {
                     Some("step") => "step",
                     Some("event") => "event",
                     Some("worker") => "worker",
+                    Some("schedule") => "schedule",
                     _ => "execution",
                 },
                 id: detail("id").unwrap_or(message),

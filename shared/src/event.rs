@@ -1,5 +1,6 @@
 //! The append-only event log: lineq's lineage. Every event has exactly one parent, except the
-//! `execution_started` of a root execution, so all events under a root form one tree.
+//! first event of a root execution (its `execution_started`, or the `schedule_fired` that
+//! started it), so all events under a root form one tree.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -52,6 +53,10 @@ pub enum EventType {
     MessageReplayed,
     /// A user changed the execution's tags (parent: its `execution_started`).
     TagsChanged,
+    /// A schedule fired an occurrence and started this execution: the root of its lineage
+    /// (no parent; its `execution_started` hangs off it). The payload names the schedule and
+    /// the occurrence.
+    ScheduleFired,
 }
 
 impl EventType {
@@ -76,12 +81,13 @@ impl EventType {
             Self::MessageDeadLettered => "message_dead_lettered",
             Self::MessageReplayed => "message_replayed",
             Self::TagsChanged => "tags_changed",
+            Self::ScheduleFired => "schedule_fired",
         }
     }
 
     /// The event type stored as `name`, if lineq knows it.
     pub fn parse(name: &str) -> Option<Self> {
-        const ALL: [EventType; 18] = [
+        const ALL: [EventType; 19] = [
             EventType::ExecutionStarted,
             EventType::WorkflowInitialized,
             EventType::StepEnqueued,
@@ -100,6 +106,7 @@ impl EventType {
             EventType::MessageDeadLettered,
             EventType::MessageReplayed,
             EventType::TagsChanged,
+            EventType::ScheduleFired,
         ];
         ALL.into_iter().find(|t| t.as_str() == name)
     }

@@ -64,10 +64,18 @@ const SCRAM_ITERATIONS: u32 = 4096;
 /// their names (`LIKE`). Keep this in step with the SQL interface (docs/sql-api.md): a role
 /// that needs more fails with "permission denied", which `tests/roles.rs` catches.
 const WORKER_FUNCTIONS: &[&str] = &["worker\\_%"];
-/// What an application that submits work may call: submit, tag, cancel.
-const SUBMITTER_FUNCTIONS: &[&str] = &["submit%", "update\\_tags", "cancel"];
-/// What a submitting application may read: its executions and their story.
-const SUBMITTER_TABLES: &[&str] = &["executions", "steps", "events", "workflows"];
+/// What an application that submits work may call: submit, tag, cancel, and manage
+/// schedules (never fire them: `lineq._fire_schedule` is the orchestrator's).
+const SUBMITTER_FUNCTIONS: &[&str] = &["submit%", "update\\_tags", "cancel", "schedule\\_%"];
+/// What a submitting application may read: its executions and their story, and schedules.
+const SUBMITTER_TABLES: &[&str] = &[
+    "executions",
+    "steps",
+    "events",
+    "workflows",
+    "schedules",
+    "schedule_fires",
+];
 
 /// One of the three groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -247,7 +247,7 @@ pub struct SubmitBody {
 
 /// An optional integer that JSON may spell as `1210` or `1210.0`: JSON Schema's `integer` is
 /// any number without a fractional part, and the document promises that.
-fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(super) fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: TryFrom<i64> + TryFrom<u64>,
@@ -616,7 +616,7 @@ fn parse_execution_id(s: &str) -> Result<Uuid, ApiError> {
         .map_err(|e| ApiError::invalid("execution_id", format!("{s:?} is not a UUID: {e}")))
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(t)| t).map_err(rejected_body)
 }
 

@@ -15,6 +15,9 @@
 //! | `GET /v1/dead-letters`, `GET /v1/dead-letters/{id}` | dead letters |
 //! | `POST /v1/dead-letters/{id}/replay` | send a dead letter back to its queue |
 //! | `GET /v1/workflows`, `GET /v1/workflows/{name}` | registered workflows and their versions |
+//! | `GET /v1/schedules`, `POST /v1/schedules` | cron schedules: list, create |
+//! | `GET /v1/schedules/{name}`, `DELETE /v1/schedules/{name}` | one schedule with its next fire times; delete |
+//! | `POST /v1/schedules/{name}/pause`, `POST /v1/schedules/{name}/resume` | pause, resume |
 //! | `GET /healthz` | liveness and database reachability |
 //! | `GET /openapi.json` | this API's OpenAPI 3.1 document |
 //!
@@ -32,6 +35,7 @@ pub mod error;
 pub mod executions;
 pub mod fleet;
 pub mod openapi;
+pub mod schedules;
 pub mod schemas;
 
 use std::future::Future;
@@ -84,6 +88,16 @@ fn api_routes(pool: PgPool, with_token: bool) -> Router {
         .route("/v1/dead-letters/{id}/replay", post(fleet::replay))
         .route("/v1/workflows", get(fleet::workflows))
         .route("/v1/workflows/{name}", get(fleet::workflow_versions))
+        .route(
+            "/v1/schedules",
+            get(schedules::list).post(schedules::create),
+        )
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::get).delete(schedules::delete),
+        )
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
         .route("/healthz", get(executions::healthz))
         .route(
             "/openapi.json",

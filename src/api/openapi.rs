@@ -11,7 +11,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::{executions, fleet, schemas};
+use super::{executions, fleet, schedules, schemas};
 
 /// The lineq REST API.
 #[derive(OpenApi)]
@@ -37,6 +37,12 @@ use super::{executions, fleet, schemas};
         fleet::replay,
         fleet::workflows,
         fleet::workflow_versions,
+        schedules::list,
+        schedules::create,
+        schedules::get,
+        schedules::delete,
+        schedules::pause,
+        schedules::resume,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&JsonValue),
@@ -45,6 +51,7 @@ use super::{executions, fleet, schemas};
         (name = "fleet", description = "Workers and queues"),
         (name = "dead letters", description = "Messages that could not be processed; replay"),
         (name = "workflows", description = "Registered workflow definitions"),
+        (name = "schedules", description = "Cron schedules that start executions"),
         (name = "health", description = "Liveness"),
     )
 )]

@@ -18,6 +18,7 @@ pub mod output;
 mod prune;
 mod render;
 mod run;
+mod schedule;
 mod serve;
 mod submit;
 mod tags;
@@ -127,7 +128,8 @@ pub enum Command {
     /// Serve the REST API (and its OpenAPI document at /openapi.json), the web console at / and
     /// Prometheus metrics at /metrics. Stops on SIGTERM/Ctrl-C.
     Serve(serve::ServeArgs),
-    /// Run an orchestrator: processes results and finishes executions. Stops on SIGTERM/Ctrl-C.
+    /// Run an orchestrator: processes results, finishes executions and fires due schedules.
+    /// Stops on SIGTERM/Ctrl-C.
     Orchestrator(run::OrchestratorArgs),
     /// Run a worker: claims steps of a namespace and runs their handlers. Stops on
     /// SIGTERM/Ctrl-C, letting running handlers finish within a grace period.
@@ -139,6 +141,11 @@ pub enum Command {
     /// Registered versions are immutable; registering without a version adds the next one.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
+    /// Cron schedules: create one (an execution of a workflow or handler at every occurrence),
+    /// list, show (with the next fire times), pause, resume, delete. Orchestrators fire them,
+    /// each occurrence exactly once.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Cancel an execution and all its descendants: pending steps never run, running handlers
     /// see their cancellation token. Prints how many executions and steps were cancelled.
     Cancel(cancel::CancelArgs),
@@ -221,6 +228,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Namespace(c) => namespace::run(&connect(g).await?, g.format, c).await,
         Command::Workflow(c) => workflow::run(&connect(g).await?, g.format, c).await,
+        Command::Schedule(c) => schedule::run(&connect(g).await?, g.format, c).await,
         Command::Bench(a) => bench::run(g.database_url.clone(), g.format, a).await,
         Command::Chaos(a) => {
             let url = g.database_url.clone().unwrap_or_default();

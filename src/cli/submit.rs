@@ -53,7 +53,7 @@ pub struct SubmitArgs {
     pub wait_timeout_secs: u64,
 }
 
-fn read_input(arg: &str) -> Result<Value, ValidationError> {
+pub(super) fn read_input(arg: &str) -> Result<Value, ValidationError> {
     let text = if arg == "-" {
         let mut s = String::new();
         std::io::stdin()

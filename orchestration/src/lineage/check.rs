@@ -3,8 +3,8 @@
 //!
 //! A tree is whole when:
 //!
-//! - it has one root: the root execution's `execution_started` is its only event without a
-//!   parent;
+//! - it has one root: the root execution's `execution_started` (or, for an execution a schedule
+//!   started, its `schedule_fired`) is its only event without a parent;
 //! - every parent is present, and in the same root tree;
 //! - no event is its own ancestor (no cycles);
 //! - an event's parent is in its own execution, its parent execution (the way into a child) or a
@@ -18,8 +18,8 @@
 //!   consuming a message (it names the message's queue and id in its payload) hangs off that
 //!   same event.
 //!
-//! Event types are not interpreted beyond the root being an `execution_started`, so new kinds
-//! of events need no change here.
+//! Event types are not interpreted beyond the root being an `execution_started` or a
+//! `schedule_fired`, so new kinds of events need no change here.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -213,7 +213,7 @@ impl fmt::Display for Fault {
         match self {
             Fault::NoRoot { root_execution_id } => write!(
                 f,
-                "no root: execution {root_execution_id} has no parentless execution_started"
+                "no root: execution {root_execution_id} has no parentless execution_started or schedule_fired"
             ),
             Fault::ExtraRoot {
                 event_id,
@@ -528,6 +528,11 @@ struct Input<'a> {
     messages: &'a [LineageMessage],
 }
 
+/// The event types that may begin a root execution's tree: its `execution_started`, or the
+/// `schedule_fired` of the schedule that started it (which its `execution_started` then hangs
+/// off).
+const ROOT_EVENT_TYPES: [&str; 2] = ["execution_started", "schedule_fired"];
+
 /// The pure part of the check: rows in, faults out.
 fn faults(input: &Input<'_>) -> Vec<Fault> {
     let mut out = Vec::new();
@@ -544,7 +549,7 @@ fn faults(input: &Input<'_>) -> Vec<Fault> {
         .collect();
     let root_event = parentless
         .iter()
-        .find(|e| e.execution_id == input.root && e.event_type == "execution_started")
+        .find(|e| e.execution_id == input.root && ROOT_EVENT_TYPES.contains(&e.event_type.as_str()))
         .map(|e| e.event_id);
     if root_event.is_none() {
         out.push(Fault::NoRoot {
@@ -734,6 +739,20 @@ fn check_spawns(input: &Input<'_>, out: &mut Vec<Fault>) {
             .iter()
             .any(|e| e.parent_event_id == Some(spawned_by))
         {
+            continue;
+        }
+        // A root started by a schedule: spawned by its own `schedule_fired`, which its
+        // `execution_started` hangs off.
+        let fired_itself = x.parent_execution_id.is_none()
+            && by_id.get(&spawned_by).is_some_and(|f| {
+                f.execution_id == x.execution_id && f.event_type == "schedule_fired"
+            })
+            && input.events.iter().any(|e| {
+                e.execution_id == x.execution_id
+                    && e.parent_event_id == Some(spawned_by)
+                    && e.event_type == "execution_started"
+            });
+        if fired_itself {
             continue;
         }
         // Name the event that enters the child instead, if there is one: its parent is wrong.
@@ -985,6 +1004,46 @@ mod tests {
             foreign: &[],
             messages: &[],
         })
+    }
+
+    /// An execution a schedule started: `schedule_fired` is the root, its `execution_started`
+    /// hangs off it, and the execution row names it as what spawned it.
+    #[test]
+    fn a_schedule_fired_root_is_whole_and_only_as_the_first_event() {
+        let tree_ids: HashSet<Uuid> = [Uuid::from_u128(1000)].into();
+        let mut x = root_exec();
+        x.parent_event_id = Some(Uuid::from_u128(1));
+        let executions: HashMap<Uuid, TreeExecution> = [(Uuid::from_u128(1000), x)].into();
+        let check = |events: Vec<EventRow>| {
+            faults(&Input {
+                root: Uuid::from_u128(1000),
+                tree_ids: &tree_ids,
+                executions: &executions,
+                events: &events,
+                foreign: &[],
+                messages: &[],
+            })
+        };
+        let whole = check(vec![
+            ev(1, None, 1000, "schedule_fired"),
+            ev(2, Some(1), 1000, "execution_started"),
+            ev(3, Some(2), 1000, "workflow_initialized"),
+        ]);
+        assert_eq!(whole, vec![]);
+        // An execution_started that does not hang off the schedule_fired is a second root, and
+        // the spawn recorded on the row is not followed.
+        let f = check(vec![
+            ev(1, None, 1000, "schedule_fired"),
+            ev(2, None, 1000, "execution_started"),
+        ]);
+        assert!(
+            f.iter().any(|f| matches!(f, Fault::ExtraRoot { event_type, .. } if event_type == "execution_started")),
+            "{f:?}"
+        );
+        assert!(
+            f.iter().any(|f| matches!(f, Fault::SpawnMismatch { .. })),
+            "{f:?}"
+        );
     }
 
     #[test]
