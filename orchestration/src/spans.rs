@@ -136,6 +136,10 @@ async fn attempts_to_export(pool: &PgPool, reported: &[Reported]) -> Result<Vec<
 static EXPORTS: std::sync::LazyLock<(TaskTracker, Arc<Semaphore>)> =
     std::sync::LazyLock::new(|| (TaskTracker::new(), Arc::new(Semaphore::new(32))));
 
+/// How many of those read at once: the reads share the orchestrator's pool with its own work,
+/// and exports that took every connection would hold up the result loop they follow.
+static READING: Semaphore = Semaphore::const_new(2);
+
 /// [`export_ended`] of a result batch, and the spans of the attempts it reported that workers
 /// which export none ran ([`crate::worker_spans`]), in a task of their own.
 pub(crate) async fn export_in_background(
@@ -150,6 +154,9 @@ pub(crate) async fn export_in_background(
     };
     tracker.spawn(async move {
         let _permit = permit;
+        let Ok(_reading) = READING.acquire().await else {
+            return;
+        };
         // Best-effort: a failed read costs a warning, never the batch (already committed).
         let on_behalf = match attempts_to_export(&pool, &attempts).await {
             Ok(a) => a,
