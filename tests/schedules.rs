@@ -856,3 +856,63 @@ async fn the_examples_of_docs_schedules_md_run() {
     assert!(ran >= 9 && refused >= 5, "ran {ran}, refused {refused}");
     db.drop_db().await;
 }
+
+/// `lineq prune` removes a fired execution's fire record with its tree, and leaves the
+/// schedule and the fires of executions it keeps.
+#[tokio::test]
+async fn prune_removes_the_fires_of_the_executions_it_removes() {
+    let db = TestDb::new().await;
+    ok(&lineq(
+        &db.url,
+        &[
+            "schedule",
+            "create",
+            "tick",
+            "--cron",
+            "* * * * * *",
+            "echo",
+        ],
+    ));
+    let orchestrator = Proc::start(&db.url, "sched-prune-o", &["orchestrator"]);
+    let worker = Proc::start(&db.url, "sched-prune-w", &["worker"]);
+    eventually(Duration::from_secs(20), "three fires", || async {
+        (fired_count(&db.pool, "tick").await >= 3).then_some(())
+    })
+    .await;
+    ok(&lineq(&db.url, &["schedule", "pause", "tick"]));
+    let fired: Vec<Uuid> = sqlx::query_scalar("SELECT execution_id FROM lineq.schedule_fires")
+        .fetch_all(&db.pool)
+        .await
+        .expect("fired");
+    wait_all_finished(&db.pool, &fired, Duration::from_secs(20)).await;
+    drop(worker);
+    drop(orchestrator);
+    assert!(fired.len() >= 3, "{} fires", fired.len());
+    // The newest fire's execution is kept (finished "now"); the others age past the cutoff.
+    sqlx::query(
+        "UPDATE lineq.executions SET created_at = created_at - interval '2 days',
+                finished_at = finished_at - interval '2 days'
+         WHERE execution_id <> (SELECT execution_id FROM lineq.schedule_fires
+                                ORDER BY occurrence DESC LIMIT 1)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("age");
+    let out = lineq(
+        &db.url,
+        &["prune", "--older-than", "1d", "--format", "json"],
+    );
+    assert!(out.status.success(), "prune: {}", stderr(&out));
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT execution_id FROM lineq.schedule_fires")
+        .fetch_all(&db.pool)
+        .await
+        .expect("fires left");
+    let kept: Vec<Uuid> = sqlx::query_scalar("SELECT execution_id FROM lineq.executions")
+        .fetch_all(&db.pool)
+        .await
+        .expect("executions left");
+    assert_eq!(left.len(), 1, "one fire left: {left:?}");
+    assert_eq!(left, kept, "the fire left is the execution kept");
+    assert_eq!(db.count("lineq.schedules").await, 1, "the schedule stays");
+    db.drop_db().await;
+}

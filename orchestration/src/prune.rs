@@ -339,6 +339,12 @@ async fn prune_trees(
         .execute(&mut *tx)
         .await?
         .rows_affected();
+    // A fired execution is a root; the record of its fire goes with it (the schedule keeps
+    // its `last_fired_at`).
+    sqlx::query("DELETE FROM lineq.schedule_fires WHERE execution_id = ANY($1)")
+        .bind(&ready)
+        .execute(&mut *tx)
+        .await?;
     // One statement for the whole tree: the parent foreign key is checked at its end, when the
     // children are gone too.
     let executions = sqlx::query("DELETE FROM lineq.executions WHERE root_execution_id = ANY($1)")
