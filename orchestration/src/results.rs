@@ -45,6 +45,8 @@ pub struct BatchReport {
     pub children: usize,
     /// Executions finished by this batch.
     pub finished: usize,
+    /// Whether it touched steps with a flow key (their keys may have room now).
+    pub flow: bool,
 }
 
 /// `{"kind": "child_finished", "execution_id", "ending_event_id"}`: `lineq.cancel` (SQL)
@@ -161,6 +163,7 @@ pub async fn process_batch(
         work.steps.entry(s.execution_id).or_default().push(s);
     }
 
+    report.flow = steps.values().any(|s| s.flow.is_some());
     let mut seen = HashSet::new();
     let mut updates = Vec::new();
     let mut children: Vec<(ExecState, String, ResultMessage)> = Vec::new();
@@ -259,6 +262,9 @@ pub async fn process_batch(
                         delay,
                         retry_reason: Some(format!("{kind}: {message}")),
                         context: exec.context(),
+                        // A retry queues again behind its key's waiting steps.
+                        flow: step.flow.clone(),
+                        priority: step.priority,
                     });
                     // The execution is not settled by a retry: it goes on as it was.
                     work.events.push(ev);

@@ -67,7 +67,14 @@ const WORKER_FUNCTIONS: &[&str] = &["worker\\_%"];
 /// What an application that submits work may call: submit, tag, cancel.
 const SUBMITTER_FUNCTIONS: &[&str] = &["submit%", "update\\_tags", "cancel"];
 /// What a submitting application may read: its executions and their story.
-const SUBMITTER_TABLES: &[&str] = &["executions", "steps", "events", "workflows"];
+const SUBMITTER_TABLES: &[&str] = &[
+    "executions",
+    "steps",
+    "events",
+    "workflows",
+    "flow_waiting",
+    "flow_keys",
+];
 
 /// One of the three groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
