@@ -735,7 +735,7 @@ fn with_etag(status: StatusCode, e: Execution) -> Response {
         (status = 200, description = "The idempotency key was used before: the first execution", body = SubmittedView),
         (status = 400, description = "Invalid input (against this document, or over a size limit it states); nothing was written", body = ErrorBody),
         (status = 413, description = "The body is over 2 MiB", body = ErrorBody),
-        (status = 422, description = "The namespace, the parent execution or the workflow version does not exist; nothing was written", body = ErrorBody),
+        (status = 422, description = "The namespace, the parent execution or the workflow version does not exist, or the flow control cannot apply (run_at with delay_ms, a run_at over 365 days ahead, a key path that names nothing in this execution, two different flow keys); nothing was written", body = ErrorBody),
     )
 )]
 pub async fn submit(
@@ -790,6 +790,16 @@ pub async fn submit(
         // A parent that does not exist: the request follows the document but names nothing.
         lineq_shared::Error::Validation(v) if v.field == "parent" => {
             ApiError::unprocessable("parent_execution_id", v.to_string())
+        }
+        // Flow control the document cannot state: run_at with delay_ms, a run_at over 365
+        // days ahead, a key path this execution has nothing at, two different keys.
+        lineq_shared::Error::Validation(v)
+            if v.field == "run_at"
+                || v.field.starts_with("concurrency")
+                || v.field.starts_with("rate_limit") =>
+        {
+            let field = v.field.to_string();
+            ApiError::unprocessable(&field, v.to_string())
         }
         // `NAME@VERSION` of a workflow (or version) that is not registered.
         e @ lineq_shared::Error::NotFound {

@@ -256,14 +256,14 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
             cost_per_execution: cost::PerUnit::mean([(a.cost, 1), (b.cost, 1)]),
         }
     });
-    let keyed = ThroughputRow::combine(&[keyed_a, keyed_b], raw);
-    let mut rows = vec![plain.clone(), keyed];
+    let mut rows = vec![plain.clone()];
     let mut tracing_cost = None;
     if !traced.is_empty() {
         let t = ThroughputRow::combine(&traced, raw);
         tracing_cost = Some(1.0 - t.per_second / plain.per_second);
         rows.push(t);
     }
+    rows.push(ThroughputRow::combine(&[keyed_a, keyed_b], raw));
     let mut targets = vec![
         Target {
             name: "throughput vs raw PGMQ".into(),
