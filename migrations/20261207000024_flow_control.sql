@@ -269,7 +269,7 @@ BEGIN
                 -- a UUIDv7 whose counter bits are the row's position, so the events of one
                 -- call (siblings, often) sort in the order they were given (OFFSET 0: once per row)
                 CROSS JOIN LATERAL (SELECT encode(substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) || substring(int4send(28672 | mod(e.ord, 4096)::integer) FROM 3) || substring(uuid_send(gen_random_uuid()) FROM 9), 'hex')::uuid AS event_id OFFSET 0) AS id
-                WHERE e.queue = %3$L),
+                WHERE e.queue = %3$L AND e.flow IS NULL),
             sent AS (
                 INSERT INTO %1$s (msg_id, vt, message) OVERRIDING SYSTEM VALUE
                 SELECT s.msg_id, clock_timestamp() + make_interval(secs => s.delay_ms / 1000.0),
@@ -367,53 +367,65 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     v_queue text;
-    v_delays bigint[];
     v_keyed boolean;
+    v_delayed boolean;
+    v_sent text;
+    v_any_keyed boolean := false;
 BEGIN
-    FOR v_queue, v_delays, v_keyed IN
-        SELECT s.queue, array_agg(DISTINCT s.delay_ms) FILTER (WHERE s.delay_ms > 0),
-               bool_or(bool_or(s.flow IS NOT NULL)) OVER ()
-        FROM unnest(p_steps) AS s GROUP BY s.queue ORDER BY 1
+    -- One row per queue for plain steps (the query the plain path always made, with two more
+    -- sort keys): another for its delayed ones, one for its steps with a flow key.
+    FOR v_queue, v_keyed, v_delayed IN
+        SELECT DISTINCT s.queue, s.flow IS NOT NULL, s.delay_ms > 0
+        FROM unnest(p_steps) AS s ORDER BY 1, 2, 3
     LOOP
         IF v_keyed THEN
-            -- Held back or sent by its key (which calls back here without the keys).
-            RETURN QUERY SELECT * FROM lineq._flow_enqueue(p_steps, p_node_name, p_not_before,
-                                                           p_mark_steps);
-            RETURN;
+            v_any_keyed := true;
+            CONTINUE;
         END IF;
-        IF v_queue IS NULL OR v_queue !~ '^[a-z][a-z0-9_]{0,46}$' THEN
-            PERFORM lineq.invalid('queue', format(
-                'a queue name is 1 to 47 characters of a-z, 0-9 and _, starting with a letter (got %s)',
-                coalesce(to_jsonb(v_queue)::text, 'null')));
-        END IF;
-        IF to_regprocedure(format('lineq.%I(lineq._step_send[], text, timestamptz, boolean)',
-                                  '_send_' || v_queue)) IS NULL THEN
-            IF NOT EXISTS (SELECT 1 FROM pgmq.meta m WHERE m.queue_name = v_queue) THEN
-                RAISE EXCEPTION USING ERRCODE = 'LQ005',
-                    MESSAGE = format('unknown queue %s: it does not exist', v_queue),
-                    DETAIL = format('namespace=%s', regexp_replace(v_queue, '^lineq_steps_', ''));
+        -- The queue's steps are sent at its first row (the rest only add wake-ups).
+        IF v_sent IS DISTINCT FROM v_queue THEN
+            v_sent := v_queue;
+            IF v_queue IS NULL OR v_queue !~ '^[a-z][a-z0-9_]{0,46}$' THEN
+                PERFORM lineq.invalid('queue', format(
+                    'a queue name is 1 to 47 characters of a-z, 0-9 and _, starting with a letter (got %s)',
+                    coalesce(to_jsonb(v_queue)::text, 'null')));
             END IF;
-            -- Concurrent first senders on one queue make its function once.
-            PERFORM pg_advisory_xact_lock(hashtext('lineq._make_send_function'), hashtext(v_queue));
             IF to_regprocedure(format('lineq.%I(lineq._step_send[], text, timestamptz, boolean)',
                                       '_send_' || v_queue)) IS NULL THEN
-                PERFORM lineq._make_send_function(v_queue);
+                IF NOT EXISTS (SELECT 1 FROM pgmq.meta m WHERE m.queue_name = v_queue) THEN
+                    RAISE EXCEPTION USING ERRCODE = 'LQ005',
+                        MESSAGE = format('unknown queue %s: it does not exist', v_queue),
+                        DETAIL = format('namespace=%s', regexp_replace(v_queue, '^lineq_steps_', ''));
+                END IF;
+                -- Concurrent first senders on one queue make its function once.
+                PERFORM pg_advisory_xact_lock(hashtext('lineq._make_send_function'), hashtext(v_queue));
+                IF to_regprocedure(format('lineq.%I(lineq._step_send[], text, timestamptz, boolean)',
+                                          '_send_' || v_queue)) IS NULL THEN
+                    PERFORM lineq._make_send_function(v_queue);
+                END IF;
             END IF;
+            PERFORM pg_notify(v_queue, v_queue);
+            -- (the steps of this queue without a flow key)
+            RETURN QUERY EXECUTE format('SELECT * FROM lineq.%I($1, $2, $3, $4)', '_send_' || v_queue)
+            USING p_steps, p_node_name, p_not_before, p_mark_steps;
         END IF;
-        PERFORM pg_notify(v_queue, v_queue);
-        RETURN QUERY EXECUTE format('SELECT * FROM lineq.%I($1, $2, $3, $4)', '_send_' || v_queue)
-        USING p_steps, p_node_name, p_not_before, p_mark_steps;
-        IF v_delays IS NOT NULL THEN
+        IF v_delayed THEN
             -- After the send, so each named time is at or after its messages' visibility.
             PERFORM pg_notify(v_queue, v_queue || '@' ||
-                              (ceil(extract(epoch FROM clock_timestamp()) * 1000) + d)::bigint)
-            FROM unnest(v_delays) AS d;
+                              (ceil(extract(epoch FROM clock_timestamp()) * 1000) + d.delay_ms)::bigint)
+            FROM (SELECT DISTINCT s.delay_ms FROM unnest(p_steps) AS s
+                  WHERE s.queue = v_queue AND s.flow IS NULL AND s.delay_ms > 0) AS d;
         END IF;
     END LOOP;
+    IF v_any_keyed THEN
+        -- Held back or sent by their keys (which call back here without the keys).
+        RETURN QUERY SELECT * FROM lineq._flow_enqueue(p_steps, p_node_name, p_not_before,
+                                                       p_mark_steps);
+    END IF;
 END
 $fn$;
 
--- Steps with a flow key (and the others of the same call, sent as usual): each joins its key's
+-- The steps with a flow key of a send (lineq._enqueue_step_rows sends the others): each joins its key's
 -- line in lineq.flow_waiting (a retry gives its slot back first); then lineq._flow_admit sends,
 -- key by key, what the limits allow; what is still waiting gets its step_throttled event (the
 -- parent of its step_enqueued when it is sent) and, with p_mark_steps, its row `throttled`.
@@ -426,16 +438,9 @@ SET search_path = pg_catalog, lineq, pgmq, pg_temp
 AS $fn$
 #variable_conflict use_column
 DECLARE
-    v_plain lineq._step_send[];
     v_ids uuid[];
     v_keys text[];
 BEGIN
-    v_plain := ARRAY(SELECT p_steps[i] FROM generate_subscripts(p_steps, 1) AS i
-                     WHERE (p_steps[i]).flow IS NULL ORDER BY i);
-    IF cardinality(v_plain) > 0 THEN
-        RETURN QUERY SELECT * FROM lineq._enqueue_step_rows(v_plain, p_node_name, p_not_before,
-                                                            p_mark_steps);
-    END IF;
     v_ids := ARRAY(SELECT (p_steps[i]).step_id FROM generate_subscripts(p_steps, 1) AS i
                    WHERE (p_steps[i]).flow IS NOT NULL ORDER BY i);
 
@@ -1072,13 +1077,16 @@ BEGIN
         JOIN unnest(v_rows) AS x ON x.execution_id = s.execution_id
         CROSS JOIN LATERAL (VALUES
             (0, s.started_event_id, s.parent_event_id, 'execution_started',
-             jsonb_build_object('workflow', s.workflow_name, 'version', s.workflow_version,
-                                'kind', s.kind, 'parent_step', s.parent_step,
-                                'parent_waits', s.parent_waits)
-             || CASE WHEN NOT v_plain AND lineq._request_delay_ms(p_requests -> (s.ord - 1)) > 0
-                     THEN jsonb_build_object('run_at', v_t0 + make_interval(
+             -- a delayed execution names its time (the plain path concatenates nothing)
+             CASE WHEN NOT v_plain AND lineq._request_delay_ms(p_requests -> (s.ord - 1)) > 0
+                  THEN jsonb_build_object('workflow', s.workflow_name, 'version', s.workflow_version,
+                                          'kind', s.kind, 'parent_step', s.parent_step,
+                                          'parent_waits', s.parent_waits,
+                                          'run_at', v_t0 + make_interval(
                               secs => lineq._request_delay_ms(p_requests -> (s.ord - 1)) / 1000.0))
-                     ELSE '{}'::jsonb END),
+                  ELSE jsonb_build_object('workflow', s.workflow_name, 'version', s.workflow_version,
+                                          'kind', s.kind, 'parent_step', s.parent_step,
+                                          'parent_waits', s.parent_waits) END),
             (1, s.initialized_event_id, s.started_event_id, 'workflow_initialized',
              jsonb_build_object('steps', (SELECT jsonb_agg(st->'name' ORDER BY i)
                                           FROM jsonb_array_elements(s.steps) WITH ORDINALITY AS t(st, i))))
