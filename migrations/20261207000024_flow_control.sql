@@ -614,13 +614,14 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION lineq._flow_admit(text[], text, timestamptz, uuid[]) FROM PUBLIC;
 
--- Gives freed slots, passed delays and new rate windows to the steps waiting for them: every
--- key with waiting steps, in key order (lineq._flow_admit). Orchestrators call it after a batch
--- that ended steps with a flow key, after a cancel, and on a timer (when the next delay or
--- rate window is due, at most their poll interval apart); it is safe to call any time, from
--- any number of processes. Returns how many steps it sent and when something waiting next
--- becomes due (NULL when nothing waits on time).
-CREATE FUNCTION lineq.flow_pump(p_node_name text DEFAULT NULL)
+-- Gives freed slots, passed delays and new rate windows to the steps waiting for them: the
+-- keys in p_keys that have waiting steps, or with NULL every such key, in key order
+-- (lineq._flow_admit). Orchestrators call it with the keys of a batch that ended steps with a
+-- flow key, after a cancel, and for every key on a timer (when the next delay or rate window
+-- is due, at most their poll interval apart); it is safe to call any time, from any number of
+-- processes. Returns how many steps it sent and when something waiting next becomes due (NULL
+-- when nothing waits on time).
+CREATE FUNCTION lineq.flow_pump(p_node_name text DEFAULT NULL, p_keys text[] DEFAULT NULL)
 RETURNS TABLE (sent integer, next_due timestamptz)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, lineq, pgmq, pg_temp
@@ -631,6 +632,17 @@ DECLARE
     v_node text := coalesce(nullif(left(p_node_name, 255), ''),
                             nullif(current_setting('application_name', true), ''), 'sql');
 BEGIN
+    IF p_keys IS NOT NULL THEN
+        v_keys := ARRAY(SELECT DISTINCT k FROM unnest(p_keys) AS k
+                        WHERE EXISTS (SELECT 1 FROM lineq.flow_waiting w WHERE w.key = k)
+                        ORDER BY 1);
+        IF cardinality(v_keys) > 0 THEN
+            SELECT count(*) INTO v_sent FROM lineq._flow_admit(v_keys, v_node, NULL, '{}'::uuid[]) a
+            WHERE a.msg_id IS NOT NULL;
+        END IF;
+        RETURN QUERY SELECT coalesce(v_sent, 0), NULL::timestamptz;
+        RETURN;
+    END IF;
     -- The distinct keys of the waiting steps, one index probe each.
     WITH RECURSIVE k(key) AS (
         (SELECT w.key FROM lineq.flow_waiting w ORDER BY w.key LIMIT 1)
@@ -653,8 +665,8 @@ BEGIN
            AND EXISTS (SELECT 1 FROM lineq.flow_waiting w WHERE w.key = k.key)));
 END
 $fn$;
-REVOKE ALL ON FUNCTION lineq.flow_pump(text) FROM PUBLIC;
-COMMENT ON FUNCTION lineq.flow_pump(text) IS
+REVOKE ALL ON FUNCTION lineq.flow_pump(text, text[]) FROM PUBLIC;
+COMMENT ON FUNCTION lineq.flow_pump(text, text[]) IS
     'Sends the throttled steps whose keys have room now; returns how many, and when the next delay or rate window is due.';
 
 -- A step with a flow key that leaves `enqueued` or `throttled` for good (it ended, waits for

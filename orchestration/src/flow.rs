@@ -17,11 +17,13 @@ pub struct Pumped {
     pub next_due: Option<DateTime<Utc>>,
 }
 
-/// Runs `lineq.flow_pump` in a transaction of its own.
-pub async fn pump(pool: &PgPool, node_name: &str) -> Result<Pumped> {
+/// Runs `lineq.flow_pump` in a transaction of its own: for `keys`, or with `None` for every
+/// key with waiting steps (then `next_due` says when to run it again).
+pub async fn pump(pool: &PgPool, node_name: &str, keys: Option<&[String]>) -> Result<Pumped> {
     let (sent, next_due): (i32, Option<DateTime<Utc>>) =
-        sqlx::query_as("SELECT sent, next_due FROM lineq.flow_pump($1)")
+        sqlx::query_as("SELECT sent, next_due FROM lineq.flow_pump($1, $2)")
             .bind(node_name)
+            .bind(keys)
             .fetch_one(pool)
             .await?;
     Ok(Pumped { sent, next_due })

@@ -84,7 +84,7 @@ impl Orchestrator {
     /// delay or rate window due, at most a poll interval away).
     async fn pump(&self) -> Instant {
         let later = Instant::now() + self.cfg.poll_interval;
-        match crate::flow::pump(&self.cfg.pool, &self.cfg.node_name).await {
+        match crate::flow::pump(&self.cfg.pool, &self.cfg.node_name, None).await {
             Ok(p) => {
                 if p.sent > 0 {
                     tracing::debug!(sent = p.sent, "flow pump sent throttled steps");
@@ -123,8 +123,19 @@ impl Orchestrator {
                     if report.read > 0 {
                         tracing::debug!(?report, "processed results");
                     }
-                    if report.flow || Instant::now() >= pump_at {
+                    if Instant::now() >= pump_at {
                         pump_at = self.pump().await;
+                    } else if !report.flow_keys.is_empty() {
+                        // Slots of these keys may have freed: their next steps go now.
+                        if let Err(e) = crate::flow::pump(
+                            &self.cfg.pool,
+                            &self.cfg.node_name,
+                            Some(&report.flow_keys),
+                        )
+                        .await
+                        {
+                            tracing::warn!(error = %e, "flow pump failed; the timer pumps again");
+                        }
                     }
                     if report.read as i32 >= self.cfg.batch_size {
                         continue; // more may be waiting

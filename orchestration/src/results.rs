@@ -29,7 +29,7 @@ use crate::settle::{
 use crate::workflow::{RetryPolicy, WorkflowDefinition, store};
 
 /// What one batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BatchReport {
     /// Result messages read.
     pub read: usize,
@@ -45,8 +45,8 @@ pub struct BatchReport {
     pub children: usize,
     /// Executions finished by this batch.
     pub finished: usize,
-    /// Whether it touched steps with a flow key (their keys may have room now).
-    pub flow: bool,
+    /// The flow keys of the steps it touched (they may have room now).
+    pub flow_keys: Vec<String>,
 }
 
 /// `{"kind": "child_finished", "execution_id", "ending_event_id"}`: `lineq.cancel` (SQL)
@@ -163,7 +163,12 @@ pub async fn process_batch(
         work.steps.entry(s.execution_id).or_default().push(s);
     }
 
-    report.flow = steps.values().any(|s| s.flow.is_some());
+    report.flow_keys = steps
+        .values()
+        .filter_map(|s| s.flow.as_ref()?.get("key")?.as_str().map(str::to_string))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut seen = HashSet::new();
     let mut updates = Vec::new();
     let mut children: Vec<(ExecState, String, ResultMessage)> = Vec::new();
