@@ -440,6 +440,7 @@ AS $fn$
 DECLARE
     v_ids uuid[];
     v_keys text[];
+    v_fast text[];
 BEGIN
     v_ids := ARRAY(SELECT (p_steps[i]).step_id FROM generate_subscripts(p_steps, 1) AS i
                    WHERE (p_steps[i]).flow IS NOT NULL ORDER BY i);
@@ -467,6 +468,52 @@ BEGIN
     -- A retry's attempt has ended: it gives its slot back and queues again.
     DELETE FROM lineq.flow_holders h WHERE h.step_id = ANY (v_ids);
 
+    -- The common case: a key with nobody in line and room for all of this call's steps sends
+    -- them at once, taking their slots, without writing them into its line.
+    UPDATE lineq.flow_keys k
+    SET window_start = to_timestamp(floor(extract(epoch FROM clock_timestamp()) * 1000 / k.per_ms) * k.per_ms / 1000.0),
+        window_sent = 0
+    WHERE k.key = ANY (v_keys) AND k.rate IS NOT NULL
+      AND (k.window_start IS NULL
+           OR k.window_start + make_interval(secs => k.per_ms / 1000.0) <= clock_timestamp());
+    v_fast := ARRAY(
+        SELECT n.key
+        FROM (SELECT s.flow ->> 'key' AS key, count(*) AS n,
+                     bool_or(coalesce(s.delay_ms, 0) > 0) AS delayed
+              FROM unnest(p_steps) AS s WHERE s.flow IS NOT NULL GROUP BY 1) AS n
+        JOIN lineq.flow_keys k ON k.key = n.key
+        WHERE NOT n.delayed
+          AND NOT EXISTS (SELECT 1 FROM lineq.flow_waiting w WHERE w.key = n.key)
+          AND (k.max_running IS NULL
+               OR k.max_running - (SELECT count(*) FROM lineq.flow_holders h WHERE h.key = n.key) >= n.n)
+          AND (k.rate IS NULL OR k.rate - k.window_sent >= n.n)
+        ORDER BY 1);
+    IF cardinality(v_fast) > 0 THEN
+        INSERT INTO lineq.flow_holders (step_id, key)
+        SELECT s.step_id, s.flow ->> 'key' FROM unnest(p_steps) AS s
+        WHERE s.flow ->> 'key' = ANY (v_fast) AND s.flow ? 'limit'
+        ON CONFLICT (step_id) DO NOTHING;
+        UPDATE lineq.flow_keys k SET window_sent = k.window_sent + n.n
+        FROM (SELECT s.flow ->> 'key' AS key, count(*) AS n FROM unnest(p_steps) AS s
+              WHERE s.flow ->> 'key' = ANY (v_fast) GROUP BY 1) AS n
+        WHERE k.key = n.key AND k.rate IS NOT NULL;
+        RETURN QUERY SELECT * FROM lineq._enqueue_step_rows(
+            ARRAY(SELECT ROW(s.execution_id, s.parent_execution_id, s.root_execution_id,
+                             s.correlation_id, s.trace_correlation_id, s.step_id, s.step,
+                             s.handler, s.queue, s.attempt, s.input, s.timeout_ms,
+                             s.parent_event_id, s.delay_ms, s.retry_reason, s.context,
+                             s.priority, NULL)::lineq._step_send
+                  FROM unnest(p_steps) WITH ORDINALITY AS s
+                  WHERE s.flow ->> 'key' = ANY (v_fast) ORDER BY s.ordinality),
+            p_node_name, p_not_before, p_mark_steps);
+        v_ids := ARRAY(SELECT (p_steps[i]).step_id FROM generate_subscripts(p_steps, 1) AS i
+                       WHERE (p_steps[i]).flow ->> 'key' <> ALL (v_fast) ORDER BY i);
+        v_keys := ARRAY(SELECT k FROM unnest(v_keys) AS k WHERE k <> ALL (v_fast) ORDER BY 1);
+        IF cardinality(v_ids) = 0 THEN
+            RETURN;
+        END IF;
+    END IF;
+
     INSERT INTO lineq.flow_waiting (step_id, key, priority, reason, not_before, execution_id, send)
     SELECT s.step_id, s.flow ->> 'key', coalesce(s.priority, 0),
            CASE WHEN coalesce(s.delay_ms, 0) > 0 THEN 'delayed' ELSE 'concurrency_limit' END,
@@ -475,7 +522,7 @@ BEGIN
            s.execution_id,
            to_jsonb(s) - 'flow' - 'delay_ms'
     FROM unnest(p_steps) WITH ORDINALITY AS s
-    WHERE s.flow IS NOT NULL
+    WHERE s.step_id = ANY (v_ids)
     ORDER BY s.ordinality
     ON CONFLICT (step_id) DO NOTHING;
 
