@@ -11,6 +11,7 @@ pub use lineq_orchestration as orchestration;
 pub use lineq_shared as shared;
 pub use lineq_worker as worker;
 
+pub use lineq_orchestration::flow::{ConcurrencyLimit, RateLimit, RatePer};
 pub use lineq_orchestration::{Client, Orchestrator, SubmitRequest, Submitted};
 pub use lineq_shared::database::DatabaseConfig;
 pub use lineq_shared::migrate::migrate;

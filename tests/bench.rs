@@ -31,7 +31,8 @@ async fn a_small_bench_runs_every_row_and_checks_its_work() {
     assert_eq!(r["raw_pgmq_runs"].as_array().map(Vec::len), Some(2), "{r}");
 
     let rows = r["throughput"].as_array().expect("throughput rows");
-    assert_eq!(rows.len(), 2, "plain and traced: {r}");
+    assert_eq!(rows.len(), 3, "plain, traced and keyed: {r}");
+    assert_eq!(rows[2]["name"], "lineq, concurrency key (16 keys)", "{r}");
     for row in rows {
         // Each row runs twice: 600 executions, 8 events each, all checked.
         assert_eq!(row["executions"], 600, "{row}");
@@ -126,5 +127,9 @@ async fn a_small_bench_runs_every_row_and_checks_its_work() {
         .count("lineq.executions WHERE status NOT IN ('completed')")
         .await;
     assert_eq!(unfinished, 0);
+    // The keyed row's keys: every slot given back, nothing held back.
+    assert_eq!(db.count("lineq.flow_keys").await, 16);
+    assert_eq!(db.count("lineq.flow_holders").await, 0);
+    assert_eq!(db.count("lineq.flow_waiting").await, 0);
     db.drop_db().await;
 }

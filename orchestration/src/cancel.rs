@@ -108,6 +108,11 @@ pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<C
     insert_events(&mut tx, &events).await?;
     events.extend(crate::enqueue::enqueue(&mut tx, ready, &node).await?);
     tx.commit().await?;
+    // Slots its steps held go to the steps waiting for them now, not at an orchestrator's
+    // next pump. (Best effort: a failure here leaves that to the orchestrators.)
+    if let Err(e) = crate::flow::pump(pool, &node, None).await {
+        tracing::warn!(error = %e, "flow pump after cancel failed; orchestrators will pump");
+    }
     crate::spans::export_ended(pool, &events, &crate::spans::Known::default()).await;
     out.report.execution_id = execution_id;
     Ok(out.report)

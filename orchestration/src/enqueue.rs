@@ -35,6 +35,10 @@ pub(crate) struct ReadyStep {
     pub retry_reason: Option<String>,
     /// The execution's workflow, tags, metadata and spawning step, for the handler.
     pub context: ExecutionContext,
+    /// Its flow key and limits: it is sent when its key has room (`lineq._flow_enqueue`).
+    pub flow: Option<Value>,
+    /// Claimed before lower priorities of its queue.
+    pub priority: i32,
 }
 
 /// The input a workflow step's handler gets: the execution input, the outputs of its
@@ -96,9 +100,12 @@ pub(crate) async fn enqueue(
             delay_ms: delay_ms(r.delay),
             retry_reason: r.retry_reason.as_deref(),
             context: &r.context,
+            priority: r.priority,
+            flow: r.flow.as_ref(),
         })
         .collect();
-    let sent: Vec<(Uuid, i64, Uuid)> = sqlx::query_as(
+    // A throttled step comes back without a message (and with its step_throttled event).
+    let sent: Vec<(Uuid, Option<i64>, Uuid)> = sqlx::query_as(
         "SELECT step_id, msg_id, event_id FROM lineq._enqueue_steps($1, $2, NULL, true)",
     )
     .bind(sqlx::types::Json(&wire))
@@ -110,7 +117,7 @@ pub(crate) async fn enqueue(
     }
     let by_step: HashMap<Uuid, (i64, Uuid)> = sent
         .into_iter()
-        .map(|(step, msg, event)| (step, (msg, event)))
+        .filter_map(|(step, msg, event)| Some((step, (msg?, event))))
         .collect();
     Ok(ready
         .iter()
@@ -159,4 +166,12 @@ struct WireStep<'a> {
     delay_ms: u64,
     retry_reason: Option<&'a str>,
     context: &'a ExecutionContext,
+    #[serde(skip_serializing_if = "is_zero")]
+    priority: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flow: Option<&'a Value>,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
 }

@@ -13,6 +13,7 @@ pub mod client;
 pub mod dead_letters;
 mod enqueue;
 pub mod fleet;
+pub mod flow;
 pub mod labels;
 pub mod lineage;
 pub mod orchestrator;

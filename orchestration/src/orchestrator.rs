@@ -1,7 +1,7 @@
 //! The orchestrator process: a loop that processes result batches as they arrive, and the
 //! schedule loop beside it ([`crate::schedule::fire`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -81,6 +81,28 @@ impl Orchestrator {
         .await
     }
 
+    /// Sends the throttled steps that have room now; returns when to pump again (at the next
+    /// delay or rate window due, at most a poll interval away).
+    async fn pump(&self) -> Instant {
+        let later = Instant::now() + self.cfg.poll_interval;
+        match crate::flow::pump(&self.cfg.pool, &self.cfg.node_name, None).await {
+            Ok(p) => {
+                if p.sent > 0 {
+                    tracing::debug!(sent = p.sent, "flow pump sent throttled steps");
+                }
+                let due = p.next_due.map(|t| {
+                    let ms = (t - chrono::Utc::now()).num_milliseconds().max(0);
+                    Instant::now() + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+                });
+                due.map_or(later, |d| d.min(later))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "flow pump failed; trying again");
+                later
+            }
+        }
+    }
+
     /// Runs until `shutdown` is cancelled; the batch in hand is finished first.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let wakeup = Wakeup::listen(
@@ -100,6 +122,8 @@ impl Orchestrator {
         };
         let mut backoff = Duration::from_millis(100);
         let mut fleet = crate::fleet::Sweeper::new(self.cfg.silent_worker_after);
+        // When the flow pump runs next without a batch asking for it (see crate::flow).
+        let mut pump_at = Instant::now();
         while !shutdown.is_cancelled() {
             fleet.tick(&self.cfg.pool).await;
             match self.tick().await {
@@ -108,12 +132,30 @@ impl Orchestrator {
                     if report.read > 0 {
                         tracing::debug!(?report, "processed results");
                     }
+                    if Instant::now() >= pump_at {
+                        pump_at = self.pump().await;
+                    } else if !report.flow_keys.is_empty() {
+                        // Slots of these keys may have freed: their next steps go now.
+                        if let Err(e) = crate::flow::pump(
+                            &self.cfg.pool,
+                            &self.cfg.node_name,
+                            Some(&report.flow_keys),
+                        )
+                        .await
+                        {
+                            tracing::warn!(error = %e, "flow pump failed; the timer pumps again");
+                        }
+                    }
                     if report.read as i32 >= self.cfg.batch_size {
                         continue; // more may be waiting
                     }
+                    let wait = self
+                        .cfg
+                        .poll_interval
+                        .min(pump_at.saturating_duration_since(Instant::now()));
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        _ = wakeup.wait(self.cfg.poll_interval) => {}
+                        _ = wakeup.wait(wait) => {}
                     }
                 }
                 Err(e) => {

@@ -29,7 +29,7 @@ use crate::settle::{
 use crate::workflow::{RetryPolicy, WorkflowDefinition, store};
 
 /// What one batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BatchReport {
     /// Result messages read.
     pub read: usize,
@@ -45,6 +45,8 @@ pub struct BatchReport {
     pub children: usize,
     /// Executions finished by this batch.
     pub finished: usize,
+    /// The flow keys of the steps it touched (they may have room now).
+    pub flow_keys: Vec<String>,
 }
 
 /// `{"kind": "child_finished", "execution_id", "ending_event_id"}`: `lineq.cancel` (SQL)
@@ -166,6 +168,12 @@ pub async fn process_batch(
         work.steps.entry(s.execution_id).or_default().push(s);
     }
 
+    report.flow_keys = steps
+        .values()
+        .filter_map(|s| s.flow.as_ref()?.get("key")?.as_str().map(str::to_string))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut seen = HashSet::new();
     let mut updates = Vec::new();
     let mut children: Vec<(ExecState, String, ResultMessage)> = Vec::new();
@@ -264,6 +272,9 @@ pub async fn process_batch(
                         delay,
                         retry_reason: Some(format!("{kind}: {message}")),
                         context: exec.context(),
+                        // A retry queues again behind its key's waiting steps.
+                        flow: step.flow.clone(),
+                        priority: step.priority,
                     });
                     // The execution is not settled by a retry: it goes on as it was.
                     work.events.push(ev);

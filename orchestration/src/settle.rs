@@ -122,6 +122,9 @@ pub(crate) struct StepRow {
     pub output: Option<Value>,
     pub error: Option<Value>,
     pub msg_id: Option<i64>,
+    /// Its flow key and limits (lineq.steps.flow), when it has any.
+    pub flow: Option<Value>,
+    pub priority: i32,
 }
 
 /// The steps of `executions`, each execution's in position order.
@@ -147,7 +150,8 @@ pub(crate) async fn read_steps(
 }
 
 pub(crate) const STEP_COLUMNS: &str = "step_id, execution_id, name, handler, queue, status, \
-    depends_on, attempts, max_attempts, timeout_ms, retry, on_failure, params, input, output, error, msg_id";
+    depends_on, attempts, max_attempts, timeout_ms, retry, on_failure, params, input, output, error, msg_id, \
+    flow, priority";
 
 /// What one transaction writes, gathered as it goes.
 #[derive(Debug, Default)]
@@ -333,6 +337,8 @@ pub(crate) async fn settle(conn: &mut PgConnection, work: &mut Work) -> Result<(
                     delay: Duration::ZERO,
                     retry_reason: None,
                     context: exec.context(),
+                    flow: s.flow.clone(),
+                    priority: s.priority,
                 });
                 newly_enqueued.insert(s.step_id);
             }
@@ -452,7 +458,7 @@ async fn cancel_leftover_steps(
     sqlx::query(
         "UPDATE lineq.steps SET status = 'cancelled', updated_at = clock_timestamp(),
              finished_at = clock_timestamp()
-         WHERE step_id = ANY($1) AND status IN ('pending', 'enqueued', 'waiting')",
+         WHERE step_id = ANY($1) AND status IN ('pending', 'enqueued', 'throttled', 'waiting')",
     )
     .bind(&ids)
     .execute(&mut *conn)

@@ -7,10 +7,14 @@
 //! fast path for bad input), makes the one call and, when tracing is on, exports the spans of
 //! what committed. [`submit_in`] and [`submit_many_in`] submit inside the caller's transaction.
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::flow::{ConcurrencyLimit, RateLimit};
 use lineq_shared::error::{Error, Result};
 use lineq_shared::execution::Execution;
 use lineq_shared::labels::{Tags, check_metadata, check_tags};
@@ -43,6 +47,14 @@ pub struct SubmitRequest {
     pub metadata: Value,
     /// An explicit parent execution (it must exist); the new execution joins its tree.
     pub parent_execution_id: Option<Uuid>,
+    /// Its first steps start no earlier than this (at most 365 days ahead).
+    pub run_at: Option<DateTime<Utc>>,
+    /// Or: its first steps start after this delay (at most 365 days).
+    pub delay: Option<Duration>,
+    /// A concurrency limit for its steps (a workflow step's own limit wins).
+    pub concurrency: Option<ConcurrencyLimit>,
+    /// A rate limit for its steps (a workflow step's own limit wins).
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl SubmitRequest {
@@ -60,7 +72,43 @@ impl SubmitRequest {
             tags: Tags::new(),
             metadata: Value::Object(Default::default()),
             parent_execution_id: None,
+            run_at: None,
+            delay: None,
+            concurrency: None,
+            rate_limit: None,
         }
+    }
+
+    /// Starts its first steps no earlier than `at`.
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// Starts its first steps after `delay`.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Limits how many of its steps (and of every other step with the same key) run at once.
+    pub fn concurrency(mut self, limit: ConcurrencyLimit) -> Self {
+        self.concurrency = Some(limit);
+        self
+    }
+
+    /// Limits how many of its steps (and of every other step with the same key) start per
+    /// second or minute.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Sets the priority: within a namespace, ready steps of higher priority are claimed
+    /// first (-1,000,000 to 1,000,000 order; beyond that they order as the bound).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
     }
 
     /// Sets the input.
@@ -127,6 +175,33 @@ impl SubmitRequest {
         }
         if self.timeout_ms == Some(0) {
             return Err(ValidationError::new("timeout_ms", "it must be at least 1").into());
+        }
+        if self.run_at.is_some() && self.delay.is_some() {
+            return Err(ValidationError::new("run_at", "give run_at or delay_ms, not both").into());
+        }
+        if let Some(c) = &self.concurrency {
+            if c.limit == 0 || c.limit > 100_000 {
+                return Err(ValidationError::new(
+                    "concurrency.limit",
+                    format!(
+                        "it must be a whole number from 1 to 100000 (got {})",
+                        c.limit
+                    ),
+                )
+                .into());
+            }
+        }
+        if let Some(r) = &self.rate_limit {
+            if r.limit == 0 || r.limit > 1_000_000 {
+                return Err(ValidationError::new(
+                    "rate_limit.limit",
+                    format!(
+                        "it must be a whole number from 1 to 1000000 (got {})",
+                        r.limit
+                    ),
+                )
+                .into());
+            }
         }
         Ok(ns)
     }
@@ -244,6 +319,14 @@ struct WireRequest<'a> {
     metadata: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent_execution_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency: Option<&'a ConcurrencyLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<&'a RateLimit>,
 }
 
 fn is_zero(v: &i32) -> bool {
@@ -280,6 +363,14 @@ async fn call_submit_many(
             tags: &r.tags,
             metadata: &r.metadata,
             parent_execution_id: r.parent_execution_id,
+            run_at: r
+                .run_at
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            delay_ms: r
+                .delay
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            concurrency: r.concurrency.as_ref(),
+            rate_limit: r.rate_limit.as_ref(),
         })
         .collect();
     let rows = sqlx::query_as::<_, SubmittedRow>("SELECT * FROM lineq.submit_many($1, $2)")

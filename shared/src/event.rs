@@ -22,6 +22,9 @@ pub enum EventType {
     WorkflowInitialized,
     /// A step message was sent (parent: what made the step ready).
     StepEnqueued,
+    /// A step with a flow key waits for room under its limits or for its delay (parent: what
+    /// made it ready; its `step_enqueued` hangs off this when it is sent).
+    StepThrottled,
     /// A worker claimed the message (parent: the message's `meta.parent_event_id`).
     ActionStarted,
     /// The handler returned output (parent: `action_started`).
@@ -66,6 +69,7 @@ impl EventType {
             Self::ExecutionStarted => "execution_started",
             Self::WorkflowInitialized => "workflow_initialized",
             Self::StepEnqueued => "step_enqueued",
+            Self::StepThrottled => "step_throttled",
             Self::ActionStarted => "action_started",
             Self::ActionCompleted => "action_completed",
             Self::ActionFailed => "action_failed",
@@ -87,10 +91,11 @@ impl EventType {
 
     /// The event type stored as `name`, if lineq knows it.
     pub fn parse(name: &str) -> Option<Self> {
-        const ALL: [EventType; 19] = [
+        const ALL: [EventType; 20] = [
             EventType::ExecutionStarted,
             EventType::WorkflowInitialized,
             EventType::StepEnqueued,
+            EventType::StepThrottled,
             EventType::ActionStarted,
             EventType::ActionCompleted,
             EventType::ActionFailed,

@@ -35,6 +35,9 @@ pub enum StepStatus {
     Pending,
     /// Its message is in a queue (or held by a worker).
     Enqueued,
+    /// Ready, but held back by its flow key (a concurrency or rate limit, or its delay); sent
+    /// when its key has room (docs/flow-control.md).
+    Throttled,
     /// Its handler finished and it waits for the child executions it started.
     Waiting,
     /// Completed with output.
@@ -88,7 +91,8 @@ text_enum!(ExecutionStatus, "status", {
     Failed => "failed", Cancelled => "cancelled",
 });
 text_enum!(StepStatus, "step status", {
-    Pending => "pending", Enqueued => "enqueued", Waiting => "waiting", Completed => "completed",
+    Pending => "pending", Enqueued => "enqueued", Throttled => "throttled", Waiting => "waiting",
+    Completed => "completed",
     Failed => "failed", Cancelled => "cancelled",
 });
 
@@ -235,6 +239,46 @@ pub async fn steps_of<'e, E: sqlx::PgExecutor<'e>>(
 ) -> Result<Vec<Step>> {
     Ok(sqlx::query_as::<_, Step>(
         "SELECT * FROM lineq.steps WHERE execution_id = $1 ORDER BY position, created_at",
+    )
+    .bind(execution_id)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// A throttled step of an execution and why it waits (lineq.flow_waiting).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct WaitingStep {
+    /// The step.
+    pub step_id: Uuid,
+    /// Its name.
+    pub step: String,
+    /// `concurrency_limit`, `rate_limited` or `delayed`.
+    pub reason: String,
+    /// Its flow key, resolved ("tags.customer=acme").
+    pub key: String,
+    /// The key's concurrency limit.
+    pub limit: Option<i32>,
+    /// The key's rate limit (starts per window).
+    pub rate: Option<i32>,
+    /// `second` or `minute`.
+    pub per: Option<String>,
+    /// Since when it waits.
+    pub since: DateTime<Utc>,
+    /// For a delay, when it is due.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// The throttled steps of an execution, in line order.
+pub async fn waiting_steps_of<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    execution_id: Uuid,
+) -> Result<Vec<WaitingStep>> {
+    Ok(sqlx::query_as::<_, WaitingStep>(
+        "SELECT w.step_id, w.send ->> 'step' AS step, w.reason, w.key, k.max_running AS \"limit\",
+                k.rate, CASE k.per_ms WHEN 1000 THEN 'second' WHEN 60000 THEN 'minute' END AS per,
+                w.since, w.not_before AS until
+         FROM lineq.flow_waiting w JOIN lineq.flow_keys k ON k.key = w.key
+         WHERE w.execution_id = $1 ORDER BY w.priority DESC, w.seq",
     )
     .bind(execution_id)
     .fetch_all(executor)

@@ -67,7 +67,8 @@ const WORKER_FUNCTIONS: &[&str] = &["worker\\_%"];
 /// What an application that submits work may call: submit, tag, cancel, and manage
 /// schedules (never fire them: `lineq._fire_schedule` is the orchestrator's).
 const SUBMITTER_FUNCTIONS: &[&str] = &["submit%", "update\\_tags", "cancel", "schedule\\_%"];
-/// What a submitting application may read: its executions and their story, and schedules.
+/// What a submitting application may read: its executions and their story, schedules, and
+/// what waits for a flow-control key.
 const SUBMITTER_TABLES: &[&str] = &[
     "executions",
     "steps",
@@ -75,6 +76,8 @@ const SUBMITTER_TABLES: &[&str] = &[
     "workflows",
     "schedules",
     "schedule_fires",
+    "flow_waiting",
+    "flow_keys",
 ];
 
 /// One of the three groups.

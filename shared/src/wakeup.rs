@@ -2,6 +2,12 @@
 //! queue it consumes ([`crate::queue::wake_channel`]); consumers wait for a wake-up or a poll
 //! interval, whichever comes first, so a missed notification (e.g. across a reconnect) costs at
 //! most one interval.
+//!
+//! A message sent with a delay is not visible when its notification arrives. Its sender also
+//! notifies `<queue>@<epoch milliseconds>` (the time it becomes visible), and the listener wakes
+//! its consumers again at that time, so a delayed start or a retry's backoff ends with a claim
+//! within milliseconds instead of at the next poll. (The time is the database's clock; hosts
+//! are expected to keep theirs in sync, and a late or early timer costs at most one poll.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +50,11 @@ impl Wakeup {
                 match next {
                     // The payload names the queue on both channels.
                     Ok(Some(note)) if names.iter().any(|q| q == note.payload()) => n.notify_one(),
-                    Ok(Some(_)) => {}
+                    Ok(Some(note)) => {
+                        if let Some(at) = visible_at(note.payload(), &names) {
+                            wake_at(n.clone(), at);
+                        }
+                    }
                     // The connection dropped and will be re-established on the next call;
                     // anything sent meanwhile was missed, so look now.
                     Ok(None) => n.notify_one(),
@@ -74,5 +84,48 @@ impl Wakeup {
     /// Wakes the waiter now (e.g. when capacity frees up).
     pub fn wake(&self) {
         self.notify.notify_one();
+    }
+}
+
+/// The time a delayed message of one of `queues` becomes visible, from a `<queue>@<epoch ms>`
+/// payload.
+fn visible_at(payload: &str, queues: &[String]) -> Option<i64> {
+    let (queue, ms) = payload.split_once('@')?;
+    if !queues.iter().any(|q| q == queue) {
+        return None;
+    }
+    ms.parse::<i64>().ok()
+}
+
+/// Wakes a waiter at `at_ms` (milliseconds since the epoch), at once if that has passed.
+fn wake_at(notify: Arc<Notify>, at_ms: i64) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    // A day at most: a longer delay is found by polling well before it is due.
+    let wait = Duration::from_millis(u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0));
+    if wait > Duration::from_secs(86_400) {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        notify.notify_one();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::visible_at;
+
+    #[test]
+    fn delayed_payloads_name_their_queue_and_time() {
+        let queues = vec!["lineq_steps_default".to_string()];
+        assert_eq!(
+            visible_at("lineq_steps_default@1765000000123", &queues),
+            Some(1_765_000_000_123)
+        );
+        assert_eq!(visible_at("lineq_steps_other@1", &queues), None);
+        assert_eq!(visible_at("lineq_steps_default", &queues), None);
+        assert_eq!(visible_at("lineq_steps_default@soon", &queues), None);
     }
 }

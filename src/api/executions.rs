@@ -240,9 +240,61 @@ pub struct SubmitBody {
     pub metadata: Option<Value>,
     /// An explicit parent execution (it must exist); the new execution joins its tree.
     pub parent_execution_id: Option<Uuid>,
-    /// Priority (higher first; default 0).
+    /// Priority (higher first; default 0): within a namespace, ready steps of higher priority
+    /// are claimed first.
     #[serde(default, deserialize_with = "whole_number")]
     pub priority: Option<i32>,
+    /// Start its first steps no earlier than this time (RFC 3339, at most 365 days ahead; not
+    /// with `delay_ms`).
+    pub run_at: Option<DateTime<Utc>>,
+    /// Start its first steps after this many milliseconds (at most 365 days; not with
+    /// `run_at`).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 0, maximum = 31_536_000_000_u64)]
+    pub delay_ms: Option<u64>,
+    /// At most `limit` steps with `key` run at once, fleet-wide (docs/flow-control.md).
+    pub concurrency: Option<ConcurrencyBody>,
+    /// At most `limit` step starts with `key` per second or minute, fleet-wide.
+    pub rate_limit: Option<RateLimitBody>,
+}
+
+/// A concurrency limit: at most `limit` steps with `key` run at once.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyBody {
+    /// Literal, or a path into the execution: `tags.NAME`, `metadata.PATH`, `input.PATH`.
+    #[schema(min_length = 1, max_length = 200, example = "tags.customer")]
+    pub key: String,
+    /// Steps with the key running at once.
+    #[schema(minimum = 1, maximum = 100_000)]
+    pub limit: u32,
+}
+
+/// A rate limit: at most `limit` step starts with `key` per window.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitBody {
+    /// Literal, or a path into the execution: `tags.NAME`, `metadata.PATH`, `input.PATH`; the
+    /// same key as `concurrency` when both are given.
+    #[schema(min_length = 1, max_length = 200, example = "api")]
+    pub key: String,
+    /// Starts per window.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub limit: u32,
+    /// The window (default `second`).
+    #[serde(default)]
+    pub per: RatePerBody,
+}
+
+/// A rate limit's window.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RatePerBody {
+    /// Windows of one second.
+    #[default]
+    Second,
+    /// Windows of one minute.
+    Minute,
 }
 
 /// An optional integer that JSON may spell as `1210` or `1210.0`: JSON Schema's `integer` is
@@ -683,7 +735,7 @@ fn with_etag(status: StatusCode, e: Execution) -> Response {
         (status = 200, description = "The idempotency key was used before: the first execution", body = SubmittedView),
         (status = 400, description = "Invalid input (against this document, or over a size limit it states); nothing was written", body = ErrorBody),
         (status = 413, description = "The body is over 2 MiB", body = ErrorBody),
-        (status = 422, description = "The namespace, the parent execution or the workflow version does not exist; nothing was written", body = ErrorBody),
+        (status = 422, description = "The namespace, the parent execution or the workflow version does not exist, or the flow control cannot apply (run_at with delay_ms, a run_at over 365 days ahead, a key path that names nothing in this execution, two different flow keys); nothing was written", body = ErrorBody),
     )
 )]
 pub async fn submit(
@@ -714,10 +766,40 @@ pub async fn submit(
     if let Some(p) = b.parent_execution_id {
         req = req.parent(p);
     }
+    if let Some(t) = b.run_at {
+        req = req.run_at(t);
+    }
+    if let Some(ms) = b.delay_ms {
+        req = req.delay(std::time::Duration::from_millis(ms));
+    }
+    if let Some(c) = b.concurrency {
+        req = req.concurrency(lineq_orchestration::flow::ConcurrencyLimit::new(
+            c.key, c.limit,
+        ));
+    }
+    if let Some(r) = b.rate_limit {
+        let per = match r.per {
+            RatePerBody::Second => lineq_orchestration::flow::RatePer::Second,
+            RatePerBody::Minute => lineq_orchestration::flow::RatePer::Minute,
+        };
+        req = req.rate_limit(lineq_orchestration::flow::RateLimit::new(
+            r.key, r.limit, per,
+        ));
+    }
     let Submitted { execution, created } = state.client.submit(req).await.map_err(|e| match e {
         // A parent that does not exist: the request follows the document but names nothing.
         lineq_shared::Error::Validation(v) if v.field == "parent" => {
             ApiError::unprocessable("parent_execution_id", v.to_string())
+        }
+        // Flow control the document cannot state: run_at with delay_ms, a run_at over 365
+        // days ahead, a key path this execution has nothing at, two different keys.
+        lineq_shared::Error::Validation(v)
+            if v.field == "run_at"
+                || v.field.starts_with("concurrency")
+                || v.field.starts_with("rate_limit") =>
+        {
+            let field = v.field.to_string();
+            ApiError::unprocessable(&field, v.to_string())
         }
         // `NAME@VERSION` of a workflow (or version) that is not registered.
         e @ lineq_shared::Error::NotFound {

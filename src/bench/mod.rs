@@ -88,6 +88,9 @@ pub struct ThroughputRow {
 }
 
 const PLAIN: &str = "lineq, full lineage";
+const KEYED: &str = "lineq, concurrency key (16 keys)";
+/// Keys of the keyed row.
+const KEYS: usize = 16;
 
 impl ThroughputRow {
     /// Runs of the same row as one: their executions over their seconds, the peak and the
@@ -206,7 +209,7 @@ fn bar(cfg: &BenchConfig, len: u64, what: &str) -> ProgressBar {
 /// Runs every measurement against `pool` (which must be migrated and otherwise idle).
 ///
 /// The latencies are measured first, on the idle system. Then the throughput rows run twice
-/// each, in the order floor, plain, traced, traced, plain, floor, between two runs of the raw
+/// each, in the order floor, plain, keyed, traced, traced, keyed, plain, floor, between two runs of the raw
 /// reference: on a machine whose speed drifts (a shared 2-core VM does), each row then sees the
 /// same average conditions, and the ratios compare like with like.
 pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
@@ -224,6 +227,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
         None
     };
     let plain_a = throughput::run(pool, cfg, PLAIN, raw_first.per_second, None).await?;
+    let keyed_a = throughput::run(pool, cfg, KEYED, raw_first.per_second, Some(KEYS)).await?;
     let mut traced = Vec::new();
     if cfg.tracing_row {
         for _ in 0..2 {
@@ -232,6 +236,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
             }
         }
     }
+    let keyed_b = throughput::run(pool, cfg, KEYED, raw_first.per_second, Some(KEYS)).await?;
     let plain_b = throughput::run(pool, cfg, PLAIN, raw_first.per_second, None).await?;
     let floor_last = match floor_first {
         Some(_) => Some(design_floor::run(pool, cfg, &run_label("floor")).await?),
@@ -258,6 +263,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
         tracing_cost = Some(1.0 - t.per_second / plain.per_second);
         rows.push(t);
     }
+    rows.push(ThroughputRow::combine(&[keyed_a, keyed_b], raw));
     let mut targets = vec![
         Target {
             name: "throughput vs raw PGMQ".into(),

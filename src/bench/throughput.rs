@@ -60,13 +60,18 @@ impl InProcess {
     }
 }
 
-/// Runs `cfg.executions` executions and measures.
+/// The keyed row's limit per key: above what the bench ever runs at once.
+const KEYED_LIMIT: u32 = 100_000;
+
+/// Runs `cfg.executions` executions and measures. With `keys`, every execution carries a
+/// concurrency limit on one of that many keys (`tags.tenant`), generous enough never to hold a
+/// step back: the row measures what a key costs, not what a limit waits.
 pub async fn run(
     pool: &PgPool,
     cfg: &BenchConfig,
     name: &str,
     raw: f64,
-    _traced: Option<()>,
+    keys: Option<usize>,
 ) -> anyhow::Result<ThroughputRow> {
     let handler = super::run_label("noop");
     let system = InProcess::start(pool, cfg, &handler);
@@ -92,7 +97,18 @@ pub async fn run(
             while sent < n {
                 let k = batch.min(n - sent);
                 let reqs = (0..k)
-                    .map(|_| SubmitRequest::new(handler.clone()))
+                    .map(|i| {
+                        let req = SubmitRequest::new(handler.clone());
+                        match keys {
+                            Some(keys) => req
+                                .tag("tenant", format!("t{}", (sent + i) % keys.max(1)))
+                                .concurrency(lineq::ConcurrencyLimit::new(
+                                    "tags.tenant",
+                                    KEYED_LIMIT,
+                                )),
+                            None => req,
+                        }
+                    })
                     .collect();
                 client.submit_many(reqs).await?;
                 sent += k;

@@ -55,14 +55,27 @@ pub async fn get(
     } else {
         Vec::new()
     };
+    // Steps held back by their flow key, and why.
+    let throttled = if steps
+        .iter()
+        .any(|s| s.status == lineq::shared::execution::StepStatus::Throttled)
+    {
+        lineq::shared::execution::waiting_steps_of(pool, id).await?
+    } else {
+        Vec::new()
+    };
     match format {
         Format::Json => print_json(&serde_json::json!({
             "execution": execution,
             "steps": steps,
             "unserved_steps": unserved.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            "throttled_steps": throttled,
         })),
         Format::Text => {
             out!("{}", render::execution(&execution, &steps));
+            for w in &throttled {
+                outln!("waiting: step {} {}", w.step, render::waiting(w));
+            }
             for s in unserved {
                 outln!(
                     "waiting: step {} needs handler {} in namespace {}, and no live worker serves it",

@@ -196,6 +196,9 @@ impl<'a> Item<'a> {
                 if let Some(w) = &e.worker_id {
                     let _ = write!(s, " worker={w}");
                 }
+                if let Some(why) = super::render::throttled(&e.event_type, &e.payload) {
+                    let _ = write!(s, " {why}");
+                }
                 if let Some(msg) = error_message(&e.payload) {
                     let _ = write!(s, " error={msg:?}");
                 }

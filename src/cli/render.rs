@@ -9,6 +9,49 @@ use lineq::shared::event::EventRow;
 use lineq::shared::execution::{Execution, Step};
 
 /// An execution and its steps, for people.
+/// A `step_throttled` event's reason and key (`reason=concurrency_limit key=… limit=2`).
+pub fn throttled(event_type: &str, payload: &serde_json::Value) -> Option<String> {
+    if event_type != "step_throttled" {
+        return None;
+    }
+    let mut s = String::new();
+    for f in ["reason", "key", "limit", "rate", "per", "until"] {
+        match payload.get(f) {
+            Some(serde_json::Value::String(v)) => {
+                let _ = write!(s, "{}{f}={v}", if s.is_empty() { "" } else { " " });
+            }
+            Some(v) if !v.is_null() => {
+                let _ = write!(s, "{}{f}={v}", if s.is_empty() { "" } else { " " });
+            }
+            _ => {}
+        }
+    }
+    Some(s)
+}
+
+/// Why a throttled step waits, in words.
+pub fn waiting(w: &lineq::shared::execution::WaitingStep) -> String {
+    let mut s = match w.reason.as_str() {
+        "concurrency_limit" => format!(
+            "waits for a slot of key {} (at most {} at once)",
+            w.key,
+            w.limit.map_or_else(|| "?".into(), |l| l.to_string())
+        ),
+        "rate_limited" => format!(
+            "waits for the rate of key {} ({} per {})",
+            w.key,
+            w.rate.map_or_else(|| "?".into(), |l| l.to_string()),
+            w.per.as_deref().unwrap_or("second")
+        ),
+        _ => format!("waits for its delay (key {})", w.key),
+    };
+    let _ = write!(s, " since {}", w.since.to_rfc3339());
+    if let Some(u) = w.until {
+        let _ = write!(s, ", until {}", u.to_rfc3339());
+    }
+    s
+}
+
 pub fn execution(e: &Execution, steps: &[Step]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "execution   {}", e.execution_id);
@@ -120,6 +163,9 @@ fn draw(
     }
     if let Some(w) = &e.worker_id {
         let _ = write!(line, " worker={w}");
+    }
+    if let Some(why) = throttled(&e.event_type, &e.payload) {
+        let _ = write!(line, " {why}");
     }
     if let Some(err) = e.payload.get("error").filter(|v| !v.is_null()) {
         let msg = err

@@ -48,6 +48,26 @@ pub struct SubmitArgs {
     /// worker can be, it says so on stderr.
     #[arg(long)]
     pub wait: bool,
+    /// Priority: within a namespace, ready steps of higher priority are claimed first (default
+    /// 0; negative is later).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Start no earlier than this RFC 3339 time, e.g. 2026-12-24T18:00:00Z (at most 365 days
+    /// ahead).
+    #[arg(long, value_name = "TIME", conflicts_with = "delay")]
+    pub run_at: Option<String>,
+    /// Start after this delay: a number with ms, s, m, h or d, e.g. 30s or 1500ms.
+    #[arg(long, value_name = "DURATION")]
+    pub delay: Option<String>,
+    /// A concurrency limit KEY=LIMIT: at most LIMIT steps with KEY run at once, fleet-wide.
+    /// KEY is literal, or tags.NAME, metadata.PATH or input.PATH (e.g. tags.customer=2: two
+    /// at a time per customer).
+    #[arg(long, value_name = "KEY=LIMIT")]
+    pub concurrency: Option<String>,
+    /// A rate limit KEY=LIMIT/second or KEY=LIMIT/minute: at most LIMIT step starts with KEY
+    /// per window, fleet-wide (e.g. api=10/second).
+    #[arg(long, value_name = "KEY=LIMIT/PER")]
+    pub rate_limit: Option<String>,
     /// With --wait: give up after this many seconds (exit 1), saying what it still waits for.
     #[arg(long, default_value_t = 60)]
     pub wait_timeout_secs: u64,
@@ -68,6 +88,46 @@ pub(super) fn read_input(arg: &str) -> Result<Value, ValidationError> {
     };
     serde_json::from_str(&text)
         .map_err(|e| ValidationError::new("input", format!("not valid JSON: {e}")))
+}
+
+/// `--delay`: a whole number with a unit (ms, s, m, h, d); a bare number is milliseconds.
+pub fn parse_delay(s: &str) -> Result<Duration, ValidationError> {
+    let bad = || {
+        ValidationError::new(
+            "delay",
+            format!("{s:?}: give a whole number with ms, s, m, h or d, e.g. 30s (not negative)"),
+        )
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// `KEY=LIMIT`, split at the last `=` (a key may hold one, a limit never does).
+fn split_limit<'a>(field: &str, s: &'a str) -> Result<(&'a str, &'a str), ValidationError> {
+    s.rsplit_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| ValidationError::named(field.to_string(), format!("{s:?}: give KEY=LIMIT")))
+}
+
+fn parse_limit(field: &str, s: &str) -> Result<u32, ValidationError> {
+    s.parse::<u32>().map_err(|_| {
+        ValidationError::named(
+            format!("{field}.limit"),
+            format!("{s:?} is not a whole number from 1"),
+        )
+    })
 }
 
 /// `--metadata`: JSON, or `@FILE`.
@@ -110,6 +170,40 @@ pub async fn run(
     }
     if let Some(m) = &a.metadata {
         req = req.metadata(read_metadata(m)?);
+    }
+    req = req.priority(a.priority);
+    if let Some(t) = &a.run_at {
+        let at = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+            ValidationError::new(
+                "run_at",
+                format!("{t:?} is not an RFC 3339 time such as 2026-12-24T18:00:00Z: {e}"),
+            )
+        })?;
+        req = req.run_at(at.with_timezone(&chrono::Utc));
+    }
+    if let Some(d) = &a.delay {
+        req = req.delay(parse_delay(d)?);
+    }
+    if let Some(c) = &a.concurrency {
+        let (key, limit) = split_limit("concurrency", c)?;
+        req = req.concurrency(lineq::ConcurrencyLimit::new(
+            key,
+            parse_limit("concurrency", limit)?,
+        ));
+    }
+    if let Some(r) = &a.rate_limit {
+        let (key, rest) = split_limit("rate_limit", r)?;
+        let (limit, per) = rest.split_once('/').ok_or_else(|| {
+            ValidationError::new(
+                "rate_limit",
+                format!("{r:?}: give KEY=LIMIT/second or KEY=LIMIT/minute"),
+            )
+        })?;
+        req = req.rate_limit(lineq::RateLimit::new(
+            key,
+            parse_limit("rate_limit", limit)?,
+            per.parse()?,
+        ));
     }
     let client = Client::new(pool.clone());
     let submitted = client.submit(req).await?;

@@ -19,6 +19,9 @@ pub const WORKERS: &str = "lineq_workers";
 pub const STEPS_UNSERVED: &str = "lineq_steps_unserved";
 /// Most (namespace, handler) series of [`STEPS_UNSERVED`]: handler names come from submissions.
 const MAX_UNSERVED_SERIES: usize = 100;
+/// Steps ready but waiting (label: reason: concurrency_limit, rate_limited, delayed), from
+/// `lineq.steps_waiting()`.
+pub const STEPS_WAITING: &str = "lineq_steps_waiting";
 /// This process's pool connections (label: state: idle, in_use).
 pub const POOL_CONNECTIONS: &str = "lineq_db_pool_connections";
 /// This process's pool size limit.
@@ -83,6 +86,14 @@ pub async fn refresh_database(pool: &PgPool, silent_worker_after: Duration) -> R
             .find(|(s, _)| s == state)
             .map_or(0, |(_, n)| *n);
         metrics::gauge!(WORKERS, "state" => state).set(n as f64);
+    }
+
+    let waiting: Vec<(String, i64)> =
+        sqlx::query_as("SELECT reason, steps FROM lineq.steps_waiting()")
+            .fetch_all(pool)
+            .await?;
+    for (reason, n) in waiting {
+        metrics::gauge!(STEPS_WAITING, "reason" => reason).set(n as f64);
     }
 
     // Handlers nobody serves now; the series of those served again drop to 0.

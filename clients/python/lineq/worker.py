@@ -277,6 +277,17 @@ class Worker:
         assert row is not None
         return str(row[0])
 
+    def _wake_when_visible(self, payload: str) -> None:
+        """A delayed message's notification, `<queue>@<epoch ms>`: wakes the claim loop when
+        it becomes visible (a delayed start or a retry's backoff), not at the next poll."""
+        queue, sep, at = payload.partition("@")
+        if not sep or queue != self.queue or not at.isdigit():
+            return
+        delay = int(at) / 1000.0 - time.time()
+        if delay > 86400:
+            return  # found by polling well before it is due
+        asyncio.get_running_loop().call_later(max(delay, 0.0), self._wake.set)
+
     async def _listen(self) -> None:
         """Wakes the claim loop when a step is sent to the queue (delivered on commit).
 
@@ -288,6 +299,8 @@ class Worker:
                 async for note in self._listen_db.notifies():
                     if note.payload == self.queue:
                         self._wake.set()
+                    else:
+                        self._wake_when_visible(note.payload)
             except psycopg.Error as e:
                 log.warning("wake-up listener lost its connection: %s", e)
             await asyncio.sleep(1.0)

@@ -16,6 +16,8 @@ use serde_json::Value;
 
 use lineq_shared::validation::{Namespace, ValidationError, check_name};
 
+use crate::flow::{ConcurrencyLimit, RateLimit};
+
 /// Most steps in one workflow.
 pub const MAX_STEPS: usize = 1000;
 /// Most attempts a step may be given.
@@ -70,6 +72,17 @@ pub struct StepDefinition {
     /// Fixed parameters, passed to the handler as `params`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Value>,
+    /// At most this many steps with its key run at once (docs/flow-control.md); overrides
+    /// the submit's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyLimit>,
+    /// At most this many steps with its key start per second or minute; overrides the
+    /// submit's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Its priority (default: the execution's): higher is claimed first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 /// How a failed attempt is retried: exponential backoff with jitter.
@@ -153,7 +166,28 @@ impl StepDefinition {
             timeout_ms: None,
             on_failure: OnFailure::Fail,
             params: None,
+            concurrency: None,
+            rate_limit: None,
+            priority: None,
         }
+    }
+
+    /// Limits how many steps with the limit's key run at once.
+    pub fn concurrency(mut self, limit: ConcurrencyLimit) -> Self {
+        self.concurrency = Some(limit);
+        self
+    }
+
+    /// Limits how many steps with the limit's key start per second or minute.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Sets its priority.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
     }
 
     /// Sets the dependencies.
@@ -308,6 +342,28 @@ impl WorkflowDefinition {
             }
             if s.timeout_ms == Some(0) {
                 return Err(at("timeout_ms must be at least 1".into()));
+            }
+            if let Some(c) = &s.concurrency {
+                if c.limit == 0 || c.limit > 100_000 {
+                    return Err(at(format!(
+                        "concurrency.limit is {}; it must be 1 to 100000",
+                        c.limit
+                    )));
+                }
+                if c.key.is_empty() || c.key.chars().count() > 200 {
+                    return Err(at("concurrency.key must be 1 to 200 characters".into()));
+                }
+            }
+            if let Some(r) = &s.rate_limit {
+                if r.limit == 0 || r.limit > 1_000_000 {
+                    return Err(at(format!(
+                        "rate_limit.limit is {}; it must be 1 to 1000000",
+                        r.limit
+                    )));
+                }
+                if r.key.is_empty() || r.key.chars().count() > 200 {
+                    return Err(at("rate_limit.key must be 1 to 200 characters".into()));
+                }
             }
         }
         for s in &self.steps {
