@@ -22,6 +22,7 @@ order=("$@")
 admin=${DATABASE_URL:?DATABASE_URL: an admin connection to a local server}
 executions=${ABBA_EXECUTIONS:-20000}
 out=${ABBA_OUT:-$(mktemp -d /tmp/lineq-abba-XXXXXX)}
+mkdir -p "$out"
 
 # The postmaster's pid: the first line of its postmaster.pid (read as a superuser).
 postmaster=$(psql -X "$admin" -Atc "SELECT split_part(pg_read_file('postmaster.pid'), E'\\n', 1)")
