@@ -621,10 +621,13 @@ BEGIN
         FROM room r
         CROSS JOIN LATERAL (
             SELECT x.step_id, row_number() OVER (ORDER BY x.priority DESC, x.seq) AS rn
+            -- (a step whose cancel is in flight holds its row: skipped, not waited for, so
+            -- that transaction may go on to lock this key without a deadlock)
             FROM (SELECT w.step_id, w.priority, w.seq FROM lineq.flow_waiting w
                   WHERE w.key = r.key AND (w.not_before IS NULL OR w.not_before <= clock_timestamp())
                   ORDER BY w.priority DESC, w.seq
-                  LIMIT greatest(r.n, 0)) x) p
+                  LIMIT greatest(r.n, 0)
+                  FOR UPDATE OF w SKIP LOCKED) x) p
         WHERE r.n > 0),
     gone AS (
         DELETE FROM lineq.flow_waiting w USING picked p

@@ -451,6 +451,16 @@ async fn a_rate_limit_caps_the_starts_in_every_window() {
         .into_iter()
         .map(|s| s.execution.execution_id)
         .collect();
+    // Within the first window: 3 sent, 9 waiting for the next ones.
+    let waiting: Vec<(String, i64)> =
+        sqlx::query_as("SELECT reason, steps FROM lineq.steps_waiting() ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .expect("steps_waiting");
+    assert!(
+        waiting.contains(&("rate_limited".to_string(), 9)),
+        "{waiting:?}"
+    );
     let out = lineq(&db.url, &["get", &ids[11].to_string()]);
     assert!(
         stdout(&out).contains("waits for the rate of key api (3 per second)"),

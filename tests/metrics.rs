@@ -332,3 +332,36 @@ async fn not_ready_until_migrated() {
     empty.drop_db().await;
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_waiting_are_counted_by_reason() {
+    let db = TestDb::new().await;
+    let addr = free_addr();
+    let _orch = Proc::start(
+        &db.url,
+        "orchestrator",
+        &["orchestrator", "--metrics-addr", &addr],
+    );
+    // No worker: what waits keeps waiting.
+    let client = Client::new(db.pool.clone());
+    let reqs = (0..3)
+        .map(|i| {
+            SubmitRequest::new("echo")
+                .input(json!({ "i": i }))
+                .concurrency(lineq::ConcurrencyLimit::new("one-at-a-time", 1))
+        })
+        .chain([SubmitRequest::new("echo").delay(Duration::from_secs(600))])
+        .collect();
+    client.submit_many(reqs).await.expect("submit");
+    let want: &[(&str, &[&str], f64)] = &[
+        (
+            "lineq_steps_waiting",
+            &[r#"reason="concurrency_limit""#],
+            2.0,
+        ),
+        ("lineq_steps_waiting", &[r#"reason="rate_limited""#], 0.0),
+        ("lineq_steps_waiting", &[r#"reason="delayed""#], 1.0),
+    ];
+    wait_for_samples(&addr, want, Duration::from_secs(20)).await;
+    db.drop_db().await;
+}

@@ -278,8 +278,11 @@ class Worker:
         return str(row[0])
 
     def _wake_when_visible(self, payload: str) -> None:
-        """A delayed message's notification, `<queue>@<epoch ms>`: wakes the claim loop when
-        it becomes visible (a delayed start or a retry's backoff), not at the next poll."""
+        """Wakes the claim loop when a delayed message becomes visible.
+
+        The notification is `<queue>@<epoch ms>`: a delayed start or a retry's backoff is
+        claimed then, not at the next poll.
+        """
         queue, sep, at = payload.partition("@")
         if not sep or queue != self.queue or not at.isdigit():
             return
