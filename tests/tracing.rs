@@ -572,10 +572,6 @@ async fn one_root_execution_is_one_trace_that_reads_as_its_story() {
             assert!(seen.insert(id), "event {id} is in the trace twice");
             assert_eq!(x.name, row.event_type);
             assert_eq!(
-                event_attr(x, "event_type").as_deref(),
-                Some(row.event_type.as_str())
-            );
-            assert_eq!(
                 event_attr(x, "parent_event_id"),
                 row.parent_event_id.map(|p| p.to_string())
             );

@@ -247,6 +247,9 @@ impl Ended {
         let reported: bool = row.try_get(15)?;
         let event = match committed.get(&event_id) {
             Some(e) => Some((*e).clone()),
+            // A reported claim is none of the step span's events (the worker exported it with
+            // its attempt): only its place in the step's story is read.
+            None if reported => Some(claim(row, event_id)?),
             None => StoredEvent {
                 event_id,
                 parent_event_id: row.try_get(1)?,
@@ -272,6 +275,31 @@ impl Ended {
             reported,
         }))
     }
+}
+
+/// A reported `action_started` as far as a step's span needs it: its id, parent, step,
+/// execution and attempt (which delivery replaced which, and how many attempts there were).
+fn claim(row: &PgRow, event_id: Uuid) -> Result<NewEvent> {
+    let execution_id: Uuid = row.try_get(2)?;
+    Ok(NewEvent {
+        event_id,
+        parent_event_id: row.try_get(1)?,
+        event_type: EventType::ActionStarted,
+        lineage: lineq_shared::event::Lineage {
+            execution_id,
+            parent_execution_id: None,
+            root_execution_id: execution_id,
+            correlation_id: execution_id,
+            trace_correlation_id: execution_id,
+        },
+        step_id: row.try_get(3)?,
+        node_name: String::new(),
+        worker_id: None,
+        attempt: row.try_get(10)?,
+        trace_id: String::new(),
+        span_id: String::new(),
+        payload: Value::Null,
+    })
 }
 
 #[derive(sqlx::FromRow)]

@@ -807,9 +807,9 @@ fn span_attributes(s: &LineqSpan) -> Vec<KeyValue> {
 /// `error.message`, a retry's reason and delay, a dead letter's reason). The rest of the payload
 /// is in its row, which `event_id` names.
 fn event_attributes(e: &NewEvent) -> Vec<KeyValue> {
+    // Its type is the span event's name.
     let mut a = Vec::with_capacity(6);
     a.push(KeyValue::new("event_id", uuid_text(e.event_id)));
-    a.push(KeyValue::new("event_type", e.event_type.as_str()));
     if let Some(p) = e.parent_event_id {
         a.push(KeyValue::new("parent_event_id", uuid_text(p)));
     }
