@@ -1229,7 +1229,9 @@ mod tests {
             ev_attr("parent_event_id"),
             Some(started.event_id.to_string())
         );
-        assert_eq!(ev_attr("event_type").as_deref(), Some("action_failed"));
+        // The event's type is its name, not repeated as an attribute.
+        assert_eq!(ev.name, "action_failed");
+        assert_eq!(ev_attr("event_type"), None);
         assert_eq!(ev_attr("error.message").as_deref(), Some("nope"));
         assert_eq!(ev.timestamp, t1);
         assert_eq!(s.links.links.len(), 1);
