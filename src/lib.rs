@@ -1,19 +1,10 @@
-#![forbid(unsafe_code)]
 #![doc = include_str!("../README.md")]
 
-pub mod api;
-pub mod console;
-pub mod http;
-pub mod local_postgres;
-pub mod probes;
+pub mod config;
 
-pub use lineq_orchestration as orchestration;
-pub use lineq_shared as shared;
-pub use lineq_worker as worker;
-
-pub use lineq_orchestration::flow::{ConcurrencyLimit, RateLimit, RatePer};
-pub use lineq_orchestration::{Client, Orchestrator, SubmitRequest, Submitted};
-pub use lineq_shared::database::DatabaseConfig;
-pub use lineq_shared::migrate::migrate;
-pub use lineq_shared::{Error, Result};
+pub use lineq_core::database::DatabaseConfig;
+pub use lineq_core::{Error, Result};
+pub use lineq_migrate::migrate;
+pub use lineq_orchestrator::flow::{ConcurrencyLimit, RateLimit, RatePer};
+pub use lineq_orchestrator::{Client, Orchestrator, SubmitRequest, Submitted};
 pub use lineq_worker::{CommandSpec, HandlerError, HandlerResult, StepContext, Worker};

@@ -1,4 +1,3 @@
-#![forbid(unsafe_code)]
 //! The `lineq` command.
 
 mod bench;

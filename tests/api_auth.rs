@@ -2,15 +2,13 @@
 //! loopback without one, requires it on every route but /healthz when it has one, and never
 //! writes it to its log.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use support::*;
+use lineq_testkit::*;
 
 const TOKEN_ENV: &str = "LINEQ_API_TOKEN";
 

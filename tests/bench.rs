@@ -1,11 +1,13 @@
 //! `lineq bench` end to end on a real PostgreSQL, small: every row runs, the JSON carries what
 //! `docs/benchmarks.md` reports, and the bench's own checks passed (it exits non-zero when any
 //! execution is missing an event or a sampled lineage tree is not whole).
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
-mod support;
-
+use lineq_testkit::*;
 use serde_json::Value;
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_bench_runs_every_row_and_checks_its_work() {

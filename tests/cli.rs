@@ -1,7 +1,9 @@
 //! The `lineq` command as a user runs it: migrate, submit, get, events, demo, and what bad input
 //! does (a clear error, exit code 2, nothing written).
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use lineq::{Client, SubmitRequest};
-use support::*;
+use lineq_testkit::*;
 
 #[tokio::test]
 async fn bad_input_is_refused_and_writes_nothing() {

@@ -2,15 +2,13 @@
 //! refused with exit code 2; `lineq config show` masking secrets. Most of these run
 //! `lineq config show` as a process with a clean environment and need no database.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 use uuid::Uuid;
 
-use support::*;
+use lineq_testkit::*;
 
 /// Writes `text` to a fresh temporary `.toml` file.
 fn toml_file(text: &str) -> PathBuf {

@@ -3,8 +3,10 @@
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without them these
 //! tests fail, never skip: a console nobody opened in a browser is not tested.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -14,7 +16,7 @@ use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use support::{Proc, TestDb, eventually, wait_all_finished};
+use lineq_testkit::{Proc, TestDb, eventually, wait_all_finished};
 
 /// chromedriver, killed when dropped.
 struct Driver {
@@ -449,7 +451,7 @@ async fn the_console_in_a_real_browser() {
             .as_str(),
         "cancelled"
     );
-    lineq::orchestration::cancel::cancel(&db.pool, other.execution.execution_id, "test done")
+    lineq_orchestrator::cancel::cancel(&db.pool, other.execution.execution_id, "test done")
         .await
         .expect("cancel");
 

@@ -1,12 +1,10 @@
 //! `lineq dev` as a real process: it starts, the console answers, a submit runs, SIGINT stops
 //! it and its PostgreSQL, and a restart on the same data directory keeps the executions.
 
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Proc, lineq, stdout};
+use lineq_testkit::{Proc, lineq, stdout};
 
 /// Waits for `lineq dev` to print its console and database lines.
 fn started(p: &mut Proc) -> (String, String) {

@@ -1,7 +1,9 @@
 //! The whole system with real processes: `lineq orchestrator` and two `lineq worker`s on a real
 //! PostgreSQL, 200 executions, and the lineage each of them wrote.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -9,11 +11,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use lineq::shared::event::events_of_execution;
-use lineq::shared::execution::{ExecutionStatus, get_execution};
-use lineq::shared::ids::is_v7;
 use lineq::{Client, SubmitRequest};
-use support::*;
+use lineq_core::event::events_of_execution;
+use lineq_core::execution::{ExecutionStatus, get_execution};
+use lineq_core::ids::is_v7;
+use lineq_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_executions_through_real_processes() {

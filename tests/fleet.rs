@@ -1,15 +1,17 @@
 //! The fleet: workers register and heartbeat in `lineq.workers`; `lineq workers` shows who is
 //! alive, silent or stopped; an orchestrator releases the steps of a worker that went silent,
 //! so another worker runs them long before their visibility timeout.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use lineq::{Client, SubmitRequest};
-use support::*;
+use lineq_testkit::*;
 
 /// `lineq workers ARGS --format json`, parsed.
 fn workers(url: &str, args: &[&str], env: &[(&str, &str)]) -> Vec<Value> {

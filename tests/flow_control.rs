@@ -1,8 +1,10 @@
 //! Flow control with real processes (docs/flow-control.md): concurrency limits by key and their
 //! fairness under two orchestrators and three workers, delayed starts and the wake-up at
 //! visibility, priorities, rate limits, cancelling what waits, and bad input.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -11,11 +13,11 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use lineq::orchestration::lineage;
-use lineq::orchestration::workflow::{RetryPolicy, StepDefinition, WorkflowDefinition, store};
-use lineq::shared::execution::{ExecutionStatus, StepStatus, get_execution, steps_of};
 use lineq::{Client, ConcurrencyLimit, RateLimit, RatePer, SubmitRequest};
-use support::*;
+use lineq_core::execution::{ExecutionStatus, StepStatus, get_execution, steps_of};
+use lineq_orchestrator::workflow::{RetryPolicy, StepDefinition, WorkflowDefinition, store};
+use lineq_read::lineage;
+use lineq_testkit::*;
 
 /// When an attempt ran: `(start, end)`.
 type Interval = (DateTime<Utc>, DateTime<Utc>);

@@ -10,14 +10,12 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use lineq::orchestration::labels::TagChange;
-use lineq::orchestration::query::{
-    Cursor, ExecutionFilter, MAX_LIMIT, parse_tag_filter, parse_time,
-};
-use lineq::shared::labels::{
+use lineq_core::tags::{
     MAX_METADATA_BYTES, MAX_METADATA_KEYS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, Tags,
     check_metadata, check_tag_key, check_tag_value, check_tags, parse_tag,
 };
+use lineq_orchestrator::tags::TagChange;
+use lineq_read::query::{Cursor, ExecutionFilter, MAX_LIMIT, parse_tag_filter, parse_time};
 
 /// Keys that follow every rule: 1–64 of `a-z 0-9 - _`, not starting `_` or `lineq_`.
 fn valid_key() -> impl Strategy<Value = String> {

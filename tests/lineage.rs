@@ -9,8 +9,10 @@
 //! executions. One test also hangs hand-built child executions (three levels deep, one with a
 //! retried step) under a real run, so the expected output of every function can be written
 //! out literally.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -20,13 +22,13 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use lineq::orchestration::lineage::{self, Fault, Target};
-use lineq::orchestration::workflow::store;
-use lineq::orchestration::workflow::{RetryPolicy, StepDefinition, WorkflowDefinition};
-use lineq::shared::event::{EventRow, events_of_execution};
-use lineq::shared::trace_context::TraceContext;
 use lineq::{Client, SubmitRequest};
-use support::*;
+use lineq_core::event::{EventRow, events_of_execution};
+use lineq_core::trace_context::TraceContext;
+use lineq_orchestrator::workflow::store;
+use lineq_orchestrator::workflow::{RetryPolicy, StepDefinition, WorkflowDefinition};
+use lineq_read::lineage::{self, Fault, Target};
+use lineq_testkit::*;
 
 // ---------------------------------------------------------------------------------------------
 // A real run with hand-built children

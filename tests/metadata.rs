@@ -1,8 +1,10 @@
 //! Tags and metadata as users rely on them: every list filter alone and combined against real
 //! rows, paging, index use on 100,000 executions, injection attempts, reserved prefixes,
 //! concurrent tag changes, history, and the same through the `lineq` command.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -11,12 +13,13 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use lineq::orchestration::labels::{HistoryKind, TagChange};
-use lineq::orchestration::query::{ExecutionFilter, explain_list_executions, list_executions};
-use lineq::shared::execution::ExecutionStatus;
-use lineq::shared::labels::Tags;
 use lineq::{Client, Error, SubmitRequest};
-use support::*;
+use lineq_core::execution::ExecutionStatus;
+use lineq_core::tags::Tags;
+use lineq_orchestrator::tags::TagChange;
+use lineq_read::history::HistoryKind;
+use lineq_read::query::{ExecutionFilter, explain_list_executions, list_executions};
+use lineq_testkit::*;
 
 /// Every item of every page, following cursors with a small page size so paging is exercised.
 async fn all_ids(client: &Client, filter: ExecutionFilter) -> Vec<Uuid> {

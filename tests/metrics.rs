@@ -1,8 +1,10 @@
 //! Metrics and probes: an orchestrator and a worker started with `--metrics-addr` serve
 //! Prometheus `/metrics` with exact counters and bounded labels, `/healthz` and `/readyz`; a
 //! process pointed at an unmigrated database is alive but not ready until it is migrated.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::{Duration, Instant};
 
@@ -10,9 +12,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use lineq::orchestration::workflow::{RetryPolicy, StepDefinition, WorkflowDefinition, store};
 use lineq::{Client, SubmitRequest};
-use support::*;
+use lineq_orchestrator::workflow::{RetryPolicy, StepDefinition, WorkflowDefinition, store};
+use lineq_testkit::*;
 
 /// A port free right now on 127.0.0.1.
 fn free_addr() -> String {

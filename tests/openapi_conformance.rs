@@ -8,13 +8,11 @@
 //! 422 is listed in the document. The seed is fixed so that a run is repeatable; the number of
 //! examples per operation bounds its time.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Proc, TestDb};
+use lineq_testkit::{Proc, TestDb};
 
 /// The schemathesis release the document is checked with.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";

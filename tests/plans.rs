@@ -2,13 +2,11 @@
 //! fills), PostgreSQL plans from default guesses. lineq's hot statements must still probe
 //! indexes then, and never pay for JIT compilation.
 
-mod support;
-
 use std::time::Duration;
 
 use lineq::{Client, SubmitRequest};
+use lineq_testkit::*;
 use serde_json::json;
-use support::*;
 
 /// Sequential scans of `lineq.steps` counted by the server so far. The processes are gone by
 /// the time this is read, so their counters have been flushed.

@@ -1,8 +1,10 @@
 //! Retention (`lineq prune`) on real runs: finished trees older than the cutoff go with their
 //! steps, events and archived messages; recent ones, unfinished ones and trees with an
 //! unfinished member stay whole.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use lineq::{Client, SubmitRequest};
-use support::*;
+use lineq_testkit::*;
 
 /// Every execution of the trees of `roots`.
 async fn tree_members(pool: &PgPool, roots: &[Uuid]) -> Vec<Uuid> {

@@ -3,12 +3,10 @@
 //! against a real PostgreSQL with the `lineq` binary of this build (orchestrators, Rust workers,
 //! the CLI) next to real Python worker processes.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use support::admin_url;
+use lineq_testkit::admin_url;
 
 fn run(what: &str, cmd: &mut Command) -> Output {
     let out = cmd

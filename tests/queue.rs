@@ -2,18 +2,20 @@
 //! hold it to PGMQ: the tables have the columns the statements use, and messages sent, read,
 //! archived and deleted either way — through lineq's statements or PGMQ's own functions — are
 //! the same messages with the same bookkeeping.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::Duration;
 
 use serde_json::json;
 use sqlx::postgres::PgListener;
 
-use lineq::shared::queue;
-use lineq::shared::validation::QueueName;
-use lineq::shared::wakeup::Wakeup;
-use support::*;
+use lineq_core::queue;
+use lineq_core::validation::QueueName;
+use lineq_core::wakeup::Wakeup;
+use lineq_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_match_pgmq_tables() {
@@ -445,7 +447,7 @@ async fn a_read_keeps_each_message_on_its_page() {
     };
     assert_eq!(fillfactor().await, None);
     sqlx::raw_sql(include_str!(
-        "../migrations/20261124000010_queue_fillfactor.sql"
+        "../crates/migrate/migrations/20261124000010_queue_fillfactor.sql"
     ))
     .execute(&db.pool)
     .await

@@ -15,14 +15,16 @@
 //! (they are written to run from its root), with `DATABASE_URL` naming a fresh, empty database
 //! and this build's `lineq` first on `PATH`. A failure names the block, its line in README.md,
 //! its code and everything it and the background processes printed.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use support::TestDb;
+use lineq_testkit::TestDb;
 
 #[derive(Debug, PartialEq)]
 enum Mode {

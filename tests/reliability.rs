@@ -1,16 +1,14 @@
 //! Failures a fleet sees every day: SIGTERM during work, PostgreSQL restarting under running
 //! processes, connections that die while idle, and poison (huge, deeply nested) messages.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use lineq::local_postgres::{LocalPostgres, LocalPostgresOptions};
-use lineq::shared::execution::{ExecutionStatus, get_execution};
 use lineq::{Client, DatabaseConfig, SubmitRequest};
-use support::*;
+use lineq_core::execution::{ExecutionStatus, get_execution};
+use lineq_testkit::local_postgres::{LocalPostgres, LocalPostgresOptions};
+use lineq_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_running_handlers_finish_then_exits_zero() {
@@ -230,7 +228,7 @@ async fn a_connection_that_died_while_idle_is_replaced_before_use() {
         .await
         .expect("terminate");
     assert!(killed);
-    tokio::time::sleep(lineq::shared::database::PING_IDLE_AFTER + Duration::from_millis(300)).await;
+    tokio::time::sleep(lineq_core::database::PING_IDLE_AFTER + Duration::from_millis(300)).await;
     let second: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&pool)
         .await

@@ -1,7 +1,9 @@
 //! The REST API: the same answers as the CLI, errors with codes and fields, `If-Match`
 //! concurrency, the OpenAPI document, and a real `lineq serve` process over TCP.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 use uuid::Uuid;
 
-use support::*;
+use lineq_testkit::*;
 
 /// Sends one request through the router (no socket), returning status, headers and JSON body.
 async fn call(
@@ -66,7 +68,7 @@ fn enc(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_and_cli_give_the_same_answers() {
     let db = TestDb::new().await;
-    let app = lineq::api::router(db.pool.clone());
+    let app = lineq_api::rest::router(db.pool.clone());
 
     // Submitted both ways.
     let (status, headers, created) = call(
@@ -274,7 +276,7 @@ async fn rest_and_cli_give_the_same_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_errors_name_the_field_and_use_the_right_status() {
     let db = TestDb::new().await;
-    let app = lineq::api::router(db.pool.clone());
+    let app = lineq_api::rest::router(db.pool.clone());
     let err = |v: &Value| (v["error"]["code"].clone(), v["error"]["field"].clone());
 
     // 400, the field named, nothing written.
@@ -668,7 +670,7 @@ async fn rest_errors_name_the_field_and_use_the_right_status() {
 #[tokio::test]
 async fn the_openapi_document_is_generated_from_the_routes() {
     let db = TestDb::new().await;
-    let app = lineq::api::router(db.pool.clone());
+    let app = lineq_api::rest::router(db.pool.clone());
     let (status, _, doc) = call(&app, Method::GET, "/openapi.json", None, &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
@@ -826,7 +828,7 @@ async fn rest_lineage_is_the_cli_lineage() {
         .execution
         .execution_id;
     wait_all_finished(&db.pool, &[id], std::time::Duration::from_secs(30)).await;
-    let app = lineq::api::router(db.pool.clone());
+    let app = lineq_api::rest::router(db.pool.clone());
     let (status, _, rest) = call(
         &app,
         Method::GET,
@@ -863,7 +865,7 @@ async fn rest_lineage_is_the_cli_lineage() {
 #[tokio::test]
 async fn rest_accepts_exactly_what_the_document_allows() {
     let db = TestDb::new().await;
-    let app = lineq::api::router(db.pool.clone());
+    let app = lineq_api::rest::router(db.pool.clone());
     let (status, _, e) = call(
         &app,
         Method::POST,

@@ -1,8 +1,10 @@
 //! Attacks by a lineq credential on what other roles run or own, performed against real login
 //! roles of `lineq migrate --roles`, real `lineq` processes and the worker protocol. Each is
 //! refused at its first step, and a refused attack writes nothing.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::Duration;
 
@@ -10,9 +12,9 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use lineq::shared::execution::{ExecutionStatus, get_execution};
-use support::roles::*;
-use support::*;
+use lineq_core::execution::{ExecutionStatus, get_execution};
+use lineq_testkit::roles::*;
+use lineq_testkit::*;
 
 /// A migrated database with login roles for the orchestrator and worker groups.
 struct Fleet {

@@ -3,8 +3,10 @@
 //!
 //! Roles belong to the cluster, not a database, and tests run in parallel: every test names its
 //! groups with a prefix of its own (`--role-prefix`) and drops its roles at the end.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::Duration;
 
@@ -12,10 +14,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use lineq::shared::event::events_of_execution;
-use lineq::shared::roles::{Password, scram_sha256_verifier_with};
-use support::roles::*;
-use support::*;
+use lineq_core::event::events_of_execution;
+use lineq_migrate::roles::{Password, scram_sha256_verifier_with};
+use lineq_testkit::roles::*;
+use lineq_testkit::*;
 
 fn submit(url: &str, args: &[&str]) -> Uuid {
     let mut all = vec!["submit"];

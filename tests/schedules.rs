@@ -3,8 +3,10 @@
 //! again, each fired execution completes under a worker with the schedule's tags and a lineage
 //! rooted at its `schedule_fired` event, missed occurrences follow the schedule's policy, and
 //! bad input names its field and writes nothing.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use support::{Proc, TestDb, eventually, lineq, stderr, stdout, wait_all_finished};
+use lineq_testkit::{Proc, TestDb, eventually, lineq, stderr, stdout, wait_all_finished};
 
 /// The `schedule_fired` events of a schedule: (occurrence, skipped, event id, execution id).
 async fn fired_events(pool: &PgPool, name: &str) -> Vec<(DateTime<Utc>, i64, Uuid, Uuid)> {
@@ -187,7 +189,7 @@ async fn every_second_under_two_orchestrators_one_killed_fires_each_occurrence_o
     .expect("status");
     assert_eq!((completed, tagged), (ids.len() as i64, ids.len() as i64));
     for (occurrence, _, event_id, execution_id) in &fired {
-        let report = lineq::orchestration::lineage::check::check(&db.pool, *execution_id)
+        let report = lineq_read::lineage::check::check(&db.pool, *execution_id)
             .await
             .expect("lineage check");
         assert!(
@@ -561,7 +563,7 @@ async fn list_show_and_delete() {
 /// only the orchestrator fires them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_manage_read_and_fire_schedules() {
-    use support::roles::{Secrets, allowed, connect, denied, drop_roles, prefix, url_as};
+    use lineq_testkit::roles::{Secrets, allowed, connect, denied, drop_roles, prefix, url_as};
     let db = TestDb::new().await;
     let p = prefix();
     let (orch, sub, read, work) = (
@@ -715,7 +717,7 @@ async fn rest(app: &axum::Router, method: &str, uri: &str, body: Option<Value>) 
 async fn the_rest_api_manages_schedules() {
     use serde_json::json;
     let db = TestDb::new().await;
-    let app = lineq::api::router(db.pool.clone());
+    let app = lineq_api::rest::router(db.pool.clone());
     let (status, created) = rest(
         &app,
         "POST",

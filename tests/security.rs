@@ -1,7 +1,9 @@
 //! The security audit's findings (issue #19), each attack performed against real processes and
 //! a real database and shown refused, or the limit holding.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::{Duration, Instant};
 
@@ -10,9 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
-use lineq::shared::execution::{ExecutionStatus, get_execution};
 use lineq::{Client, SubmitRequest};
-use support::*;
+use lineq_core::execution::{ExecutionStatus, get_execution};
+use lineq_testkit::*;
 
 fn temp_dir(what: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("lineq-{what}-{}", Uuid::now_v7().simple()));
@@ -371,7 +373,7 @@ async fn an_oversized_cancel_reason_is_refused_and_nothing_written() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 
-    let app = lineq::api::router(db.pool.clone());
+    let app = lineq_api::rest::router(db.pool.clone());
     let (status, body) = call(
         &app,
         "POST",
@@ -439,7 +441,7 @@ async fn call(app: &axum::Router, method: &str, uri: &str, body: Option<String>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rest_rejection_is_json_and_an_oversized_body_is_413() {
     let db = TestDb::new().await;
-    let app = lineq::api::router(db.pool.clone());
+    let app = lineq_api::rest::router(db.pool.clone());
     let id = Uuid::now_v7();
     let cancel = format!("/v1/executions/{id}/cancel");
 

@@ -3,9 +3,7 @@
 //! a database migrated by this release — so workers, clients and `lineq` processes of that
 //! release keep working while a fleet is upgraded one process at a time.
 
-mod support;
-
-use support::*;
+use lineq_testkit::*;
 
 #[tokio::test]
 async fn every_call_of_version_1_still_resolves() {

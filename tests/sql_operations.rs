@@ -1,8 +1,10 @@
 //! The operations of docs/sql-api.md ("Operations") called from plain SQL, as a client in any
 //! language calls them: tags, cancellation, reading and listing. Their errors are SQLSTATEs of
 //! class LQ with the field in COLUMN, and an error writes nothing.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::collections::BTreeSet;
 
@@ -11,10 +13,10 @@ use sqlx::PgPool;
 use sqlx::postgres::PgDatabaseError;
 use uuid::Uuid;
 
-use lineq::orchestration::query::{ExecutionFilter, list_executions};
-use lineq::shared::execution::ExecutionStatus;
 use lineq::{Client, SubmitRequest};
-use support::*;
+use lineq_core::execution::ExecutionStatus;
+use lineq_read::query::{ExecutionFilter, list_executions};
+use lineq_testkit::*;
 
 /// The SQLSTATE, COLUMN and message of the error `sql` raises.
 async fn refusal(pool: &PgPool, sql: &str) -> (String, Option<String>, String) {

@@ -1,7 +1,9 @@
 //! Submission through SQL (`lineq.submit`, `lineq.submit_many`, migration 000013): inside the
 //! caller's transaction, idempotent under concurrency, and strict about its input.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::Duration;
 
@@ -9,11 +11,11 @@ use serde_json::{Value, json};
 use sqlx::postgres::PgDatabaseError;
 use uuid::Uuid;
 
-use lineq::orchestration::submit::{submit_in, submit_many_in};
-use lineq::shared::message::StepMessage;
-use lineq::shared::trace_context::TraceContext;
 use lineq::{Client, Error, SubmitRequest};
-use support::*;
+use lineq_core::message::StepMessage;
+use lineq_core::trace_context::TraceContext;
+use lineq_orchestrator::submit::{submit_in, submit_many_in};
+use lineq_testkit::*;
 
 /// The SQLSTATE, COLUMN, message and DETAIL of a failed statement.
 fn pg_error(e: &sqlx::Error) -> (String, Option<String>, String, Option<String>) {

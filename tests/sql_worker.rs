@@ -2,8 +2,10 @@
 //! `psql` speaking the SQL interface — runs the middle step of a 3-step workflow next to Rust
 //! workers: every execution completes, `lineq lineage check` passes on each tree, and a SIGKILL
 //! mid-step loses nothing (the step is delivered again to another such worker).
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -13,11 +15,11 @@ use std::time::Duration;
 use serde_json::json;
 use uuid::Uuid;
 
-use lineq::orchestration::workflow::{StepDefinition, WorkflowDefinition, store};
-use lineq::shared::event::events_of_execution;
-use lineq::shared::execution::{ExecutionStatus, get_execution};
 use lineq::{Client, SubmitRequest};
-use support::*;
+use lineq_core::event::events_of_execution;
+use lineq_core::execution::{ExecutionStatus, get_execution};
+use lineq_orchestrator::workflow::{StepDefinition, WorkflowDefinition, store};
+use lineq_testkit::*;
 
 /// `examples/sql-worker/worker.sh` in a process group of its own, so a SIGKILL takes its psql
 /// and sleep with it.

@@ -5,8 +5,10 @@
 //! correlation id), a span per execution, per step and per attempt, the handler's own span under
 //! its attempt, every lineage event as a span event, the fan-in's links — at most 4 deep outside
 //! the child execution — and it must arrive when the processes are stopped with SIGTERM.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -26,11 +28,11 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use lineq::orchestration::workflow::store;
-use lineq::orchestration::workflow::{RetryPolicy, StepDefinition, WorkflowDefinition};
-use lineq::shared::event::EventRow;
-use lineq::shared::execution::{ExecutionStatus, get_execution};
-use support::*;
+use lineq_core::event::EventRow;
+use lineq_core::execution::{ExecutionStatus, get_execution};
+use lineq_orchestrator::workflow::store;
+use lineq_orchestrator::workflow::{RetryPolicy, StepDefinition, WorkflowDefinition};
+use lineq_testkit::*;
 
 /// A span as received, with the `service.name` of the process that sent it.
 #[derive(Debug, Clone)]

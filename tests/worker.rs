@@ -1,18 +1,20 @@
 //! Worker behaviour with real processes: steps no worker serves yet, malformed messages put into a queue by
 //! hand, command handlers in another language, panics and timeouts. In each case the worker
 //! keeps serving everything else.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use lineq::shared::event::events_of_execution;
-use lineq::shared::execution::{ExecutionStatus, get_execution};
 use lineq::{Client, SubmitRequest};
-use support::*;
+use lineq_core::event::events_of_execution;
+use lineq_core::execution::{ExecutionStatus, get_execution};
+use lineq_testkit::*;
 
 async fn submit(client: &Client, handler: &str, input: Value) -> Uuid {
     client

@@ -1,8 +1,10 @@
 //! The workflow registry through `lineq workflow register|list|show`, against a real
 //! PostgreSQL: versioning, immutability, what bad definitions do (exit 2, nothing written),
 //! unknown workflows (exit 3) and concurrent registration.
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,8 +13,8 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 use uuid::Uuid;
 
-use lineq::orchestration::workflow::{OnFailure, WorkflowDefinition, store};
-use support::*;
+use lineq_orchestrator::workflow::{OnFailure, WorkflowDefinition, store};
+use lineq_testkit::*;
 
 const DIAMOND: &str = r#"
 name: diamond

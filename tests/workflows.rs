@@ -2,20 +2,22 @@
 //! executions, retries, exhaustion, a timeout, cancellation with running children, a worker
 //! killed mid-step and a poison message. Each asserts the final states AND the exact shape of
 //! the event tree of the whole root execution (children included).
-
-mod support;
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one story, from setup to its last assertion"
+)]
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use lineq::orchestration::workflow::store;
-use lineq::orchestration::workflow::{OnFailure, RetryPolicy, StepDefinition, WorkflowDefinition};
-use lineq::shared::event::EventRow;
-use lineq::shared::execution::{ExecutionStatus, get_execution, steps_of};
 use lineq::{Client, SubmitRequest};
-use support::*;
+use lineq_core::event::EventRow;
+use lineq_core::execution::{ExecutionStatus, get_execution, steps_of};
+use lineq_orchestrator::workflow::store;
+use lineq_orchestrator::workflow::{OnFailure, RetryPolicy, StepDefinition, WorkflowDefinition};
+use lineq_testkit::*;
 
 /// `t(kids…)` with kids sorted, as `tree_shape` renders.
 fn n(t: &str, mut kids: Vec<String>) -> String {
@@ -75,7 +77,7 @@ async fn tree_of_root(db: &TestDb, root: Uuid) -> (String, Vec<EventRow>) {
     .await
     .expect("events");
     // And `lineq lineage check` agrees the tree is whole (archived messages' meta included).
-    let report = lineq::orchestration::lineage::check::check_root(&db.pool, root)
+    let report = lineq_read::lineage::check::check_root(&db.pool, root)
         .await
         .expect("lineage check");
     assert!(report.is_whole(), "lineage check of {root}: {report:?}");

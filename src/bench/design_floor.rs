@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use lineq::shared::queue;
-use lineq::shared::validation::QueueName;
+use lineq_core::queue;
+use lineq_core::validation::QueueName;
 
 use super::{BenchConfig, bar, cost};
 
@@ -42,6 +42,10 @@ struct Statements {
 }
 
 impl Statements {
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the floor's SQL statements, prepared together"
+    )]
     fn new(steps: &QueueName, results: &QueueName) -> Self {
         // PGMQ's read as two CTEs, `locked` and then `name` (the messages read, with their
         // `msg_id`, `read_ct` and `message`). The locking SELECT must be a CTE: as a subquery
@@ -193,6 +197,10 @@ fn ids(n: usize) -> Vec<Uuid> {
 
 /// Runs the design's rows alone, checked (every execution completed with its 8 events):
 /// executions per second, and what each cost.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the floor's phases (fill, drain, settle) measured in one place"
+)]
 pub async fn run(
     pool: &PgPool,
     cfg: &BenchConfig,

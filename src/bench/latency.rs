@@ -11,8 +11,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use lineq::orchestration::workflow::{StepDefinition, WorkflowDefinition, store};
 use lineq::{Client, HandlerResult, Orchestrator, StepContext, SubmitRequest, Worker};
+use lineq_orchestrator::workflow::{StepDefinition, WorkflowDefinition, store};
 
 use super::{BenchConfig, bar, until};
 

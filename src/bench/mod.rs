@@ -212,6 +212,10 @@ fn bar(cfg: &BenchConfig, len: u64, what: &str) -> ProgressBar {
 /// each, in the order floor, plain, keyed, traced, traced, keyed, plain, floor, between two runs of the raw
 /// reference: on a machine whose speed drifts (a shared 2-core VM does), each row then sees the
 /// same average conditions, and the ratios compare like with like.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the rows of the bench, run in the order the table shows them"
+)]
 pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
     // Latency first, while the system is idle as the issue means it: after the throughput rows
     // PostgreSQL is still checkpointing and vacuuming their hundreds of thousands of rows.
@@ -322,6 +326,7 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
 }
 
 /// The report as the table `lineq bench` prints.
+#[expect(clippy::too_many_lines, reason = "the table, row by row as it prints")]
 pub fn table(r: &BenchReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();

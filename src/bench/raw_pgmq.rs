@@ -7,8 +7,8 @@ use std::time::Instant;
 use serde_json::json;
 use sqlx::PgPool;
 
-use lineq::shared::queue;
-use lineq::shared::validation::QueueName;
+use lineq_core::queue;
+use lineq_core::validation::QueueName;
 
 use super::{BenchConfig, bar, cost};
 

@@ -66,6 +66,10 @@ const KEYED_LIMIT: u32 = 100_000;
 /// Runs `cfg.executions` executions and measures. With `keys`, every execution carries a
 /// concurrency limit on one of that many keys (`tags.tenant`), generous enough never to hold a
 /// step back: the row measures what a key costs, not what a limit waits.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one measured run: fleet start, load, drain, figures"
+)]
 pub async fn run(
     pool: &PgPool,
     cfg: &BenchConfig,
@@ -196,7 +200,7 @@ pub async fn run(
     .fetch_all(pool)
     .await?;
     for id in sample {
-        let report = lineq::orchestration::lineage::check::check_root(pool, id).await?;
+        let report = lineq_read::lineage::check::check_root(pool, id).await?;
         anyhow::ensure!(
             report.is_whole(),
             "{name}: lineage of {id} is not whole: {report:?}"
@@ -227,19 +231,19 @@ pub async fn run_traced(
     cfg: &BenchConfig,
     raw: f64,
 ) -> anyhow::Result<Option<ThroughputRow>> {
-    if lineq::shared::telemetry::enabled() {
+    if lineq_core::telemetry::enabled() {
         eprintln!("note: tracing is already configured for this process; skipping the traced row");
         return Ok(None);
     }
     let sink = super::otlp_sink::Sink::start().await?;
-    let guard = lineq::shared::telemetry::init(
-        lineq::shared::telemetry::TelemetryConfig::new("lineq-bench")
+    let guard = lineq_core::telemetry::init(
+        lineq_core::telemetry::TelemetryConfig::new("lineq-bench")
             .otlp_endpoint(Some(sink.endpoint())),
     )?;
-    let sent_before = lineq::shared::telemetry::spans_exported();
+    let sent_before = lineq_core::telemetry::spans_exported();
     let row = run(pool, cfg, "lineq + tracing (OTLP)", raw, None).await;
     guard.shutdown().await;
-    let sent = lineq::shared::telemetry::spans_exported() - sent_before;
+    let sent = lineq_core::telemetry::spans_exported() - sent_before;
     let mut row = row?;
     row.spans_received = Some(sink.received());
     row.spans_sent = Some(usize::try_from(sent).unwrap_or(usize::MAX));

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::PgPool;
 
-use lineq::orchestration::workflow::{RetryPolicy, StepDefinition, WorkflowDefinition, store};
-use lineq::orchestration::{Client, SubmitRequest};
-use lineq::shared::queue;
-use lineq::shared::validation::Namespace;
+use lineq_core::queue;
+use lineq_core::validation::Namespace;
+use lineq_orchestrator::workflow::{RetryPolicy, StepDefinition, WorkflowDefinition, store};
+use lineq_orchestrator::{Client, SubmitRequest};
 use uuid::Uuid;
 
 pub use fleet::Fleet;
@@ -87,7 +87,7 @@ pub struct ChaosConfig {
 
 /// Registers the chaos workflow with every step (and the child) in `namespace`: fan → {flaky
 /// (retried once), spawn (waits for a child), sleep} → join. Returns its version.
-pub async fn register_workflow(pool: &PgPool, namespace: &str) -> lineq::shared::Result<i32> {
+pub async fn register_workflow(pool: &PgPool, namespace: &str) -> lineq_core::Result<i32> {
     let retry = RetryPolicy {
         max_attempts: 3,
         backoff_ms: 50,
@@ -119,8 +119,12 @@ pub async fn register_workflow(pool: &PgPool, namespace: &str) -> lineq::shared:
 }
 
 /// Runs the suite and returns its verdict.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the chaos run's phases in order: fleet, load, faults, drain"
+)]
 pub async fn run(pool: &PgPool, cfg: &ChaosConfig) -> anyhow::Result<Verdict> {
-    lineq::shared::migrate::migrate(pool).await?;
+    lineq_migrate::migrate(pool).await?;
     let run = Run::new();
     let ns = Namespace::new(&run.namespace)?;
     queue::ensure_queue(&mut *pool.acquire().await?, &queue::step_queue(&ns)).await?;

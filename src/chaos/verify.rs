@@ -72,8 +72,8 @@ pub async fn finished_roots(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<i64> 
 /// The run's messages still in a queue: everything in its own namespace's queue, and the
 /// results and dead letters that belong to its executions (those queues are shared).
 async fn messages_left(pool: &PgPool, run: &Run, roots: &[Uuid]) -> anyhow::Result<i64> {
-    let ns = lineq::shared::validation::Namespace::new(&run.namespace)?;
-    let q = lineq::shared::queue::step_queue(&ns);
+    let ns = lineq_core::validation::Namespace::new(&run.namespace)?;
+    let q = lineq_core::queue::step_queue(&ns);
     // The name is validated and lineq's own (`lineq_steps_chaos_<hex>`); tables cannot be bound.
     let own: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM pgmq.q_{q}"))
         .fetch_one(pool)
@@ -113,6 +113,10 @@ pub async fn wait_for_empty_queues(
 }
 
 /// Everything the suite asserts, counted.
+#[expect(
+    clippy::too_many_lines,
+    reason = "every invariant of the verdict, one after the other"
+)]
 pub async fn verdict(
     pool: &PgPool,
     run: &Run,
@@ -182,7 +186,7 @@ pub async fn verdict(
     .await?;
     let mut lineage_faults = 0;
     for root in roots {
-        let report = lineq::orchestration::lineage::check::check_root(pool, *root).await?;
+        let report = lineq_read::lineage::check::check_root(pool, *root).await?;
         if !report.is_whole() {
             lineage_faults += 1;
             if lineage_faults <= 3 {

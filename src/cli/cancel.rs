@@ -4,7 +4,7 @@ use super::output::outln;
 use clap::Args;
 use sqlx::PgPool;
 
-use lineq::orchestration::cancel::cancel;
+use lineq_orchestrator::cancel::cancel;
 
 use super::{Format, parse_id, print_json};
 

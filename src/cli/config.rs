@@ -13,8 +13,8 @@ use std::ffi::OsString;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Subcommand};
 
-use lineq::shared::config::{Config, LogFormat as ConfigLogFormat};
-use lineq::shared::validation::ValidationError;
+use lineq::config::{Config, LogFormat as ConfigLogFormat};
+use lineq_core::validation::ValidationError;
 
 use super::{Cli, Command, Format, LogFormat, print_json};
 
@@ -52,6 +52,10 @@ pub fn resolve(cli: &mut Cli, matches: &ArgMatches) -> anyhow::Result<()> {
 }
 
 /// [`resolve`] with a given environment (for tests).
+#[expect(
+    clippy::too_many_lines,
+    reason = "every setting's layering (flag, environment, file, default) in one table-like place"
+)]
 pub fn resolve_with(
     cli: &mut Cli,
     matches: &ArgMatches,
@@ -138,7 +142,7 @@ pub fn resolve_with(
                 }
             }
             for name in &w.pass_env {
-                lineq::worker::command::check_pass_env(name)?;
+                lineq_worker::command::check_pass_env(name)?;
             }
             if sub_given("metrics_addr") {
                 config.metrics.addr = a.metrics_addr;
@@ -332,7 +336,7 @@ mod tests {
             )
         );
         assert_eq!(
-            lineq::http::HttpLimits::default(),
+            lineq_api::http::HttpLimits::default(),
             h.limits().expect("the defaults are valid")
         );
     }

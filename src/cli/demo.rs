@@ -9,9 +9,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use lineq::local_postgres::{LocalPostgres, LocalPostgresOptions};
-use lineq::shared::execution::ExecutionStatus;
 use lineq::{Client, CommandSpec, DatabaseConfig, Orchestrator, SubmitRequest, Worker};
+use lineq_core::execution::ExecutionStatus;
+use lineq_testkit::local_postgres::{LocalPostgres, LocalPostgresOptions};
 
 use super::{Format, print_json, render};
 
@@ -34,7 +34,7 @@ pub async fn run(url: Option<String>, format: Format, a: DemoArgs) -> anyhow::Re
     let result = run_on(&pool, format, &a).await;
     // Every connection closed before the server goes: one still on its way back to the pool
     // would be pinged while the server terminates it, and sqlx would warn about that.
-    lineq::shared::database::close(&pool, Duration::from_secs(5)).await;
+    lineq_core::database::close(&pool, Duration::from_secs(5)).await;
     if let Some(pg) = local {
         eprintln!("stopping the throwaway PostgreSQL");
         pg.stop()
@@ -73,6 +73,10 @@ pub async fn database(url: Option<String>) -> anyhow::Result<(PgPool, Option<Loc
     Ok((pool, Some(pg)))
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the demo's story, printed as it runs"
+)]
 async fn run_on(pool: &PgPool, format: Format, a: &DemoArgs) -> anyhow::Result<()> {
     eprintln!("migrating (PGMQ as plain SQL, then lineq's schema)…");
     lineq::migrate(pool).await?;

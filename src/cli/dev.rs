@@ -12,8 +12,8 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use lineq::local_postgres::{LocalPostgres, LocalPostgresOptions};
 use lineq::{CommandSpec, DatabaseConfig, Orchestrator, Worker};
+use lineq_testkit::local_postgres::{LocalPostgres, LocalPostgresOptions};
 
 use super::output::outln;
 
@@ -110,10 +110,10 @@ async fn run_on(pg: &LocalPostgres, a: &DevArgs, commands: Vec<CommandSpec>) -> 
         pg.url()
     );
     let stop = shutdown.clone();
-    let served = lineq::api::serve(
+    let served = lineq_api::rest::serve(
         listener,
         app,
-        lineq::http::HttpLimits::default(),
+        lineq_api::http::HttpLimits::default(),
         async move {
             super::serve::stop_signal().await;
             stop.cancel();
@@ -124,7 +124,7 @@ async fn run_on(pg: &LocalPostgres, a: &DevArgs, commands: Vec<CommandSpec>) -> 
     while let Some(joined) = tasks.join_next().await {
         joined.context("a lineq dev task panicked")??;
     }
-    lineq::shared::database::close(&pool, Duration::from_secs(5)).await;
+    lineq_core::database::close(&pool, Duration::from_secs(5)).await;
     served.context("serving the console")?;
     eprintln!("stopped");
     Ok(())

@@ -4,7 +4,7 @@ use super::output::outln;
 use clap::Subcommand;
 use sqlx::PgPool;
 
-use lineq::orchestration::dead_letters;
+use lineq_orchestrator::dead_letters;
 
 use super::{Format, print_json};
 

@@ -3,9 +3,9 @@
 
 use clap::Args;
 
-use lineq::http::HttpLimits;
-use lineq::shared::config::HttpSection;
-use lineq::shared::validation::ValidationError;
+use lineq::config::HttpSection;
+use lineq_api::http::HttpLimits;
+use lineq_core::validation::ValidationError;
 
 /// Limits that hold on every connection before any authentication.
 #[derive(Debug, Clone, Args)]

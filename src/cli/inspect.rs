@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use std::time::Duration;
 
 use lineq::Client;
-use lineq::orchestration::fleet;
+use lineq_read::workers;
 
 use super::render;
 use super::{Format, parse_id, print_json};
@@ -38,15 +38,16 @@ pub async fn get(
     let execution = client.execution(id).await?;
     let steps = client.steps(id).await?;
     // Enqueued steps whose handler no live worker of their namespace serves: they wait.
-    let unserved: Vec<&lineq::shared::execution::Step> = if steps
+    let unserved: Vec<&lineq_core::execution::Step> = if steps
         .iter()
-        .any(|s| s.status == lineq::shared::execution::StepStatus::Enqueued)
+        .any(|s| s.status == lineq_core::execution::StepStatus::Enqueued)
     {
-        let waiting = fleet::unserved_steps(pool, Duration::from_secs(silent_worker_secs)).await?;
+        let waiting =
+            workers::unserved_steps(pool, Duration::from_secs(silent_worker_secs)).await?;
         steps
             .iter()
             .filter(|s| {
-                s.status == lineq::shared::execution::StepStatus::Enqueued
+                s.status == lineq_core::execution::StepStatus::Enqueued
                     && waiting
                         .iter()
                         .any(|u| u.namespace == s.namespace && u.handler == s.handler)
@@ -58,9 +59,9 @@ pub async fn get(
     // Steps held back by their flow key, and why.
     let throttled = if steps
         .iter()
-        .any(|s| s.status == lineq::shared::execution::StepStatus::Throttled)
+        .any(|s| s.status == lineq_core::execution::StepStatus::Throttled)
     {
-        lineq::shared::execution::waiting_steps_of(pool, id).await?
+        lineq_core::execution::waiting_steps_of(pool, id).await?
     } else {
         Vec::new()
     };

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use sqlx::PgPool;
 
-use lineq::orchestration::lineage::{self, EventNode, ExecutionNode, LineageTree, render};
+use lineq_read::lineage::{self, EventNode, ExecutionNode, LineageTree, render};
 
 use super::{Format, parse_id, print_json};
 

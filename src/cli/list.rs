@@ -8,11 +8,11 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use lineq::Client;
-use lineq::orchestration::query::{
+use lineq_core::execution::{Execution, ExecutionStatus};
+use lineq_core::validation::ValidationError;
+use lineq_read::query::{
     ExecutionFilter, Page, parse_metadata_filter, parse_tag_filter, parse_time,
 };
-use lineq::shared::execution::{Execution, ExecutionStatus};
-use lineq::shared::validation::ValidationError;
 
 use super::{Format, parse_id, print_json};
 
@@ -50,7 +50,7 @@ pub struct ListArgs {
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
     /// Executions per page (1 to 1000).
-    #[arg(long, default_value_t = lineq::orchestration::query::DEFAULT_LIMIT)]
+    #[arg(long, default_value_t = lineq_read::query::DEFAULT_LIMIT)]
     pub limit: u32,
     /// Continue after a previous page (its `next_cursor`); give the same --newest-first as for
     /// that page.

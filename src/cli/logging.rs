@@ -37,7 +37,7 @@ pub fn init(cli: &Cli) {
     // otherwise: the layer checks first).
     let registry = tracing_subscriber::registry()
         .with(filter)
-        .with(lineq::shared::telemetry::handler_spans_layer());
+        .with(lineq_core::telemetry::handler_spans_layer());
     let _ = match global.log_format {
         LogFormat::Json => registry
             .with(layer.json().flatten_event(true).with_filter(quiet))

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use sqlx::PgPool;
 
-use lineq::shared::roles::{self, LoginRole, Password, RoleKind, RoleName, RoleOptions};
-use lineq::shared::validation::ValidationError;
+use lineq_core::validation::ValidationError;
+use lineq_migrate::roles::{self, LoginRole, Password, RoleKind, RoleName, RoleOptions};
 
 use super::{Format, print_json};
 

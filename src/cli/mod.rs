@@ -32,7 +32,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sqlx::PgPool;
 
 use lineq::DatabaseConfig;
-use lineq::shared::validation::ValidationError;
+use lineq_core::validation::ValidationError;
 use output::outln;
 
 /// lineq — a distributed worker runtime on PostgreSQL message queues (PGMQ), with lineage you
@@ -79,7 +79,7 @@ pub struct GlobalArgs {
     pub config: Option<std::path::PathBuf>,
     /// The effective configuration, once resolved (see `config::resolve`).
     #[arg(skip)]
-    pub effective: lineq::shared::config::Config,
+    pub effective: lineq::config::Config,
 }
 
 /// How results are printed.
@@ -307,9 +307,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             }
         }
         if cause.downcast_ref::<ValidationError>().is_some()
-            || cause
-                .downcast_ref::<lineq::shared::config::ConfigError>()
-                .is_some()
+            || cause.downcast_ref::<lineq::config::ConfigError>().is_some()
         {
             return 2;
         }

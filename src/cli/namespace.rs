@@ -4,8 +4,8 @@ use super::output::outln;
 use clap::Subcommand;
 use sqlx::PgPool;
 
-use lineq::shared::queue;
-use lineq::shared::validation::Namespace;
+use lineq_core::queue;
+use lineq_core::validation::Namespace;
 
 use super::{Format, print_json};
 

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use lineq::shared::validation::ValidationError;
+use lineq_core::validation::ValidationError;
 
 use super::Format;
 

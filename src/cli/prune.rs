@@ -4,7 +4,7 @@ use super::output::outln;
 use clap::Args;
 use sqlx::PgPool;
 
-use lineq::orchestration::prune::{self, PruneOptions, PruneReport};
+use lineq_orchestrator::maintenance::prune::{self, PruneOptions, PruneReport};
 
 use super::{Format, print_json};
 

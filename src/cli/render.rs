@@ -5,8 +5,8 @@ use std::fmt::Write;
 
 use uuid::Uuid;
 
-use lineq::shared::event::EventRow;
-use lineq::shared::execution::{Execution, Step};
+use lineq_core::event::EventRow;
+use lineq_core::execution::{Execution, Step};
 
 /// An execution and its steps, for people.
 /// A `step_throttled` event's reason and key (`reason=concurrency_limit key=… limit=2`).
@@ -30,7 +30,7 @@ pub fn throttled(event_type: &str, payload: &serde_json::Value) -> Option<String
 }
 
 /// Why a throttled step waits, in words.
-pub fn waiting(w: &lineq::shared::execution::WaitingStep) -> String {
+pub fn waiting(w: &lineq_core::execution::WaitingStep) -> String {
     let mut s = match w.reason.as_str() {
         "concurrency_limit" => format!(
             "waits for a slot of key {} (at most {} at once)",

@@ -9,10 +9,10 @@ use clap::Args;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use lineq::http::HttpLimits;
-use lineq::probes::{self, Role};
-use lineq::shared::validation::ValidationError;
 use lineq::{CommandSpec, Orchestrator, Worker};
+use lineq_api::http::HttpLimits;
+use lineq_api::probes::{self, Role};
+use lineq_core::validation::ValidationError;
 
 #[derive(Debug, Args)]
 pub struct OrchestratorArgs {
@@ -197,7 +197,7 @@ async fn ensure_migrated(
 ) -> anyhow::Result<bool> {
     let mut warned = false;
     loop {
-        if lineq::shared::migrate::is_migrated(pool).await? {
+        if lineq_migrate::is_migrated(pool).await? {
             return Ok(true);
         }
         if !wait {

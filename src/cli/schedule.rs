@@ -7,8 +7,8 @@ use clap::{Subcommand, ValueEnum};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use lineq::orchestration::schedule::{self, Fire, Missed, NewSchedule, Schedule};
-use lineq::shared::validation::ValidationError;
+use lineq_core::validation::ValidationError;
+use lineq_orchestrator::schedule::{self, Fire, Missed, NewSchedule, Schedule};
 
 use super::submit::read_input;
 use super::{Format, print_json};
@@ -224,7 +224,7 @@ fn new_schedule(a: CreateArgs) -> anyhow::Result<NewSchedule> {
         .namespace(a.namespace)
         .missed(missed);
     for t in &a.tags {
-        let (k, v) = lineq::shared::labels::parse_tag(t)?;
+        let (k, v) = lineq_core::tags::parse_tag(t)?;
         if s.tags.contains_key(&k) {
             return Err(ValidationError::new("tags", format!("tag {k:?} is given twice")).into());
         }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 
-use lineq::api::auth::ApiToken;
-use lineq::shared::validation::ValidationError;
+use lineq_api::rest::auth::ApiToken;
+use lineq_core::validation::ValidationError;
 
 use super::GlobalArgs;
 
@@ -39,12 +39,17 @@ pub fn app(
     jaeger_url: Option<String>,
 ) -> anyhow::Result<axum::Router> {
     let metrics =
-        lineq::probes::install_recorder().context("cannot install the metrics recorder")?;
-    let console = lineq::console::ConsoleOptions {
+        lineq_api::probes::install_recorder().context("cannot install the metrics recorder")?;
+    let console = lineq_api::console::ConsoleOptions {
         jaeger_url: jaeger_url.filter(|u| !u.trim().is_empty()),
         ..Default::default()
     };
-    Ok(lineq::api::app(pool, token, Some(console), Some(metrics)))
+    Ok(lineq_api::rest::app(
+        pool,
+        token,
+        Some(console),
+        Some(metrics),
+    ))
 }
 
 pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
@@ -69,7 +74,7 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %local, auth, "REST API listening");
     let app = app(pool, token, a.jaeger_url)?;
     outln!("console at http://{local}/");
-    lineq::api::serve(listener, app, limits, stop_signal()).await?;
+    lineq_api::rest::serve(listener, app, limits, stop_signal()).await?;
     tracing::info!("REST API stopped");
     Ok(())
 }

@@ -8,9 +8,9 @@ use clap::Args;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use lineq::shared::execution::{Execution, ExecutionStatus};
-use lineq::shared::validation::ValidationError;
 use lineq::{Client, SubmitRequest};
+use lineq_core::execution::{Execution, ExecutionStatus};
+use lineq_core::validation::ValidationError;
 
 use super::{Format, parse_id, print_json};
 
@@ -142,6 +142,10 @@ fn read_metadata(arg: &str) -> Result<Value, ValidationError> {
 }
 
 /// `silent_after_secs`: a worker without a heartbeat for this long is not counted as alive.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the submit flags turned into a request, field by field"
+)]
 pub async fn run(
     pool: &PgPool,
     format: Format,
@@ -162,7 +166,7 @@ pub async fn run(
         req = req.timeout_ms(t);
     }
     for t in &a.tags {
-        let (k, v) = lineq::shared::labels::parse_tag(t)?;
+        let (k, v) = lineq_core::tags::parse_tag(t)?;
         if req.tags.contains_key(&k) {
             return Err(ValidationError::new("tags", format!("tag {k:?} is given twice")).into());
         }
@@ -306,7 +310,7 @@ async fn waiting_for(
     let mut seen = std::collections::HashSet::new();
     for st in steps
         .iter()
-        .filter(|s| s.status == lineq::shared::execution::StepStatus::Enqueued)
+        .filter(|s| s.status == lineq_core::execution::StepStatus::Enqueued)
     {
         if !seen.insert((st.namespace.clone(), st.handler.clone())) {
             continue;

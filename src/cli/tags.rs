@@ -8,9 +8,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use lineq::Client;
-use lineq::orchestration::labels::{HistoryEntry, HistoryKind, TagChange};
-use lineq::shared::labels::{Tags, parse_tag};
-use lineq::shared::validation::ValidationError;
+use lineq_core::tags::{Tags, parse_tag};
+use lineq_core::validation::ValidationError;
+use lineq_orchestrator::tags::TagChange;
+use lineq_read::history::{HistoryEntry, HistoryKind};
 
 use super::{Format, parse_id, print_json};
 

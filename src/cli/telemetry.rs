@@ -3,7 +3,7 @@
 //! flushed before the process exits — after SIGTERM for orchestrators and workers, at the end of
 //! `lineq demo`, after every one-shot command.
 
-use lineq::shared::telemetry::{self, TelemetryConfig};
+use lineq_core::telemetry::{self, TelemetryConfig};
 
 use super::{Cli, Command};
 

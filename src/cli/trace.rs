@@ -2,7 +2,7 @@
 //! it in Jaeger.
 //!
 //! Nothing is asked of Jaeger: a trace id is the correlation id of the root execution of the
-//! tree (see `lineq::shared::trace_context`), so the database alone knows it.
+//! tree (see `lineq_core::trace_context`), so the database alone knows it.
 
 use super::output::outln;
 use clap::Args;
@@ -10,8 +10,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use lineq::shared::telemetry::trace_id_hex;
-use lineq::shared::trace_context::TraceContext;
+use lineq_core::telemetry::trace_id_hex;
+use lineq_core::trace_context::TraceContext;
 
 use super::{Format, parse_id, print_json};
 

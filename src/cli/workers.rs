@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use sqlx::PgPool;
 
-use lineq::orchestration::fleet::{self, WorkerInfo};
+use lineq_read::workers::{self as fleet, WorkerInfo};
 
 use super::{Format, GlobalArgs, print_json};
 

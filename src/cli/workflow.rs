@@ -8,10 +8,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use sqlx::PgPool;
 
-use lineq::orchestration::workflow::store::{self, StoredWorkflow};
-use lineq::orchestration::workflow::{RetryPolicy, WorkflowDefinition};
-use lineq::shared::queue;
-use lineq::shared::validation::{Namespace, ValidationError};
+use lineq_core::queue;
+use lineq_core::validation::{Namespace, ValidationError};
+use lineq_orchestrator::workflow::store::{self, StoredWorkflow};
+use lineq_orchestrator::workflow::{RetryPolicy, WorkflowDefinition};
 
 use super::{Format, print_json};
 
