@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 //! The worker side of lineq: claim step messages, run handlers, report back.
 //!
 //! Workers never change executions or steps: they append events and send results, and the
