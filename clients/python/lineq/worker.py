@@ -597,9 +597,7 @@ class Worker:
                             log.info("step %s cancelled; signalling its handler", h.ctx.step_id)
                         h.ctx._cancel()
             except psycopg.Error as e:
-                log.warning(
-                    "heartbeat, visibility extension or cancellation check failed: %s", e
-                )
+                log.warning("heartbeat, visibility extension or cancel check failed: %s", e)
 
     async def _shut_down(self) -> None:
         """Lets running handlers finish within the grace period, then releases the rest."""
