@@ -557,7 +557,7 @@ class Worker:
                 self._reports.task_done()
 
     async def _keep_loop(self) -> None:
-        """Keeps held messages hidden, signals cancelled steps, heartbeats.
+        """Heartbeats, extends the visibility of held messages, signals cancelled steps.
 
         Looks twice a second; extends every third of the visibility timeout.
         """
@@ -597,7 +597,7 @@ class Worker:
                             log.info("step %s cancelled; signalling its handler", h.ctx.step_id)
                         h.ctx._cancel()
             except psycopg.Error as e:
-                log.warning("heartbeat failed: %s", e)
+                log.warning("heartbeat, visibility extension or cancel check failed: %s", e)
 
     async def _shut_down(self) -> None:
         """Lets running handlers finish within the grace period, then releases the rest."""

@@ -294,7 +294,8 @@ pub fn read_sql(queue: &QueueName) -> String {
     )
 }
 
-/// Pushes the visibility timeout of held messages `vt_secs` into the future (a heartbeat).
+/// Pushes the visibility timeout of held messages `vt_secs` into the future (a visibility
+/// extension).
 /// Returns how many of them still exist.
 pub async fn extend<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,

@@ -14,11 +14,12 @@
 //! above, nothing else.
 
 use std::ffi::OsString;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
 use lineq_core::validation::{MAX_OUTPUT_BYTES, ValidationError, check_name};
 
@@ -154,6 +155,29 @@ async fn run(
     ctx: StepContext,
     input: Value,
 ) -> HandlerResult {
+    check_step_names(&spec, &ctx)?;
+    let stdin_json = serde_json::to_vec(&input)
+        .map_err(|e| HandlerError::permanent(format!("input is not serializable: {e}")))?;
+    let mut child = spawn(&spec, env, &ctx)?;
+    // Held until the program has exited, like the child itself.
+    let mut pipes = Pipes {
+        stdin: child.stdin.take(),
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+    };
+    let (out, err, err_bytes) = pipes.exchange(&stdin_json).await;
+    let status = child.wait().await.map_err(|e| {
+        HandlerError::new(format!("command {}: {e}", spec.name)).kind("command_failed")
+    })?;
+    if !status.success() {
+        return Err(exit_error(&spec, status, &err));
+    }
+    log_stderr(&spec, &ctx, &err, err_bytes);
+    parse_output(&spec, &out)
+}
+
+/// Checks the step and handler names, which go into the program's environment.
+fn check_step_names(spec: &CommandSpec, ctx: &StepContext) -> Result<(), HandlerError> {
     // Names go into the program's environment: a message that carries a newline or a control
     // character in one is refused, not passed on.
     for (field, value) in [("step", &ctx.step), ("handler", &ctx.handler)] {
@@ -161,9 +185,16 @@ async fn run(
             HandlerError::permanent(format!("command {}: {e}", spec.name)).kind("invalid_step")
         })?;
     }
-    let stdin_json = serde_json::to_vec(&input)
-        .map_err(|e| HandlerError::permanent(format!("input is not serializable: {e}")))?;
-    let mut child = tokio::process::Command::new(&spec.argv[0])
+    Ok(())
+}
+
+/// Starts the program with only `env` and the step's variables in its environment.
+fn spawn(
+    spec: &CommandSpec,
+    env: Vec<(OsString, OsString)>,
+    ctx: &StepContext,
+) -> Result<Child, HandlerError> {
+    tokio::process::Command::new(&spec.argv[0])
         .args(&spec.argv[1..])
         .env_clear()
         .envs(env)
@@ -187,69 +218,86 @@ async fn run(
                 spec.name, spec.argv[0]
             ))
             .kind("command_failed")
-        })?;
+        })
+}
 
-    let mut stdin = child.stdin.take();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let feed = async {
-        if let Some(mut s) = stdin.take() {
-            // A program that does not read its input closes the pipe: that is not an error.
-            let _ = s.write_all(&stdin_json).await;
-            let _ = s.shutdown().await;
-        }
-    };
-    let read_out = async {
-        let mut buf = Vec::new();
-        if let Some(s) = stdout.as_mut() {
-            // Read one byte past the limit to know it was exceeded without buffering more.
-            let _ = s
-                .take(MAX_OUTPUT_BYTES as u64 + 1)
-                .read_to_end(&mut buf)
-                .await;
-        }
-        buf
-    };
-    // All of stderr is read (a program blocked on a full pipe would never finish), but only
-    // its tail is kept.
-    let read_err = async {
-        let mut tail = Vec::new();
-        let mut total = 0usize;
-        if let Some(s) = stderr.as_mut() {
-            let mut chunk = [0u8; 8192];
-            while let Ok(n) = s.read(&mut chunk).await {
-                if n == 0 {
-                    break;
-                }
-                total += n;
-                tail.extend_from_slice(&chunk[..n]);
-                if tail.len() > 2 * STDERR_TAIL_BYTES {
-                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-                }
+/// The program's standard streams.
+struct Pipes {
+    stdin: Option<ChildStdin>,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+}
+
+impl Pipes {
+    /// Writes `stdin_json` to the program while reading its output: stdout (up to one byte past
+    /// the output limit), the tail of stderr and how many bytes stderr had.
+    async fn exchange(&mut self, stdin_json: &[u8]) -> (Vec<u8>, Vec<u8>, usize) {
+        let stdin = &mut self.stdin;
+        let stdout = &mut self.stdout;
+        let stderr = &mut self.stderr;
+        let feed = async {
+            if let Some(mut s) = stdin.take() {
+                // A program that does not read its input closes the pipe: that is not an error.
+                let _ = s.write_all(stdin_json).await;
+                let _ = s.shutdown().await;
+            }
+        };
+        let read_out = async {
+            let mut buf = Vec::new();
+            if let Some(s) = stdout.as_mut() {
+                // Read one byte past the limit to know it was exceeded without buffering more.
+                let _ = s
+                    .take(MAX_OUTPUT_BYTES as u64 + 1)
+                    .read_to_end(&mut buf)
+                    .await;
+            }
+            buf
+        };
+        let (_, out, (err, err_bytes)) = tokio::join!(feed, read_out, read_tail(stderr));
+        (out, err, err_bytes)
+    }
+}
+
+/// Reads all of stderr (a program blocked on a full pipe would never finish) but keeps only its
+/// tail; returns the tail and how many bytes there were.
+async fn read_tail(stderr: &mut Option<ChildStderr>) -> (Vec<u8>, usize) {
+    let mut tail = Vec::new();
+    let mut total = 0usize;
+    if let Some(s) = stderr.as_mut() {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            total += n;
+            tail.extend_from_slice(&chunk[..n]);
+            if tail.len() > 2 * STDERR_TAIL_BYTES {
+                tail.drain(..tail.len() - STDERR_TAIL_BYTES);
             }
         }
-        (tail, total)
-    };
-    let (_, out, (err, err_bytes)) = tokio::join!(feed, read_out, read_err);
-    let status = child.wait().await.map_err(|e| {
-        HandlerError::new(format!("command {}: {e}", spec.name)).kind("command_failed")
-    })?;
-
-    if !status.success() {
-        let tail = tail_utf8(&err, STDERR_TAIL_BYTES);
-        return Err(HandlerError::new(format!(
-            "command {} exited with {}: {}",
-            spec.name,
-            status
-                .code()
-                .map_or_else(|| "a signal".to_string(), |c| format!("code {c}")),
-            tail.trim()
-        ))
-        .kind("command_failed"));
     }
+    (tail, total)
+}
+
+/// The failure of a program that exited unsuccessfully, with the tail of its stderr.
+fn exit_error(spec: &CommandSpec, status: ExitStatus, err: &[u8]) -> HandlerError {
+    let tail = tail_utf8(err, STDERR_TAIL_BYTES);
+    HandlerError::new(format!(
+        "command {} exited with {}: {}",
+        spec.name,
+        status
+            .code()
+            .map_or_else(|| "a signal".to_string(), |c| format!("code {c}")),
+        tail.trim()
+    ))
+    .kind("command_failed")
+}
+
+/// Logs what a program that succeeded wrote to stderr, if anything.
+fn log_stderr(spec: &CommandSpec, ctx: &StepContext, err: &[u8], err_bytes: usize) {
     // A program that succeeded may still have said something worth reading (a warning, a
     // progress note): it goes to the worker's log with the step's ids, its tail only.
-    let said = tail_utf8(&err, STDERR_TAIL_BYTES);
+    let said = tail_utf8(err, STDERR_TAIL_BYTES);
     let said = said.trim();
     if !said.is_empty() {
         tracing::info!(
@@ -265,6 +313,10 @@ async fn run(
             if err_bytes > STDERR_TAIL_BYTES { " (its last 4 KiB)" } else { "" }
         );
     }
+}
+
+/// The step's output: stdout as JSON, `null` when it is empty.
+fn parse_output(spec: &CommandSpec, out: &[u8]) -> HandlerResult {
     if out.len() > MAX_OUTPUT_BYTES {
         return Err(HandlerError::permanent(format!(
             "command {}: stdout is over the {MAX_OUTPUT_BYTES}-byte output limit",
@@ -275,11 +327,11 @@ async fn run(
     if out.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&out).map_err(|e| {
+    serde_json::from_slice(out).map_err(|e| {
         HandlerError::permanent(format!(
             "command {}: stdout is not JSON ({e}): {}",
             spec.name,
-            tail_utf8(&out, 200).trim()
+            tail_utf8(out, 200).trim()
         ))
         .kind("invalid_output")
     })

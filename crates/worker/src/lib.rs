@@ -1,4 +1,3 @@
-#![forbid(unsafe_code)]
 //! The worker side of lineq: claim step messages, run handlers, report back.
 //!
 //! Workers never change executions or steps: they append events and send results, and the

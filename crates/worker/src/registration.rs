@@ -25,8 +25,8 @@ pub(crate) struct Identity {
     pub handlers: Vec<String>,
 }
 
-/// The token a registration got; shared with the claim, report and heartbeat loops, and
-/// replaced when the worker has to register again.
+/// The token a registration got; shared with the claim loop, the reporter, the visibility
+/// extension loop and the heartbeat, and replaced when the worker has to register again.
 pub(crate) type Token = Arc<RwLock<String>>;
 
 /// How long a registration must have been silent before the same worker id may register again

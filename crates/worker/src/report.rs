@@ -8,7 +8,7 @@
 //! `step_result` and no result message, so a step never has two reported outcomes for one
 //! attempt.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -112,7 +112,7 @@ async fn export_spans(
     done: &[Completion],
     rows: &[Reported],
 ) -> Result<()> {
-    let end = std::time::SystemTime::now();
+    let end = SystemTime::now();
     let retried: Vec<Uuid> = done
         .iter()
         .filter(|c| c.claimed.message.attempt > 1 && c.claimed.started_event.is_some())
@@ -130,80 +130,100 @@ async fn export_spans(
         } else {
             Some(m.meta.parent_event_id)
         };
-        let parent_event = Some(c.claimed.started_event_id);
-        let duration_ms = u64::try_from(c.duration.as_millis()).unwrap_or(u64::MAX);
-        let (action_type, outcome, mut payload) = match &c.outcome {
-            Ok(_) => (
-                EventType::ActionCompleted,
-                Outcome::Completed,
-                json!({ "step": m.step, "duration_ms": duration_ms }),
-            ),
-            Err(e) => (
-                EventType::ActionFailed,
-                Outcome::Failed,
-                json!({ "step": m.step, "duration_ms": duration_ms, "error": e }),
-            ),
-        };
-        payload["superseded"] = json!(!r.reported);
-        // From the claim; a claim that began before the message was sent (the claim statement
-        // sees what commits while it runs) starts with the message.
-        let start = c
-            .claimed
-            .claimed_at
-            .max(std::time::SystemTime::from(c.claimed.enqueued_at));
-        let mut span = LineqSpan::new(
-            SpanShape::Attempt,
-            started_event.clone(),
-            parent,
-            start,
-            end,
-        );
-        span.events.push((started_event.clone(), start));
+        spans.push(attempt_span(who, c, r, started_event, parent, end));
+    }
+    telemetry::export_spans(&spans);
+    Ok(())
+}
+
+/// The span of one reported attempt, from its claim to `end`, under the step's span `parent`.
+fn attempt_span(
+    who: &Reporter<'_>,
+    c: &Completion,
+    r: &Reported,
+    started_event: &NewEvent,
+    parent: Option<Uuid>,
+    end: SystemTime,
+) -> LineqSpan {
+    let m = &c.claimed.message;
+    let parent_event = Some(c.claimed.started_event_id);
+    let (action_type, outcome, payload) = action_event(c, r.reported);
+    // From the claim; a claim that began before the message was sent (the claim statement
+    // sees what commits while it runs) starts with the message.
+    let start = c
+        .claimed
+        .claimed_at
+        .max(SystemTime::from(c.claimed.enqueued_at));
+    let mut span = LineqSpan::new(
+        SpanShape::Attempt,
+        started_event.clone(),
+        parent,
+        start,
+        end,
+    );
+    span.events.push((started_event.clone(), start));
+    span.events.push((
+        NewEvent::with_id(
+            r.action_event_id,
+            action_type,
+            c.claimed.lineage,
+            parent_event,
+            who.node_name,
+        )
+        .step(m.step_id, m.attempt)
+        .worker(who.worker_id)
+        .payload(payload),
+        end,
+    ));
+    if let Some(result_id) = r.result_event_id {
         span.events.push((
             NewEvent::with_id(
-                r.action_event_id,
-                action_type,
+                result_id,
+                EventType::StepResult,
                 c.claimed.lineage,
                 parent_event,
                 who.node_name,
             )
             .step(m.step_id, m.attempt)
             .worker(who.worker_id)
-            .payload(payload),
+            .payload(json!({ "step": m.step, "outcome": outcome })),
             end,
         ));
-        if let Some(result_id) = r.result_event_id {
-            span.events.push((
-                NewEvent::with_id(
-                    result_id,
-                    EventType::StepResult,
-                    c.claimed.lineage,
-                    parent_event,
-                    who.node_name,
-                )
-                .step(m.step_id, m.attempt)
-                .worker(who.worker_id)
-                .payload(json!({ "step": m.step, "outcome": outcome })),
-                end,
-            ));
-        }
-        span.failure = c
-            .outcome
-            .as_ref()
-            .err()
-            .map(|f| (f.kind.clone(), f.message.clone()));
-        span.attributes.push(KeyValue::new(
-            "outcome",
-            match outcome {
-                Outcome::Completed => "completed",
-                Outcome::Failed => "failed",
-            },
-        ));
-        if !r.reported {
-            span.attributes.push(KeyValue::new("superseded", true));
-        }
-        spans.push(span);
     }
-    telemetry::export_spans(&spans);
-    Ok(())
+    span.failure = c
+        .outcome
+        .as_ref()
+        .err()
+        .map(|f| (f.kind.clone(), f.message.clone()));
+    span.attributes.push(KeyValue::new(
+        "outcome",
+        match outcome {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+        },
+    ));
+    if !r.reported {
+        span.attributes.push(KeyValue::new("superseded", true));
+    }
+    span
+}
+
+/// The type, outcome and payload of an attempt's `action_completed|action_failed` event.
+fn action_event(c: &Completion, reported: bool) -> (EventType, Outcome, Value) {
+    let m = &c.claimed.message;
+    let duration_ms = u64::try_from(c.duration.as_millis()).unwrap_or(u64::MAX);
+    let (action_type, outcome, mut payload) = match &c.outcome {
+        Ok(_) => (
+            EventType::ActionCompleted,
+            Outcome::Completed,
+            json!({ "step": m.step, "duration_ms": duration_ms }),
+        ),
+        Err(e) => (
+            EventType::ActionFailed,
+            Outcome::Failed,
+            json!({ "step": m.step, "duration_ms": duration_ms, "error": e }),
+        ),
+    };
+    payload["superseded"] = json!(!reported);
+    (action_type, outcome, payload)
 }

@@ -1,4 +1,6 @@
-//! The worker runtime: claim loop, handler tasks, heartbeats, reporting and graceful shutdown.
+//! The worker runtime: claim loop, handler tasks, visibility extension and cancellation of held
+//! steps, reporting and graceful shutdown. The worker's registration heartbeat is in
+//! registration.rs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,8 +9,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinSet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -20,10 +22,11 @@ use lineq_core::validation::{MAX_OUTPUT_BYTES, Namespace, QueueName, ValidationE
 use lineq_core::wakeup::Wakeup;
 
 use crate::builtin;
-use crate::claim::{ClaimParams, Claimed, claim};
+use crate::claim::{ClaimBatch, ClaimParams, Claimed, claim};
 use crate::command::{CommandHandler, CommandSpec};
 use crate::context::StepContext;
 use crate::handler::{Handler, Handlers};
+use crate::registration::Registration;
 use crate::report::{Completion, Reporter, report};
 
 /// Most finished steps reported in one transaction.
@@ -161,8 +164,8 @@ struct Inner {
     registration_heartbeat: Duration,
     /// The registration's secret, presented with every claim, extension and report.
     token: crate::registration::Token,
-    /// Messages held right now (msg id → step and its handler's cancellation), for heartbeats,
-    /// cancellation and release on shutdown.
+    /// Messages held right now (msg id → step and its handler's cancellation), for visibility
+    /// extension, cancellation and release on shutdown.
     in_flight: Mutex<HashMap<i64, (uuid::Uuid, CancellationToken)>>,
 }
 
@@ -221,6 +224,37 @@ impl Worker {
     /// the grace period, releases the messages of any still running, reports what finished.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let inner = &self.inner;
+        let (wakeup, registration) = self.start(&shutdown).await?;
+        // Bounded: if reporting stalls, handlers wait instead of piling up results in memory.
+        let (done_tx, done_rx) = mpsc::channel::<Completion>(inner.concurrency * 2);
+        let reporter = tokio::spawn(report_loop(self.inner.clone(), done_rx));
+        let extender_stop = CancellationToken::new();
+        let extender = tokio::spawn(extend_visibility_loop(
+            self.inner.clone(),
+            extender_stop.clone(),
+        ));
+        let mut steps = Steps {
+            inner: self.inner.clone(),
+            permits: Arc::new(Semaphore::new(inner.concurrency)),
+            tasks: JoinSet::new(),
+            done_tx,
+            handler_cancel: CancellationToken::new(),
+        };
+        steps.claim_loop(&shutdown, &wakeup).await;
+        steps.drain().await;
+        // The reporter only goes away after every sender is dropped, this one last.
+        drop(steps);
+        let _ = reporter.await;
+        extender_stop.cancel();
+        let _ = extender.await;
+        registration.stop().await;
+        tracing::info!(worker_id = %inner.worker_id, "worker stopped");
+        Ok(())
+    }
+
+    /// Makes sure the step queue exists, listens for its notifications and registers the worker.
+    async fn start(&self, shutdown: &CancellationToken) -> Result<(Wakeup, Registration)> {
+        let inner = &self.inner;
         {
             let mut conn = inner.pool.acquire().await?;
             queue::ensure_queue(&mut conn, &inner.queue).await?;
@@ -231,56 +265,49 @@ impl Worker {
             shutdown.child_token(),
         )
         .await?;
-        let registration = crate::registration::Registration::start(
+        let registration = Registration::start(
             &inner.pool,
             self.identity(),
             inner.token.clone(),
             inner.registration_heartbeat,
-            &shutdown,
+            shutdown,
         )
         .await?;
         tracing::info!(worker_id = %inner.worker_id, namespace = %inner.namespace,
             concurrency = inner.concurrency, handlers = ?inner.handlers.names(), "worker started");
-        let handlers = inner.handler_names();
+        Ok((wakeup, registration))
+    }
+}
 
-        let permits = Arc::new(Semaphore::new(inner.concurrency));
-        // Bounded: if reporting stalls, handlers wait instead of piling up results in memory.
-        let (done_tx, done_rx) = mpsc::channel::<Completion>(inner.concurrency * 2);
-        let reporter = tokio::spawn(report_loop(self.inner.clone(), done_rx));
-        let heartbeat_stop = CancellationToken::new();
-        let heartbeat = tokio::spawn(heartbeat_loop(self.inner.clone(), heartbeat_stop.clone()));
-        let handler_cancel = CancellationToken::new();
-        let mut tasks = JoinSet::new();
+/// The handler tasks of a running worker and what they share.
+struct Steps {
+    inner: Arc<Inner>,
+    /// One per handler that may run at once.
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    /// Where handler tasks send finished steps, for the reporter.
+    done_tx: mpsc::Sender<Completion>,
+    /// Cancelled when the shutdown grace period is over: the parent of every handler's token.
+    handler_cancel: CancellationToken,
+}
+
+impl Steps {
+    /// Claims steps as capacity frees up and starts their handlers, until `shutdown`.
+    async fn claim_loop(&mut self, shutdown: &CancellationToken, wakeup: &Wakeup) {
+        let handlers = self.inner.handler_names();
         let mut backoff = Duration::from_millis(100);
-
         while !shutdown.is_cancelled() {
-            while tasks.try_join_next().is_some() {}
-            let free = permits.available_permits();
+            while self.tasks.try_join_next().is_some() {}
+            let free = self.permits.available_permits();
             if free == 0 {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    p = permits.clone().acquire_owned() => drop(p),
+                    p = self.permits.clone().acquire_owned() => drop(p),
                 }
                 continue;
             }
-            let qty = free.min(inner.batch_size);
-            let token = crate::registration::read(&inner.token);
-            let batch = claim(
-                &inner.pool,
-                ClaimParams {
-                    namespace: &inner.namespace,
-                    queue: &inner.queue,
-                    visibility_timeout_secs: inner.visibility_timeout_secs,
-                    qty: i32::try_from(qty).unwrap_or(i32::MAX),
-                    worker_id: &inner.worker_id,
-                    token: &token,
-                    node_name: &inner.node_name,
-                    max_deliveries: inner.max_deliveries,
-                    handlers: &handlers,
-                },
-            )
-            .await;
-            let batch = match batch {
+            let qty = free.min(self.inner.batch_size);
+            let batch = match self.inner.claim_batch(qty, &handlers).await {
                 Ok(b) => {
                     backoff = Duration::from_millis(100);
                     b
@@ -297,36 +324,48 @@ impl Worker {
                 }
             };
             for claimed in batch.claimed {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
+                let Ok(permit) = self.permits.clone().acquire_owned().await else {
                     break;
                 };
-                let cancel = handler_cancel.child_token();
-                lock(&inner.in_flight)
-                    .insert(claimed.msg_id, (claimed.message.step_id, cancel.clone()));
-                let inner = self.inner.clone();
-                let done_tx = done_tx.clone();
-                let stopping = handler_cancel.clone();
-                tasks.spawn(async move {
-                    let completion = run_step(&inner, claimed, cancel).await;
-                    // A handler that shutdown cut short has no outcome: its message stays held
-                    // and is released for another worker below, not reported as failed.
-                    if stopping.is_cancelled() && completion.outcome.is_err() {
-                        drop(permit);
-                        return;
-                    }
-                    // The reporter only goes away after every sender is dropped.
-                    let _ = done_tx.send(completion).await;
-                    drop(permit);
-                });
+                self.spawn(claimed, permit);
             }
             if batch.read < qty {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = wakeup.wait(inner.poll_interval) => {}
+                    _ = wakeup.wait(self.inner.poll_interval) => {}
                 }
             }
         }
+    }
 
+    /// Runs a claimed step's handler in a task of its own, which hands the outcome to the
+    /// reporter.
+    fn spawn(&mut self, claimed: Claimed, permit: OwnedSemaphorePermit) {
+        let cancel = self.handler_cancel.child_token();
+        lock(&self.inner.in_flight)
+            .insert(claimed.msg_id, (claimed.message.step_id, cancel.clone()));
+        let inner = self.inner.clone();
+        let done_tx = self.done_tx.clone();
+        let stopping = self.handler_cancel.clone();
+        self.tasks.spawn(async move {
+            let completion = run_step(&inner, claimed, cancel).await;
+            // A handler that shutdown cut short has no outcome: its message stays held
+            // and is released for another worker (`drain`), not reported as failed.
+            if stopping.is_cancelled() && completion.outcome.is_err() {
+                drop(permit);
+                return;
+            }
+            // The reporter only goes away after every sender is dropped.
+            let _ = done_tx.send(completion).await;
+            drop(permit);
+        });
+    }
+
+    /// Lets running handlers finish within the grace period; then cancels those still running
+    /// and releases their messages.
+    async fn drain(&mut self) {
+        let inner = &self.inner;
+        let tasks = &mut self.tasks;
         tracing::info!(worker_id = %inner.worker_id, running = tasks.len(),
             grace_ms = inner.shutdown_grace.as_millis() as u64, "worker stopping");
         let drained = tokio::time::timeout(inner.shutdown_grace, async {
@@ -334,27 +373,11 @@ impl Worker {
         })
         .await;
         if drained.is_err() {
-            handler_cancel.cancel();
+            self.handler_cancel.cancel();
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-            let held: Vec<i64> = lock(&inner.in_flight).drain().map(|(m, _)| m).collect();
-            if !held.is_empty() {
-                // Visible again now, so another worker can run them at once.
-                match inner.release(&held).await {
-                    Ok(n) => tracing::warn!(released = n, "released unfinished steps"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not release unfinished steps; they reappear after the visibility timeout")
-                    }
-                }
-            }
+            inner.release_held().await;
         }
-        drop(done_tx);
-        let _ = reporter.await;
-        heartbeat_stop.cancel();
-        let _ = heartbeat.await;
-        registration.stop().await;
-        tracing::info!(worker_id = %inner.worker_id, "worker stopped");
-        Ok(())
     }
 }
 
@@ -368,9 +391,29 @@ impl Inner {
             .collect()
     }
 
-    /// Pushes the visibility timeout of held messages `vt_secs` into the future; returns how
-    /// many this worker still holds.
-    async fn extend(&self, msg_ids: &[i64], vt_secs: i32) -> Result<usize> {
+    /// Claims up to `qty` messages of the steps of `handlers`.
+    async fn claim_batch(&self, qty: usize, handlers: &[String]) -> Result<ClaimBatch> {
+        let token = crate::registration::read(&self.token);
+        claim(
+            &self.pool,
+            ClaimParams {
+                namespace: &self.namespace,
+                queue: &self.queue,
+                visibility_timeout_secs: self.visibility_timeout_secs,
+                qty: i32::try_from(qty).unwrap_or(i32::MAX),
+                worker_id: &self.worker_id,
+                token: &token,
+                node_name: &self.node_name,
+                max_deliveries: self.max_deliveries,
+                handlers,
+            },
+        )
+        .await
+    }
+
+    /// Extends the visibility of held messages: pushes their visibility timeout `vt_secs` into
+    /// the future. Returns how many this worker still holds.
+    async fn extend_visibility(&self, msg_ids: &[i64], vt_secs: i32) -> Result<usize> {
         let token = crate::registration::read(&self.token);
         let held: Vec<i64> = sqlx::query_scalar("SELECT lineq.worker_extend($1, $2, $3, $4, $5)")
             .bind(&self.worker_id)
@@ -385,7 +428,22 @@ impl Inner {
 
     /// Makes held messages visible again at once, for other workers.
     async fn release(&self, msg_ids: &[i64]) -> Result<usize> {
-        self.extend(msg_ids, 0).await
+        self.extend_visibility(msg_ids, 0).await
+    }
+
+    /// Releases every message still held (those of handlers that shutdown cut short), so another
+    /// worker can run them at once.
+    async fn release_held(&self) {
+        let held: Vec<i64> = lock(&self.in_flight).drain().map(|(m, _)| m).collect();
+        if held.is_empty() {
+            return;
+        }
+        match self.release(&held).await {
+            Ok(n) => tracing::warn!(released = n, "released unfinished steps"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not release unfinished steps; they reappear after the visibility timeout")
+            }
+        }
     }
 }
 
@@ -440,23 +498,43 @@ async fn execute(
     inner: &Inner,
     claimed: &Claimed,
     cancel: CancellationToken,
-    children: std::sync::Arc<Mutex<Vec<lineq_core::message::ChildRequest>>>,
+    children: Arc<Mutex<Vec<lineq_core::message::ChildRequest>>>,
 ) -> std::result::Result<Value, StepError> {
     let m = &claimed.message;
     let Some(handler) = inner.handlers.get(&m.handler) else {
-        return Err(StepError::new(
-            "unknown_handler",
-            format!(
-                "no handler named {:?} on worker {} (namespace {}); it serves: {}",
-                m.handler,
-                inner.worker_id,
-                inner.namespace,
-                inner.handlers.names().join(", ")
-            ),
-        )
-        .permanent());
+        return Err(unknown_handler(inner, &m.handler));
     };
-    let ctx = StepContext {
+    let ctx = step_context(inner, claimed, cancel.clone(), children);
+    let task = spawn_handler(handler.as_ref(), ctx, claimed);
+    let output = join_handler(task, &m.handler, m.timeout_ms, &cancel).await?;
+    check_output_size(&output)?;
+    Ok(output)
+}
+
+/// The failure of a step sent to a handler this worker does not serve (permanent).
+fn unknown_handler(inner: &Inner, handler: &str) -> StepError {
+    StepError::new(
+        "unknown_handler",
+        format!(
+            "no handler named {:?} on worker {} (namespace {}); it serves: {}",
+            handler,
+            inner.worker_id,
+            inner.namespace,
+            inner.handlers.names().join(", ")
+        ),
+    )
+    .permanent()
+}
+
+/// What the handler is told about the step it runs.
+fn step_context(
+    inner: &Inner,
+    claimed: &Claimed,
+    cancel: CancellationToken,
+    children: Arc<Mutex<Vec<lineq_core::message::ChildRequest>>>,
+) -> StepContext {
+    let m = &claimed.message;
+    StepContext {
         step_id: m.step_id,
         step: m.step.clone(),
         handler: m.handler.clone(),
@@ -483,25 +561,42 @@ async fn execute(
         worker_id: inner.worker_id.clone(),
         traceparent: claimed.traceparent.clone(),
         event_id: claimed.started_event_id,
-        cancellation: cancel.clone(),
+        cancellation: cancel,
         children,
-    };
+    }
+}
+
+/// A handler's run: its result, or the panic that ended it.
+type HandlerTask = JoinHandle<std::thread::Result<crate::handler::HandlerResult>>;
+
+/// Starts the handler on the step's input.
+fn spawn_handler(handler: &dyn Handler, ctx: StepContext, claimed: &Claimed) -> HandlerTask {
     // Its own task, so a panic is caught as a failed attempt instead of killing the worker.
     // In the step's span: a spawned task does not inherit it, and every log line of the
     // handler's work must carry the step's correlation and execution ids.
     // With tracing on, in the attempt's OpenTelemetry context too: the spans the handler opens
     // (`#[instrument]`, instrumented clients) are children of the attempt's span
     // (lineq_core::telemetry::handler_spans_layer).
-    let run = std::panic::AssertUnwindSafe(handler.call(ctx, m.input.clone())).catch_unwind();
-    let mut task = match lineq_core::telemetry::handler_context(&claimed.traceparent) {
+    let run = std::panic::AssertUnwindSafe(handler.call(ctx, claimed.message.input.clone()))
+        .catch_unwind();
+    match lineq_core::telemetry::handler_context(&claimed.traceparent) {
         Some(cx) => {
             use opentelemetry::context::FutureExt as _;
             tokio::spawn(run.with_context(cx).in_current_span())
         }
         None => tokio::spawn(run.in_current_span()),
-    };
-    let limit = m.timeout_ms.map(Duration::from_millis);
-    let joined = match limit {
+    }
+}
+
+/// Waits for the handler's outcome; one that runs past the step's timeout is cancelled and
+/// aborted, and a panic is a failure.
+async fn join_handler(
+    mut task: HandlerTask,
+    handler: &str,
+    timeout_ms: Option<u64>,
+    cancel: &CancellationToken,
+) -> std::result::Result<Value, StepError> {
+    let joined = match timeout_ms.map(Duration::from_millis) {
         Some(limit) => match tokio::time::timeout(limit, &mut task).await {
             Ok(j) => j,
             Err(_) => {
@@ -511,7 +606,7 @@ async fn execute(
                     "timeout",
                     format!(
                         "handler {:?} ran past its {} ms timeout",
-                        m.handler,
+                        handler,
                         limit.as_millis()
                     ),
                 ));
@@ -519,22 +614,22 @@ async fn execute(
         },
         None => task.await,
     };
-    let result = match joined {
+    match joined {
         Ok(Ok(r)) => r.map_err(StepError::from),
         Ok(Err(panic)) => Err(StepError::new(
             "panic",
-            format!(
-                "handler {:?} panicked: {}",
-                m.handler,
-                panic_message(&panic)
-            ),
+            format!("handler {:?} panicked: {}", handler, panic_message(&panic)),
         )),
         Err(e) => Err(StepError::new(
             "aborted",
             format!("handler task ended: {e}"),
         )),
-    }?;
-    let size = serde_json::to_vec(&result)
+    }
+}
+
+/// Refuses an output larger than a step result may be (permanent).
+fn check_output_size(output: &Value) -> std::result::Result<(), StepError> {
+    let size = serde_json::to_vec(output)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
     if size > MAX_OUTPUT_BYTES {
@@ -544,7 +639,7 @@ async fn execute(
         )
         .permanent());
     }
-    Ok(result)
+    Ok(())
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -591,10 +686,10 @@ async fn report_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Completion>) {
     }
 }
 
-/// Keeps held messages hidden while their handlers run, and cancels the handlers of steps the
-/// orchestrator has cancelled. Looks twice a second; extends every third of the visibility
-/// timeout.
-async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
+/// Extends the visibility of held messages while their handlers run (every third of the
+/// visibility timeout), so no other worker takes them, and cancels the handlers of steps the
+/// orchestrator has cancelled. Looks twice a second.
+async fn extend_visibility_loop(inner: Arc<Inner>, stop: CancellationToken) {
     let extend_every = Duration::from_secs(
         u64::try_from(inner.visibility_timeout_secs / 3)
             .unwrap_or(1)
@@ -616,26 +711,34 @@ async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
         if last_extend.elapsed() >= extend_every {
             last_extend = Instant::now();
             let ids: Vec<i64> = held.iter().map(|(m, _)| *m).collect();
-            if let Err(e) = inner.extend(&ids, inner.visibility_timeout_secs).await {
-                tracing::warn!(error = %e, held = ids.len(), "heartbeat failed");
+            if let Err(e) = inner
+                .extend_visibility(&ids, inner.visibility_timeout_secs)
+                .await
+            {
+                tracing::warn!(error = %e, held = ids.len(), "visibility extension failed");
             }
         }
-        let steps: Vec<uuid::Uuid> = held.iter().map(|(_, s)| *s).collect();
-        match sqlx::query_scalar::<_, uuid::Uuid>("SELECT lineq.worker_cancelled($1)")
-            .bind(&steps)
-            .fetch_all(&inner.pool)
-            .await
-        {
-            Ok(cancelled) if !cancelled.is_empty() => {
-                for (_, (step, token)) in lock(&inner.in_flight).iter() {
-                    if cancelled.contains(step) && !token.is_cancelled() {
-                        tracing::info!(step_id = %step, "step cancelled; signalling its handler");
-                        token.cancel();
-                    }
+        signal_cancelled(&inner, &held).await;
+    }
+}
+
+/// Cancels the handlers of the held steps (msg id, step id) the orchestrator has cancelled.
+async fn signal_cancelled(inner: &Inner, held: &[(i64, uuid::Uuid)]) {
+    let steps: Vec<uuid::Uuid> = held.iter().map(|(_, s)| *s).collect();
+    match sqlx::query_scalar::<_, uuid::Uuid>("SELECT lineq.worker_cancelled($1)")
+        .bind(&steps)
+        .fetch_all(&inner.pool)
+        .await
+    {
+        Ok(cancelled) if !cancelled.is_empty() => {
+            for (_, (step, token)) in lock(&inner.in_flight).iter() {
+                if cancelled.contains(step) && !token.is_cancelled() {
+                    tracing::info!(step_id = %step, "step cancelled; signalling its handler");
+                    token.cancel();
                 }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cancellation check failed"),
         }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cancellation check failed"),
     }
 }
