@@ -59,20 +59,23 @@ pub use opentelemetry::KeyValue;
 use opentelemetry::trace::{
     Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, Config, SamplingDecision, SdkTracerProvider, ShouldSample, SpanData,
-    SpanEvents, SpanLinks, SpanProcessor,
+    SamplingDecision, SdkTracerProvider, ShouldSample, SpanData, SpanEvents, SpanLinks,
+    SpanProcessor,
 };
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+#[cfg(feature = "otlp")]
+use crate::error::Error;
+use crate::error::Result;
 use crate::event::{EventType, NewEvent};
 use crate::trace_context::TraceContext;
 use crate::validation::ValidationError;
+
+#[cfg(feature = "otlp")]
+mod otlp;
 
 /// How long an exit waits for pending spans to reach the collector.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -183,82 +186,33 @@ pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
     let Some(endpoint) = explicit.clone().or_else(env_endpoint) else {
         return Ok(off);
     };
-    let transport = transport_from_env()?;
-    let exporter = Reporting::new(
-        build_exporter(transport, explicit.as_deref())?,
-        endpoint.clone(),
-        EXPORT_WARN_EVERY,
-    );
-    let resource = resource(&config.service_name);
-    let service_name = resource
-        .get(&opentelemetry::Key::new("service.name"))
-        .map_or_else(|| config.service_name.clone(), |v| v.to_string());
-    let mut processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(batch_config())
-        .build();
-    processor.set_resource(&resource);
-    let processor = Arc::new(processor);
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(SharedProcessor(processor.clone()))
-        .with_resource(resource)
-        .build();
-    opentelemetry::global::set_tracer_provider(provider.clone());
-    let sink_endpoint = endpoint.clone();
-    let make_sink: SinkMaker = Box::new(move |service: &str| {
-        let exporter = match build_exporter(transport, explicit.as_deref()) {
-            // Each sink warns on its own, naming the service it exports for.
-            Ok(e) => Reporting::new(
-                e,
-                format!("{sink_endpoint} (for {service})"),
-                EXPORT_WARN_EVERY,
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, service, "cannot export spans on behalf of a worker");
-                return None;
-            }
-        };
-        let mut processor = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(batch_config())
-            .build();
-        processor.set_resource(
-            &Resource::builder()
-                .with_service_name(service.to_string())
-                .build(),
-        );
-        Some(Arc::new(processor) as Arc<dyn SpanProcessor>)
-    });
-    install(Pipeline {
-        sink: processor,
-        sampler: Config::default().sampler,
-        scope: scope(),
-        provider: Some(provider),
-        service_name,
-        make_sink: Some(make_sink),
-        others: std::sync::Mutex::new(HashMap::new()),
-    });
-    tracing::info!(%endpoint, ?transport, "exporting spans over OTLP");
-    Ok(TelemetryGuard {
-        endpoint: Some(endpoint),
-        transport: Some(transport),
-    })
+    start(config, endpoint, explicit)
 }
 
-/// The batch processor's settings: the `OTEL_BSP_*` variables (BatchConfigBuilder reads them),
-/// with larger defaults.
-fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
-    // Every attempt, step and execution is a span, so a busy process makes thousands a second: the SDK's default
-    // queue (2,048) drops spans under load.
-    let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
-    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
-        batch = batch.with_max_queue_size(DEFAULT_MAX_QUEUE_SIZE);
-    }
-    // Exports go one at a time, so the batch size sets how fast spans can leave: the SDK's 512
-    // fell behind (and dropped spans) at 20,000 spans a second. 2,048 spans stay well under
-    // the 4 MiB message limit of common collectors.
-    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
-        batch = batch.with_max_export_batch_size(DEFAULT_MAX_EXPORT_BATCH_SIZE);
-    }
-    batch.build()
+/// Builds the exporters and installs the pipeline.
+#[cfg(feature = "otlp")]
+fn start(
+    config: TelemetryConfig,
+    endpoint: String,
+    explicit: Option<String>,
+) -> Result<TelemetryGuard> {
+    otlp::start(config, endpoint, explicit)
+}
+
+/// This build has no exporter: an endpoint is an error, not silence.
+#[cfg(not(feature = "otlp"))]
+fn start(
+    _config: TelemetryConfig,
+    endpoint: String,
+    _explicit: Option<String>,
+) -> Result<TelemetryGuard> {
+    Err(ValidationError::new(
+        "otlp_endpoint",
+        format!(
+            "cannot export spans to {endpoint}: lineq-core was built without its `otlp` feature"
+        ),
+    )
+    .into())
 }
 
 /// This process's `service.name` while spans are exported.
@@ -616,6 +570,10 @@ fn pipeline() -> Option<Arc<Pipeline>> {
     }
 }
 
+#[cfg_attr(
+    not(feature = "otlp"),
+    allow(dead_code, reason = "used by the exporter")
+)]
 fn install(p: Pipeline) {
     let old = match PIPELINE.write() {
         Ok(mut slot) => slot.replace(Arc::new(p)),
@@ -876,6 +834,10 @@ fn error_in(v: &Value) -> (String, String) {
     }
 }
 
+#[cfg_attr(
+    not(feature = "otlp"),
+    allow(dead_code, reason = "used by the exporter")
+)]
 fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("lineq")
         .with_version(env!("CARGO_PKG_VERSION"))
@@ -884,6 +846,10 @@ fn scope() -> InstrumentationScope {
 
 /// The SDK's resource (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`, telemetry.sdk.*), with
 /// `service_name` unless the environment names the service.
+#[cfg_attr(
+    not(feature = "otlp"),
+    allow(dead_code, reason = "used by the exporter")
+)]
 fn resource(service_name: &str) -> Resource {
     let from_env = env_nonempty("OTEL_SERVICE_NAME");
     let in_attributes = env_nonempty("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
@@ -916,435 +882,5 @@ fn env_endpoint() -> Option<String> {
         .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"))
 }
 
-fn transport_from_env() -> Result<Transport> {
-    let (var, value) = match env_nonempty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
-        Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", v),
-        None => match env_nonempty("OTEL_EXPORTER_OTLP_PROTOCOL") {
-            Some(v) => ("OTEL_EXPORTER_OTLP_PROTOCOL", v),
-            None => return Ok(Transport::Grpc),
-        },
-    };
-    match value.to_ascii_lowercase().as_str() {
-        "grpc" => Ok(Transport::Grpc),
-        "http/protobuf" => Ok(Transport::HttpProtobuf),
-        _ => Err(ValidationError::new(
-            var,
-            format!("{value:?} is not supported; use grpc or http/protobuf"),
-        )
-        .into()),
-    }
-}
-
-fn build_exporter(
-    transport: Transport,
-    explicit: Option<&str>,
-) -> Result<opentelemetry_otlp::SpanExporter> {
-    let invalid = |e: opentelemetry_otlp::ExporterBuildError| -> Error {
-        ValidationError::new("otlp_endpoint", format!("cannot export spans: {e}")).into()
-    };
-    match transport {
-        Transport::Grpc => {
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_protocol(opentelemetry_otlp::Protocol::Grpc);
-            if let Some(url) = explicit {
-                b = b.with_endpoint(url);
-            }
-            b.build().map_err(invalid)
-        }
-        Transport::HttpProtobuf => {
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-            if let Some(url) = explicit {
-                b = b.with_endpoint(http_traces_url(url));
-            }
-            b.build().map_err(invalid)
-        }
-    }
-}
-
-/// An endpoint given like `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL) made into the traces URL,
-/// as the exporter does for that variable: `http://host:4318` → `http://host:4318/v1/traces`.
-fn http_traces_url(url: &str) -> String {
-    let trimmed = url.trim_end_matches('/');
-    let after_scheme = trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest);
-    if after_scheme.contains('/') {
-        url.to_string()
-    } else {
-        format!("{trimmed}/v1/traces")
-    }
-}
-
-/// At most one warning about failed span exports per this interval.
-const EXPORT_WARN_EVERY: Duration = Duration::from_secs(30);
-
-/// An exporter that says when exports fail: a collector that is down or refuses would
-/// otherwise lose every span in silence. One warning, with the reason, the endpoint and how
-/// many batches and spans failed since the last one, at most every `every`; and one
-/// line at info when exports succeed again.
-#[derive(Debug)]
-struct Reporting<E> {
-    inner: E,
-    endpoint: String,
-    every: Duration,
-    state: std::sync::Mutex<ExportFailures>,
-}
-
-#[derive(Debug, Default)]
-struct ExportFailures {
-    /// When the last warning was logged.
-    warned_at: Option<std::time::Instant>,
-    /// Failed batches and their spans not yet reported.
-    batches: u64,
-    spans: u64,
-    /// True from the first failure until an export succeeds.
-    failing: bool,
-}
-
-impl<E> Reporting<E> {
-    fn new(inner: E, endpoint: String, every: Duration) -> Self {
-        Self {
-            inner,
-            endpoint,
-            every,
-            state: std::sync::Mutex::new(ExportFailures::default()),
-        }
-    }
-
-    /// Records one export's result; returns the warning to log now, if one is due.
-    fn record(&self, spans: usize, result: &OTelSdkResult) -> Option<String> {
-        let mut st = match self.state.lock() {
-            Ok(st) => st,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let Err(e) = result else {
-            if std::mem::take(&mut st.failing) {
-                tracing::info!(endpoint = %self.endpoint, "exporting spans works again");
-            }
-            return None;
-        };
-        st.failing = true;
-        st.batches += 1;
-        st.spans += spans as u64;
-        let now = std::time::Instant::now();
-        if st
-            .warned_at
-            .is_some_and(|at| now.duration_since(at) < self.every)
-        {
-            return None;
-        }
-        st.warned_at = Some(now);
-        let (batches, spans) = (
-            std::mem::take(&mut st.batches),
-            std::mem::take(&mut st.spans),
-        );
-        Some(format!(
-            "exporting spans to {} failed ({batches} batch(es), {spans} span(s) lost since the last warning; next warning in {} s at the earliest): {e}",
-            self.endpoint,
-            self.every.as_secs()
-        ))
-    }
-}
-
-impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
-    for Reporting<E>
-{
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len();
-        let result = self.inner.export(batch).await;
-        if let Some(warning) = self.record(spans, &result) {
-            tracing::warn!("{warning}");
-        }
-        result
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-/// The batch processor, shared between the global tracer provider and lineq's own spans.
-#[derive(Debug)]
-struct SharedProcessor(Arc<dyn SpanProcessor>);
-
-impl SpanProcessor for SharedProcessor {
-    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
-        self.0.on_start(span, cx);
-    }
-
-    fn on_end(&self, span: SpanData) {
-        self.0.on_end(span);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
-    }
-
-    // The resource was given to the processor before it was shared.
-}
-
 #[cfg(test)]
-#[allow(
-    clippy::too_many_lines,
-    reason = "a test reads as one story, from setup to its last assertion"
-)]
-mod tests {
-    use super::*;
-    use crate::event::Lineage;
-    use crate::ids::new_id;
-    use serde_json::json;
-    use std::sync::Mutex;
-
-    /// Collects finished spans.
-    #[derive(Debug, Default)]
-    struct Collect(Mutex<Vec<SpanData>>);
-
-    impl SpanProcessor for Collect {
-        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
-        fn on_end(&self, span: SpanData) {
-            self.0.lock().unwrap().push(span);
-        }
-        fn force_flush(&self) -> OTelSdkResult {
-            Ok(())
-        }
-        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
-            Ok(())
-        }
-    }
-
-    fn lineage(root_corr: Uuid) -> Lineage {
-        Lineage {
-            execution_id: new_id(),
-            parent_execution_id: Some(new_id()),
-            root_execution_id: new_id(),
-            correlation_id: new_id(),
-            trace_correlation_id: root_corr,
-        }
-    }
-
-    fn attr(s: &SpanData, key: &str) -> Option<String> {
-        s.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.to_string())
-    }
-
-    fn pipeline_with(sampler: opentelemetry_sdk::trace::Sampler) -> (Pipeline, Arc<Collect>) {
-        let sink = Arc::new(Collect::default());
-        (
-            Pipeline {
-                sink: sink.clone(),
-                sampler: Box::new(sampler),
-                scope: scope(),
-                provider: None,
-                service_name: "lineq-test".into(),
-                make_sink: None,
-                others: std::sync::Mutex::new(HashMap::new()),
-            },
-            sink,
-        )
-    }
-
-    fn span_attr(s: &SpanData, key: &str) -> Option<String> {
-        attr(s, key)
-    }
-
-    #[test]
-    fn a_span_has_the_ids_its_opening_events_row_stores_and_every_event_as_a_span_event() {
-        let corr = new_id();
-        let l = lineage(corr);
-        let enqueued = NewEvent::new(EventType::StepEnqueued, l, None, "n")
-            .step(new_id(), 1)
-            .payload(json!({"step": "charge", "handler": "flaky", "queue": "q", "msg_id": 7}));
-        let started = NewEvent::new(EventType::ActionStarted, l, Some(enqueued.event_id), "n")
-            .step(enqueued.step_id.unwrap(), 2)
-            .worker("w1")
-            .payload(
-                json!({"step": "charge", "handler": "flaky", "queue": "q", "msg_id": 7,
-                            "delivery": 1}),
-            );
-        let failed = NewEvent::new(EventType::ActionFailed, l, Some(started.event_id), "n")
-            .step(enqueued.step_id.unwrap(), 2)
-            .worker("w1")
-            .payload(json!({"step": "charge", "error": {"kind": "flaky", "message": "nope"}}));
-        let t0 = SystemTime::now();
-        let t1 = t0 + Duration::from_millis(5);
-        let mut span = LineqSpan::new(
-            SpanShape::Attempt,
-            started.clone(),
-            Some(enqueued.event_id),
-            t0,
-            t1,
-        );
-        span.events = vec![(started.clone(), t0), (failed.clone(), t1)];
-        span.failure = failure_of(&failed);
-        span.links = vec![(enqueued.event_id, vec![KeyValue::new("step", "x")])];
-        let s = span_data(&span, scope());
-        assert_eq!(format!("{}", s.span_context.trace_id()), started.trace_id);
-        assert_eq!(
-            format!("{}", s.span_context.trace_id()),
-            corr.simple().to_string()
-        );
-        assert_eq!(format!("{}", s.span_context.span_id()), started.span_id);
-        assert_eq!(span.span_id_hex(), started.span_id);
-        assert_eq!(format!("{}", s.parent_span_id), enqueued.span_id);
-        assert!(s.parent_span_is_remote);
-        assert_eq!(s.span_kind, SpanKind::Consumer);
-        assert_eq!(s.name, "attempt charge");
-        assert_eq!(span_attr(&s, "lineq.span").as_deref(), Some("attempt"));
-        assert_eq!(span_attr(&s, "worker_id").as_deref(), Some("w1"));
-        assert_eq!(span_attr(&s, "attempt").as_deref(), Some("2"));
-        assert_eq!(span_attr(&s, "msg_id").as_deref(), Some("7"));
-        assert_eq!(span_attr(&s, "delivery").as_deref(), Some("1"));
-        assert_eq!(span_attr(&s, "handler").as_deref(), Some("flaky"));
-        assert_eq!(
-            span_attr(&s, "event_id"),
-            Some(started.event_id.to_string())
-        );
-        assert_eq!(
-            span_attr(&s, "parent_execution_id"),
-            l.parent_execution_id.map(|u| u.to_string())
-        );
-        assert_eq!(s.status, Status::error("nope"));
-        let names: Vec<&str> = s.events.events.iter().map(|e| e.name.as_ref()).collect();
-        assert_eq!(names, ["action_started", "action_failed", "exception"]);
-        let ev = &s.events.events[1];
-        let ev_attr = |k: &str| {
-            ev.attributes
-                .iter()
-                .find(|kv| kv.key.as_str() == k)
-                .map(|kv| kv.value.to_string())
-        };
-        assert_eq!(ev_attr("event_id"), Some(failed.event_id.to_string()));
-        assert_eq!(
-            ev_attr("parent_event_id"),
-            Some(started.event_id.to_string())
-        );
-        // The event's type is its name, not repeated as an attribute.
-        assert_eq!(ev.name, "action_failed");
-        assert_eq!(ev_attr("event_type"), None);
-        assert_eq!(ev_attr("error.message").as_deref(), Some("nope"));
-        assert_eq!(ev.timestamp, t1);
-        assert_eq!(s.links.links.len(), 1);
-        assert_eq!(
-            format!("{}", s.links.links[0].span_context.span_id()),
-            enqueued.span_id
-        );
-        assert_eq!(
-            s.end_time.duration_since(s.start_time).unwrap(),
-            Duration::from_millis(5)
-        );
-    }
-
-    #[test]
-    fn failures_are_found_in_payloads_and_roots_have_no_parent() {
-        let corr = new_id();
-        let l = lineage(corr);
-        let root = NewEvent::new(EventType::ExecutionStarted, l, None, "n")
-            .payload(json!({"workflow": "order"}));
-        let failed = NewEvent::new(EventType::ExecutionFailed, l, Some(root.event_id), "n").payload(
-            json!({"status": "failed", "error": {"step": "s", "error": {"kind": "k", "message": "deep"}}}),
-        );
-        let now = SystemTime::now();
-        let mut span = LineqSpan::new(SpanShape::Execution, root.clone(), None, now, now);
-        span.failure = failure_of(&failed);
-        let s = span_data(&span, scope());
-        assert_eq!(s.parent_span_id, SpanId::INVALID);
-        assert!(!s.parent_span_is_remote);
-        assert_eq!(s.name, "execution order");
-        assert_eq!(s.status, Status::error("deep"));
-        let ex = &s.events.events[0];
-        assert!(
-            ex.attributes
-                .iter()
-                .any(|kv| kv.key.as_str() == "exception.type" && kv.value.to_string() == "k")
-        );
-    }
-
-    #[test]
-    fn sampling_is_decided_per_trace() {
-        let (p, _sink) = pipeline_with(opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(0.5));
-        let mut kept = 0;
-        // Ids made back to back (one millisecond, one UUIDv7 counter run) must still be sampled
-        // independently, and the same way every time.
-        for _ in 0..256 {
-            let t = TraceId::from_bytes(*new_id().as_bytes());
-            let first = p.sampled(t);
-            assert_eq!(
-                first,
-                p.sampled(t),
-                "a trace is exported whole or not at all"
-            );
-            kept += usize::from(first);
-        }
-        assert!(
-            (64..=192).contains(&kept),
-            "ratio 0.5 kept {kept} of 256 traces"
-        );
-    }
-
-    #[test]
-    fn off_means_nothing_happens() {
-        assert!(!enabled());
-        let l = lineage(new_id());
-        let e = NewEvent::new(EventType::ExecutionStarted, l, None, "n");
-        let now = SystemTime::now();
-        export_spans(&[LineqSpan::new(SpanShape::Execution, e, None, now, now)]);
-        assert_eq!(spans_exported(), 0);
-        assert!(
-            handler_context("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_none()
-        );
-    }
-
-    #[test]
-    fn failed_exports_warn_at_most_once_per_interval_and_count_what_was_lost() {
-        let r = Reporting::new((), "http://127.0.0.1:1".into(), Duration::from_secs(3600));
-        let fail: OTelSdkResult = Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
-            "connection refused".into(),
-        ));
-        let first = r.record(3, &fail).expect("the first failure warns");
-        assert!(
-            first.contains("http://127.0.0.1:1") && first.contains("connection refused"),
-            "{first}"
-        );
-        assert!(first.contains("1 batch(es), 3 span(s)"), "{first}");
-        assert_eq!(r.record(5, &fail), None, "rate-limited");
-        assert_eq!(r.record(2, &Ok(())), None);
-        // Counted while quiet: the next warning (here forced by a zero interval) says so.
-        let r = Reporting::new((), "e".into(), Duration::ZERO);
-        assert!(r.record(1, &fail).is_some());
-        assert!(
-            r.record(4, &fail)
-                .is_some_and(|w| w.contains("1 batch(es), 4 span(s)"))
-        );
-    }
-
-    #[test]
-    fn http_endpoints_get_the_traces_path() {
-        assert_eq!(http_traces_url("http://h:4318"), "http://h:4318/v1/traces");
-        assert_eq!(http_traces_url("http://h:4318/"), "http://h:4318/v1/traces");
-        assert_eq!(
-            http_traces_url("http://h:4318/custom/path"),
-            "http://h:4318/custom/path"
-        );
-    }
-
-    #[test]
-    fn trace_id_of_a_correlation_id_is_its_hex() {
-        let c = new_id();
-        assert_eq!(trace_id_hex(c), c.simple().to_string());
-    }
-}
+mod tests;
