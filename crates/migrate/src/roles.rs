@@ -38,11 +38,7 @@
 
 use std::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use lineq_core::error::{Error, Result};
@@ -58,8 +54,6 @@ pub const MAX_ROLE_NAME_LEN: usize = 63;
 pub const MIN_PASSWORD_LEN: usize = 12;
 /// The longest password accepted for a login role.
 pub const MAX_PASSWORD_LEN: usize = 1024;
-/// PBKDF2 rounds of the SCRAM verifier (PostgreSQL's default `scram_iterations`).
-const SCRAM_ITERATIONS: u32 = 4096;
 
 /// The `SECURITY DEFINER` functions of schema `lineq` each group may call, as patterns of
 /// their names (`LIKE`). Keep this in step with the SQL interface (docs/sql-api.md): a role
@@ -644,7 +638,7 @@ async fn configure_login(
         Some(p) => {
             // Only the verifier reaches the server, so the password never appears in its logs
             // (log_statement) or in pg_stat_activity.
-            let verifier = scram_sha256_verifier(p)?;
+            let verifier = scram_sha256_verifier(p);
             // Bound and read back inside the server, never spliced into a statement's text:
             // sqlx logs statements at debug, and the verifier must not reach a log.
             sqlx::query(
@@ -743,45 +737,10 @@ fn invalid(field: &'static str, reason: String) -> Error {
 
 /// The SCRAM-SHA-256 verifier of `password` with a fresh random salt, in the form PostgreSQL
 /// stores (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`) and accepts in
-/// `ALTER ROLE … PASSWORD` as already hashed.
-pub fn scram_sha256_verifier(password: &Password) -> Result<String> {
-    let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt)
-        .map_err(|e| Error::InvalidState(format!("no randomness for a password salt: {e}")))?;
-    Ok(scram_sha256_verifier_with(
-        password,
-        &salt,
-        SCRAM_ITERATIONS,
-    ))
-}
-
-/// [`scram_sha256_verifier`] with a given salt and iteration count (RFC 5802/7677).
-pub fn scram_sha256_verifier_with(password: &Password, salt: &[u8], iterations: u32) -> String {
-    type HmacSha256 = Hmac<Sha256>;
-    let mac = |key: &[u8], data: &[u8]| -> [u8; 32] {
-        // HMAC takes keys of any length; new_from_slice cannot fail for it.
-        let mut m = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-        m.update(data);
-        m.finalize().into_bytes().into()
-    };
-    // Hi(): PBKDF2-HMAC-SHA-256 with one 32-byte block.
-    let mut block = salt.to_vec();
-    block.extend_from_slice(&1u32.to_be_bytes());
-    let mut u = mac(password.0.as_bytes(), &block);
-    let mut salted = u;
-    for _ in 1..iterations.max(1) {
-        u = mac(password.0.as_bytes(), &u);
-        salted.iter_mut().zip(u.iter()).for_each(|(s, x)| *s ^= x);
-    }
-    let client_key = mac(&salted, b"Client Key");
-    let stored_key = Sha256::digest(client_key);
-    let server_key = mac(&salted, b"Server Key");
-    format!(
-        "SCRAM-SHA-256${iterations}:{}${}:{}",
-        B64.encode(salt),
-        B64.encode(stored_key),
-        B64.encode(server_key)
-    )
+/// `ALTER ROLE … PASSWORD` as already hashed: `postgres-protocol`'s, which prepares the
+/// password with SASLprep as PostgreSQL and its clients do.
+pub fn scram_sha256_verifier(password: &Password) -> String {
+    postgres_protocol::password::scram_sha_256(password.0.as_bytes())
 }
 
 #[cfg(test)]
@@ -835,21 +794,12 @@ mod tests {
     }
 
     #[test]
-    fn scram_verifier_matches_rfc7677() {
-        // RFC 7677's example password and salt; the expected verifier was computed by an
-        // independent implementation (Python's hashlib.pbkdf2_hmac and hmac). tests/roles.rs
-        // also recomputes a verifier PostgreSQL made itself.
+    fn scram_verifiers_have_postgres_form_and_a_fresh_salt() {
+        // tests/roles.rs checks the verifier against an independent computation and one
+        // PostgreSQL made itself.
         let p = Password("pencil".to_string());
-        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
-        let v = scram_sha256_verifier_with(&p, &salt, 4096);
-        assert_eq!(
-            v,
-            "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
-        );
-        assert!(
-            scram_sha256_verifier(&p)
-                .unwrap()
-                .starts_with("SCRAM-SHA-256$4096:")
-        );
+        let (a, b) = (scram_sha256_verifier(&p), scram_sha256_verifier(&p));
+        assert!(a.starts_with("SCRAM-SHA-256$4096:"), "{a}");
+        assert_ne!(a, b, "each verifier has its own salt");
     }
 }

@@ -107,67 +107,8 @@ pub async fn require_bearer(
     }
 }
 
-/// Middleware of the whole server (REST API and console): on a server with a token, API routes
-/// need `Authorization: Bearer`, console pages the bearer header or the login cookie (a page
-/// asked for without either is sent to `/login`); on a server without one (loopback only),
-/// console pages answer only to a loopback `Host` (see [`crate::console::session`]).
-pub async fn authenticate(
-    State(token): State<Option<Arc<ApiToken>>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    use crate::console::session;
-    let path = request.uri().path();
-    if OPEN_PATHS.contains(&path) {
-        return next.run(request).await;
-    }
-    if crate::console::is_console_path(path) {
-        let Some(token) = token else {
-            if session::loopback_host(request.headers()) {
-                return next.run(request).await;
-            }
-            return (
-                StatusCode::MISDIRECTED_REQUEST,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                "this console has no token and answers only to localhost, 127.0.0.1 or [::1]",
-            )
-                .into_response();
-        };
-        if path == "/login" || path.starts_with("/console/assets/") {
-            return next.run(request).await;
-        }
-        let by_header = bearer(request.headers().get(header::AUTHORIZATION))
-            .is_some_and(|presented| token.matches(presented));
-        if by_header || session::has_session(request.headers(), &token) {
-            return next.run(request).await;
-        }
-        tracing::debug!(path = %path, "console request without a session: to the login page");
-        return if request.method() == axum::http::Method::GET
-            || request.method() == axum::http::Method::HEAD
-        {
-            (
-                StatusCode::SEE_OTHER,
-                [(header::LOCATION, "/login")],
-                "log in at /login",
-            )
-                .into_response()
-        } else {
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                "log in at /login first",
-            )
-                .into_response()
-        };
-    }
-    match token {
-        None => next.run(request).await,
-        Some(token) => require_bearer(State(token), request, next).await,
-    }
-}
-
 /// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive).
-fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
+pub(crate) fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
     let v = value?.as_bytes();
     let (scheme, rest) = v.split_at_checked(7)?;
     if !scheme.eq_ignore_ascii_case(b"bearer ") {

@@ -113,7 +113,10 @@ pub fn router_with_token(pool: PgPool, token: Option<auth::ApiToken>) -> Router 
     let with_token = token.is_some();
     let token = token.map(Arc::new);
     // A layer on the whole router covers the fallback too, so unknown paths answer 401.
-    api_routes(pool, with_token).layer(middleware::from_fn_with_state(token, auth::authenticate))
+    api_routes(pool, with_token).layer(middleware::from_fn_with_state(
+        token,
+        crate::access::authenticate,
+    ))
 }
 
 /// Everything `lineq serve` answers: the REST API, the console at `/` (unless `console` is
@@ -150,7 +153,10 @@ pub fn app(
             }),
         );
     }
-    routes.layer(middleware::from_fn_with_state(token, auth::authenticate))
+    routes.layer(middleware::from_fn_with_state(
+        token,
+        crate::access::authenticate,
+    ))
 }
 
 /// Serves `app` on `listener` within `limits` until `shutdown` completes, then finishes the

@@ -267,7 +267,7 @@ async fn read_plan_uses_the_index_when_statistics_are_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lineq_pools_do_not_keep_plans_made_for_tiny_tables() {
     let db = TestDb::new().await;
-    let pool = lineq::DatabaseConfig::new(db.url.clone())
+    let pool = lineq_core::database::DatabaseConfig::new(db.url.clone())
         .max_connections(1)
         .connect()
         .await
@@ -447,7 +447,7 @@ async fn a_read_keeps_each_message_on_its_page() {
     };
     assert_eq!(fillfactor().await, None);
     sqlx::raw_sql(include_str!(
-        "../crates/migrate/migrations/20261124000010_queue_fillfactor.sql"
+        "../../migrate/migrations/20261124000010_queue_fillfactor.sql"
     ))
     .execute(&db.pool)
     .await

@@ -1,5 +1,5 @@
 //! The SQL interface only grows: every call that version 1 answered when it was released
-//! (`tests/data/sql_api_1.txt`) still resolves to a function, with the same argument types, on
+//! (`crates/migrate/tests/data/sql_api_1.txt`) still resolves to a function, with the same argument types, on
 //! a database migrated by this release — so workers, clients and `lineq` processes of that
 //! release keep working while a fleet is upgraded one process at a time.
 

@@ -13,8 +13,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgDatabaseError;
 use uuid::Uuid;
 
-use lineq::{Client, SubmitRequest};
 use lineq_core::execution::ExecutionStatus;
+use lineq_orchestrator::{Client, SubmitRequest};
 use lineq_read::query::{ExecutionFilter, list_executions};
 use lineq_testkit::*;
 
