@@ -9,8 +9,10 @@
 //! number of orchestrators can run against one database and a duplicate result changes nothing.
 
 pub mod cancel;
+mod cancel_tree;
 pub mod client;
 pub mod dead_letters;
+mod decide;
 mod enqueue;
 pub mod fleet;
 pub mod flow;
@@ -23,6 +25,7 @@ pub mod results;
 pub mod schedule;
 mod settle;
 mod spans;
+mod state;
 pub mod submit;
 pub mod worker_spans;
 pub mod workflow;

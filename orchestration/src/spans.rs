@@ -41,7 +41,7 @@ pub(crate) struct Known {
 
 impl Known {
     /// What `work` holds about the steps and executions it changed.
-    pub(crate) fn from_work(work: &crate::settle::Work) -> Self {
+    pub(crate) fn from_work(work: &crate::state::Work) -> Self {
         let mut k = Known::default();
         for steps in work.steps.values() {
             for s in steps {
