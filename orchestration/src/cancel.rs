@@ -41,7 +41,8 @@ pub fn check_reason(reason: &str) -> std::result::Result<(), ValidationError> {
 }
 
 /// Cancels `execution_id` and everything below it. A `reason` that breaks [`check_reason`] is
-/// refused with [`Error::Validation`](lineq_shared::error::Error::Validation) before anything is read or written.
+/// refused with [`Error::Validation`](lineq_shared::error::Error::Validation) before anything
+/// is read or written.
 ///
 /// The cancellation itself is `lineq._cancel` (the body of `lineq.cancel`, migration
 /// `20261207000014_operations.sql`); what it leaves to this caller is carrying the cancellation

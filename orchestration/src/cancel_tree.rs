@@ -1,6 +1,7 @@
 //! Cancelling a tree of executions in SQL (`lineq._cancel`, `lineq._cancel_tree`, migration
 //! `20261207000014_operations.sql`) and turning what those functions return into events and
-//! counts. Used by [`crate::cancel`] and by settling (a failed execution stops its children).
+//! counts. Used by cancellation (`cancel`) and by settling (a failed execution stops its
+//! children).
 
 use sqlx::PgConnection;
 use uuid::Uuid;

@@ -2,8 +2,8 @@
 //! applies, what it makes of its step (completed, waiting for children, retried after a
 //! backoff, failed for good), what an execution's steps make of it (failed, completed, started,
 //! which steps became ready by fan-out and fan-in), and what a waiting step's finished children
-//! make of it. The callers ([`crate::results`], [`crate::settle`]) read the rows, call these,
-//! and write the decisions with guarded SQL.
+//! make of it. The callers (result processing, settling) read the rows, call these, and write
+//! the decisions with guarded SQL.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -709,7 +709,10 @@ mod tests {
         /// terminal (it completes); what it makes ready is pending with every dependency done.
         #[test]
         fn an_execution_ends_iff_every_step_is_terminal_or_one_failed_for_good(
-            states in prop::collection::vec((0..STEP_STATES.len(), any::<bool>(), any::<u8>()), 1..8),
+            states in prop::collection::vec(
+                (0..STEP_STATES.len(), any::<bool>(), any::<u8>()),
+                1..8,
+            ),
             pending in any::<bool>(),
         ) {
             let e = exec(if pending { ExecutionStatus::Pending } else { ExecutionStatus::Running });
