@@ -12,8 +12,10 @@
 //! number of orchestrators can run against one database and a duplicate result changes nothing.
 
 pub mod cancel;
+mod cancel_tree;
 pub mod client;
 pub mod dead_letters;
+mod decide;
 mod enqueue;
 pub mod flow;
 pub mod maintenance;
@@ -22,6 +24,7 @@ pub mod results;
 pub mod schedule;
 mod settle;
 mod spans;
+mod state;
 pub mod submit;
 pub mod tags;
 pub mod worker_spans;

@@ -8,7 +8,7 @@
 //! A crash anywhere rolls all of it back and the results become visible again. A result for a
 //! step that is no longer waiting for that attempt (a duplicate) is archived and changes nothing.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
@@ -20,13 +20,13 @@ use lineq_core::execution::StepStatus;
 use lineq_core::message::{ChildRequest, Outcome, ResultMessage, StepError};
 use lineq_core::queue::{self, QueuedMessage};
 use lineq_core::telemetry;
-use lineq_core::validation::{Namespace, check_name};
+use lineq_core::validation::{Namespace, QueueName, check_name};
 
+use crate::decide::{StepDecision, Triage, decide_step, triage};
 use crate::enqueue::{ReadyStep, enqueue};
-use crate::settle::{
-    ExecState, StepRow, Work, carry_to_parent, lock_executions, read_steps, settle,
-};
-use crate::workflow::{RetryPolicy, WorkflowDefinition, store};
+use crate::settle::{carry_to_parent, settle};
+use crate::state::{ExecState, StepRow, Work, lock_executions, read_steps};
+use crate::workflow::{WorkflowDefinition, store};
 
 /// What one batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -89,6 +89,23 @@ struct StepUpdate {
     attempt: i32,
 }
 
+/// A batch's messages, sorted: results, and children cancelled from SQL.
+#[derive(Default)]
+struct Messages<'m> {
+    results: Vec<(&'m QueuedMessage, ResultMessage)>,
+    finished_children: Vec<(&'m QueuedMessage, ChildFinished)>,
+}
+
+/// What applying a batch's results gathered for writing.
+#[derive(Default)]
+struct Applied {
+    updates: Vec<StepUpdate>,
+    /// The children asked for: the parent execution, the step's name, the result.
+    children: Vec<(ExecState, String, ResultMessage)>,
+    /// The results to archive.
+    archive_ids: Vec<i64>,
+}
+
 /// Processes up to `batch_size` results in one transaction.
 pub async fn process_batch(
     pool: &PgPool,
@@ -113,216 +130,28 @@ pub async fn process_batch(
         tx.commit().await?;
         return Ok(report);
     }
-
-    let mut parsed: Vec<(&QueuedMessage, ResultMessage)> = Vec::with_capacity(msgs.len());
-    let mut finished_children: Vec<(&QueuedMessage, ChildFinished)> = Vec::new();
-    for m in &msgs {
-        if let Some(c) = ChildFinished::parse(m) {
-            finished_children.push((m, c));
-            continue;
-        }
-        match m
-            .json()
-            .and_then(|body| ResultMessage::parse(body.as_ref()))
-        {
-            Ok(r) => parsed.push((m, r)),
-            Err(e) => {
-                tracing::warn!(msg_id = m.msg_id, reason = %e, "dead-lettering result message");
-                queue::dead_letter(&mut tx, &results_queue, m, &e.to_string(), None).await?;
-                report.dead_lettered += 1;
-            }
-        }
-    }
-
-    // For tracing: the attempts reported, whose spans workers that export none need exported.
-    let attempts: Vec<crate::spans::Reported> = if telemetry::enabled() {
-        parsed
-            .iter()
-            .filter_map(|(_, r)| {
-                Some(crate::spans::Reported {
-                    started_event_id: r.started_event_id?,
-                    worker_id: r.worker_id.clone(),
-                })
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-
-    let mut work = Work::new(node_name);
-    let execution_ids: Vec<Uuid> = parsed
-        .iter()
-        .map(|(_, r)| r.execution_id)
-        .chain(finished_children.iter().map(|(_, c)| c.execution_id))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    for e in lock_executions(&mut tx, &execution_ids).await? {
-        work.execs.insert(e.execution_id, e);
-    }
-    // Every step of the locked executions, not only the reported ones: settling needs them all,
-    // and keeping them current here (below) saves it reading them again.
-    let mut steps: HashMap<Uuid, StepRow> = HashMap::new();
-    for s in read_steps(&mut tx, &execution_ids).await? {
-        steps.insert(s.step_id, s.clone());
-        work.steps.entry(s.execution_id).or_default().push(s);
-    }
-
-    report.flow_keys = steps
-        .values()
-        .filter_map(|s| s.flow.as_ref()?.get("key")?.as_str().map(str::to_string))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut seen = HashSet::new();
-    let mut updates = Vec::new();
-    let mut children: Vec<(ExecState, String, ResultMessage)> = Vec::new();
-    let mut archive_ids = Vec::new();
-    for (m, mut r) in parsed {
-        let (Some(step), Some(exec)) = (steps.get(&r.step_id), work.execs.get(&r.execution_id))
-        else {
-            let reason = format!(
-                "result for unknown step {} of execution {}",
-                r.step_id, r.execution_id
-            );
-            queue::dead_letter(&mut tx, &results_queue, m, &reason, None).await?;
-            report.dead_lettered += 1;
-            continue;
-        };
-        let exec = exec.clone();
-        archive_ids.push(m.msg_id);
-        let fresh = step.execution_id == r.execution_id
-            && step.status == StepStatus::Enqueued
-            && step.attempts == r.attempt
-            && !exec.is_terminal()
-            && seen.insert(r.step_id);
-        if !fresh {
-            tracing::debug!(step_id = %r.step_id, attempt = r.attempt, status = %step.status,
-                "ignoring duplicate or stale result");
-            report.ignored += 1;
-            continue;
-        }
-        report.applied += 1;
-        if r.outcome == Outcome::Completed && !r.children.is_empty() {
-            if let Err(why) = check_children(&mut tx, &exec, &r.children).await? {
-                r.outcome = Outcome::Failed;
-                r.error = Some(StepError::new("spawn_failed", why).permanent());
-                r.children.clear();
-            }
-        }
-        let lineage = exec.lineage();
-        let parent = Some(r.meta.parent_event_id);
-        let error_json = r.error.as_ref().map(serde_json::to_value).transpose()?;
-        match r.outcome {
-            Outcome::Completed => {
-                let waits = r.children.iter().any(|c| c.wait);
-                let (event_type, status) = if waits {
-                    (EventType::StepWaiting, StepStatus::Waiting)
-                } else {
-                    (EventType::StepCompleted, StepStatus::Completed)
-                };
-                let ev = NewEvent::new(event_type, lineage, parent, node_name)
-                    .step(r.step_id, r.attempt)
-                    .worker(&r.worker_id)
-                    .payload(json!({ "step": r.step, "worker_id": r.worker_id,
-                                     "children": r.children.len() }));
-                work.record(ev, (!waits).then_some(r.step_id));
-                updates.push(StepUpdate {
-                    step_id: r.step_id,
-                    status,
-                    output: Some(r.output.clone().unwrap_or(Value::Null)),
-                    error: None,
-                    worker_id: r.worker_id.clone(),
-                    attempt: r.attempt,
-                });
-                if !r.children.is_empty() {
-                    children.push((exec, step.name.clone(), r));
-                }
-            }
-            Outcome::Failed => {
-                let policy: RetryPolicy =
-                    serde_json::from_value(step.retry.clone()).unwrap_or_default();
-                let (kind, retryable, message) = r
-                    .error
-                    .as_ref()
-                    .map_or(("unknown", true, String::new()), |e| {
-                        (e.kind.as_str(), e.retryable, e.message.clone())
-                    });
-                let retry = step.attempts < step.max_attempts && policy.allows(kind, retryable);
-                if retry {
-                    let delay = policy.delay_after(r.attempt);
-                    let ev =
-                        NewEvent::new(EventType::StepAttemptFailed, lineage, parent, node_name)
-                            .step(r.step_id, r.attempt)
-                            .worker(&r.worker_id)
-                            .payload(json!({ "step": r.step, "error": error_json,
-                            "next_attempt": r.attempt + 1,
-                            "delay_ms": u64::try_from(delay.as_millis()).unwrap_or(u64::MAX) }));
-                    work.ready.push(ReadyStep {
-                        lineage,
-                        step_id: r.step_id,
-                        name: step.name.clone(),
-                        handler: step.handler.clone(),
-                        queue: lineq_core::validation::QueueName::new(&step.queue)?,
-                        attempt: r.attempt + 1,
-                        // A retry gets exactly the input the failed attempt got.
-                        input: step.input.clone().unwrap_or(Value::Null),
-                        timeout_ms: step.timeout_ms.and_then(|t| u64::try_from(t).ok()),
-                        parent_event: ev.event_id,
-                        delay,
-                        retry_reason: Some(format!("{kind}: {message}")),
-                        context: exec.context(),
-                        // A retry queues again behind its key's waiting steps.
-                        flow: step.flow.clone(),
-                        priority: step.priority,
-                    });
-                    // The execution is not settled by a retry: it goes on as it was.
-                    work.events.push(ev);
-                    report.retried += 1;
-                    updates.push(StepUpdate {
-                        step_id: r.step_id,
-                        status: StepStatus::Enqueued,
-                        output: None,
-                        error: error_json,
-                        worker_id: r.worker_id.clone(),
-                        attempt: r.attempt,
-                    });
-                } else {
-                    let ev = NewEvent::new(EventType::StepFailed, lineage, parent, node_name)
-                        .step(r.step_id, r.attempt)
-                        .worker(&r.worker_id)
-                        .payload(json!({ "step": r.step, "worker_id": r.worker_id,
-                                         "error": error_json }));
-                    work.record(ev, Some(r.step_id));
-                    updates.push(StepUpdate {
-                        step_id: r.step_id,
-                        status: StepStatus::Failed,
-                        output: None,
-                        error: error_json,
-                        worker_id: r.worker_id.clone(),
-                        attempt: r.attempt,
-                    });
-                }
-            }
-        }
-    }
-    apply_step_updates(&mut tx, &updates).await?;
-    // The same changes to the rows settle will use (the guard above matched exactly these:
-    // every one was checked fresh under the execution's lock).
-    for u in &updates {
-        if let Some(row) = steps
-            .get(&u.step_id)
-            .and_then(|s| work.steps.get_mut(&s.execution_id))
-            .and_then(|rows| rows.iter_mut().find(|r| r.step_id == u.step_id))
-        {
-            row.status = u.status;
-            row.output = u.output.clone();
-            row.error = u.error.clone();
-        }
-    }
-    let created_children = create_children(&mut tx, &work, children).await?;
-    report.children = created_children;
+    let messages = sort_messages(&mut tx, &results_queue, &msgs, &mut report).await?;
+    let attempts = reported_attempts(&messages.results);
+    let (mut work, steps) = lock_batch(&mut tx, node_name, &messages).await?;
+    report.flow_keys = flow_keys(&steps);
+    let Messages {
+        results,
+        finished_children,
+    } = messages;
+    let applied = apply_results(
+        &mut tx,
+        &results_queue,
+        &mut work,
+        &steps,
+        results,
+        &mut report,
+    )
+    .await?;
+    apply_step_updates(&mut tx, &applied.updates).await?;
+    keep_current(&mut work, &steps, &applied.updates);
+    report.children = create_children(&mut tx, &work, applied.children).await?;
     settle(&mut tx, &mut work).await?;
+    let mut archive_ids = applied.archive_ids;
     archive_ids.extend(finished_children.iter().map(|(m, _)| m.msg_id));
     settle_parents_of(&mut tx, &mut work, &finished_children).await?;
     report.finished = work.finished;
@@ -346,6 +175,280 @@ pub async fn process_batch(
         crate::spans::export_in_background(pool.clone(), attempts, events, known).await;
     }
     Ok(report)
+}
+/// Sorts a batch's messages: results, children cancelled from SQL, and what is neither
+/// (dead-lettered here).
+async fn sort_messages<'m>(
+    conn: &mut PgConnection,
+    results_queue: &QueueName,
+    msgs: &'m [QueuedMessage],
+    report: &mut BatchReport,
+) -> Result<Messages<'m>> {
+    let mut sorted = Messages {
+        results: Vec::with_capacity(msgs.len()),
+        finished_children: Vec::new(),
+    };
+    for m in msgs {
+        if let Some(c) = ChildFinished::parse(m) {
+            sorted.finished_children.push((m, c));
+            continue;
+        }
+        match m
+            .json()
+            .and_then(|body| ResultMessage::parse(body.as_ref()))
+        {
+            Ok(r) => sorted.results.push((m, r)),
+            Err(e) => {
+                tracing::warn!(msg_id = m.msg_id, reason = %e, "dead-lettering result message");
+                queue::dead_letter(&mut *conn, results_queue, m, &e.to_string(), None).await?;
+                report.dead_lettered += 1;
+            }
+        }
+    }
+    Ok(sorted)
+}
+
+/// For tracing: the attempts reported, whose spans workers that export none need exported.
+fn reported_attempts(results: &[(&QueuedMessage, ResultMessage)]) -> Vec<crate::spans::Reported> {
+    if !telemetry::enabled() {
+        return Vec::new();
+    }
+    results
+        .iter()
+        .filter_map(|(_, r)| {
+            Some(crate::spans::Reported {
+                started_event_id: r.started_event_id?,
+                worker_id: r.worker_id.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Locks the executions the batch names, in id order, and reads all their steps: settling
+/// needs them all, and keeping them current here (see [`keep_current`]) saves it reading them
+/// again. Returns the transaction's [`Work`] and the steps by id.
+async fn lock_batch(
+    conn: &mut PgConnection,
+    node_name: &str,
+    messages: &Messages<'_>,
+) -> Result<(Work, HashMap<Uuid, StepRow>)> {
+    let mut work = Work::new(node_name);
+    let execution_ids: Vec<Uuid> = messages
+        .results
+        .iter()
+        .map(|(_, r)| r.execution_id)
+        .chain(
+            messages
+                .finished_children
+                .iter()
+                .map(|(_, c)| c.execution_id),
+        )
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for e in lock_executions(&mut *conn, &execution_ids).await? {
+        work.execs.insert(e.execution_id, e);
+    }
+    let mut steps: HashMap<Uuid, StepRow> = HashMap::new();
+    for s in read_steps(&mut *conn, &execution_ids).await? {
+        steps.insert(s.step_id, s.clone());
+        work.steps.entry(s.execution_id).or_default().push(s);
+    }
+    Ok((work, steps))
+}
+
+/// The flow keys of `steps` (they may have room once the batch commits).
+fn flow_keys(steps: &HashMap<Uuid, StepRow>) -> Vec<String> {
+    steps
+        .values()
+        .filter_map(|s| s.flow.as_ref()?.get("key")?.as_str().map(str::to_string))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Applies each result as [`triage`] sorts it: an unknown one is dead-lettered, a stale one
+/// archived and ignored, a fresh one decided ([`apply_fresh`]).
+async fn apply_results(
+    conn: &mut PgConnection,
+    results_queue: &QueueName,
+    work: &mut Work,
+    steps: &HashMap<Uuid, StepRow>,
+    results: Vec<(&QueuedMessage, ResultMessage)>,
+    report: &mut BatchReport,
+) -> Result<Applied> {
+    let reported: Vec<&ResultMessage> = results.iter().map(|(_, r)| r).collect();
+    let triaged = triage(&reported, steps, &work.execs);
+    let mut applied = Applied::default();
+    for ((m, r), t) in results.into_iter().zip(triaged) {
+        let (Triage::Fresh | Triage::Stale, Some(step), Some(exec)) =
+            (t, steps.get(&r.step_id), work.execs.get(&r.execution_id))
+        else {
+            let reason = format!(
+                "result for unknown step {} of execution {}",
+                r.step_id, r.execution_id
+            );
+            queue::dead_letter(&mut *conn, results_queue, m, &reason, None).await?;
+            report.dead_lettered += 1;
+            continue;
+        };
+        let exec = exec.clone();
+        applied.archive_ids.push(m.msg_id);
+        if t == Triage::Stale {
+            tracing::debug!(step_id = %r.step_id, attempt = r.attempt, status = %step.status,
+                "ignoring duplicate or stale result");
+            report.ignored += 1;
+            continue;
+        }
+        report.applied += 1;
+        apply_fresh(&mut *conn, work, exec, step, r, &mut applied, report).await?;
+    }
+    Ok(applied)
+}
+
+/// A fresh result: checks the children it asks for (a bad request fails the step), decides
+/// what it makes of its step ([`decide_step`]) and records that.
+async fn apply_fresh(
+    conn: &mut PgConnection,
+    work: &mut Work,
+    exec: ExecState,
+    step: &StepRow,
+    mut r: ResultMessage,
+    applied: &mut Applied,
+    report: &mut BatchReport,
+) -> Result<()> {
+    fail_bad_spawn(conn, &exec, &mut r).await?;
+    let decision = decide_step(step, &r);
+    let error = r.error.as_ref().map(serde_json::to_value).transpose()?;
+    let update = StepUpdate {
+        step_id: r.step_id,
+        status: decision.status(),
+        output: None,
+        error,
+        worker_id: r.worker_id.clone(),
+        attempt: r.attempt,
+    };
+    let event = |event_type, payload| {
+        NewEvent::new(
+            event_type,
+            exec.lineage(),
+            Some(r.meta.parent_event_id),
+            &work.node_name,
+        )
+        .step(r.step_id, r.attempt)
+        .worker(&r.worker_id)
+        .payload(payload)
+    };
+    match decision {
+        StepDecision::Complete { waits } => {
+            let ev = event(
+                if waits {
+                    EventType::StepWaiting
+                } else {
+                    EventType::StepCompleted
+                },
+                json!({ "step": r.step, "worker_id": r.worker_id, "children": r.children.len() }),
+            );
+            work.record(ev, (!waits).then_some(r.step_id));
+            applied.updates.push(StepUpdate {
+                output: Some(r.output.clone().unwrap_or(Value::Null)),
+                error: None,
+                ..update
+            });
+            if !r.children.is_empty() {
+                applied.children.push((exec, step.name.clone(), r));
+            }
+        }
+        StepDecision::Retry {
+            attempt,
+            delay,
+            reason,
+        } => {
+            let ev = event(
+                EventType::StepAttemptFailed,
+                json!({ "step": r.step, "error": update.error, "next_attempt": attempt,
+                        "delay_ms": u64::try_from(delay.as_millis()).unwrap_or(u64::MAX) }),
+            );
+            let again = retry(&exec, step, attempt, delay, reason, ev.event_id)?;
+            work.ready.push(again);
+            // The execution is not settled by a retry: it goes on as it was.
+            work.events.push(ev);
+            report.retried += 1;
+            applied.updates.push(update);
+        }
+        StepDecision::Fail => {
+            let ev = event(
+                EventType::StepFailed,
+                json!({ "step": r.step, "worker_id": r.worker_id, "error": update.error }),
+            );
+            work.record(ev, Some(r.step_id));
+            applied.updates.push(update);
+        }
+    }
+    Ok(())
+}
+
+/// A completed result whose children [`check_children`] refuses becomes a failure that no
+/// retry can fix.
+async fn fail_bad_spawn(
+    conn: &mut PgConnection,
+    exec: &ExecState,
+    r: &mut ResultMessage,
+) -> Result<()> {
+    if r.outcome == Outcome::Completed && !r.children.is_empty() {
+        if let Err(why) = check_children(conn, exec, &r.children).await? {
+            r.outcome = Outcome::Failed;
+            r.error = Some(StepError::new("spawn_failed", why).permanent());
+            r.children.clear();
+        }
+    }
+    Ok(())
+}
+
+/// Attempt `attempt` of `step`, sent after `delay`; `failed` is the event of the attempt
+/// before.
+fn retry(
+    exec: &ExecState,
+    step: &StepRow,
+    attempt: i32,
+    delay: std::time::Duration,
+    reason: String,
+    failed: Uuid,
+) -> Result<ReadyStep> {
+    Ok(ReadyStep {
+        lineage: exec.lineage(),
+        step_id: step.step_id,
+        name: step.name.clone(),
+        handler: step.handler.clone(),
+        queue: QueueName::new(&step.queue)?,
+        attempt,
+        // A retry gets exactly the input the failed attempt got.
+        input: step.input.clone().unwrap_or(Value::Null),
+        timeout_ms: step.timeout_ms.and_then(|t| u64::try_from(t).ok()),
+        parent_event: failed,
+        delay,
+        retry_reason: Some(reason),
+        context: exec.context(),
+        // A retry queues again behind its key's waiting steps.
+        flow: step.flow.clone(),
+        priority: step.priority,
+    })
+}
+
+/// The step rows settling will use, changed as `updates` changed the table (the guarded update
+/// matched exactly these: every one was checked fresh under its execution's lock).
+fn keep_current(work: &mut Work, steps: &HashMap<Uuid, StepRow>, updates: &[StepUpdate]) {
+    for u in updates {
+        if let Some(row) = steps
+            .get(&u.step_id)
+            .and_then(|s| work.steps.get_mut(&s.execution_id))
+            .and_then(|rows| rows.iter_mut().find(|r| r.step_id == u.step_id))
+        {
+            row.status = u.status;
+            row.output = u.output.clone();
+            row.error = u.error.clone();
+        }
+    }
 }
 
 /// Children cancelled from SQL whose parents' steps wait for them: carries each outcome up and

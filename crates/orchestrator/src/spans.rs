@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use lineq_core::error::Result;
 use lineq_core::event::{EventType, NewEvent};
+use lineq_core::execution::{ExecutionStatus, StepStatus};
 use lineq_core::spans::{STORED_EVENT_COLUMNS, StoredEvent, execution_started, first_enqueued};
 use lineq_core::telemetry::{self, KeyValue, LineqSpan, SpanShape};
 
@@ -41,7 +42,7 @@ pub(crate) struct Known {
 
 impl Known {
     /// What `work` holds about the steps and executions it changed.
-    pub(crate) fn from_work(work: &crate::settle::Work) -> Self {
+    pub(crate) fn from_work(work: &crate::state::Work) -> Self {
         let mut k = Known::default();
         for steps in work.steps.values() {
             for s in steps {
@@ -61,7 +62,7 @@ impl Known {
                 *id,
                 ExecutionRow {
                     execution_id: *id,
-                    status: e.status.as_str().to_string(),
+                    status: e.status,
                     parent_step_id: e.parent_step_id,
                     tags: e.tags.clone(),
                 },
@@ -224,7 +225,8 @@ fn of_attempt(t: EventType) -> bool {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct ExecutionRow {
     execution_id: Uuid,
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: ExecutionStatus,
     parent_step_id: Option<Uuid>,
     tags: Value,
 }
@@ -320,6 +322,71 @@ async fn spans_of_ended(
     committed: &[NewEvent],
     known: &Known,
 ) -> Result<Vec<LineqSpan>> {
+    let (steps, executions) = ended(committed);
+    if steps.is_empty() && executions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (step_events, exec_events) =
+        read_ended_events(pool, &steps, &executions, committed, known).await?;
+    let exec_rows = execution_rows(pool, &executions, known).await?;
+
+    // The events that name the parents: each ended step's execution, each ended child
+    // execution's spawning step; and the fan-in steps' dependencies, for their links.
+    let started = executions_started(pool, &step_events, &exec_events).await?;
+    let dependencies = dependencies_of(pool, &steps, known).await?;
+    let mut named: Vec<Uuid> = exec_rows.iter().filter_map(|r| r.parent_step_id).collect();
+    named.extend(dependencies.iter().map(|d| d.dependency_id));
+    let step_spans: HashMap<Uuid, Uuid> = first_enqueued(pool, &named)
+        .await?
+        .into_iter()
+        .map(|(s, e)| (s, e.event_id))
+        .collect();
+
+    let mut spans = Vec::new();
+    let mut abandoned = Vec::new();
+    let mut orphans: Vec<&Ended> = Vec::new();
+    let mut by_step: HashMap<Uuid, Vec<&Ended>> = HashMap::new();
+    for e in &step_events {
+        if let Some(s) = e.event.step_id {
+            by_step.entry(s).or_default().push(e);
+        }
+    }
+    for step in &steps {
+        let Some(events) = by_step.get(step) else {
+            continue;
+        };
+        let links = links_of(*step, &dependencies, &step_spans);
+        match step_span(events, &started, links, &mut abandoned) {
+            Some(span) => spans.push(span),
+            // A step cancelled before it was ever enqueued has no span: its events are the
+            // execution's.
+            None => orphans.extend(events.iter().copied()),
+        }
+    }
+    spans.extend(with_services(pool, abandoned).await?);
+
+    let rows: HashMap<Uuid, &ExecutionRow> =
+        exec_rows.iter().map(|r| (r.execution_id, r)).collect();
+    for x in &executions {
+        let mut events: Vec<&Ended> = exec_events
+            .iter()
+            .chain(orphans.iter().copied())
+            .filter(|e| e.event.lineage.execution_id == *x)
+            .collect();
+        events.sort_by_key(|e| (e.at, e.event.event_id));
+        let row = rows.get(x).copied();
+        let parent = row
+            .and_then(|r| r.parent_step_id)
+            .and_then(|s| step_spans.get(&s).copied());
+        if let Some(span) = execution_span(&events, row, parent) {
+            spans.push(span);
+        }
+    }
+    Ok(spans)
+}
+
+/// The steps and the executions that `committed` ended, in order.
+fn ended(committed: &[NewEvent]) -> (Vec<Uuid>, Vec<Uuid>) {
     let mut steps: Vec<Uuid> = Vec::new();
     let mut executions: Vec<Uuid> = Vec::new();
     for e in committed {
@@ -331,13 +398,20 @@ async fn spans_of_ended(
             executions.push(e.lineage.execution_id);
         }
     }
-    if steps.is_empty() && executions.is_empty() {
-        return Ok(Vec::new());
-    }
-    // One read: the ended steps' own events, and of their attempts only the claims (the
-    // worker exported the rest with each attempt's span), each with whether its outcome was
-    // reported (this batch's reports are known; older ones are looked up); and the ended
-    // executions' own events (those of no step).
+    (steps, executions)
+}
+
+/// One read: the ended steps' own events, and of their attempts only the claims (the worker
+/// exported the rest with each attempt's span), each with whether its outcome was reported
+/// (this batch's reports are known; older ones are looked up); and the ended executions' own
+/// events (those of no step). Returned apart: the steps', the executions'.
+async fn read_ended_events(
+    pool: &PgPool,
+    steps: &[Uuid],
+    executions: &[Uuid],
+    committed: &[NewEvent],
+    known: &Known,
+) -> Result<(Vec<Ended>, Vec<Ended>)> {
     let rows: Vec<PgRow> = sqlx::query(&format!(
         "SELECT f.* FROM (
              SELECT s.* FROM (SELECT DISTINCT unnest($1::uuid[])) AS x(id)
@@ -360,8 +434,8 @@ async fn spans_of_ended(
                                  OFFSET 0) AS s) AS f
          ORDER BY f.created_at, f.event_id"
     ))
-    .bind(&steps)
-    .bind(&executions)
+    .bind(steps)
+    .bind(executions)
     .bind(&known.reported)
     .fetch_all(pool)
     .await?;
@@ -370,38 +444,47 @@ async fn spans_of_ended(
     for row in &rows {
         events.extend(Ended::parse(row, &committed)?);
     }
-    let (step_events, exec_events): (Vec<Ended>, Vec<Ended>) =
-        events.into_iter().partition(|e| e.event.step_id.is_some());
-    let exec_rows: Vec<ExecutionRow> = if executions.is_empty() {
+    Ok(events.into_iter().partition(|e| e.event.step_id.is_some()))
+}
+
+/// The rows of the ended `executions`: those the transaction knows, the rest read.
+async fn execution_rows(
+    pool: &PgPool,
+    executions: &[Uuid],
+    known: &Known,
+) -> Result<Vec<ExecutionRow>> {
+    let unknown: Vec<Uuid> = executions
+        .iter()
+        .filter(|x| !known.executions.contains_key(x))
+        .copied()
+        .collect();
+    let mut rows: Vec<ExecutionRow> = if unknown.is_empty() {
         Vec::new()
     } else {
-        let unknown: Vec<Uuid> = executions
-            .iter()
-            .filter(|x| !known.executions.contains_key(x))
-            .copied()
-            .collect();
-        let mut rows: Vec<ExecutionRow> = if unknown.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(
-                "SELECT execution_id, status, parent_step_id, tags FROM lineq.executions
-                 WHERE execution_id = ANY($1)",
-            )
-            .bind(&unknown)
-            .fetch_all(pool)
-            .await?
-        };
-        rows.extend(
-            executions
-                .iter()
-                .filter_map(|x| known.executions.get(x))
-                .cloned(),
-        );
-        rows
+        sqlx::query_as(
+            "SELECT execution_id, status, parent_step_id, tags FROM lineq.executions
+             WHERE execution_id = ANY($1)",
+        )
+        .bind(&unknown)
+        .fetch_all(pool)
+        .await?
     };
+    rows.extend(
+        executions
+            .iter()
+            .filter_map(|x| known.executions.get(x))
+            .cloned(),
+    );
+    Ok(rows)
+}
 
-    // The events that name the parents: each ended step's execution, each ended child
-    // execution's spawning step; and the fan-in steps' dependencies, for their links.
+/// The `execution_started` event of each execution that an ended step or execution belongs
+/// to: those read with the ended executions' events, the rest looked up.
+async fn executions_started(
+    pool: &PgPool,
+    step_events: &[Ended],
+    exec_events: &[Ended],
+) -> Result<HashMap<Uuid, Uuid>> {
     let mut started: HashMap<Uuid, Uuid> = exec_events
         .iter()
         .filter(|e| e.event.event_type == EventType::ExecutionStarted)
@@ -420,6 +503,11 @@ async fn spans_of_ended(
             .into_iter()
             .map(|(x, e)| (x, e.event_id)),
     );
+    Ok(started)
+}
+
+/// The dependencies of the ended `steps`: those the transaction knows, the rest read.
+async fn dependencies_of(pool: &PgPool, steps: &[Uuid], known: &Known) -> Result<Vec<Dependency>> {
     let unknown: Vec<Uuid> = steps
         .iter()
         .filter(|s| !known.dependencies.contains_key(s))
@@ -439,7 +527,7 @@ async fn spans_of_ended(
         .fetch_all(pool)
         .await?
     };
-    for s in &steps {
+    for s in steps {
         for (name, id) in known.dependencies.get(s).into_iter().flatten() {
             dependencies.push(Dependency {
                 step_id: *s,
@@ -448,96 +536,62 @@ async fn spans_of_ended(
             });
         }
     }
-    let mut named: Vec<Uuid> = exec_rows.iter().filter_map(|r| r.parent_step_id).collect();
-    named.extend(dependencies.iter().map(|d| d.dependency_id));
-    let step_spans: HashMap<Uuid, Uuid> = first_enqueued(pool, &named)
-        .await?
-        .into_iter()
-        .map(|(s, e)| (s, e.event_id))
-        .collect();
+    Ok(dependencies)
+}
 
-    let mut spans = Vec::new();
-    // Steps.
-    let mut by_step: HashMap<Uuid, Vec<&Ended>> = HashMap::new();
-    for e in &step_events {
-        if let Some(s) = e.event.step_id {
-            by_step.entry(s).or_default().push(e);
-        }
-    }
-    let mut abandoned = Vec::new();
-    let mut orphans: Vec<&Ended> = Vec::new();
-    for step in &steps {
-        let Some(events) = by_step.get(step) else {
-            continue;
-        };
-        let links: Vec<(Uuid, Vec<KeyValue>)> = dependencies
-            .iter()
-            .filter(|d| d.step_id == *step)
-            .filter_map(|d| {
-                let to = step_spans.get(&d.dependency_id)?;
-                Some((
-                    *to,
-                    vec![
-                        KeyValue::new("lineq.link", "depends_on"),
-                        KeyValue::new("step", d.name.clone()),
-                    ],
-                ))
-            })
-            .collect();
-        match step_span(events, &started, links, &mut abandoned) {
-            Some(span) => spans.push(span),
-            // A step cancelled before it was ever enqueued has no span: its events are the
-            // execution's.
-            None => orphans.extend(events.iter().copied()),
-        }
-    }
-    if !abandoned.is_empty() {
-        let workers: Vec<String> = abandoned
-            .iter()
-            .filter_map(|s: &LineqSpan| s.event.worker_id.clone())
-            .collect();
-        let services: HashMap<String, String> = sqlx::query_as::<_, WorkerRow>(
-            "SELECT worker_id, coalesce(service_name, 'lineq-worker-' || language) AS service_name
-             FROM lineq.workers WHERE worker_id = ANY($1)",
-        )
-        .bind(&workers)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|w| (w.worker_id, w.service_name))
-        .collect();
-        for mut s in abandoned {
-            s.service = Some(
-                s.event
-                    .worker_id
-                    .as_ref()
-                    .and_then(|w| services.get(w))
-                    .cloned()
-                    .unwrap_or_else(|| "lineq-worker".to_string()),
-            );
-            spans.push(s);
-        }
-    }
+/// The links of `step`'s span to its dependencies' spans (`step_spans`: step → the event
+/// naming its span).
+fn links_of(
+    step: Uuid,
+    dependencies: &[Dependency],
+    step_spans: &HashMap<Uuid, Uuid>,
+) -> Vec<(Uuid, Vec<KeyValue>)> {
+    dependencies
+        .iter()
+        .filter(|d| d.step_id == step)
+        .filter_map(|d| {
+            let to = step_spans.get(&d.dependency_id)?;
+            Some((
+                *to,
+                vec![
+                    KeyValue::new("lineq.link", "depends_on"),
+                    KeyValue::new("step", d.name.clone()),
+                ],
+            ))
+        })
+        .collect()
+}
 
-    // Executions.
-    let rows: HashMap<Uuid, &ExecutionRow> =
-        exec_rows.iter().map(|r| (r.execution_id, r)).collect();
-    for x in &executions {
-        let mut events: Vec<&Ended> = exec_events
-            .iter()
-            .chain(orphans.iter().copied())
-            .filter(|e| e.event.lineage.execution_id == *x)
-            .collect();
-        events.sort_by_key(|e| (e.at, e.event.event_id));
-        let row = rows.get(x).copied();
-        let parent = row
-            .and_then(|r| r.parent_step_id)
-            .and_then(|s| step_spans.get(&s).copied());
-        if let Some(span) = execution_span(&events, row, parent) {
-            spans.push(span);
-        }
+/// The abandoned attempts' spans, each under the service name its worker registered.
+async fn with_services(pool: &PgPool, mut abandoned: Vec<LineqSpan>) -> Result<Vec<LineqSpan>> {
+    if abandoned.is_empty() {
+        return Ok(abandoned);
     }
-    Ok(spans)
+    let workers: Vec<String> = abandoned
+        .iter()
+        .filter_map(|s| s.event.worker_id.clone())
+        .collect();
+    let services: HashMap<String, String> = sqlx::query_as::<_, WorkerRow>(
+        "SELECT worker_id, coalesce(service_name, 'lineq-worker-' || language) AS service_name
+         FROM lineq.workers WHERE worker_id = ANY($1)",
+    )
+    .bind(&workers)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|w| (w.worker_id, w.service_name))
+    .collect();
+    for s in &mut abandoned {
+        s.service = Some(
+            s.event
+                .worker_id
+                .as_ref()
+                .and_then(|w| services.get(w))
+                .cloned()
+                .unwrap_or_else(|| "lineq-worker".to_string()),
+        );
+    }
+    Ok(abandoned)
 }
 
 /// The span of one ended step from its events (in time order), and the spans of its abandoned
@@ -548,11 +602,6 @@ fn step_span(
     links: Vec<(Uuid, Vec<KeyValue>)>,
     abandoned: &mut Vec<LineqSpan>,
 ) -> Option<LineqSpan> {
-    let reported: HashSet<Uuid> = events
-        .iter()
-        .filter(|e| e.reported)
-        .map(|e| e.event.event_id)
-        .collect();
     let parsed: Vec<(NewEvent, SystemTime)> =
         events.iter().map(|e| (e.event.clone(), e.at)).collect();
     let (first, start) = parsed
@@ -569,11 +618,12 @@ fn step_span(
     span.links = links;
     span.failure = telemetry::failure_of(&outcome);
     let status = match outcome.event_type {
-        EventType::StepCompleted => "completed",
-        EventType::StepFailed => "failed",
-        _ => "cancelled",
+        EventType::StepCompleted => StepStatus::Completed,
+        EventType::StepFailed => StepStatus::Failed,
+        _ => StepStatus::Cancelled,
     };
-    span.attributes.push(KeyValue::new("status", status));
+    span.attributes
+        .push(KeyValue::new("status", status.as_str()));
     let attempts = parsed
         .iter()
         .filter_map(|(e, _)| e.attempt)
@@ -581,8 +631,34 @@ fn step_span(
         .unwrap_or(1);
     span.attributes
         .push(KeyValue::new("attempts", i64::from(attempts)));
-    // Attempts nobody reported: each lasts until its message was delivered again (or
-    // dead-lettered), or else until the step's end.
+    let reported: HashSet<Uuid> = events
+        .iter()
+        .filter(|e| e.reported)
+        .map(|e| e.event.event_id)
+        .collect();
+    abandoned.extend(abandoned_attempts(
+        &parsed,
+        &reported,
+        span.event.event_id,
+        end,
+    ));
+    span.events = parsed
+        .into_iter()
+        .filter(|(e, _)| !of_attempt(e.event_type))
+        .collect();
+    Some(span)
+}
+
+/// The spans of the attempts nobody reported (`parsed`: a step's events in time order; `step`:
+/// its span): each lasts until its message was delivered again (or dead-lettered), or else
+/// until the step's `end`.
+fn abandoned_attempts(
+    parsed: &[(NewEvent, SystemTime)],
+    reported: &HashSet<Uuid>,
+    step: Uuid,
+    end: SystemTime,
+) -> Vec<LineqSpan> {
+    let mut abandoned = Vec::new();
     for (i, (e, at)) in parsed.iter().enumerate() {
         if e.event_type != EventType::ActionStarted || reported.contains(&e.event_id) {
             continue;
@@ -595,13 +671,7 @@ fn step_span(
                 )
         });
         let until = replaced.map_or(end, |(_, t)| *t);
-        let mut a = LineqSpan::new(
-            SpanShape::Attempt,
-            e.clone(),
-            Some(span.event.event_id),
-            *at,
-            until,
-        );
+        let mut a = LineqSpan::new(SpanShape::Attempt, e.clone(), Some(step), *at, until);
         a.events.push((e.clone(), *at));
         let worker = e.worker_id.as_deref().unwrap_or("a worker");
         a.failure = Some((
@@ -621,11 +691,7 @@ fn step_span(
         a.attributes.push(KeyValue::new("outcome", "abandoned"));
         abandoned.push(a);
     }
-    span.events = parsed
-        .into_iter()
-        .filter(|(e, _)| !of_attempt(e.event_type))
-        .collect();
-    Some(span)
+    abandoned
 }
 
 /// The span of one ended execution from its own events (those of no step, in time order).
@@ -649,7 +715,7 @@ fn execution_span(
     span.failure = telemetry::failure_of(&ending);
     if let Some(r) = row {
         span.attributes
-            .push(KeyValue::new("status", r.status.clone()));
+            .push(KeyValue::new("status", r.status.as_str()));
         if let Value::Object(tags) = &r.tags {
             for (k, v) in tags {
                 let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
