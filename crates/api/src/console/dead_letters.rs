@@ -37,7 +37,7 @@ pub async fn page(
                 thead { tr { th { "Id" } th { "Dead-lettered" } th { "From" } th { "Reads" } th { "Reason" } th { "Execution" } th { "Body" } th {} } }
                 tbody {
                     @for l in &letters {
-                        @let exec = crate::rest::fleet::execution_of(&l.message);
+                        @let exec = crate::rest::dead_letters::execution_of(&l.message);
                         tr.dl-row data-id=(l.msg_id) {
                             td { (l.msg_id) }
                             td { (layout::time(&l.dead_lettered_at)) }

@@ -31,12 +31,14 @@
 //! but loopback without one.
 
 pub mod auth;
+pub mod dead_letters;
 pub mod error;
 pub mod executions;
-pub mod fleet;
 pub mod openapi;
 pub mod schedules;
 pub mod schemas;
+pub mod workers;
+pub mod workflows;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -81,13 +83,13 @@ fn api_routes(pool: PgPool, with_token: bool) -> Router {
             delete(executions::delete_tag),
         )
         .route("/v1/executions/{id}/cancel", post(executions::cancel))
-        .route("/v1/workers", get(fleet::workers))
-        .route("/v1/queues", get(fleet::queues))
-        .route("/v1/dead-letters", get(fleet::dead_letters))
-        .route("/v1/dead-letters/{id}", get(fleet::dead_letter))
-        .route("/v1/dead-letters/{id}/replay", post(fleet::replay))
-        .route("/v1/workflows", get(fleet::workflows))
-        .route("/v1/workflows/{name}", get(fleet::workflow_versions))
+        .route("/v1/workers", get(workers::workers))
+        .route("/v1/queues", get(workers::queues))
+        .route("/v1/dead-letters", get(dead_letters::dead_letters))
+        .route("/v1/dead-letters/{id}", get(dead_letters::dead_letter))
+        .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
+        .route("/v1/workflows", get(workflows::workflows))
+        .route("/v1/workflows/{name}", get(workflows::workflow_versions))
         .route(
             "/v1/schedules",
             get(schedules::list).post(schedules::create),

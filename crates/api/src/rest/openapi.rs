@@ -11,7 +11,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::{executions, fleet, schedules, schemas};
+use super::{dead_letters, executions, schedules, schemas, workers, workflows};
 
 /// The lineq REST API.
 #[derive(OpenApi)]
@@ -30,13 +30,13 @@ use super::{executions, fleet, schedules, schemas};
         executions::delete_tag,
         executions::cancel,
         executions::healthz,
-        fleet::workers,
-        fleet::queues,
-        fleet::dead_letters,
-        fleet::dead_letter,
-        fleet::replay,
-        fleet::workflows,
-        fleet::workflow_versions,
+        workers::workers,
+        workers::queues,
+        dead_letters::dead_letters,
+        dead_letters::dead_letter,
+        dead_letters::replay,
+        workflows::workflows,
+        workflows::workflow_versions,
         schedules::list,
         schedules::create,
         schedules::get,

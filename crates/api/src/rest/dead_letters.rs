@@ -1,5 +1,4 @@
-//! The REST API's reads of the fleet, the queues, the dead letters and the workflows: what the
-//! console shows, for programs. Each is a call of the orchestration crate's read functions.
+//! The REST API's dead letters: list, show, replay (`/v1/dead-letters`).
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
@@ -9,103 +8,10 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use lineq_orchestrator::{dead_letters, workflow};
-use lineq_read::workers;
+use lineq_orchestrator::dead_letters;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-
-/// A worker is shown as silent after this long without a heartbeat (the orchestrator's default).
-pub const SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A registered worker.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkerView {
-    /// The id written in its events.
-    pub worker_id: String,
-    /// Its node name.
-    pub host: String,
-    /// Its process id.
-    pub pid: i32,
-    /// The namespaces it serves.
-    pub namespaces: Vec<String>,
-    /// The handlers it serves.
-    pub handlers: Vec<String>,
-    /// Its language (`rust`, `python`, ...).
-    pub language: String,
-    /// Its version.
-    pub version: String,
-    /// When it started.
-    pub started_at: DateTime<Utc>,
-    /// Its last heartbeat.
-    pub last_heartbeat_at: DateTime<Utc>,
-    /// When it stopped cleanly.
-    pub stopped_at: Option<DateTime<Utc>>,
-    /// `alive`, `silent` (no heartbeat for 30 s, no clean stop) or `stopped`.
-    #[schema(example = "alive")]
-    pub state: String,
-}
-
-impl From<workers::WorkerInfo> for WorkerView {
-    fn from(w: workers::WorkerInfo) -> Self {
-        Self {
-            worker_id: w.worker_id,
-            host: w.host,
-            pid: w.pid,
-            namespaces: w.namespaces,
-            handlers: w.handlers,
-            language: w.language,
-            version: w.version,
-            started_at: w.started_at,
-            last_heartbeat_at: w.last_heartbeat_at,
-            stopped_at: w.stopped_at,
-            state: w.state.as_str().to_string(),
-        }
-    }
-}
-
-/// The registered workers, stopped ones included, most recently started first.
-#[utoipa::path(
-    get,
-    path = "/v1/workers",
-    tag = "fleet",
-    responses((status = 200, description = "The workers", body = Vec<WorkerView>))
-)]
-pub async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiError> {
-    let w = workers::list_workers(state.client.pool(), true, SILENT_AFTER).await?;
-    Ok(Json(w.into_iter().map(Into::into).collect()))
-}
-
-/// One of lineq's queues.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QueueView {
-    /// The PGMQ queue.
-    pub queue_name: String,
-    /// Messages in it.
-    pub depth: i64,
-    /// Age of its oldest message in seconds; absent when it is empty.
-    pub oldest_message_age_secs: Option<i32>,
-}
-
-/// lineq's queues with their depth and oldest message age.
-#[utoipa::path(
-    get,
-    path = "/v1/queues",
-    tag = "fleet",
-    responses((status = 200, description = "The queues", body = Vec<QueueView>))
-)]
-pub async fn queues(State(state): State<AppState>) -> Result<Json<Vec<QueueView>>, ApiError> {
-    let q = workers::queue_metrics(state.client.pool()).await?;
-    Ok(Json(
-        q.into_iter()
-            .map(|q| QueueView {
-                queue_name: q.queue_name,
-                depth: q.queue_length,
-                oldest_message_age_secs: q.oldest_msg_age_sec,
-            })
-            .collect(),
-    ))
-}
 
 /// A dead letter.
 #[derive(Debug, Serialize, ToSchema)]
@@ -273,94 +179,4 @@ pub async fn replay(
         queue: r.queue,
         msg_id: r.msg_id,
     }))
-}
-
-/// A registered workflow.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkflowSummaryView {
-    /// Its name.
-    pub name: String,
-    /// Its newest version.
-    pub latest_version: i32,
-    /// How many versions are registered.
-    pub versions: i64,
-    /// Steps in the newest version.
-    pub steps: usize,
-    /// When the newest version was registered.
-    pub updated_at: DateTime<Utc>,
-}
-
-/// The registered workflows.
-#[utoipa::path(
-    get,
-    path = "/v1/workflows",
-    tag = "workflows",
-    responses((status = 200, description = "The workflows", body = Vec<WorkflowSummaryView>))
-)]
-pub async fn workflows(
-    State(state): State<AppState>,
-) -> Result<Json<Vec<WorkflowSummaryView>>, ApiError> {
-    let w = workflow::store::list(state.client.pool()).await?;
-    Ok(Json(
-        w.into_iter()
-            .map(|w| WorkflowSummaryView {
-                name: w.name,
-                latest_version: w.latest_version,
-                versions: w.versions,
-                steps: w.steps,
-                updated_at: w.updated_at,
-            })
-            .collect(),
-    ))
-}
-
-/// One version of a workflow.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkflowVersionView {
-    /// Its name.
-    pub name: String,
-    /// This version.
-    pub version: i32,
-    /// When it was registered.
-    pub created_at: DateTime<Utc>,
-    /// The definition (as `lineq workflow register` takes it, in JSON).
-    #[schema(value_type = Object)]
-    pub definition: Value,
-}
-
-/// Every version of a workflow, newest first.
-#[utoipa::path(
-    get,
-    path = "/v1/workflows/{name}",
-    tag = "workflows",
-    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.:-]{1,128}$", description = "Workflow name")),
-    responses(
-        (status = 200, description = "Its versions", body = Vec<WorkflowVersionView>),
-        (status = 400, description = "Not a workflow name", body = ErrorBody),
-        (status = 404, description = "No such workflow", body = ErrorBody),
-    )
-)]
-pub async fn workflow_versions(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<Vec<WorkflowVersionView>>, ApiError> {
-    lineq_core::validation::check_name("workflow", &name)?;
-    let v = workflow::store::versions(state.client.pool(), &name).await?;
-    if v.is_empty() {
-        return Err(lineq_core::error::Error::NotFound {
-            what: "workflow",
-            id: name,
-        }
-        .into());
-    }
-    Ok(Json(
-        v.into_iter()
-            .map(|w| WorkflowVersionView {
-                definition: serde_json::to_value(&w.definition).unwrap_or(Value::Null),
-                name: w.name,
-                version: w.version,
-                created_at: w.created_at,
-            })
-            .collect(),
-    ))
 }
