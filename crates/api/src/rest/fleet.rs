@@ -72,7 +72,7 @@ impl From<workers::WorkerInfo> for WorkerView {
     responses((status = 200, description = "The workers", body = Vec<WorkerView>))
 )]
 pub async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiError> {
-    let w = workers::list_workers(state.client.pool(), true, SILENT_AFTER).await?;
+    let w = workers::list_workers(state.reads.pool(), true, SILENT_AFTER).await?;
     Ok(Json(w.into_iter().map(Into::into).collect()))
 }
 
@@ -95,7 +95,7 @@ pub struct QueueView {
     responses((status = 200, description = "The queues", body = Vec<QueueView>))
 )]
 pub async fn queues(State(state): State<AppState>) -> Result<Json<Vec<QueueView>>, ApiError> {
-    let q = workers::queue_metrics(state.client.pool()).await?;
+    let q = workers::queue_metrics(state.reads.pool()).await?;
     Ok(Json(
         q.into_iter()
             .map(|q| QueueView {
@@ -205,7 +205,7 @@ pub async fn dead_letters(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Vec<DeadLetterView>>, ApiError> {
     let limit = limit_param(query.as_deref())?;
-    let d = dead_letters::list(state.client.pool(), limit).await?;
+    let d = dead_letters::list(state.reads.pool(), limit).await?;
     Ok(Json(d.into_iter().map(Into::into).collect()))
 }
 
@@ -233,9 +233,11 @@ pub async fn dead_letter(
     Path(id): Path<String>,
 ) -> Result<Json<DeadLetterView>, ApiError> {
     let id = parse_msg_id(&id)?;
-    Ok(Json(
-        dead_letters::show(state.client.pool(), id).await?.into(),
-    ))
+    let (letter, _) = state
+        .reads
+        .or_primary(|pool| async move { dead_letters::show(&pool, id).await })
+        .await?;
+    Ok(Json(letter.into()))
 }
 
 /// What a replay did.
@@ -300,7 +302,7 @@ pub struct WorkflowSummaryView {
 pub async fn workflows(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<WorkflowSummaryView>>, ApiError> {
-    let w = workflow::store::list(state.client.pool()).await?;
+    let w = workflow::store::list(state.reads.pool()).await?;
     Ok(Json(
         w.into_iter()
             .map(|w| WorkflowSummaryView {
@@ -345,14 +347,23 @@ pub async fn workflow_versions(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<WorkflowVersionView>>, ApiError> {
     lineq_core::validation::check_name("workflow", &name)?;
-    let v = workflow::store::versions(state.client.pool(), &name).await?;
-    if v.is_empty() {
-        return Err(lineq_core::error::Error::NotFound {
-            what: "workflow",
-            id: name,
-        }
-        .into());
-    }
+    // Just registered and not on the replica yet: the primary answers.
+    let (v, _) = state
+        .reads
+        .or_primary(|pool| {
+            let name = name.clone();
+            async move {
+                let v = workflow::store::versions(&pool, &name).await?;
+                if v.is_empty() {
+                    return Err(lineq_core::error::Error::NotFound {
+                        what: "workflow",
+                        id: name,
+                    });
+                }
+                Ok(v)
+            }
+        })
+        .await?;
     Ok(Json(
         v.into_iter()
             .map(|w| WorkflowVersionView {
