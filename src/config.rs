@@ -445,6 +445,10 @@ impl Config {
     }
 
     /// Sets one key from its text form. An empty value unsets an optional key.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one arm per key of every section: the table of what each key takes"
+    )]
     fn set(&mut self, section: &str, key: &str, value: &str) -> Result<(), SetError> {
         fn num<T: std::str::FromStr>(v: &str) -> Result<T, SetError>
         where
@@ -722,18 +726,30 @@ mod tests {
             c.database.read_url.as_deref(),
             Some("postgres://u:file@replica/db")
         );
-        c.apply_env(env(&[("LINEQ_READ_DATABASE_URL", "postgres://u:std@r2/db")]))
-            .unwrap();
-        assert_eq!(c.database.read_url.as_deref(), Some("postgres://u:std@r2/db"));
+        c.apply_env(env(&[(
+            "LINEQ_READ_DATABASE_URL",
+            "postgres://u:std@r2/db",
+        )]))
+        .unwrap();
+        assert_eq!(
+            c.database.read_url.as_deref(),
+            Some("postgres://u:std@r2/db")
+        );
         // The LINEQ_<SECTION>_<KEY> form beats the short one, in either order.
         c.apply_env(env(&[
             ("LINEQ_DATABASE_READ_URL", "postgres://u:sec@r3/db"),
             ("LINEQ_READ_DATABASE_URL", "postgres://u:std@r2/db"),
         ]))
         .unwrap();
-        assert_eq!(c.database.read_url.as_deref(), Some("postgres://u:sec@r3/db"));
+        assert_eq!(
+            c.database.read_url.as_deref(),
+            Some("postgres://u:sec@r3/db")
+        );
         let m = c.masked();
-        assert_eq!(m.database.read_url.as_deref(), Some("postgres://u:****@r3/db"));
+        assert_eq!(
+            m.database.read_url.as_deref(),
+            Some("postgres://u:****@r3/db")
+        );
         assert!(!m.to_toml().contains("sec@"), "{}", m.to_toml());
     }
 

@@ -225,7 +225,12 @@ async fn reads_are_served_by_the_replica_and_a_get_after_a_submit_never_misses()
     }
     let missing = lineq(
         &p,
-        &["get", &Uuid::now_v7().to_string(), "--read-database-url", &r],
+        &[
+            "get",
+            &Uuid::now_v7().to_string(),
+            "--read-database-url",
+            &r,
+        ],
     );
     assert_eq!(missing.status.code(), Some(3), "{}", stderr(&missing));
     let listed = ok(
@@ -347,7 +352,9 @@ async fn reads_are_served_by_the_replica_and_a_get_after_a_submit_never_misses()
     // Every read is at least one transaction on the replica.
     let on_replica = replica_after - replica_before;
     let on_primary = primary_after - primary_before;
-    eprintln!("{reads} reads: {on_replica} transactions on the replica, {on_primary} on the primary");
+    eprintln!(
+        "{reads} reads: {on_replica} transactions on the replica, {on_primary} on the primary"
+    );
     assert!(
         on_replica >= reads,
         "{reads} reads, only {on_replica} transactions on the replica"

@@ -4,8 +4,8 @@ use super::output::out;
 use std::fmt::Write;
 
 use clap::Args;
-use serde_json::Value;
 use lineq_read::ReadPool;
+use serde_json::Value;
 
 use lineq::Client;
 use lineq_core::execution::{Execution, ExecutionStatus};

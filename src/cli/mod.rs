@@ -32,9 +32,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sqlx::PgPool;
 
 use lineq::DatabaseConfig;
+use lineq_core::validation::ValidationError;
 use lineq_read::ReadPool;
 use lineq_read::pool::READ_APPLICATION_NAME;
-use lineq_core::validation::ValidationError;
 use output::outln;
 
 /// lineq — a distributed worker runtime on PostgreSQL message queues (PGMQ), with lineage you

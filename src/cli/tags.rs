@@ -4,8 +4,8 @@ use super::output::{out, outln};
 use std::fmt::Write;
 
 use clap::Args;
-use serde_json::Value;
 use lineq_read::ReadPool;
+use serde_json::Value;
 use sqlx::PgPool;
 
 use lineq::Client;

@@ -139,7 +139,11 @@ pub fn app(
     let token = token.map(Arc::new);
     let mut routes = api_routes(pools.clone(), with_token);
     if let Some(options) = console {
-        routes = routes.merge(crate::console::router(pools.clone(), token.clone(), options));
+        routes = routes.merge(crate::console::router(
+            pools.clone(),
+            token.clone(),
+            options,
+        ));
     }
     if let Some(handle) = metrics {
         // The pool gauges are the primary's, where this server's writes wait for connections.
