@@ -417,14 +417,14 @@ mod tests {
             cli.global.read_database_url.as_deref(),
             Some("postgres://file/replica")
         );
-        let env = [("LINEQ_READ_DATABASE_URL", "postgres://env/replica")];
-        let cli = resolved(&["config", "show"], file, &env).unwrap();
+        let read_env = [("LINEQ_READ_DATABASE_URL", "postgres://env/replica")];
+        let cli = resolved(&["config", "show"], file, &read_env).unwrap();
         assert_eq!(
             cli.global.read_database_url.as_deref(),
             Some("postgres://env/replica")
         );
         let args = ["list", "--read-database-url", "postgres://flag/replica"];
-        let cli = resolved(&args, file, &env).unwrap();
+        let cli = resolved(&args, file, &read_env).unwrap();
         assert_eq!(
             cli.global.read_database_url.as_deref(),
             Some("postgres://flag/replica")
