@@ -4,6 +4,7 @@
 //! ```toml
 //! [database]
 //! url = "postgres://lineq:secret@db.internal:5432/lineq"
+//! read_url = "postgres://lineq:secret@replica.internal:5432/lineq"
 //! max_connections = 20
 //!
 //! [worker]
@@ -31,7 +32,8 @@
 //! a fleet running with the wrong settings.
 //!
 //! The environment: `LINEQ_<SECTION>_<KEY>` (`LINEQ_WORKER_CONCURRENCY=16`), plus the standard
-//! `DATABASE_URL`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
+//! `DATABASE_URL`, `LINEQ_READ_DATABASE_URL` (`database.read_url`),
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
 //! `RUST_LOG` and `LINEQ_LOG` (both `log.level`), which the `LINEQ_<SECTION>_<KEY>` form beats
 //! when both are set. `LINEQ_` variables whose second word is not a
 //! section (`LINEQ_NODE_NAME`, `LINEQ_JAEGER_URL`, the command handlers' `LINEQ_STEP`, ...) are
@@ -75,6 +77,9 @@ pub struct Config {
 pub struct DatabaseSection {
     /// A `postgres://` URL. Secret: shown masked.
     pub url: Option<String>,
+    /// A streaming replica of `url` for the read side (get, list, history, lineage, workers,
+    /// the console and the REST GETs); unset reads on `url`. Secret: shown masked.
+    pub read_url: Option<String>,
     /// Pool size; unset means each command's own (5 for one-shot commands, 10 for `serve`,
     /// about a quarter of the concurrency plus 5 for a worker).
     pub max_connections: Option<u32>,
@@ -317,7 +322,7 @@ pub const SECTIONS: [&str; 8] = [
 /// file and `--command`; `worker.pass_env`, a list, only from the file and `--pass-env`).
 fn env_keys(section: &str) -> &'static [&'static str] {
     match section {
-        "database" => &["url", "max_connections"],
+        "database" => &["url", "read_url", "max_connections"],
         "worker" => &[
             "namespace",
             "concurrency",
@@ -393,13 +398,17 @@ impl Config {
         // endpoint over the generic one, as the OpenTelemetry SDK ranks them.
         let rank = |k: &str| match k {
             "OTEL_EXPORTER_OTLP_ENDPOINT" | "RUST_LOG" => 0,
-            "DATABASE_URL" | "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" | "LINEQ_LOG" => 1,
+            "DATABASE_URL"
+            | "LINEQ_READ_DATABASE_URL"
+            | "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+            | "LINEQ_LOG" => 1,
             _ => 2,
         };
         vars.sort_by_key(|(k, _)| rank(k));
         for (var, value) in vars {
             let (section, key) = match var.as_str() {
                 "DATABASE_URL" => ("database", "url".to_string()),
+                "LINEQ_READ_DATABASE_URL" => ("database", "read_url".to_string()),
                 "RUST_LOG" | "LINEQ_LOG" => ("log", "level".to_string()),
                 "OTEL_EXPORTER_OTLP_ENDPOINT" | "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => {
                     ("telemetry", "otlp_endpoint".to_string())
@@ -436,6 +445,10 @@ impl Config {
     }
 
     /// Sets one key from its text form. An empty value unsets an optional key.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one arm per key of every section: the table of what each key takes"
+    )]
     fn set(&mut self, section: &str, key: &str, value: &str) -> Result<(), SetError> {
         fn num<T: std::str::FromStr>(v: &str) -> Result<T, SetError>
         where
@@ -456,6 +469,7 @@ impl Config {
         let (d, w, o) = (&mut self.database, &mut self.worker, &mut self.orchestrator);
         match (section, key) {
             ("database", "url") => d.url = opt(value),
+            ("database", "read_url") => d.read_url = opt(value),
             ("database", "max_connections") => {
                 d.max_connections = if value.is_empty() {
                     None
@@ -519,12 +533,13 @@ impl Config {
         Ok(())
     }
 
-    /// A copy safe to print: the database password, the API token (and any password in the
+    /// A copy safe to print: the database passwords (primary and read replica), the API token (and any password in the
     /// OTLP endpoint) replaced by `****`.
     pub fn masked(&self) -> Self {
         let mut c = self.clone();
         c.api.token = c.api.token.as_ref().map(|_| MASK.to_string());
         c.database.url = c.database.url.as_deref().map(mask_dsn);
+        c.database.read_url = c.database.read_url.as_deref().map(mask_dsn);
         c.telemetry.otlp_endpoint = c.telemetry.otlp_endpoint.as_deref().map(mask_url);
         c
     }
@@ -701,6 +716,41 @@ mod tests {
             .apply_env(env(&[("LINEQ_METRICS_ADDR", "nowhere")]))
             .unwrap_err();
         assert!(e.to_string().contains("LINEQ_METRICS_ADDR"), "{e}");
+    }
+
+    #[test]
+    fn read_url_from_file_env_and_masked() {
+        let mut c =
+            Config::from_toml("[database]\nread_url = \"postgres://u:file@replica/db\"\n").unwrap();
+        assert_eq!(
+            c.database.read_url.as_deref(),
+            Some("postgres://u:file@replica/db")
+        );
+        c.apply_env(env(&[(
+            "LINEQ_READ_DATABASE_URL",
+            "postgres://u:std@r2/db",
+        )]))
+        .unwrap();
+        assert_eq!(
+            c.database.read_url.as_deref(),
+            Some("postgres://u:std@r2/db")
+        );
+        // The LINEQ_<SECTION>_<KEY> form beats the short one, in either order.
+        c.apply_env(env(&[
+            ("LINEQ_DATABASE_READ_URL", "postgres://u:sec@r3/db"),
+            ("LINEQ_READ_DATABASE_URL", "postgres://u:std@r2/db"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.database.read_url.as_deref(),
+            Some("postgres://u:sec@r3/db")
+        );
+        let m = c.masked();
+        assert_eq!(
+            m.database.read_url.as_deref(),
+            Some("postgres://u:****@r3/db")
+        );
+        assert!(!m.to_toml().contains("sec@"), "{}", m.to_toml());
     }
 
     #[test]

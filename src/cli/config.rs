@@ -75,6 +75,9 @@ pub fn resolve_with(
     if given("database_url") {
         config.database.url = g.database_url.clone();
     }
+    if given("read_database_url") {
+        config.database.read_url = g.read_database_url.clone();
+    }
     if given("log_format") {
         config.log.format = match g.log_format {
             LogFormat::Text => ConfigLogFormat::Text,
@@ -210,6 +213,7 @@ pub fn resolve_with(
     }
 
     g.database_url = config.database.url.clone();
+    g.read_database_url = config.database.read_url.clone();
     g.log_format = match config.log.format {
         ConfigLogFormat::Text => LogFormat::Text,
         ConfigLogFormat::Json => LogFormat::Json,
@@ -406,6 +410,29 @@ mod tests {
                 Some("postgres://flag/db")
             );
         }
+        // The read replica's URL layers the same way: flag, then environment, then file.
+        let file = Some("[database]\nread_url = \"postgres://file/replica\"\n");
+        let cli = resolved(&["config", "show"], file, &[]).unwrap();
+        assert_eq!(
+            cli.global.read_database_url.as_deref(),
+            Some("postgres://file/replica")
+        );
+        let read_env = [("LINEQ_READ_DATABASE_URL", "postgres://env/replica")];
+        let cli = resolved(&["config", "show"], file, &read_env).unwrap();
+        assert_eq!(
+            cli.global.read_database_url.as_deref(),
+            Some("postgres://env/replica")
+        );
+        let args = ["list", "--read-database-url", "postgres://flag/replica"];
+        let cli = resolved(&args, file, &read_env).unwrap();
+        assert_eq!(
+            cli.global.read_database_url.as_deref(),
+            Some("postgres://flag/replica")
+        );
+        assert_eq!(
+            cli.global.effective.database.read_url.as_deref(),
+            Some("postgres://flag/replica")
+        );
         let cli = resolved(
             &["config", "show"],
             Some("[database]\nurl = \"postgres://file/db\"\n"),

@@ -98,7 +98,7 @@ async fn run_on(pg: &LocalPostgres, a: &DevArgs, commands: Vec<CommandSpec>) -> 
         tasks.spawn(async move { worker.run(token).await });
     }
 
-    let app = super::serve::app(pool.clone(), None, a.jaeger_url.clone())?;
+    let app = super::serve::app(pool.clone().into(), None, a.jaeger_url.clone())?;
     outln!("lineq dev is running (Ctrl-C stops it)");
     outln!("  console      http://{local}/");
     outln!("  REST API     http://{local}/v1/executions  (OpenAPI at /openapi.json)");

@@ -2,7 +2,7 @@
 
 use super::output::{out, outln};
 use clap::Args;
-use sqlx::PgPool;
+use lineq_read::ReadPool;
 
 use std::time::Duration;
 
@@ -28,14 +28,19 @@ pub struct EventsArgs {
 }
 
 pub async fn get(
-    pool: &PgPool,
+    reads: &ReadPool,
     format: Format,
     a: GetArgs,
     silent_worker_secs: u64,
 ) -> anyhow::Result<()> {
     let id = parse_id("execution_id", &a.id)?;
+    // Just submitted and not on the replica yet: the primary answers, and its steps are read
+    // there too.
+    let (execution, pool) = reads
+        .or_primary(|pool| async move { Client::new(pool).execution(id).await })
+        .await?;
+    let pool = &pool;
     let client = Client::new(pool.clone());
-    let execution = client.execution(id).await?;
     let steps = client.steps(id).await?;
     // Enqueued steps whose handler no live worker of their namespace serves: they wait.
     let unserved: Vec<&lineq_core::execution::Step> = if steps
@@ -90,9 +95,11 @@ pub async fn get(
     }
 }
 
-pub async fn events(pool: &PgPool, format: Format, a: EventsArgs) -> anyhow::Result<()> {
+pub async fn events(reads: &ReadPool, format: Format, a: EventsArgs) -> anyhow::Result<()> {
     let id = parse_id("execution_id", &a.id)?;
-    let events = Client::new(pool.clone()).events(id).await?;
+    let (events, _) = reads
+        .or_primary(|pool| async move { Client::new(pool).events(id).await })
+        .await?;
     match format {
         Format::Json => print_json(&events),
         Format::Text if a.tree => {

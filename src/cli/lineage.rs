@@ -7,7 +7,7 @@ use std::fmt::Write;
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
-use sqlx::PgPool;
+use lineq_read::ReadPool;
 
 use lineq_read::lineage::{self, EventNode, ExecutionNode, LineageTree, render};
 
@@ -78,12 +78,14 @@ pub enum Graph {
     Mermaid,
 }
 
-pub async fn run(pool: &PgPool, format: Format, a: LineageArgs) -> anyhow::Result<()> {
+pub async fn run(reads: &ReadPool, format: Format, a: LineageArgs) -> anyhow::Result<()> {
     if let Some(LineageCommand::Check(c)) = a.command {
-        return check(pool, format, c).await;
+        return check(reads, format, c).await;
     }
     let id = parse_id("id", a.id.as_deref().unwrap_or_default())?;
-    let tree = lineage::lineage(pool, id).await?;
+    let (tree, _) = reads
+        .or_primary(|pool| async move { lineage::lineage(&pool, id).await })
+        .await?;
     match (a.graph, format) {
         (Some(Graph::Dot), _) => out!("{}", render::to_dot(&tree)),
         (Some(Graph::Mermaid), _) => out!("{}", render::to_mermaid(&tree)),
@@ -93,9 +95,11 @@ pub async fn run(pool: &PgPool, format: Format, a: LineageArgs) -> anyhow::Resul
     Ok(())
 }
 
-async fn check(pool: &PgPool, format: Format, a: CheckArgs) -> anyhow::Result<()> {
+async fn check(reads: &ReadPool, format: Format, a: CheckArgs) -> anyhow::Result<()> {
     let id = parse_id("id", &a.id)?;
-    let report = lineage::check(pool, id).await?;
+    let (report, _) = reads
+        .or_primary(|pool| async move { lineage::check(&pool, id).await })
+        .await?;
     match format {
         Format::Json => print_json(&report)?,
         Format::Text => {

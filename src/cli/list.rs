@@ -4,8 +4,8 @@ use super::output::out;
 use std::fmt::Write;
 
 use clap::Args;
+use lineq_read::ReadPool;
 use serde_json::Value;
-use sqlx::PgPool;
 
 use lineq::Client;
 use lineq_core::execution::{Execution, ExecutionStatus};
@@ -115,9 +115,9 @@ impl ListArgs {
     }
 }
 
-pub async fn run(pool: &PgPool, format: Format, a: ListArgs) -> anyhow::Result<()> {
+pub async fn run(reads: &ReadPool, format: Format, a: ListArgs) -> anyhow::Result<()> {
     let filter = a.filter()?;
-    let page = Client::new(pool.clone()).list(&filter).await?;
+    let page = Client::new(reads.pool().clone()).list(&filter).await?;
     match format {
         Format::Json => print_json(&page),
         Format::Text => {

@@ -33,6 +33,8 @@ use sqlx::PgPool;
 
 use lineq::DatabaseConfig;
 use lineq_core::validation::ValidationError;
+use lineq_read::ReadPool;
+use lineq_read::pool::READ_APPLICATION_NAME;
 use output::outln;
 
 /// lineq — a distributed worker runtime on PostgreSQL message queues (PGMQ), with lineage you
@@ -58,6 +60,18 @@ pub struct GlobalArgs {
     /// PostgreSQL URL, e.g. postgres://user:pass@host:5432/db.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
+    /// A streaming replica of the database, for the read side: get, events, list, history,
+    /// lineage, workers, and `serve`'s GETs and console pages. A read of one execution that
+    /// the replica has not replayed yet is answered by the primary (--database-url); lists and
+    /// lineage may lag by the replica's replay delay. Also database.read_url in the config file.
+    #[arg(
+        long,
+        env = "LINEQ_READ_DATABASE_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub read_database_url: Option<String>,
     /// Output format: human-readable text, or JSON for scripts.
     #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
     pub format: Format,
@@ -209,14 +223,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Get(a) => {
             let silent = g.effective.orchestrator.silent_worker_secs;
-            inspect::get(&connect(g).await?, g.format, a, silent).await
+            inspect::get(&connect_read(g).await?, g.format, a, silent).await
         }
-        Command::Events(a) => inspect::events(&connect(g).await?, g.format, a).await,
-        Command::Lineage(a) => lineage::run(&connect(g).await?, g.format, a).await,
-        Command::List(a) => list::run(&connect(g).await?, g.format, a).await,
+        Command::Events(a) => inspect::events(&connect_read(g).await?, g.format, a).await,
+        Command::Lineage(a) => lineage::run(&connect_read(g).await?, g.format, a).await,
+        Command::List(a) => list::run(&connect_read(g).await?, g.format, a).await,
         Command::Tag(a) => tags::tag(&connect(g).await?, g.format, a).await,
         Command::Untag(a) => tags::untag(&connect(g).await?, g.format, a).await,
-        Command::History(a) => tags::history(&connect(g).await?, g.format, a).await,
+        Command::History(a) => tags::history(&connect_read(g).await?, g.format, a).await,
         Command::Serve(a) => serve::run(g, a).await,
         Command::Orchestrator(a) => {
             let stop = run::shutdown_on_signal();
@@ -241,7 +255,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(g.database_url.clone(), g.format, a).await,
         Command::Dev(a) => dev::run(a).await,
         Command::Config(config::ConfigCommand::Show) => config::show(&g.effective, g.format),
-        Command::Workers(a) => workers::run(&connect(g).await?, g, a).await,
+        Command::Workers(a) => workers::run(connect_read(g).await?.pool(), g, a).await,
     }
 }
 
@@ -269,15 +283,43 @@ async fn require_schema(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_sized(g: &GlobalArgs, size: u32) -> anyhow::Result<PgPool> {
-    let url = g.database_url.as_deref().ok_or_else(|| {
+/// The pool of the read commands: the replica (`--read-database-url`), with the primary behind
+/// it for a read by id the replica has not replayed yet (connected only if that happens); or
+/// the primary's own pool when no replica is configured.
+async fn connect_read(g: &GlobalArgs) -> anyhow::Result<ReadPool> {
+    let Some(url) = g.read_database_url.as_deref() else {
+        return Ok(ReadPool::primary(connect(g).await?));
+    };
+    let size = g.effective.database.max_connections.unwrap_or(5);
+    let replica = DatabaseConfig::new(url)
+        .max_connections(size)
+        .application_name(READ_APPLICATION_NAME);
+    let replica = open(&replica).await?;
+    require_schema(&replica).await?;
+    let primary = DatabaseConfig::new(primary_url(g)?)
+        .max_connections(size)
+        .connect_lazy()?;
+    Ok(ReadPool::replica(replica, primary))
+}
+
+/// The primary's URL, or the error that says how to give it.
+fn primary_url(g: &GlobalArgs) -> Result<&str, ValidationError> {
+    g.database_url.as_deref().ok_or_else(|| {
         ValidationError::new(
             "database_url",
             "DATABASE_URL is not set; export it or pass --database-url",
         )
-    })?;
-    let config = DatabaseConfig::new(url)
+    })
+}
+
+async fn connect_sized(g: &GlobalArgs, size: u32) -> anyhow::Result<PgPool> {
+    let config = DatabaseConfig::new(primary_url(g)?)
         .max_connections(g.effective.database.max_connections.unwrap_or(size));
+    open(&config).await
+}
+
+/// Opens a pool, naming where it tried when it cannot (never the password).
+async fn open(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     // Where it tried, so "connection refused" says to what (never the password).
     let target = config
         .connect_options()

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 
+use lineq_api::pools::Pools;
 use lineq_api::rest::auth::ApiToken;
 use lineq_core::validation::ValidationError;
 
@@ -34,7 +35,7 @@ pub struct ServeArgs {
 
 /// The whole server's routes: the REST API, the console and `/metrics`.
 pub fn app(
-    pool: sqlx::PgPool,
+    pools: lineq_api::pools::Pools,
     token: Option<ApiToken>,
     jaeger_url: Option<String>,
 ) -> anyhow::Result<axum::Router> {
@@ -45,7 +46,7 @@ pub fn app(
         ..Default::default()
     };
     Ok(lineq_api::rest::app(
-        pool,
+        pools,
         token,
         Some(console),
         Some(metrics),
@@ -59,7 +60,7 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
     let token = load_token(a.token_file.as_deref(), env_token)?;
     refuse_open_network(a.addr, token.is_some())?;
     let limits = a.http.limits()?;
-    let pool = super::connect_sized(g, 10).await?;
+    let pools = connect_pools(g).await?;
     let listener = tokio::net::TcpListener::bind(a.addr)
         .await
         .with_context(|| format!("cannot listen on {}", a.addr))?;
@@ -72,11 +73,30 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
         "none (loopback only)"
     };
     tracing::info!(addr = %local, auth, "REST API listening");
-    let app = app(pool, token, a.jaeger_url)?;
+    let app = app(pools, token, a.jaeger_url)?;
     outln!("console at http://{local}/");
     lineq_api::rest::serve(listener, app, limits, stop_signal()).await?;
     tracing::info!("REST API stopped");
     Ok(())
+}
+
+/// The primary's pool for writes, and the replica's for the reads when `--read-database-url`
+/// is given. Past the start-up check, the primary's pool connects on first use: a server that
+/// only answers reads keeps no connection to it (but for a read by id the replica has not
+/// replayed yet).
+async fn connect_pools(g: &GlobalArgs) -> anyhow::Result<Pools> {
+    let primary = super::connect_sized(g, 10).await?;
+    let Some(url) = g.read_database_url.as_deref() else {
+        return Ok(Pools::primary(primary));
+    };
+    let replica = lineq::DatabaseConfig::new(url)
+        .max_connections(g.effective.database.max_connections.unwrap_or(10))
+        .application_name(lineq_read::pool::READ_APPLICATION_NAME);
+    let replica = super::open(&replica).await?;
+    super::require_schema(&replica)
+        .await
+        .context("the read replica (--read-database-url)")?;
+    Ok(Pools::with_replica(primary, replica))
 }
 
 /// The token from `--token-file` or the environment; an error when both are given (one of them

@@ -4,6 +4,7 @@ use super::output::{out, outln};
 use std::fmt::Write;
 
 use clap::Args;
+use lineq_read::ReadPool;
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -112,9 +113,11 @@ async fn apply(
     }
 }
 
-pub async fn history(pool: &PgPool, format: Format, a: HistoryArgs) -> anyhow::Result<()> {
+pub async fn history(reads: &ReadPool, format: Format, a: HistoryArgs) -> anyhow::Result<()> {
     let id = parse_id("execution_id", &a.id)?;
-    let entries = Client::new(pool.clone()).history(id).await?;
+    let (entries, _) = reads
+        .or_primary(|pool| async move { Client::new(pool).history(id).await })
+        .await?;
     match format {
         Format::Json => print_json(&entries),
         Format::Text => {

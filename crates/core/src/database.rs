@@ -107,7 +107,18 @@ impl DatabaseConfig {
             })??;
         // Closing politely keeps the server's log free of "unexpected EOF".
         let _ = first.close().await;
-        let pool = PgPoolOptions::new()
+        Ok(self.pool_on(opts))
+    }
+
+    /// The pool without connecting: its first connection is opened by its first statement.
+    /// For a pool that may never be used (the primary behind a replica's reads, asked only
+    /// when the replica has not yet replayed what it is asked for).
+    pub fn connect_lazy(&self) -> Result<PgPool> {
+        Ok(self.pool_on(self.connect_options()?))
+    }
+
+    fn pool_on(&self, opts: PgConnectOptions) -> PgPool {
+        PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
             .test_before_acquire(false)
@@ -119,8 +130,7 @@ impl DatabaseConfig {
                     Ok(true)
                 })
             })
-            .connect_lazy_with(opts);
-        Ok(pool)
+            .connect_lazy_with(opts)
     }
 }
 

@@ -111,6 +111,9 @@ pub struct LocalPostgres {
     stopped: bool,
     /// The directory is kept on stop and drop.
     persistent: bool,
+    /// The `-c` settings it was started with (a replica starts with the same ones: a hot
+    /// standby refuses to run with, say, fewer `max_connections` than its primary).
+    settings: Vec<(String, String)>,
 }
 
 impl LocalPostgres {
@@ -150,6 +153,7 @@ impl LocalPostgres {
             watchdog: None,
             stopped: false,
             persistent,
+            settings: opts.settings.clone(),
         };
 
         if opts.stop_with_process && !persistent {
@@ -195,6 +199,7 @@ impl LocalPostgres {
         if !initialised {
             run(&initdb).await?;
         }
+        pg.allow_replication()?;
 
         pg.start_server(&opts.settings).await?;
         pg.wait_for_tcp().await?;
@@ -268,6 +273,106 @@ impl LocalPostgres {
         self.stopped = true;
         tracing::debug!(dir = %self.root.display(), "throwaway PostgreSQL stopped");
         Ok(())
+    }
+
+    /// Starts a streaming replica of this running cluster: `pg_basebackup -R -X stream` into a
+    /// directory of its own, then a hot standby on a free port with this cluster's settings.
+    /// It is stopped and removed like any cluster (stop, drop, and the watchdog when this one
+    /// has one). Its URL takes read-only transactions only; `pg_is_in_recovery()` is true there.
+    pub async fn start_replica(&self) -> Result<Self, LocalPostgresError> {
+        let root = create_temp_root()?;
+        let mut replica = LocalPostgres {
+            data: root.join("data"),
+            log: root.join("postgres.log"),
+            root,
+            bin_dir: self.bin_dir.clone(),
+            run_as: self.run_as.clone(),
+            port: 0,
+            url: String::new(),
+            watchdog: None,
+            stopped: false,
+            persistent: false,
+            settings: self.settings.clone(),
+        };
+        if self.watchdog.is_some() {
+            replica.spawn_watchdog(std::process::id())?;
+        }
+        if replica.run_as.is_root() {
+            let chown = Invocation::new(
+                "chown",
+                [
+                    OsString::from("-R"),
+                    OsString::from(format!("{PG_OS_USER}:")),
+                    replica.root.clone().into_os_string(),
+                ],
+            );
+            run(&chown).await?;
+        }
+        let basebackup = replica.pg_invocation(
+            "pg_basebackup",
+            [
+                os("-D"),
+                replica.data.clone().into_os_string(),
+                // Writes standby.signal and primary_conninfo: it starts as a streaming replica.
+                os("-R"),
+                os("-X"),
+                os("stream"),
+                // A spread checkpoint on an idle cluster can take minutes.
+                os("--checkpoint=fast"),
+                os("--no-sync"),
+                os("-h"),
+                os("127.0.0.1"),
+                OsString::from(format!("--port={}", self.port)),
+                os("-U"),
+                os("postgres"),
+            ],
+        );
+        run(&basebackup).await.map_err(|e| self.with_log_tail(e))?;
+        let mut settings = self.settings.clone();
+        settings.push(("hot_standby".into(), "on".into()));
+        replica.start_server(&settings).await?;
+        replica.wait_for_tcp().await?;
+        tracing::info!(url = %replica.url, primary = %self.url, "throwaway PostgreSQL replica is up");
+        Ok(replica)
+    }
+
+    /// Makes sure `pg_hba.conf` takes replication connections on loopback (initdb's own file
+    /// does, with the `-A trust` we give it; a cluster made otherwise may not).
+    fn allow_replication(&self) -> Result<(), LocalPostgresError> {
+        let hba = self.data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).map_err(|source| LocalPostgresError::Io {
+            what: format!("reading {}", hba.display()),
+            source,
+        })?;
+        let has = |addr: &str| {
+            text.lines().any(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                words.len() >= 5
+                    && words[0] == "host"
+                    && words[1] == "replication"
+                    && words[3] == addr
+                    && words[4] == "trust"
+            })
+        };
+        let mut missing = String::new();
+        for addr in ["127.0.0.1/32", "::1/128"] {
+            if !has(addr) {
+                missing.push_str(&format!("host replication all {addr} trust\n"));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut text = text;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&missing);
+        // Rewritten in place, so the file keeps its owner (the postgres user when we are root).
+        std::fs::write(&hba, text).map_err(|source| LocalPostgresError::Io {
+            what: format!("writing {}", hba.display()),
+            source,
+        })
     }
 
     /// Run `pg_ctl start`, retrying on a fresh port if someone else took ours meanwhile.
@@ -864,6 +969,47 @@ mod tests {
         pg.stop().await.unwrap();
         assert!(!root.exists(), "{} still exists", root.display());
         assert!(!tcp_open(port), "server still listening on {port}");
+    }
+
+    #[tokio::test]
+    async fn a_replica_streams_what_the_primary_writes() {
+        let primary = LocalPostgres::start(LocalPostgresOptions {
+            settings: vec![("max_connections".into(), "60".into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let replica = primary.start_replica().await.unwrap();
+        assert_ne!(replica.port(), primary.port());
+        assert_eq!(psql(replica.url(), "select pg_is_in_recovery()"), "t");
+        assert_eq!(psql(primary.url(), "select pg_is_in_recovery()"), "f");
+        assert_eq!(psql(replica.url(), "show max_connections"), "60");
+        psql(
+            primary.url(),
+            "create table t (v text); insert into t values ('from the primary')",
+        );
+        assert!(
+            eventually(30, || {
+                let out = std::process::Command::new("psql")
+                    .args([replica.url(), "-Atc", "select v from t"])
+                    .output()
+                    .expect("psql runs");
+                String::from_utf8_lossy(&out.stdout).trim() == "from the primary"
+            }),
+            "the row never reached the replica"
+        );
+        assert_eq!(
+            psql(
+                primary.url(),
+                "select count(*) from pg_stat_replication where state = 'streaming'"
+            ),
+            "1"
+        );
+        let (root, port) = (replica.root.clone(), replica.port());
+        replica.stop().await.unwrap();
+        assert!(!root.exists(), "{} still exists", root.display());
+        assert!(!tcp_open(port), "replica still listening on {port}");
+        primary.stop().await.unwrap();
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ pub async fn page(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> PageResult {
-    let letters = dead_letters::list(&state.pool, SHOWN).await?;
+    let letters = dead_letters::list(state.reads.pool(), SHOWN).await?;
     let csrf = state.csrf.token(&headers);
     let logout = state.token.as_ref().map(|_| csrf.as_str());
     let replayed = q.get("replayed").and_then(|v| v.parse::<i64>().ok());
@@ -79,6 +79,6 @@ pub async fn replay(
     let id: i64 = id
         .parse()
         .map_err(|_| PageError::new(StatusCode::NOT_FOUND, "no such dead letter"))?;
-    let r = dead_letters::replay(&state.pool, id).await?;
+    let r = dead_letters::replay(&state.write, id).await?;
     Ok(Redirect::to(&format!("/dead-letters?replayed={}", r.dead_letter)).into_response())
 }

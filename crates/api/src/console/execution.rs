@@ -59,10 +59,21 @@ pub async fn page(
     headers: HeaderMap,
 ) -> PageResult {
     let id = parse_id(&id)?;
-    let client = Client::new(state.pool.clone());
-    let e = client.execution(id).await?;
+    // After one of the page's own actions (`done`), read on the primary so the change shows
+    // even before a replica has replayed it; otherwise where the execution is found (the
+    // primary when the replica does not have it yet).
+    let (e, pool) = if q.contains_key("done") {
+        let e = Client::new(state.write.clone()).execution(id).await?;
+        (e, state.write.clone())
+    } else {
+        state
+            .reads
+            .or_primary(|pool| async move { Client::new(pool).execution(id).await })
+            .await?
+    };
+    let client = Client::new(pool.clone());
     let steps = client.steps(id).await?;
-    let tree = lineage::execution_lineage(&state.pool, id).await?;
+    let tree = lineage::execution_lineage(&pool, id).await?;
     let history = client.history(id).await?;
     let root_correlation = if e.root_execution_id == e.execution_id {
         e.correlation_id
@@ -273,7 +284,10 @@ pub async fn confirm_cancel(
     headers: HeaderMap,
 ) -> PageResult {
     let id = parse_id(&id)?;
-    let e = Client::new(state.pool.clone()).execution(id).await?;
+    let (e, _) = state
+        .reads
+        .or_primary(|pool| async move { Client::new(pool).execution(id).await })
+        .await?;
     let csrf = state.csrf.token(&headers);
     let logout = state.token.as_ref().map(|_| csrf.as_str());
     let body = html! {
@@ -315,7 +329,7 @@ pub async fn cancel(
 ) -> PageResult {
     check_csrf(&state, &headers, &form)?;
     let id = parse_id(&id)?;
-    lineq_orchestrator::cancel::cancel(&state.pool, id, "cancelled from the console").await?;
+    lineq_orchestrator::cancel::cancel(&state.write, id, "cancelled from the console").await?;
     Ok(Redirect::to(&format!("/executions/{id}?done=cancelled")).into_response())
 }
 
@@ -333,7 +347,7 @@ async fn change(
     version: i64,
     done: &str,
 ) -> PageResult {
-    match lineq_orchestrator::tags::update_tags(&state.pool, id, set, remove, Some(version), CAUSE)
+    match lineq_orchestrator::tags::update_tags(&state.write, id, set, remove, Some(version), CAUSE)
         .await
     {
         Ok(_) => Ok(Redirect::to(&format!("/executions/{id}?done={done}")).into_response()),

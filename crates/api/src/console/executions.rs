@@ -45,7 +45,7 @@ pub async fn page(
         f.newest_first = true;
         f
     });
-    let counts = query::count_by_status(&state.pool, COUNT_CAP).await?;
+    let counts = query::count_by_status(state.reads.pool(), COUNT_CAP).await?;
     let result = match &filter {
         Ok(f) => Some(list(&state, f).await?),
         Err(_) => None,
@@ -104,7 +104,7 @@ async fn list(
     state: &ConsoleState,
     f: &ExecutionFilter,
 ) -> Result<(Vec<lineq_core::execution::Execution>, Option<String>), super::PageError> {
-    let page = list_executions(&state.pool, f).await?;
+    let page = list_executions(state.reads.pool(), f).await?;
     Ok((page.items, page.next_cursor))
 }
 

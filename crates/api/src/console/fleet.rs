@@ -13,9 +13,10 @@ use super::{ConsoleState, PageResult};
 
 /// `GET /fleet`.
 pub async fn page(State(state): State<ConsoleState>, headers: HeaderMap) -> PageResult {
-    let workers = workers::list_workers(&state.pool, true, state.options.silent_after).await?;
-    let queues = workers::queue_metrics(&state.pool).await?;
-    let minutes = query::finished_per_minute(&state.pool, 60).await?;
+    let workers =
+        workers::list_workers(state.reads.pool(), true, state.options.silent_after).await?;
+    let queues = workers::queue_metrics(state.reads.pool()).await?;
+    let minutes = query::finished_per_minute(state.reads.pool(), 60).await?;
     let logout_token = state.token.as_ref().map(|_| state.csrf.token(&headers));
     let total: i64 = minutes.iter().map(|(_, a, b, c)| a + b + c).sum();
     let body = html! {

@@ -44,6 +44,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sqlx::PgPool;
 
+use lineq_read::ReadPool;
+
+use crate::pools::Pools;
 use crate::rest::auth::ApiToken;
 
 /// How the console is set up.
@@ -69,8 +72,10 @@ impl Default for ConsoleOptions {
 /// What every console handler shares.
 #[derive(Debug, Clone)]
 pub struct ConsoleState {
-    /// The database.
-    pub pool: PgPool,
+    /// The primary: the actions (cancel, tags, replay) write here.
+    pub write: PgPool,
+    /// Where the pages read: a replica when one is configured, else the primary.
+    pub reads: ReadPool,
     /// The server's token, when it has one (then the login page is in use).
     pub token: Option<Arc<ApiToken>>,
     /// Keys the CSRF tokens.
@@ -96,9 +101,10 @@ pub fn is_console_path(path: &str) -> bool {
 }
 
 /// The console's routes.
-pub fn router(pool: PgPool, token: Option<Arc<ApiToken>>, options: ConsoleOptions) -> Router {
+pub fn router(pools: Pools, token: Option<Arc<ApiToken>>, options: ConsoleOptions) -> Router {
     let state = ConsoleState {
-        pool,
+        write: pools.write,
+        reads: pools.read,
         token,
         csrf: Arc::new(session::CsrfKey::random()),
         options: Arc::new(options),

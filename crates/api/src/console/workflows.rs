@@ -16,7 +16,7 @@ use super::{ConsoleState, PageError, PageResult};
 
 /// `GET /workflows`.
 pub async fn list(State(state): State<ConsoleState>, headers: HeaderMap) -> PageResult {
-    let all = store::list(&state.pool).await?;
+    let all = store::list(state.reads.pool()).await?;
     let logout = state.token.as_ref().map(|_| state.csrf.token(&headers));
     let body = html! {
         h1 { "Workflows" }
@@ -48,7 +48,7 @@ pub async fn page(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> PageResult {
-    let versions = store::versions(&state.pool, &name).await?;
+    let versions = store::versions(state.reads.pool(), &name).await?;
     let only = q.get("version").and_then(|v| v.parse::<i32>().ok());
     let shown: Vec<_> = versions
         .iter()

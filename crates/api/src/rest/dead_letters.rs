@@ -111,7 +111,7 @@ pub async fn dead_letters(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Vec<DeadLetterView>>, ApiError> {
     let limit = limit_param(query.as_deref())?;
-    let d = dead_letters::list(state.client.pool(), limit).await?;
+    let d = dead_letters::list(state.reads.pool(), limit).await?;
     Ok(Json(d.into_iter().map(Into::into).collect()))
 }
 
@@ -139,9 +139,11 @@ pub async fn dead_letter(
     Path(id): Path<String>,
 ) -> Result<Json<DeadLetterView>, ApiError> {
     let id = parse_msg_id(&id)?;
-    Ok(Json(
-        dead_letters::show(state.client.pool(), id).await?.into(),
-    ))
+    let (letter, _) = state
+        .reads
+        .or_primary(|pool| async move { dead_letters::show(&pool, id).await })
+        .await?;
+    Ok(Json(letter.into()))
 }
 
 /// What a replay did.

@@ -852,7 +852,8 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<ExecutionPage>, ApiError> {
     let filter = filter_from_query(query.as_deref().unwrap_or(""))?;
-    Ok(Json(state.client.list(&filter).await?.into()))
+    let page = lineq_read::query::list_executions(state.reads.pool(), &filter).await?;
+    Ok(Json(page.into()))
 }
 
 /// Reads one execution. Its `ETag` is its version, for `If-Match`.
@@ -873,7 +874,12 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_execution_id(&id)?;
-    Ok(with_etag(StatusCode::OK, state.client.execution(id).await?))
+    // Not on the replica yet (just submitted): the primary answers, never a false 404.
+    let (execution, _) = state
+        .reads
+        .or_primary(|pool| async move { lineq_core::execution::get_execution(&pool, id).await })
+        .await?;
+    Ok(with_etag(StatusCode::OK, execution))
 }
 
 /// The execution's status, step and tag changes, oldest first, each with its time and cause.
@@ -893,7 +899,10 @@ pub async fn history(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<HistoryEntryView>>, ApiError> {
     let id = parse_execution_id(&id)?;
-    let h = state.client.history(id).await?;
+    let (h, _) = state
+        .reads
+        .or_primary(|pool| async move { lineq_read::history::history(&pool, id).await })
+        .await?;
     Ok(Json(h.into_iter().map(Into::into).collect()))
 }
 
@@ -1052,7 +1061,8 @@ pub struct Health {
     pub status: String,
 }
 
-/// Liveness and database reachability. Open without a token.
+/// Liveness and database reachability (the primary's, and the read replica's when one is
+/// configured). Open without a token.
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -1064,7 +1074,11 @@ pub struct Health {
     )
 )]
 pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    match sqlx::query("SELECT 1").execute(state.client.pool()).await {
+    let mut reached = sqlx::query("SELECT 1").execute(state.client.pool()).await;
+    if reached.is_ok() && state.reads.is_replica() {
+        reached = sqlx::query("SELECT 1").execute(state.reads.pool()).await;
+    }
+    match reached {
         Ok(_) => (
             StatusCode::OK,
             Json(Health {
@@ -1101,7 +1115,10 @@ pub async fn lineage(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_execution_id(&id)?;
-    let tree = lineq_read::lineage::execution_lineage(state.client.pool(), id).await?;
+    let (tree, _) = state
+        .reads
+        .or_primary(|pool| async move { lineq_read::lineage::execution_lineage(&pool, id).await })
+        .await?;
     let json = serde_json::to_value(&tree).map_err(lineq_core::Error::from)?;
     Ok(Json(json))
 }

@@ -51,23 +51,29 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use lineq_orchestrator::Client;
+use lineq_read::ReadPool;
+
+use crate::pools::Pools;
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The client the handlers act through.
+    /// The client writes act through, on the primary.
     pub client: Client,
+    /// Where the GETs read: a replica when one is configured, else the primary.
+    pub reads: ReadPool,
 }
 
 /// The API's routes on `pool`, for a server without a token.
 pub fn router(pool: PgPool) -> Router {
-    api_routes(pool, false)
+    api_routes(Pools::primary(pool), false)
 }
 
 /// The API's routes; `with_token` says whether the server requires one (for its document).
-fn api_routes(pool: PgPool, with_token: bool) -> Router {
+fn api_routes(pools: Pools, with_token: bool) -> Router {
     let state = AppState {
-        client: Client::new(pool),
+        client: Client::new(pools.write),
+        reads: pools.read,
     };
     Router::new()
         .route(
@@ -115,7 +121,7 @@ pub fn router_with_token(pool: PgPool, token: Option<auth::ApiToken>) -> Router 
     let with_token = token.is_some();
     let token = token.map(Arc::new);
     // A layer on the whole router covers the fallback too, so unknown paths answer 401.
-    api_routes(pool, with_token).layer(middleware::from_fn_with_state(
+    api_routes(Pools::primary(pool), with_token).layer(middleware::from_fn_with_state(
         token,
         crate::access::authenticate,
     ))
@@ -123,20 +129,27 @@ pub fn router_with_token(pool: PgPool, token: Option<auth::ApiToken>) -> Router 
 
 /// Everything `lineq serve` answers: the REST API, the console at `/` (unless `console` is
 /// `None`) and, with a Prometheus `metrics` handle, `/metrics`; all behind the same token.
+/// Writes go to `pools.write`, the GETs and the console's pages read on `pools.read`.
 pub fn app(
-    pool: PgPool,
+    pools: impl Into<Pools>,
     token: Option<auth::ApiToken>,
     console: Option<crate::console::ConsoleOptions>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Router {
+    let pools = pools.into();
     let with_token = token.is_some();
     let token = token.map(Arc::new);
-    let mut routes = api_routes(pool.clone(), with_token);
+    let mut routes = api_routes(pools.clone(), with_token);
     if let Some(options) = console {
-        routes = routes.merge(crate::console::router(pool.clone(), token.clone(), options));
+        routes = routes.merge(crate::console::router(
+            pools.clone(),
+            token.clone(),
+            options,
+        ));
     }
     if let Some(handle) = metrics {
-        let pool = pool.clone();
+        // The pool gauges are the primary's, where this server's writes wait for connections.
+        let pool = pools.write;
         routes = routes.route(
             "/metrics",
             get(move || {

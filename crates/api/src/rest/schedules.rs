@@ -282,7 +282,7 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Vec<ScheduleView>>, ApiError> {
     let ns = namespace_param(query.as_deref(), true)?;
-    let all = schedule::list(state.client.pool(), ns.as_deref()).await?;
+    let all = schedule::list(state.reads.pool(), ns.as_deref()).await?;
     Ok(Json(all.into_iter().map(Into::into).collect()))
 }
 
@@ -395,9 +395,14 @@ pub async fn get(
 ) -> Result<Json<ScheduleDetailView>, ApiError> {
     name_param(&name)?;
     let ns = namespace_param(query.as_deref(), false)?.unwrap_or_default();
-    let pool = state.client.pool();
-    let s = schedule::get(pool, &ns, &name).await?;
-    let fires = schedule::recent_fires(pool, s.schedule_id, 5).await?;
+    let (s, pool) = state
+        .reads
+        .or_primary(|pool| {
+            let (ns, name) = (ns.clone(), name.clone());
+            async move { schedule::get(&pool, &ns, &name).await }
+        })
+        .await?;
+    let fires = schedule::recent_fires(&pool, s.schedule_id, 5).await?;
     Ok(Json(ScheduleDetailView {
         upcoming: s.upcoming(5),
         recent_fires: fires.into_iter().map(Into::into).collect(),

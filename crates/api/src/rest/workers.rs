@@ -68,7 +68,7 @@ impl From<workers::WorkerInfo> for WorkerView {
     responses((status = 200, description = "The workers", body = Vec<WorkerView>))
 )]
 pub async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiError> {
-    let w = workers::list_workers(state.client.pool(), true, SILENT_AFTER).await?;
+    let w = workers::list_workers(state.reads.pool(), true, SILENT_AFTER).await?;
     Ok(Json(w.into_iter().map(Into::into).collect()))
 }
 
@@ -91,7 +91,7 @@ pub struct QueueView {
     responses((status = 200, description = "The queues", body = Vec<QueueView>))
 )]
 pub async fn queues(State(state): State<AppState>) -> Result<Json<Vec<QueueView>>, ApiError> {
-    let q = workers::queue_metrics(state.client.pool()).await?;
+    let q = workers::queue_metrics(state.reads.pool()).await?;
     Ok(Json(
         q.into_iter()
             .map(|q| QueueView {

@@ -37,7 +37,7 @@ pub struct WorkflowSummaryView {
 pub async fn workflows(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<WorkflowSummaryView>>, ApiError> {
-    let w = workflow::store::list(state.client.pool()).await?;
+    let w = workflow::store::list(state.reads.pool()).await?;
     Ok(Json(
         w.into_iter()
             .map(|w| WorkflowSummaryView {
@@ -82,14 +82,23 @@ pub async fn workflow_versions(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<WorkflowVersionView>>, ApiError> {
     lineq_core::validation::check_name("workflow", &name)?;
-    let v = workflow::store::versions(state.client.pool(), &name).await?;
-    if v.is_empty() {
-        return Err(lineq_core::error::Error::NotFound {
-            what: "workflow",
-            id: name,
-        }
-        .into());
-    }
+    // Just registered and not on the replica yet: the primary answers.
+    let (v, _) = state
+        .reads
+        .or_primary(|pool| {
+            let name = name.clone();
+            async move {
+                let v = workflow::store::versions(&pool, &name).await?;
+                if v.is_empty() {
+                    return Err(lineq_core::error::Error::NotFound {
+                        what: "workflow",
+                        id: name,
+                    });
+                }
+                Ok(v)
+            }
+        })
+        .await?;
     Ok(Json(
         v.into_iter()
             .map(|w| WorkflowVersionView {
