@@ -175,7 +175,7 @@ pub async fn page(
 }
 
 fn tag_forms(e: &Execution, csrf: &str) -> Markup {
-    let pending = e.status.as_str() == "pending";
+    let pending = e.status == lineq_core::execution::ExecutionStatus::Pending;
     html! {
         h2 { "Tags" }
         @if !pending { p.muted { "Tags change only while an execution is pending." } }
