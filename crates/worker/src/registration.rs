@@ -2,7 +2,7 @@
 //! starts (`lineq.worker_register`, which returns the secret token every later call presents),
 //! heartbeated while it runs, marked stopped on a clean shutdown. `lineq workers` reads it, and
 //! orchestrators release the steps of a worker whose heartbeat stopped
-//! (`lineq_orchestrator::fleet`).
+//! (`lineq_orchestrator::maintenance::sweeper`).
 //!
 //! A worker cannot claim without a registration, so registering is part of starting; a
 //! heartbeat that fails is logged and tried again at the next beat.

@@ -3,7 +3,7 @@
 //! migrated, 503 with the reason otherwise).
 //!
 //! Metrics go through the [`metrics`] facade: the libraries count where things happen
-//! (`lineq_worker::metrics`, `lineq_orchestrator::fleet`) without knowing about Prometheus, and
+//! (`lineq_worker::metrics`, `lineq_orchestrator::maintenance::sweeper`) without knowing about Prometheus, and
 //! cost nothing when no recorder is installed; this module installs the Prometheus recorder and
 //! serves what it renders. The gauges that come from the database are refreshed here
 //! ([`gauges`]). Every label value is bounded: queue, namespace, handler (registered ones, else
