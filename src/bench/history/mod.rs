@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{ConnectOptions, Connection, PgPool};
 use uuid::Uuid;
 
 use crate::bench::{BenchConfig, bar, run_label};
@@ -84,7 +84,11 @@ pub async fn fill(pool: &PgPool, cfg: &BenchConfig, n: u64) -> anyhow::Result<Hi
     let spacing_ms = (SPAN.as_millis() as f64 - 60_000.0) / copies.max(1) as f64;
     let seed = Uuid::now_v7().simple().to_string();
     // One connection of its own: the templates wait in its temporary tables, and go with it.
-    let mut conn = pool.acquire().await?.detach();
+    // Its statements are slow by design (50,000 copies each): not a warning to log.
+    let options = (*pool.connect_options())
+        .clone()
+        .disable_statement_logging();
+    let mut conn = sqlx::PgConnection::connect_with(&options).await?;
     copy::load_templates(&mut conn, &templates).await?;
     let total = copy_all(
         &mut conn,
@@ -100,7 +104,7 @@ pub async fn fill(pool: &PgPool, cfg: &BenchConfig, n: u64) -> anyhow::Result<Hi
         },
     )
     .await?;
-    sqlx::Connection::close(conn).await?;
+    conn.close().await?;
     let fill_seconds = started.elapsed().as_secs_f64();
     check(pool, &templates, &workflow).await?;
     let vacuumed = Instant::now();
