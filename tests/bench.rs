@@ -135,3 +135,201 @@ async fn a_small_bench_runs_every_row_and_checks_its_work() {
     assert_eq!(db.count("lineq.flow_waiting").await, 0);
     db.drop_db().await;
 }
+
+/// `--history`: the rows run on the database as it is, then after a history of 2,000 executions
+/// copied from real ones, and both are reported with their ratios. The history is what lineq
+/// would have written: 8 events an execution, ids that sort by time as lineq's do, lineage that
+/// `lineq lineage check` accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bench_at_a_history_reports_both_runs_and_their_ratios() {
+    let db = TestDb::new().await;
+    let out = lineq(
+        &db.url,
+        &[
+            "bench",
+            "--history",
+            "2000",
+            "--executions",
+            "300",
+            "--latency-samples",
+            "20",
+            "--no-floor-row",
+            "--no-tracing-row",
+            "--no-progress",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_str(&stdout(&out)).expect("bench prints JSON");
+
+    // Both runs, each with the plain and the keyed row, each row run twice.
+    for run in [&r["fresh"], &r["at_history"]] {
+        let rows = run["throughput"].as_array().expect("throughput rows");
+        assert_eq!(rows.len(), 2, "plain and keyed: {run}");
+        for row in rows {
+            assert_eq!(row["executions"], 600, "{row}");
+            assert_eq!(row["events"], 4800, "{row}");
+        }
+        assert_eq!(run["pickup_latency_ms"]["n"], 20, "{run}");
+        assert!(run["design_floor"].is_null(), "{run}");
+    }
+
+    // Every ratio is the history's figure over the fresh one.
+    let c = &r["comparison"];
+    let ratio_holds = |v: &Value| {
+        let (f, h, q) = (
+            v["fresh"].as_f64().expect("fresh"),
+            v["at_history"].as_f64().expect("at_history"),
+            v["ratio"].as_f64().expect("ratio"),
+        );
+        assert!(f > 0.0 && h > 0.0, "{v}");
+        assert!((q - h / f).abs() < 1e-9, "{v}");
+    };
+    let rows = c["rows"].as_array().expect("compared rows");
+    assert_eq!(rows.len(), 2, "{c}");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["name"], r["fresh"]["throughput"][i]["name"], "{c}");
+        assert_eq!(
+            row["per_second"]["at_history"], r["at_history"]["throughput"][i]["per_second"],
+            "{c}"
+        );
+        for figure in ["per_second", "cpu_us", "process_cpu_us", "wal_bytes"] {
+            ratio_holds(&row[figure]);
+        }
+    }
+    for figure in [
+        "raw_pgmq_per_second",
+        "pickup_p50_ms",
+        "workflow_p50_ms",
+        "commit_round_trip_p50_ms",
+    ] {
+        ratio_holds(&c[figure]);
+    }
+    assert_eq!(
+        c["workflow_p50_ms"]["fresh"], r["fresh"]["workflow_latency_ms"]["p50"],
+        "{c}"
+    );
+    // Issue 25's two targets, each judged by its ratio.
+    let targets = c["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 2, "{c}");
+    let cpu = rows[0]["cpu_us"]["ratio"].as_f64().expect("CPU ratio");
+    assert_eq!(targets[0]["met"], cpu <= 1.1, "{c}");
+    let p50 = c["workflow_p50_ms"]["ratio"].as_f64().expect("p50 ratio");
+    assert_eq!(targets[1]["met"], p50 <= 1.2, "{c}");
+
+    // The history: 2,000 executions (the two templates among them), 8 events each, 1 in 50
+    // failed, their two messages each archived.
+    let h = &r["history"];
+    assert_eq!(h["executions"], 2000, "{h}");
+    assert_eq!(h["failed"], 40, "{h}");
+    assert_eq!(h["events"], 16_000, "{h}");
+    assert_eq!(h["archived_messages"], 4000, "{h}");
+    assert!(h["fill_seconds"].as_f64() > Some(0.0), "{h}");
+    assert!(
+        h["database_bytes"].as_i64() > h["database_bytes_before"].as_i64(),
+        "{h}"
+    );
+    assert!(
+        h["events_in_database"].as_i64() >= Some(16_000 + 2 * 4800),
+        "{h}"
+    );
+    let workflow = h["workflow"].as_str().expect("workflow").to_string();
+    assert!(workflow.starts_with("bench.history."), "{h}");
+
+    let of_history = |sql: &str| {
+        let pool = db.pool.clone();
+        let sql = sql.to_string();
+        let workflow = workflow.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&sql)
+                .bind(workflow)
+                .fetch_one(&pool)
+                .await
+                .expect(&sql)
+        }
+    };
+    assert_eq!(
+        of_history("SELECT count(*) FROM lineq.executions WHERE workflow_name = $1").await,
+        2000
+    );
+    assert_eq!(
+        of_history(
+            "SELECT count(*) FROM lineq.executions
+             WHERE workflow_name = $1 AND status = 'failed'"
+        )
+        .await,
+        40
+    );
+    // Finished, each with its one step and its 8 events, in the past week.
+    assert_eq!(
+        of_history(
+            "SELECT count(*) FROM lineq.executions x
+             WHERE workflow_name = $1
+               AND (status NOT IN ('completed', 'failed') OR finished_at IS NULL
+                    OR created_at < now() - interval '8 days' OR finished_at > now()
+                    OR (SELECT count(*) FROM lineq.events e
+                        WHERE e.execution_id = x.execution_id) <> 8
+                    OR (SELECT count(*) FROM lineq.steps s
+                        WHERE s.execution_id = x.execution_id) <> 1)"
+        )
+        .await,
+        0
+    );
+    // Ids sort by time: in creation order, every execution's id is greater than the one before;
+    // every id is a UUIDv7 whose time is within a second of its row's.
+    assert_eq!(
+        of_history(
+            "SELECT count(*) FROM (
+                 SELECT execution_id,
+                        lag(execution_id) OVER (ORDER BY created_at, execution_id) AS before
+                 FROM lineq.executions WHERE workflow_name = $1) o
+             WHERE execution_id < before"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        of_history(
+            "SELECT count(*) FROM lineq.events e JOIN lineq.executions x USING (execution_id)
+             WHERE x.workflow_name = $1
+               AND (substr(e.event_id::text, 15, 1) <> '7'
+                    OR abs(('x' || left(replace(e.event_id::text, '-', ''), 12))::bit(48)::bigint
+                           - (extract(epoch FROM e.created_at) * 1000)::bigint) > 1000)"
+        )
+        .await,
+        0
+    );
+    // Copies do not share ids (primary keys would refuse it) nor trace ids.
+    assert_eq!(
+        of_history(
+            "SELECT count(DISTINCT trace_id) FROM lineq.events e
+             JOIN lineq.executions x USING (execution_id) WHERE x.workflow_name = $1"
+        )
+        .await,
+        2000
+    );
+
+    // `lineq lineage check` accepts a copy's tree, a failed one's too, with its two messages.
+    for status in ["completed", "failed"] {
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "SELECT execution_id FROM lineq.executions
+             WHERE workflow_name = $1 AND status = $2 ORDER BY created_at DESC OFFSET 3 LIMIT 1",
+        )
+        .bind(&workflow)
+        .bind(status)
+        .fetch_one(&db.pool)
+        .await
+        .expect("a copy");
+        let out = lineq(
+            &db.url,
+            &["lineage", "check", &id.to_string(), "--format", "json"],
+        );
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        let check: Value = serde_json::from_str(&stdout(&out)).expect("check prints JSON");
+        assert_eq!(check["events"], 8, "{check}");
+        assert_eq!(check["messages"], 2, "{check}");
+        assert_eq!(check["faults"].as_array().map(Vec::len), Some(0), "{check}");
+    }
+    db.drop_db().await;
+}

@@ -1,8 +1,10 @@
 //! `lineq bench`: measures lineq against raw PGMQ on the same database in one run, so every
 //! figure is a ratio on the same machine at the same moment (see docs/benchmarks.md).
 
+mod at_history;
 mod cost;
 mod design_floor;
+mod history;
 mod latency;
 mod memory;
 mod otlp_sink;
@@ -17,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sqlx::PgPool;
 
+pub use at_history::{HistoryReport, history_table, run_with_history};
 pub use latency::Percentiles;
 
 /// What to run.

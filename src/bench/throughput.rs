@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use lineq::{Client, HandlerResult, Orchestrator, StepContext, SubmitRequest, Worker};
+use lineq_worker::Handler;
 
 use super::memory::Sampler;
 use super::{BenchConfig, ThroughputRow, bar, cost};
@@ -28,6 +29,16 @@ impl InProcess {
     /// Starts `cfg.orchestrators` orchestrators and `cfg.workers` workers serving `handler` (a
     /// no-op).
     pub fn start(pool: &PgPool, cfg: &BenchConfig, handler: &str) -> Self {
+        Self::start_with(pool, cfg, handler, noop)
+    }
+
+    /// The same, with `serve` as the handler.
+    pub fn start_with(
+        pool: &PgPool,
+        cfg: &BenchConfig,
+        handler: &str,
+        serve: impl Handler + Clone,
+    ) -> Self {
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..cfg.orchestrators.max(1) {
@@ -42,7 +53,7 @@ impl InProcess {
                 .worker_id(format!("bench-worker-{i}"))
                 .concurrency(cfg.concurrency)
                 .batch_size(cfg.batch_size)
-                .handler(handler.to_string(), noop)
+                .handler(handler.to_string(), serve.clone())
                 .build();
             let t = stop.clone();
             tasks.spawn(async move { w.run(t).await });

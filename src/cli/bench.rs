@@ -3,7 +3,7 @@
 use super::output::out;
 use clap::Args;
 
-use crate::bench::{BenchConfig, run as run_bench, table};
+use crate::bench::{BenchConfig, history_table, run as run_bench, run_with_history, table};
 
 use super::{Format, print_json};
 
@@ -38,6 +38,13 @@ pub struct BenchArgs {
     /// the most throughput design.md's rows allow on this machine.
     #[arg(long)]
     pub no_floor_row: bool,
+    /// Run the rows on the database as it is, then fill it with a history of N finished
+    /// executions (copies, made by SQL, of one that completed and one that failed through
+    /// lineq: 8 events each, every row as lineq wrote it, spread over the past 7 days, 1 in 50
+    /// failed), then run the same rows again and report both side by side with their ratios.
+    /// The fill's rows stay in the database. 1,250,000 executions are 10,000,000 events.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    pub history: Option<u64>,
     /// No progress bars (they are off anyway with --format json).
     #[arg(long)]
     pub no_progress: bool,
@@ -58,15 +65,28 @@ pub async fn run(url: Option<String>, format: Format, a: BenchArgs) -> anyhow::R
         tracing_row: !a.no_tracing_row,
         floor_row: !a.no_floor_row,
     };
-    let result = run_bench(&pool, &cfg).await;
+    let result = match a.history {
+        None => run_bench(&pool, &cfg)
+            .await
+            .map(|r| Report::Plain(Box::new(r))),
+        Some(n) => run_with_history(&pool, &cfg, n)
+            .await
+            .map(|r| Report::History(Box::new(r))),
+    };
     pool.close().await;
     if let Some(pg) = local {
         pg.stop().await?;
     }
-    let report = result?;
-    match format {
-        Format::Json => print_json(&report)?,
-        Format::Text => out!("{}", table(&report)),
+    match (result?, format) {
+        (Report::Plain(r), Format::Json) => print_json(&r)?,
+        (Report::Plain(r), Format::Text) => out!("{}", table(&r)),
+        (Report::History(r), Format::Json) => print_json(&r)?,
+        (Report::History(r), Format::Text) => out!("{}", history_table(&r)),
     }
     Ok(())
+}
+
+enum Report {
+    Plain(Box<crate::bench::BenchReport>),
+    History(Box<crate::bench::HistoryReport>),
 }
