@@ -333,3 +333,36 @@ async fn a_bench_at_a_history_reports_both_runs_and_their_ratios() {
     }
     db.drop_db().await;
 }
+
+/// `--no-keyed-row` (with the other two `--no-…-row` flags) leaves the plain row alone: what
+/// `tools/abba.sh` compares between two builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_row_flags_leave_only_the_plain_row() {
+    let db = TestDb::new().await;
+    let out = lineq(
+        &db.url,
+        &[
+            "bench",
+            "--executions",
+            "100",
+            "--latency-samples",
+            "10",
+            "--no-floor-row",
+            "--no-tracing-row",
+            "--no-keyed-row",
+            "--no-progress",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_str(&stdout(&out)).expect("bench prints JSON");
+    let rows = r["throughput"].as_array().expect("throughput rows");
+    assert_eq!(rows.len(), 1, "the plain row only: {r}");
+    assert_eq!(rows[0]["name"], "lineq, full lineage", "{r}");
+    assert_eq!(rows[0]["executions"], 200, "{r}");
+    assert!(
+        r["design_floor"].is_null() && r["tracing_cost"].is_null(),
+        "{r}"
+    );
+}

@@ -45,6 +45,8 @@ pub struct BenchConfig {
     pub tracing_row: bool,
     /// Also run the design floor: the rows of the same executions written by SQL alone.
     pub floor_row: bool,
+    /// Also run the keyed row: the plain row's executions under concurrency keys.
+    pub keyed_row: bool,
 }
 
 /// A name for one run's executions (their workflow and handler), unique across processes, so
@@ -234,7 +236,11 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
         None
     };
     let plain_a = throughput::run(pool, cfg, PLAIN, raw_first.per_second, None).await?;
-    let keyed_a = throughput::run(pool, cfg, KEYED, raw_first.per_second, Some(KEYS)).await?;
+    let keyed_a = if cfg.keyed_row {
+        Some(throughput::run(pool, cfg, KEYED, raw_first.per_second, Some(KEYS)).await?)
+    } else {
+        None
+    };
     let mut traced = Vec::new();
     if cfg.tracing_row {
         for _ in 0..2 {
@@ -243,7 +249,10 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
             }
         }
     }
-    let keyed_b = throughput::run(pool, cfg, KEYED, raw_first.per_second, Some(KEYS)).await?;
+    let keyed_b = match keyed_a {
+        Some(_) => Some(throughput::run(pool, cfg, KEYED, raw_first.per_second, Some(KEYS)).await?),
+        None => None,
+    };
     let plain_b = throughput::run(pool, cfg, PLAIN, raw_first.per_second, None).await?;
     let floor_last = match floor_first {
         Some(_) => Some(design_floor::run(pool, cfg, &run_label("floor")).await?),
@@ -270,7 +279,9 @@ pub async fn run(pool: &PgPool, cfg: &BenchConfig) -> anyhow::Result<BenchReport
         tracing_cost = Some(1.0 - t.per_second / plain.per_second);
         rows.push(t);
     }
-    rows.push(ThroughputRow::combine(&[keyed_a, keyed_b], raw));
+    if let Some((a, b)) = keyed_a.zip(keyed_b) {
+        rows.push(ThroughputRow::combine(&[a, b], raw));
+    }
     let mut targets = vec![
         Target {
             name: "throughput vs raw PGMQ".into(),

@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// the most throughput design.md's rows allow on this machine.
     #[arg(long)]
     pub no_floor_row: bool,
+    /// Skip the keyed row (the plain row's executions under 16 concurrency keys).
+    #[arg(long)]
+    pub no_keyed_row: bool,
     /// Run the rows on the database as it is, then fill it with a history of N finished
     /// executions (copies, made by SQL, of one that completed and one that failed through
     /// lineq: 8 events each, every row as lineq wrote it, spread over the past 7 days, 1 in 50
@@ -64,6 +67,7 @@ pub async fn run(url: Option<String>, format: Format, a: BenchArgs) -> anyhow::R
         progress: !a.no_progress && format == Format::Text,
         tracing_row: !a.no_tracing_row,
         floor_row: !a.no_floor_row,
+        keyed_row: !a.no_keyed_row,
     };
     let result = match a.history {
         None => run_bench(&pool, &cfg)
