@@ -96,7 +96,7 @@ pub async fn cancel(pool: &PgPool, execution_id: Uuid, reason: &str) -> Result<C
     if let Err(e) = crate::flow::pump(pool, &node, None).await {
         tracing::warn!(error = %e, "flow pump after cancel failed; orchestrators will pump");
     }
-    crate::spans::export_ended(pool, &events, &crate::spans::Known::default()).await;
+    crate::spans::export_ended(pool, events, &crate::spans::Known::default()).await;
     out.report.execution_id = execution_id;
     Ok(out.report)
 }

@@ -170,7 +170,7 @@ pub(crate) async fn export_in_background(
             tracing::warn!(error = %e, "cannot export the spans of workers that do not export their own");
         }
         known.reported = attempts.iter().map(|r| r.started_event_id).collect();
-        export_ended(&pool, &committed, &known).await;
+        export_ended(&pool, committed, &known).await;
     });
 }
 
@@ -185,7 +185,7 @@ pub(crate) async fn wait_for_exports() {
 
 /// Exports the spans of the steps and executions that `committed` (the events of a committed
 /// transaction) ended. Tracing is best-effort: a failed read costs a warning, never the work.
-pub(crate) async fn export_ended(pool: &PgPool, committed: &[NewEvent], known: &Known) {
+pub(crate) async fn export_ended(pool: &PgPool, committed: Vec<NewEvent>, known: &Known) {
     if !telemetry::enabled() {
         return;
     }
@@ -243,12 +243,14 @@ struct Ended {
 impl Ended {
     /// A row of [`STORED_EVENT_COLUMNS`] and `reported`, decoded only as far as needed: an
     /// event the batch committed itself is in memory already, and only its time is read.
-    fn parse(row: &PgRow, committed: &HashMap<Uuid, &NewEvent>) -> Result<Option<Ended>> {
+    fn parse(row: &PgRow, committed: &mut HashMap<Uuid, NewEvent>) -> Result<Option<Ended>> {
         let event_id: Uuid = row.try_get(0)?;
         let created_at: chrono::DateTime<chrono::Utc> = row.try_get(14)?;
         let reported: bool = row.try_get(15)?;
-        let event = match committed.get(&event_id) {
-            Some(e) => Some((*e).clone()),
+        // Each row is read once (the steps' events and the executions' own are apart), so an
+        // event the batch committed is moved out of the map, not copied.
+        let event = match committed.remove(&event_id) {
+            Some(e) => Some(e),
             // A reported claim is none of the step span's events (the worker exported it with
             // its attempt): only its place in the step's story is read.
             None if reported => Some(claim(row, event_id)?),
@@ -319,10 +321,10 @@ struct WorkerRow {
 
 async fn spans_of_ended(
     pool: &PgPool,
-    committed: &[NewEvent],
+    committed: Vec<NewEvent>,
     known: &Known,
 ) -> Result<Vec<LineqSpan>> {
-    let (steps, executions) = ended(committed);
+    let (steps, executions) = ended(&committed);
     if steps.is_empty() && executions.is_empty() {
         return Ok(Vec::new());
     }
@@ -342,43 +344,54 @@ async fn spans_of_ended(
         .map(|(s, e)| (s, e.event_id))
         .collect();
 
+    // The events are moved into the spans, each into the one it belongs to: grouped by step
+    // (in time order, as read), then what no step span took by execution.
     let mut spans = Vec::new();
     let mut abandoned = Vec::new();
-    let mut orphans: Vec<&Ended> = Vec::new();
-    let mut by_step: HashMap<Uuid, Vec<&Ended>> = HashMap::new();
-    for e in &step_events {
+    let mut by_execution: HashMap<Uuid, Vec<Ended>> = HashMap::new();
+    let mut by_step: HashMap<Uuid, Vec<Ended>> = HashMap::new();
+    for e in step_events {
         if let Some(s) = e.event.step_id {
             by_step.entry(s).or_default().push(e);
         }
     }
     for step in &steps {
-        let Some(events) = by_step.get(step) else {
+        let Some(events) = by_step.remove(step) else {
             continue;
         };
         let links = links_of(*step, &dependencies, &step_spans);
         match step_span(events, &started, links, &mut abandoned) {
-            Some(span) => spans.push(span),
+            Ok(span) => spans.push(span),
             // A step cancelled before it was ever enqueued has no span: its events are the
             // execution's.
-            None => orphans.extend(events.iter().copied()),
+            Err(orphans) => {
+                for e in orphans {
+                    by_execution
+                        .entry(e.event.lineage.execution_id)
+                        .or_default()
+                        .push(e);
+                }
+            }
         }
     }
     spans.extend(with_services(pool, abandoned).await?);
+    for e in exec_events {
+        by_execution
+            .entry(e.event.lineage.execution_id)
+            .or_default()
+            .push(e);
+    }
 
     let rows: HashMap<Uuid, &ExecutionRow> =
         exec_rows.iter().map(|r| (r.execution_id, r)).collect();
     for x in &executions {
-        let mut events: Vec<&Ended> = exec_events
-            .iter()
-            .chain(orphans.iter().copied())
-            .filter(|e| e.event.lineage.execution_id == *x)
-            .collect();
+        let mut events = by_execution.remove(x).unwrap_or_default();
         events.sort_by_key(|e| (e.at, e.event.event_id));
         let row = rows.get(x).copied();
         let parent = row
             .and_then(|r| r.parent_step_id)
             .and_then(|s| step_spans.get(&s).copied());
-        if let Some(span) = execution_span(&events, row, parent) {
+        if let Some(span) = execution_span(events, row, parent) {
             spans.push(span);
         }
     }
@@ -409,7 +422,7 @@ async fn read_ended_events(
     pool: &PgPool,
     steps: &[Uuid],
     executions: &[Uuid],
-    committed: &[NewEvent],
+    committed: Vec<NewEvent>,
     known: &Known,
 ) -> Result<(Vec<Ended>, Vec<Ended>)> {
     let rows: Vec<PgRow> = sqlx::query(&format!(
@@ -439,10 +452,11 @@ async fn read_ended_events(
     .bind(&known.reported)
     .fetch_all(pool)
     .await?;
-    let committed: HashMap<Uuid, &NewEvent> = committed.iter().map(|e| (e.event_id, e)).collect();
+    let mut committed: HashMap<Uuid, NewEvent> =
+        committed.into_iter().map(|e| (e.event_id, e)).collect();
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
-        events.extend(Ended::parse(row, &committed)?);
+        events.extend(Ended::parse(row, &mut committed)?);
     }
     Ok(events.into_iter().partition(|e| e.event.step_id.is_some()))
 }
@@ -595,28 +609,35 @@ async fn with_services(pool: &PgPool, mut abandoned: Vec<LineqSpan>) -> Result<V
 }
 
 /// The span of one ended step from its events (in time order), and the spans of its abandoned
-/// attempts into `abandoned`.
+/// attempts into `abandoned`; the events back when the step has no span.
 fn step_span(
-    events: &[&Ended],
+    events: Vec<Ended>,
     started: &HashMap<Uuid, Uuid>,
     links: Vec<(Uuid, Vec<KeyValue>)>,
     abandoned: &mut Vec<LineqSpan>,
-) -> Option<LineqSpan> {
-    let parsed: Vec<(NewEvent, SystemTime)> =
-        events.iter().map(|e| (e.event.clone(), e.at)).collect();
-    let (first, start) = parsed
+) -> std::result::Result<LineqSpan, Vec<Ended>> {
+    let first = events
         .iter()
-        .find(|(e, _)| e.event_type == EventType::StepEnqueued)?
-        .clone();
-    let (outcome, end) = parsed
-        .iter()
-        .rev()
-        .find(|(e, _)| ends_step(e.event_type))?
-        .clone();
-    let parent = started.get(&first.lineage.execution_id).copied();
-    let mut span = LineqSpan::new(SpanShape::Step, first, parent, start, end);
+        .position(|e| e.event.event_type == EventType::StepEnqueued);
+    let outcome = events.iter().rposition(|e| ends_step(e.event.event_type));
+    let (Some(first), Some(outcome)) = (first, outcome) else {
+        return Err(events);
+    };
+    let (start, end) = (events[first].at, events[outcome].at);
+    let outcome = &events[outcome].event;
+    let parent = started
+        .get(&events[first].event.lineage.execution_id)
+        .copied();
+    // The first `step_enqueued` names the span and is also one of its events.
+    let mut span = LineqSpan::new(
+        SpanShape::Step,
+        events[first].event.clone(),
+        parent,
+        start,
+        end,
+    );
     span.links = links;
-    span.failure = telemetry::failure_of(&outcome);
+    span.failure = telemetry::failure_of(outcome);
     let status = match outcome.event_type {
         EventType::StepCompleted => StepStatus::Completed,
         EventType::StepFailed => StepStatus::Failed,
@@ -624,60 +645,47 @@ fn step_span(
     };
     span.attributes
         .push(KeyValue::new("status", status.as_str()));
-    let attempts = parsed
+    let attempts = events
         .iter()
-        .filter_map(|(e, _)| e.attempt)
+        .filter_map(|e| e.event.attempt)
         .max()
         .unwrap_or(1);
     span.attributes
         .push(KeyValue::new("attempts", i64::from(attempts)));
-    let reported: HashSet<Uuid> = events
-        .iter()
-        .filter(|e| e.reported)
-        .map(|e| e.event.event_id)
-        .collect();
-    abandoned.extend(abandoned_attempts(
-        &parsed,
-        &reported,
-        span.event.event_id,
-        end,
-    ));
-    span.events = parsed
+    abandoned.extend(abandoned_attempts(&events, span.event.event_id, end));
+    span.events = events
         .into_iter()
-        .filter(|(e, _)| !of_attempt(e.event_type))
+        .filter(|e| !of_attempt(e.event.event_type))
+        .map(|e| (e.event, e.at))
         .collect();
-    Some(span)
+    Ok(span)
 }
 
-/// The spans of the attempts nobody reported (`parsed`: a step's events in time order; `step`:
+/// The spans of the attempts nobody reported (`events`: a step's events in time order; `step`:
 /// its span): each lasts until its message was delivered again (or dead-lettered), or else
 /// until the step's `end`.
-fn abandoned_attempts(
-    parsed: &[(NewEvent, SystemTime)],
-    reported: &HashSet<Uuid>,
-    step: Uuid,
-    end: SystemTime,
-) -> Vec<LineqSpan> {
+fn abandoned_attempts(events: &[Ended], step: Uuid, end: SystemTime) -> Vec<LineqSpan> {
     let mut abandoned = Vec::new();
-    for (i, (e, at)) in parsed.iter().enumerate() {
-        if e.event_type != EventType::ActionStarted || reported.contains(&e.event_id) {
+    for (i, claim) in events.iter().enumerate() {
+        let (e, at) = (&claim.event, claim.at);
+        if e.event_type != EventType::ActionStarted || claim.reported {
             continue;
         }
-        let replaced = parsed[i + 1..].iter().find(|(n, _)| {
-            n.parent_event_id == e.parent_event_id
+        let replaced = events[i + 1..].iter().find(|n| {
+            n.event.parent_event_id == e.parent_event_id
                 && matches!(
-                    n.event_type,
+                    n.event.event_type,
                     EventType::ActionStarted | EventType::MessageDeadLettered
                 )
         });
-        let until = replaced.map_or(end, |(_, t)| *t);
-        let mut a = LineqSpan::new(SpanShape::Attempt, e.clone(), Some(step), *at, until);
-        a.events.push((e.clone(), *at));
+        let until = replaced.map_or(end, |n| n.at);
+        let mut a = LineqSpan::new(SpanShape::Attempt, e.clone(), Some(step), at, until);
+        a.events.push((e.clone(), at));
         let worker = e.worker_id.as_deref().unwrap_or("a worker");
         a.failure = Some((
             "abandoned".to_string(),
             match replaced {
-                Some((n, _)) if n.event_type == EventType::ActionStarted => format!(
+                Some(n) if n.event.event_type == EventType::ActionStarted => format!(
                     "{worker} claimed this delivery and reported no outcome (it stopped, or lost the database); the message was delivered again"
                 ),
                 Some(_) => format!(
@@ -696,23 +704,26 @@ fn abandoned_attempts(
 
 /// The span of one ended execution from its own events (those of no step, in time order).
 fn execution_span(
-    events: &[&Ended],
+    events: Vec<Ended>,
     row: Option<&ExecutionRow>,
     parent: Option<Uuid>,
 ) -> Option<LineqSpan> {
-    let parsed: Vec<(NewEvent, SystemTime)> =
-        events.iter().map(|e| (e.event.clone(), e.at)).collect();
-    let (first, start) = parsed
+    let first = events
         .iter()
-        .find(|(e, _)| e.event_type == EventType::ExecutionStarted)?
-        .clone();
-    let (ending, end) = parsed
+        .position(|e| e.event.event_type == EventType::ExecutionStarted)?;
+    let ending = events
         .iter()
-        .rev()
-        .find(|(e, _)| ends_execution(e.event_type))?
-        .clone();
-    let mut span = LineqSpan::new(SpanShape::Execution, first, parent, start, end);
-    span.failure = telemetry::failure_of(&ending);
+        .rposition(|e| ends_execution(e.event.event_type))?;
+    let (start, end) = (events[first].at, events[ending].at);
+    // `execution_started` names the span and is also one of its events.
+    let mut span = LineqSpan::new(
+        SpanShape::Execution,
+        events[first].event.clone(),
+        parent,
+        start,
+        end,
+    );
+    span.failure = telemetry::failure_of(&events[ending].event);
     if let Some(r) = row {
         span.attributes
             .push(KeyValue::new("status", r.status.as_str()));
@@ -727,6 +738,6 @@ fn execution_span(
         span.attributes
             .push(KeyValue::new("parent_step_id", p.to_string()));
     }
-    span.events = parsed;
+    span.events = events.into_iter().map(|e| (e.event, e.at)).collect();
     Some(span)
 }
