@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lineq_testkit::{Proc, lineq, stdout};
+use lineq_testkit::{Proc, lineq, status_and_body, stdout};
 
 /// Waits for `lineq dev` to print its console and database lines.
 fn started(p: &mut Proc) -> (String, String) {
@@ -44,16 +44,7 @@ fn get(url: &str) -> (u16, String) {
     .expect("write");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read");
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (code, body)
+    status_and_body(&text)
 }
 
 fn interrupt(p: &mut Proc) {

@@ -186,19 +186,6 @@ async fn get(addr: &str, path: &str) -> (u16, String) {
     status_and_body(&text)
 }
 
-fn status_and_body(text: &str) -> (u16, String) {
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// The flags of the short limits the HTTP tests run with.
 const SHORT_LIMITS: [&str; 8] = [
     "--http-header-timeout-secs",

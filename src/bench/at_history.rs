@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::history::{self, HistoryFill};
-use super::{BenchConfig, BenchReport, Target, run, table};
+use super::{BenchConfig, BenchReport, Target, run, table, targets_table};
 
 /// Both runs, the history between them, and their ratios.
 #[derive(Debug, Clone, Serialize)]
@@ -224,19 +224,5 @@ fn comparison_table(s: &mut String, c: &Comparison) {
         Some(c.commit_round_trip_p50_ms),
         2,
     );
-    let _ = writeln!(
-        s,
-        "\n{:<30} {:>16} {:>14}  met",
-        "target (issue 25)", "bound", "measured"
-    );
-    for t in &c.targets {
-        let _ = writeln!(
-            s,
-            "{:<30} {:>16} {:>14}  {}",
-            t.name,
-            t.bound,
-            t.measured,
-            if t.met { "yes" } else { "NO" }
-        );
-    }
+    targets_table(s, "target (issue 25)", &c.targets);
 }

@@ -15,7 +15,12 @@ pub async fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (
     s.write_all(req.as_bytes()).await.expect("write");
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await.expect("read");
-    let text = String::from_utf8_lossy(&resp).into_owned();
+    status_and_body(&String::from_utf8_lossy(&resp))
+}
+
+/// The status and the body of a whole HTTP/1.1 response as read off the socket (`0` when it
+/// has no status line).
+pub fn status_and_body(text: &str) -> (u16, String) {
     let status = text
         .split_whitespace()
         .nth(1)

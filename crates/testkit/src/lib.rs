@@ -29,7 +29,7 @@ pub mod shape;
 pub mod wait;
 
 pub use database::{TestDb, admin_url};
-pub use http::http;
+pub use http::{http, status_and_body};
 pub use process::{Proc, lineq, lineq_bin, lineq_with, stderr, stdout};
 pub use shape::{ONE_STEP_COMPLETED, ONE_STEP_FAILED, tree_shape};
 pub use wait::{eventually, wait_all_finished};
