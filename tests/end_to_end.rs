@@ -130,7 +130,8 @@ async fn two_hundred_executions_through_real_processes() {
     db.drop_db().await;
 }
 
-/// The `meta` of every archived step and result message equals the events written for it.
+/// The `meta` of every archived step message equals the events written for it; no result
+/// message is kept once applied.
 async fn check_archived_meta_matches_events(db: &TestDb, ids: &[Uuid]) {
     let steps: Vec<(i64, Value)> =
         sqlx::query_as("SELECT msg_id, message FROM pgmq.a_lineq_steps_default")
@@ -173,36 +174,127 @@ async fn check_archived_meta_matches_events(db: &TestDb, ids: &[Uuid]) {
         );
     }
 
-    let results: Vec<(Value,)> = sqlx::query_as("SELECT message FROM pgmq.a_lineq_results")
+    // A result message is deleted once applied: its step_result event and the step's row hold
+    // what it said (its own meta is checked while it waits: results_wait_with_their_meta below).
+    assert_eq!(
+        db.count("pgmq.a_lineq_results").await,
+        0,
+        "no result archived"
+    );
+    let results_with_outcome: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lineq.events r
+         WHERE r.execution_id = ANY($1) AND r.event_type = 'step_result'
+           AND (SELECT count(*) FROM lineq.events c
+                WHERE c.parent_event_id = r.event_id AND c.event_type = 'step_completed') = 1",
+    )
+    .bind(ids)
+    .fetch_one(&db.pool)
+    .await
+    .expect("step_result events");
+    assert_eq!(
+        results_with_outcome,
+        i64::try_from(ids.len()).expect("count"),
+        "one step_result per execution, the orchestrator's outcome hanging off it"
+    );
+}
+
+/// Waits for `n` result messages in the results queue, and returns their bodies.
+async fn queued_results(db: &TestDb, n: i64) -> Vec<Value> {
+    eventually(
+        Duration::from_secs(30),
+        "the results to be sent",
+        || async { (db.count("pgmq.q_lineq_results").await == n).then_some(()) },
+    )
+    .await;
+    sqlx::query_scalar("SELECT message FROM pgmq.q_lineq_results ORDER BY msg_id")
         .fetch_all(&db.pool)
         .await
-        .expect("archived results");
-    assert_eq!(results.len(), ids.len(), "one result per execution");
-    for (m,) in results {
+        .expect("queued results")
+}
+
+/// With no orchestrator running, a worker's result messages wait in the results queue, each
+/// with the meta of the `step_result` event that sent it; the tree checks whole with them
+/// queued, and again once an orchestrator has applied and deleted them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_wait_with_their_meta() {
+    let db = TestDb::new().await;
+    let mut worker = Proc::start(&db.url, "worker", &["worker"]);
+    let client = Client::new(db.pool.clone());
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let s = client
+            .submit(SubmitRequest::new("echo").input(json!({ "i": i })))
+            .await
+            .expect("submit");
+        ids.push(s.execution.execution_id);
+    }
+    let results = queued_results(&db, 3).await;
+    let mut outputs: Vec<i64> = results
+        .iter()
+        .filter_map(|m| m["output"]["i"].as_i64())
+        .collect();
+    outputs.sort_unstable();
+    assert_eq!(outputs, [0, 1, 2], "each result carries its output");
+    for m in results {
+        let execution =
+            Uuid::parse_str(m["execution_id"].as_str().expect("execution_id")).expect("uuid");
         let parent =
             Uuid::parse_str(m["meta"]["parent_event_id"].as_str().expect("parent")).expect("uuid");
-        let (etype, completed_children): (String, i64) = sqlx::query_as(
-            "SELECT r.event_type, (SELECT count(*) FROM lineq.events c
-                                   WHERE c.parent_event_id = r.event_id
-                                     AND c.event_type = 'step_completed')
-             FROM lineq.events r WHERE r.event_id = $1",
+        let (etype, correlation, span): (String, Uuid, Option<String>) = sqlx::query_as(
+            "SELECT r.event_type, r.correlation_id, r.span_id FROM lineq.events r
+             WHERE r.event_id = $1 AND r.execution_id = $2",
         )
         .bind(parent)
+        .bind(execution)
         .fetch_one(&db.pool)
         .await
-        .expect("the result's parent event");
+        .expect("the result's parent event, of its execution");
         assert_eq!(etype, "step_result");
+        assert_eq!(m["meta"]["correlation_id"], json!(correlation));
+        assert_eq!(m["meta"]["root_execution_id"], json!(execution));
         assert_eq!(
-            completed_children, 1,
-            "the orchestrator's outcome hangs off step_result"
+            m["meta"]["traceparent"],
+            json!(format!(
+                "00-{}-{}-01",
+                correlation.simple(),
+                span.expect("span id")
+            ))
         );
     }
+    for id in &ids {
+        let report = lineq_read::lineage::check(&db.pool, *id)
+            .await
+            .expect("check");
+        assert_eq!(report.faults, vec![], "whole with its result queued");
+    }
+
+    let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
+    wait_all_finished(&db.pool, &ids, Duration::from_secs(30)).await;
+    assert_eq!(db.count("pgmq.q_lineq_results").await, 0);
+    assert_eq!(
+        db.count("pgmq.a_lineq_results").await,
+        0,
+        "deleted, not archived"
+    );
+    for id in &ids {
+        let report = lineq_read::lineage::check(&db.pool, *id)
+            .await
+            .expect("check");
+        assert_eq!(report.faults, vec![], "whole with its result applied");
+    }
+    for p in [&mut worker, &mut orchestrator] {
+        assert!(
+            p.terminate(Duration::from_secs(20)).success(),
+            "{}",
+            p.log_text()
+        );
+    }
+    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_result_changes_nothing() {
     let db = TestDb::new().await;
-    let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
     let mut worker = Proc::start(&db.url, "worker", &["worker"]);
     let client = Client::new(db.pool.clone());
     let id = client
@@ -211,12 +303,16 @@ async fn a_duplicate_result_changes_nothing() {
         .expect("submit")
         .execution
         .execution_id;
+    // The result exactly as the worker sent it, kept before an orchestrator applies it.
+    let sent = queued_results(&db, 1).await.remove(0);
+    let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
     wait_all_finished(&db.pool, &[id], Duration::from_secs(30)).await;
     let before = get_execution(&db.pool, id).await.expect("execution");
     let events_before = db.count("lineq.events").await;
 
-    // Replay the result exactly as the worker sent it.
-    sqlx::query("SELECT pgmq.send('lineq_results', message) FROM pgmq.a_lineq_results LIMIT 1")
+    // Replay it.
+    sqlx::query("SELECT pgmq.send('lineq_results', $1)")
+        .bind(&sent)
         .execute(&db.pool)
         .await
         .expect("resend");
@@ -237,8 +333,8 @@ async fn a_duplicate_result_changes_nothing() {
     );
     assert_eq!(
         db.count("pgmq.a_lineq_results").await,
-        2,
-        "both results archived"
+        0,
+        "both results deleted, not archived"
     );
     assert_eq!(db.count("pgmq.q_lineq_dlq").await, 0);
     for p in [&mut worker, &mut orchestrator] {

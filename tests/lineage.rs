@@ -643,7 +643,8 @@ async fn every_function_returns_the_exact_tree() {
     .expect("spawn edge");
     assert_eq!(spawned, (w.e("A", "action_started"), "wf_B".to_string()));
 
-    // lineage_messages: A's step and result messages, each naming the event that sent it.
+    // lineage_messages: A's step message, naming the event that sent it (its result message
+    // was deleted once applied).
     type Row = (String, String, String, Option<Uuid>, Option<Uuid>);
     let msgs: Vec<Row> = lineage::messages(pool, w.a)
         .await
@@ -661,22 +662,13 @@ async fn every_function_returns_the_exact_tree() {
         .collect();
     assert_eq!(
         msgs,
-        vec![
-            (
-                "lineq_steps_default".into(),
-                "archived".into(),
-                "step".into(),
-                Some(w.e("A", "step_enqueued")),
-                Some(w.a)
-            ),
-            (
-                "lineq_results".into(),
-                "archived".into(),
-                "result".into(),
-                Some(w.e("A", "step_result")),
-                Some(w.a)
-            ),
-        ]
+        vec![(
+            "lineq_steps_default".into(),
+            "archived".into(),
+            "step".into(),
+            Some(w.e("A", "step_enqueued")),
+            Some(w.a)
+        ),]
     );
 
     // The nested tree: children under the event that spawned them, three levels deep.
@@ -765,7 +757,7 @@ async fn assert_whole(w: &World, what: &str) {
             report.events,
             report.messages
         ),
-        (vec![w.a], 5, 45, 2),
+        (vec![w.a], 5, 45, 1),
         "{what}"
     );
     let (code, out) = cli_check(w, w.a);
@@ -833,35 +825,48 @@ async fn lineage_check_passes_and_names_every_fault() {
 
     let msgs = lineage::messages(pool, w.a).await.expect("messages");
     let step_msg = msgs.iter().find(|m| m.kind == "step").expect("step msg");
-    let result_msg = msgs
-        .iter()
-        .find(|m| m.kind == "result")
-        .expect("result msg");
 
-    // 1. A real event deleted: its child and the result message lose their parent.
+    // 1. A real event deleted: its child loses its parent.
     let sr = w.e("A", "step_result");
     let saved = delete_event(pool, sr).await;
     assert_faults(
         &w,
         "deleted step_result",
+        vec![Fault::MissingParent {
+            event_id: w.e("A", "step_completed"),
+            event_type: "step_completed".into(),
+            execution_id: w.a,
+            parent_event_id: sr,
+        }],
+    )
+    .await;
+    restore_event(pool, saved).await;
+    assert_whole(&w, "step_result restored").await;
+
+    // 1b. The event that sent a message deleted: its child and the message lose their parent.
+    let enq = w.e("A", "step_enqueued");
+    let saved = delete_event(pool, enq).await;
+    assert_faults(
+        &w,
+        "deleted step_enqueued",
         vec![
             Fault::MissingParent {
-                event_id: w.e("A", "step_completed"),
-                event_type: "step_completed".into(),
+                event_id: w.e("A", "action_started"),
+                event_type: "action_started".into(),
                 execution_id: w.a,
-                parent_event_id: sr,
+                parent_event_id: enq,
             },
             Fault::MessageParentMissing {
-                queue: "lineq_results".into(),
-                msg_id: result_msg.msg_id,
+                queue: "lineq_steps_default".into(),
+                msg_id: step_msg.msg_id,
                 state: "archived".into(),
-                parent_event_id: sr,
+                parent_event_id: enq,
             },
         ],
     )
     .await;
     restore_event(pool, saved).await;
-    assert_whole(&w, "step_result restored").await;
+    assert_whole(&w, "step_enqueued restored").await;
 
     // 2. A grandchild's first event deleted.
     let d_start = w.e("D", "execution_started");
@@ -1336,21 +1341,14 @@ async fn the_documented_recipes_run() {
     assert_eq!(workers.len(), 6, "A, B, C, D and both attempts of B2");
     assert!(workers.contains(&json!("w2-b2")));
     let messages = rows("Queue messages and their meta, next to the events they produced");
-    // two messages of A (step, result) and the plain-PGMQ variant's one step message
+    // A's step message (its result was deleted once applied) and the plain-PGMQ variant's one
+    // step message
     let produced: Vec<&Value> = messages.iter().map(|r| &r["produced"]).collect();
     assert_eq!(
         produced,
-        vec![
-            &json!("action_started"),
-            &json!("step_completed"),
-            &json!("action_started")
-        ]
+        vec![&json!("action_started"), &json!("action_started")]
     );
-    assert!(
-        messages[..2]
-            .iter()
-            .all(|r| r["correlation_matches"] == json!(true))
-    );
+    assert_eq!(messages[0]["correlation_matches"], json!(true));
     assert_eq!(
         col("Everything under a correlation id", "execution_id"),
         ["A", "B", "C", "D", "B2", "E"]
@@ -1563,13 +1561,6 @@ async fn a_real_workflow_with_fan_out_retries_and_three_levels_of_children() {
             execution_id: deepest.execution_id,
             parent_event_id: victim.event_id,
         }),
-        "{faults:?}"
-    );
-    assert!(
-        faults.iter().any(
-            |f| matches!(f, Fault::MessageParentMissing { queue, parent_event_id, .. }
-            if queue == "lineq_results" && *parent_event_id == victim.event_id)
-        ),
         "{faults:?}"
     );
     let out = lineq(&db.url, &["lineage", "check", &root.to_string()]);

@@ -1,14 +1,14 @@
 //! The design floor: the rows design.md requires of one one-step execution, written by plain SQL
 //! with no lineq code in the way — about the most throughput the design allows on this machine.
 //!
-//! Per execution: the execution and its step (each inserted, then updated), the step message and
-//! the result message (each sent, read and archived through PGMQ's tables) and the 8 lineage
-//! events, with the same indexes, row shapes and durability as lineq. It is optimistic on
-//! purpose: 100 executions per statement, the fewest transactions the data flow allows (submit,
-//! claim, report, settle), no NOTIFY, no decisions. PostgreSQL builds the JSON that lineq builds
-//! in its own process, so it is not a strict upper bound; but a target far above this row is
-//! out of reach of the design's rows on this machine, and the gap between it and lineq's row is
-//! what lineq's own code costs.
+//! Per execution: the execution and its step (each inserted, then updated), the step message
+//! (sent, read and archived through PGMQ's tables), the result message (sent, read and deleted,
+//! as lineq's orchestrator does) and the 8 lineage events, with the same indexes, row shapes
+//! and durability as lineq. It is optimistic on purpose: 100 executions per statement, the
+//! fewest transactions the data flow allows (submit, claim, report, settle), no NOTIFY, no
+//! decisions. PostgreSQL builds the JSON that lineq builds in its own process, so it is not a
+//! strict upper bound; but a target far above this row is out of reach of the design's rows on
+//! this machine, and the gap between it and lineq's row is what lineq's own code costs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -156,14 +156,15 @@ impl Statements {
             // $1: the result ids read; $2, $3: two event ids per message. Returns the number
             // of executions completed.
             settle: format!(
-                "WITH {archive},
+                "WITH gone AS (DELETE FROM {results} WHERE msg_id = ANY($1::bigint[])
+                               RETURNING msg_id, message),
                  x AS (SELECT (message->>'execution_id')::uuid AS eid,
                               (message->>'step_id')::uuid AS sid,
                               (message->'meta'->>'correlation_id')::uuid AS cid,
                               (message->'meta'->>'parent_event_id')::uuid AS parent,
                               message->'step' AS step,
                               row_number() OVER (ORDER BY msg_id) AS i
-                       FROM archived),
+                       FROM gone),
                  us AS (UPDATE lineq.steps s SET status = 'completed', output = 'null',
                             worker_id = 'floor-worker', updated_at = clock_timestamp(),
                             finished_at = clock_timestamp()
@@ -185,7 +186,7 @@ impl Statements {
                            'execution_completed', '{{\"status\": \"completed\"}}'::jsonb)
                         ) v(id, parent, step, att, t, p))
                  SELECT count(*) FROM ux",
-                archive = queue::archive_ctes(results, "$1")
+                results = queue::live_table(results)
             ),
         }
     }

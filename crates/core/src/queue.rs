@@ -194,22 +194,26 @@ pub async fn send_batch(
     Ok(ids)
 }
 
-/// Writes `events` and archives `msg_ids` of `queue` in one statement: an orchestrator's batch
-/// ends this way. Returns the ids actually moved (see [`archive`]).
-pub async fn archive_with_events(
+/// Writes `events` and deletes `msg_ids` of `queue` in one statement: an orchestrator's batch
+/// ends this way. A result message is deleted, not archived: once applied, everything it held
+/// is in the step's row and its `step_result` event. Returns the ids actually deleted (a
+/// message someone else deleted first is not among them).
+pub async fn delete_with_events(
     conn: &mut PgConnection,
     queue: &QueueName,
     msg_ids: &[i64],
     events: &[NewEvent],
 ) -> Result<Vec<i64>> {
     if events.is_empty() {
-        return archive(conn, queue, msg_ids).await;
+        return delete(conn, queue, msg_ids).await;
     }
     let cols = EventColumns::new(events);
     let sql = format!(
-        "WITH ev AS ({events}), {archive} SELECT msg_id FROM moved",
+        "WITH ev AS ({events}),
+              gone AS (DELETE FROM {live} WHERE msg_id = ANY($15::bigint[]) RETURNING msg_id)
+         SELECT msg_id FROM gone",
         events = INSERT_EVENTS_SQL.as_str(),
-        archive = archive_ctes(queue, "$15")
+        live = live_table(queue)
     );
     let rows = cols
         .bind(sqlx::query(&sql))

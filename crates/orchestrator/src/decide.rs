@@ -24,7 +24,7 @@ pub(crate) enum Triage {
     /// Its step or execution does not exist: dead-lettered.
     Unknown,
     /// A duplicate, an attempt the step no longer waits for, or a result for an execution that
-    /// has ended (cancelled, say): archived, and changes nothing.
+    /// has ended (cancelled, say): deleted, and changes nothing.
     Stale,
     /// Its step waits for exactly this attempt: applied.
     Fresh,

@@ -4,9 +4,10 @@
 //! One transaction per batch: read the results (hiding them from other orchestrators), lock the
 //! executions they touch in id order (so two orchestrators never decide an execution's fate from
 //! stale snapshots), apply each outcome with a guarded update, create the children steps asked
-//! for, enqueue what became ready, finish what is done, write the events, archive the results.
-//! A crash anywhere rolls all of it back and the results become visible again. A result for a
-//! step that is no longer waiting for that attempt (a duplicate) is archived and changes nothing.
+//! for, enqueue what became ready, finish what is done, write the events, delete the results (once
+//! applied, a result's step row and its `step_result` event hold all it said). A crash anywhere
+//! rolls all of it back and the results become visible again. A result for a step that is no
+//! longer waiting for that attempt (a duplicate) is deleted and changes nothing.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -102,8 +103,8 @@ struct Applied {
     updates: Vec<StepUpdate>,
     /// The children asked for: the parent execution, the step's name, the result.
     children: Vec<(ExecState, String, ResultMessage)>,
-    /// The results to archive.
-    archive_ids: Vec<i64>,
+    /// The results done with, deleted in the batch's last statement.
+    done_ids: Vec<i64>,
 }
 
 /// Processes up to `batch_size` results in one transaction.
@@ -151,8 +152,8 @@ pub async fn process_batch(
     keep_current(&mut work, &steps, &applied.updates);
     report.children = create_children(&mut tx, &work, applied.children).await?;
     settle(&mut tx, &mut work).await?;
-    let mut archive_ids = applied.archive_ids;
-    archive_ids.extend(finished_children.iter().map(|(m, _)| m.msg_id));
+    let mut done_ids = applied.done_ids;
+    done_ids.extend(finished_children.iter().map(|(m, _)| m.msg_id));
     settle_parents_of(&mut tx, &mut work, &finished_children).await?;
     report.finished = work.finished;
 
@@ -166,7 +167,7 @@ pub async fn process_batch(
     let mut events = work.events;
     // The outcome events first: the `step_enqueued` events of what they made ready are stamped
     // after them.
-    queue::archive_with_events(&mut tx, &results_queue, &archive_ids, &events).await?;
+    queue::delete_with_events(&mut tx, &results_queue, &done_ids, &events).await?;
     events.extend(enqueue(&mut tx, ready, node_name).await?);
     tx.commit().await?;
     // The spans this batch ended, and those of attempts whose workers export none: exported
@@ -268,7 +269,7 @@ fn flow_keys(steps: &HashMap<Uuid, StepRow>) -> Vec<String> {
 }
 
 /// Applies each result as [`triage`] sorts it: an unknown one is dead-lettered, a stale one
-/// archived and ignored, a fresh one decided ([`apply_fresh`]).
+/// deleted and ignored, a fresh one decided ([`apply_fresh`]).
 async fn apply_results(
     conn: &mut PgConnection,
     results_queue: &QueueName,
@@ -293,7 +294,7 @@ async fn apply_results(
             continue;
         };
         let exec = exec.clone();
-        applied.archive_ids.push(m.msg_id);
+        applied.done_ids.push(m.msg_id);
         if t == Triage::Stale {
             tracing::debug!(step_id = %r.step_id, attempt = r.attempt, status = %step.status,
                 "ignoring duplicate or stale result");

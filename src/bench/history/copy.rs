@@ -169,7 +169,7 @@ impl Statements {
                 .ok_or_else(|| anyhow::anyhow!("history template without a {kind} message"))
         };
         let step_queue = queue_of("step")?;
-        let results_queue = queue_of("result")?;
+        let results_queue = queue::results_queue();
         let mut queues: Vec<QueueName> = templates
             .completed
             .messages

@@ -5,7 +5,7 @@
 //! The history is made by PostgreSQL from real executions: two templates (one completed, one
 //! failed) run by the bench's own orchestrator and worker, then copied in batches, every row as
 //! lineq wrote the template's (`copy.rs`): the execution, its step, its events and its archived
-//! step and result messages. The copies are spread over the seven days before the fill, one in
+//! step message (its result message was deleted once applied). The copies are spread over the seven days before the fill, one in
 //! 50 failed, all of one workflow of their own (`bench.history.<uuid>.<n>`), so no row of the
 //! bench counts them. Then the tables are vacuumed and analyzed, as autovacuum would have done
 //! for a database that grew to this size, and a checkpoint writes the fill out: neither is left
@@ -45,7 +45,7 @@ pub struct HistoryFill {
     pub failed: u64,
     /// Their events.
     pub events: u64,
-    /// Their archived step and result messages.
+    /// Their archived step messages.
     pub archived_messages: u64,
     /// When the first copy started.
     pub from: DateTime<Utc>,
