@@ -247,6 +247,102 @@ async fn malformed_messages_are_dead_lettered_with_the_reason() {
     db.drop_db().await;
 }
 
+/// The step messages lineq's send function writes are marked as lineq's (headers `{"lineq": 1}`)
+/// and a claim checks only their size; a message anyone else put into the queue is checked
+/// whole, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lineqs_own_messages_are_marked_and_still_size_checked() {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    // No worker yet: the messages wait in the queue.
+    let big = submit(&client, "echo", json!({"big": true})).await;
+    let plain = submit(&client, "echo", json!({"plain": true})).await;
+    let queued: Vec<(i64, Option<Value>, Value)> = sqlx::query_as(
+        "SELECT msg_id, headers, message FROM pgmq.q_lineq_steps_default ORDER BY msg_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("queued");
+    assert_eq!(queued.len(), 2);
+    for (_, headers, _) in &queued {
+        assert_eq!(headers.as_ref(), Some(&json!({"lineq": 1})), "marked");
+    }
+    // A marked message grown past the limit by hand is still refused.
+    sqlx::query(
+        "UPDATE pgmq.q_lineq_steps_default
+         SET message = jsonb_set(message, '{input}', to_jsonb(repeat('x', 3 * 1024 * 1024)))
+         WHERE message ->> 'execution_id' = $1",
+    )
+    .bind(big.to_string())
+    .execute(&db.pool)
+    .await
+    .expect("grow");
+    // An unmarked copy of a good message with a broken traceparent is checked whole.
+    let mut broken = queued[1].2.clone();
+    broken["meta"]["traceparent"] = json!("not-a-traceparent");
+    let broken_id: i64 = sqlx::query_scalar("SELECT pgmq.send('lineq_steps_default', $1::jsonb)")
+        .bind(&broken)
+        .fetch_one(&db.pool)
+        .await
+        .expect("send by hand");
+    let unmarked: Option<Value> =
+        sqlx::query_scalar("SELECT headers FROM pgmq.q_lineq_steps_default WHERE msg_id = $1")
+            .bind(broken_id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("headers");
+    assert_eq!(unmarked, None, "pgmq.send writes no mark");
+
+    let mut orchestrator = Proc::start(&db.url, "orchestrator", &["orchestrator"]);
+    let mut worker = Proc::start(&db.url, "worker", &["worker"]);
+    wait_all_finished(&db.pool, &[plain], Duration::from_secs(30)).await;
+    let reasons: Vec<(i64, String)> =
+        eventually(Duration::from_secs(30), "dead letters", || async {
+            let rows: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT (message ->> 'source_msg_id')::bigint, message ->> 'reason'
+             FROM pgmq.q_lineq_dlq ORDER BY msg_id",
+            )
+            .fetch_all(&db.pool)
+            .await
+            .ok()?;
+            (rows.len() == 2).then_some(rows)
+        })
+        .await;
+    let reason_of = |id: i64| {
+        reasons
+            .iter()
+            .find(|(m, _)| *m == id)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("no dead letter for {id}: {reasons:?}"))
+    };
+    assert!(
+        reason_of(queued[0].0).contains("the limit is 2097152"),
+        "{reasons:?}"
+    );
+    assert!(
+        reason_of(broken_id).contains("meta.traceparent"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        get_execution(&db.pool, plain).await.expect("plain").status,
+        ExecutionStatus::Completed
+    );
+    // The claim's mark joins lineq's, and the archive keeps both.
+    let archived: Value =
+        sqlx::query_scalar("SELECT headers FROM pgmq.a_lineq_steps_default WHERE msg_id = $1")
+            .bind(queued[1].0)
+            .fetch_one(&db.pool)
+            .await
+            .expect("archived");
+    assert_eq!(archived["lineq"], json!(1), "{archived}");
+    assert!(archived["lineq_claim"]["worker"].is_string(), "{archived}");
+    for p in [&mut worker, &mut orchestrator] {
+        assert!(p.is_running(), "{} died: {}", p.name, p.log_text());
+        assert!(p.terminate(Duration::from_secs(20)).success());
+    }
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_handlers_run_any_language_with_the_lineage_in_their_environment() {
     let db = TestDb::new().await;
