@@ -421,9 +421,6 @@ pub fn table(r: &BenchReport) -> String {
     s
 }
 
-/// What a raw message and an execution cost the machine: WAL, and busy CPU with the part of
-/// it spent in this process (the rest is the server's), each also as a multiple of the raw
-/// message's.
 /// The targets under `heading`, one line each: bound, measured, met.
 fn targets_table(s: &mut String, heading: &str, targets: &[Target]) {
     use std::fmt::Write;
@@ -440,6 +437,9 @@ fn targets_table(s: &mut String, heading: &str, targets: &[Target]) {
     }
 }
 
+/// What a raw message and an execution cost the machine: WAL, and busy CPU with the part of
+/// it spent in this process (the rest is the server's), each also as a multiple of the raw
+/// message's.
 fn cost_table(s: &mut String, r: &BenchReport) {
     use std::fmt::Write;
     let raw = r.raw_pgmq_cost_per_message;

@@ -36,12 +36,11 @@ pub struct Batch {
 }
 
 /// The copies: `g` gives each its number `i`, template `tpl`, hash `key`, `shift` (and
-/// `shift_ms`) and message ids. Parameters $1..$10, then each statement's own.
+/// `shift_ms`) and step message id. Parameters $1..$9, then each statement's own.
 const COPIES: &str = "
 WITH g AS MATERIALIZED (
     SELECT c.i, c.tpl, c.key, c.shift_ms, c.shift_ms * interval '1 millisecond' AS shift,
-           $9::bigint + (c.i - $1::bigint) AS step_msg,
-           $10::bigint + (c.i - $1::bigint) AS result_msg
+           $9::bigint + (c.i - $1::bigint) AS step_msg
     FROM (SELECT s.i, x.execution_id AS tpl, $3::text || ':' || s.i || ':' AS key,
                  floor(extract(epoch FROM $4::timestamptz
                                           + s.i * $5::float8 * interval '1 millisecond'
@@ -73,7 +72,7 @@ SELECT NEW[s.step_id], NEW[s.execution_id], s.name, s.handler, s.namespace, s.qu
 FROM g JOIN pg_temp.history_steps s ON s.execution_id = g.tpl
 ORDER BY g.i, s.position";
 
-/// $11: the step queue, $12: the results queue (the queues an event's `msg_id` may name).
+/// $10: the step queue (the queue an event's `msg_id` names).
 const EVENTS: &str = "
 INSERT INTO lineq.events (COLUMNS)
 SELECT NEW[e.event_id], NEW[e.parent_event_id], NEW[e.execution_id], NEW[e.step_id],
@@ -82,18 +81,18 @@ SELECT NEW[e.event_id], NEW[e.parent_event_id], NEW[e.execution_id], NEW[e.step_
        replace(NEW[e.correlation_id]::text, '-', ''),
        right(replace(NEW[e.event_id]::text, '-', ''), 16),
        CASE WHEN NOT e.payload ? 'msg_id' THEN e.payload
-            WHEN e.payload ->> 'queue' = $11 THEN jsonb_set(e.payload, '{msg_id}', to_jsonb(g.step_msg))
-            WHEN e.payload ->> 'queue' = $12 THEN jsonb_set(e.payload, '{msg_id}', to_jsonb(g.result_msg))
+            WHEN e.payload ->> 'queue' = $10 THEN jsonb_set(e.payload, '{msg_id}', to_jsonb(g.step_msg))
             ELSE e.payload END,
        e.created_at + g.shift
 FROM g JOIN pg_temp.history_events e ON e.execution_id = g.tpl
 ORDER BY g.i, e.created_at";
 
-/// $11: the queue whose archive this fills.
+/// $10: the queue whose archive this fills (the step queue: a template's only archived message
+/// is its step's, its result was deleted once applied).
 const MESSAGES: &str = "
 INSERT INTO ARCHIVE (msg_id, read_ct, enqueued_at, last_read_at, archived_at, vt, message,
                      headers)
-SELECT CASE m.kind WHEN 'step' THEN g.step_msg ELSE g.result_msg END, m.read_ct,
+SELECT g.step_msg, m.read_ct,
        m.enqueued_at + g.shift, m.last_read_at + g.shift, m.archived_at + g.shift,
        m.vt + g.shift,
        jsonb_set(m.message, '{meta}', (m.message -> 'meta') || jsonb_build_object(
@@ -113,7 +112,7 @@ SELECT CASE m.kind WHEN 'step' THEN g.step_msg ELSE g.result_msg END, m.read_ct,
             ELSE jsonb_set(m.headers, '{lineq_claim,event}',
                            to_jsonb(NEW[(m.headers #>> '{lineq_claim,event}')::uuid]))
        END
-FROM g JOIN pg_temp.history_messages m ON m.execution_id = g.tpl AND m.queue_name = $11
+FROM g JOIN pg_temp.history_messages m ON m.execution_id = g.tpl AND m.queue_name = $10
 ORDER BY g.i";
 
 /// The new id of a template id `old` in copy `g`: the time of `old` moved by the copy's shift,
@@ -150,35 +149,21 @@ pub struct Statements {
     executions: String,
     steps: String,
     events: String,
-    /// Per queue: the statement filling its archive.
-    messages: Vec<(QueueName, String)>,
+    /// The statement filling the step queue's archive.
+    messages: String,
     step_queue: QueueName,
-    results_queue: QueueName,
 }
 
 impl Statements {
-    /// The statements for the templates' queues.
+    /// The statements for the templates' step queue.
     pub fn new(templates: &Templates) -> anyhow::Result<Self> {
-        let queue_of = |kind: &str| {
-            templates
-                .completed
-                .messages
-                .iter()
-                .find(|m| m.1 == kind)
-                .map(|m| m.0.clone())
-                .ok_or_else(|| anyhow::anyhow!("history template without a {kind} message"))
-        };
-        let step_queue = queue_of("step")?;
-        let results_queue = queue::results_queue();
-        let mut queues: Vec<QueueName> = templates
+        let step_queue = templates
             .completed
             .messages
             .iter()
-            .chain(&templates.failed.messages)
+            .find(|m| m.1 == "step")
             .map(|m| m.0.clone())
-            .collect();
-        queues.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        queues.dedup();
+            .ok_or_else(|| anyhow::anyhow!("history template without a step message"))?;
         let columns = |table: &str| {
             COLUMNS
                 .iter()
@@ -189,15 +174,8 @@ impl Statements {
             executions: expand(EXECUTIONS, columns("executions")),
             steps: expand(STEPS, columns("steps")),
             events: expand(EVENTS, columns("events")),
-            messages: queues
-                .into_iter()
-                .map(|q| {
-                    let sql = expand(MESSAGES, "").replace("ARCHIVE", &queue::archive_table(&q));
-                    (q, sql)
-                })
-                .collect(),
+            messages: expand(MESSAGES, "").replace("ARCHIVE", &queue::archive_table(&step_queue)),
             step_queue,
-            results_queue,
         })
     }
 }
@@ -272,41 +250,37 @@ pub async fn batch(
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let copies = b.hi - b.lo + 1;
     let step_base = reserve(&mut tx, &st.step_queue, copies).await?;
-    let result_base = reserve(&mut tx, &st.results_queue, copies).await?;
-    let mut w = Written {
-        executions: bound(&st.executions, b, templates, step_base, result_base)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
-        ..Written::default()
-    };
-    bound(&st.steps, b, templates, step_base, result_base)
-        .execute(&mut *tx)
-        .await?;
-    w.events = bound(&st.events, b, templates, step_base, result_base)
-        .bind(st.step_queue.as_str())
-        .bind(st.results_queue.as_str())
+    let executions = bound(&st.executions, b, templates, step_base)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    for (q, sql) in &st.messages {
-        w.messages += bound(sql, b, templates, step_base, result_base)
-            .bind(q.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    }
+    bound(&st.steps, b, templates, step_base)
+        .execute(&mut *tx)
+        .await?;
+    let events = bound(&st.events, b, templates, step_base)
+        .bind(st.step_queue.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let messages = bound(&st.messages, b, templates, step_base)
+        .bind(st.step_queue.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     tx.commit().await?;
-    Ok(w)
+    Ok(Written {
+        executions,
+        events,
+        messages,
+    })
 }
 
-/// `sql` with the parameters every statement shares ($1..$10).
+/// `sql` with the parameters every statement shares ($1..$9).
 fn bound<'q>(
     sql: &'q str,
     b: &Batch,
     templates: &Templates,
     step_base: i64,
-    result_base: i64,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(sql)
         .bind(b.lo)
@@ -318,7 +292,6 @@ fn bound<'q>(
         .bind(templates.failed.execution_id)
         .bind(b.fail_every)
         .bind(step_base)
-        .bind(result_base)
 }
 
 /// Reserves `n` message ids of `queue`'s sequence; returns the first.

@@ -5,9 +5,9 @@
 //! The history is made by PostgreSQL from real executions: two templates (one completed, one
 //! failed) run by the bench's own orchestrator and worker, then copied in batches, every row as
 //! lineq wrote the template's (`copy.rs`): the execution, its step, its events and its archived
-//! step message (its result message was deleted once applied). The copies are spread over the seven days before the fill, one in
-//! 50 failed, all of one workflow of their own (`bench.history.<uuid>.<n>`), so no row of the
-//! bench counts them. Then the tables are vacuumed and analyzed, as autovacuum would have done
+//! step message (its result message was deleted once applied). The copies are spread over the
+//! seven days before the fill, one in 50 failed, all of one workflow of their own
+//! (`bench.history.<uuid>.<n>`), so no row of the bench counts them. Then the tables are vacuumed and analyzed, as autovacuum would have done
 //! for a database that grew to this size, and a checkpoint writes the fill out: neither is left
 //! to run during the rows measured next.
 
