@@ -20,18 +20,48 @@ async fn steps_seq_scans(db: &TestDb) -> i64 {
 }
 
 /// Waits until no backend of `application_name` is connected to the test database, so their
-/// table counters have reached the statistics.
+/// table counters have reached the statistics. A backend whose client closed its connection
+/// exits at once on an idle machine; on a loaded one (every test binary of CI at once) one has
+/// been seen to linger past 20 s. Such a backend is then terminated: exiting, it flushes its
+/// counters just the same.
 async fn backends_gone(db: &TestDb, application_name: &str) {
-    eventually(Duration::from_secs(20), "backends to exit", || async {
-        let left: i64 = sqlx::query_scalar(
+    let left = || async {
+        sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND application_name = $1",
         )
         .bind(application_name)
         .fetch_one(&db.pool)
         .await
-        .expect("pg_stat_activity");
-        (left == 0).then_some(())
+        .expect("pg_stat_activity")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while left().await > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if left().await > 0 {
+        let lingering: Vec<(i32, Option<String>, String)> = sqlx::query_as(
+            "SELECT pid, state, query FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(application_name)
+        .fetch_all(&db.pool)
+        .await
+        .expect("lingering backends");
+        eprintln!(
+            "terminating {application_name} backends still connected after 20 s: {lingering:?}"
+        );
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(application_name)
+        .execute(&db.pool)
+        .await
+        .expect("terminate");
+    }
+    eventually(Duration::from_secs(20), "backends to exit", || async {
+        (left().await == 0).then_some(())
     })
     .await;
 }
